@@ -1,0 +1,382 @@
+"""The one typed configuration tree. Every default in tinylm lives here, once.
+
+Precedence: dataclass defaults < ``--config preset.toml`` < dotted command-line overrides
+(``--optim.lr 3e-4 --model.n_layer 6``). Overrides are converted to the field's declared type;
+an unknown key is an error that lists the nearest valid names. :func:`validate` checks the
+whole tree once, early, and names the flags in its messages.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import sys
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import TinyLMError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 0
+    """Token ids the model embeds; 0 = take it from the prepared data's meta.json."""
+    block_size: int = 256
+    """Context length in tokens."""
+    n_layer: int = 6
+    """Transformer blocks."""
+    n_head: int = 6
+    """Attention heads per block; n_embd must be divisible by it."""
+    n_embd: int = 384
+    """Width of the residual stream."""
+    mlp: str = "gelu"
+    """MLP kind: gelu | swiglu | relu2 (ReLU squared)."""
+    mlp_ratio: float = 4.0
+    """MLP hidden width / n_embd (swiglu uses 2/3 of it per branch, keeping parameters equal)."""
+    norm: str = "layernorm"
+    """Normalization: layernorm | rmsnorm."""
+    pos: str = "learned"
+    """Positions: learned (absolute embedding table) | rope (rotary, no table)."""
+    rope_base: float = 10000.0
+    """Rotary base frequency (pos = rope only)."""
+    qk_norm: bool = False
+    """RMS-normalize queries and keys per head before attention."""
+    tie_embeddings: bool = True
+    """Share the token embedding with the output head."""
+    bias: bool = False
+    """Biases in linear layers and LayerNorm."""
+    dropout: float = 0.0
+    """Dropout on attention, residual branches and embeddings; 0 turns it off."""
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "shakespeare"
+    """Named corpus (shakespeare, tinyshakespeare, tinystories, pystdlib, ...) or a file/dir/glob."""
+    tokenizer: str = "char"
+    """char | bpe (trained on the corpus) | gpt2 (GPT-2's 50257-token BPE)."""
+    vocab_size: int = 4096
+    """Target vocabulary for tokenizer = bpe (ignored for char and gpt2)."""
+    dir: str = "data/shakespeare-char"
+    """Folder of prepared shards + meta.json + tokenizer; `tinylm prepare` writes it."""
+    val_fraction: float = 0.1
+    """Share of tokens held out for validation: the last val_fraction of the token stream."""
+    sampling: str = "epoch"
+    """Training windows: epoch (seeded permutation, no replacement) | random (nanoGPT's random offsets)."""
+    encoding_errors: str = "strict"
+    """Non-UTF-8 bytes in the corpus: strict (stop with the file and offset) | replace (U+FFFD)."""
+    num_workers: int = 0
+    """Tokenizer worker processes for prepare; 0 = choose from the corpus size and CPU count."""
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    """Optimizer: adamw."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate of the cosine decay as a fraction of lr."""
+    warmup_steps: int = 100
+    """Linear warmup steps from 0 to lr; 0 turns warmup off."""
+    schedule: str = "cosine"
+    """LR schedule after warmup: cosine (to min_lr_ratio * lr) | constant."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay on hidden weight matrices only (never norms, biases, embeddings)."""
+    beta1: float = 0.9
+    """Adam first-moment decay."""
+    beta2: float = 0.95
+    """Adam second-moment decay."""
+    eps: float = 1e-8
+    """Adam epsilon."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 turns clipping off."""
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 2000
+    """Optimizer steps."""
+    batch_size: int = 64
+    """Sequences per optimizer step, summed over accumulation micro-steps and DDP processes."""
+    micro_batch_size: int = 0
+    """Sequences per forward pass per process; 0 = batch_size / processes (no accumulation)."""
+    eval_interval: int = 250
+    """Evaluate, checkpoint and sample every this many steps (and at the end); 0 = only at the end."""
+    eval_batches: int = 20
+    """Validation micro-batches per evaluation (a fixed set, the same every time)."""
+    log_interval: int = 10
+    """Write a metrics line every this many steps."""
+    precision: str = "auto"
+    """fp32 | bf16 (autocast) | fp16 (autocast + GradScaler, CUDA only) | auto (bf16 where the hardware is fast at it)."""
+    device: str = "auto"
+    """cpu | cuda | cuda:N | mps | auto."""
+    seed: int = 1337
+    """Seed for init, data order, dropout and sampling."""
+    compile: bool = False
+    """Wrap the model in torch.compile."""
+    threads: int = 0
+    """CPU threads for torch; 0 = torch's default (one per core)."""
+
+
+@dataclass
+class SampleConfig:
+    prompt: str = "\n"
+    """Text the samples start from."""
+    max_new_tokens: int = 300
+    """Tokens generated per sample."""
+    temperature: float = 0.8
+    """Softmax temperature (> 0); lower is more conservative."""
+    top_k: int = 200
+    """Sample among the k most likely tokens; 0 turns it off."""
+    num_samples: int = 1
+    """Samples written at each evaluation."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "shakespeare-char"
+    """Run folder name under run.dir."""
+    dir: str = "runs"
+    """Parent folder of run folders."""
+    progress: bool = True
+    """Live progress bar on the console (off for CI logs)."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.dir) / self.run.name
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+SECTIONS = [f.name for f in dataclasses.fields(Config)]
+
+
+def all_keys() -> list[str]:
+    """Every dotted key, e.g. ["model.vocab_size", ..., "run.progress"]."""
+    cfg = Config()
+    return [f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(getattr(cfg, s))]
+
+
+def _convert(key: str, value, typ):
+    """Convert a TOML value or a command-line string to the field's declared type."""
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                f = float(value.replace("_", ""))
+                if f.is_integer():
+                    return int(f)
+            except ValueError:
+                pass
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    tname = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}[typ]
+    raise TinyLMError(f"--{key} expects {tname}, got {value!r}")
+
+
+def _field_types(section_obj) -> dict[str, type]:
+    return typing.get_type_hints(type(section_obj))
+
+
+def set_value(cfg: Config, key: str, value) -> None:
+    """Set a dotted key (``"optim.lr"``) converting ``value`` to the declared type."""
+    section, _, name = key.partition(".")
+    obj = getattr(cfg, section, None) if section in SECTIONS else None
+    types = _field_types(obj) if obj is not None else {}
+    if name not in types:
+        near = difflib.get_close_matches(key, all_keys(), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join('--' + k for k in near)}?" if near else \
+            "; `tinylm train --help-config` lists every key"
+        raise TinyLMError(f"unknown config key --{key}{hint}")
+    setattr(obj, name, _convert(key, value, types[name]))
+
+
+def load_toml(path: str | Path, cfg: Config | None = None) -> Config:
+    """Apply a TOML preset (tables [model], [data], ...) on top of ``cfg`` (default: defaults)."""
+    cfg = cfg or Config()
+    path = Path(path)
+    if not path.is_file():
+        raise TinyLMError(f"config file {path} does not exist (presets live in configs/)")
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise TinyLMError(f"{path} is not valid TOML: {e}") from None
+    for section, table in doc.items():
+        if not isinstance(table, dict):
+            raise TinyLMError(f"{path}: top-level key {section!r} must be a table like [model]; "
+                              f"sections are {SECTIONS}")
+        for name, value in table.items():
+            try:
+                set_value(cfg, f"{section}.{name}", value)
+            except TinyLMError as e:
+                raise TinyLMError(f"{path}: {e}") from None
+    return cfg
+
+
+def from_dict(d: dict) -> Config:
+    """Inverse of :meth:`Config.to_dict` (used for configs stored in checkpoints)."""
+    cfg = Config()
+    for section, table in d.items():
+        for name, value in table.items():
+            set_value(cfg, f"{section}.{name}", value)
+    return cfg
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
+    """``["--optim.lr", "3e-4", "--run.name=x"]`` -> ``[("optim.lr", "3e-4"), ("run.name", "x")]``."""
+    out, i = [], 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("--") or "." not in a.split("=")[0]:
+            raise TinyLMError(f"unexpected argument {a!r}; config overrides look like --optim.lr 3e-4")
+        if "=" in a:
+            key, value = a[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise TinyLMError(f"{a} needs a value, e.g. {a} 3")
+            key, value = a[2:], args[i + 1]
+            i += 2
+        out.append((key, value))
+    return out
+
+
+def build_config(preset: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults < preset TOML < dotted overrides, then validated."""
+    cfg = load_toml(preset) if preset else Config()
+    for key, value in parse_overrides(overrides or []):
+        set_value(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config, world_size: int = 1) -> None:
+    """Check the tree once, early; every message names the flags to change."""
+    m, d, o, t, s = cfg.model, cfg.data, cfg.optim, cfg.train, cfg.sample
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise TinyLMError(msg)
+
+    choices = {"model.mlp": ("gelu", "swiglu", "relu2"), "model.norm": ("layernorm", "rmsnorm"),
+               "model.pos": ("learned", "rope"), "data.tokenizer": ("char", "bpe", "gpt2"),
+               "data.sampling": ("epoch", "random"), "data.encoding_errors": ("strict", "replace"),
+               "optim.name": ("adamw",), "optim.schedule": ("cosine", "constant"),
+               "train.precision": ("auto", "fp32", "bf16", "fp16")}
+    for key, allowed in choices.items():
+        sec, name = key.split(".")
+        value = getattr(getattr(cfg, sec), name)
+        need(value in allowed, f"--{key} {value!r} is not one of {', '.join(allowed)}")
+    for key in ("model.block_size", "model.n_layer", "model.n_head", "model.n_embd",
+                "train.max_steps", "train.batch_size", "train.eval_batches", "train.log_interval",
+                "sample.max_new_tokens"):
+        sec, name = key.split(".")
+        need(getattr(getattr(cfg, sec), name) > 0, f"--{key} must be positive")
+    need(m.n_embd % m.n_head == 0,
+         f"--model.n_embd {m.n_embd} is not divisible by --model.n_head {m.n_head}")
+    need(m.pos != "rope" or (m.n_embd // m.n_head) % 2 == 0,
+         f"rotary positions need an even head size; --model.n_embd {m.n_embd} / --model.n_head {m.n_head} is odd")
+    need(m.vocab_size == 0 or m.vocab_size >= 2, "--model.vocab_size must be 0 (from the data) or >= 2")
+    need(0.0 <= m.dropout < 1.0, f"--model.dropout {m.dropout} must be in [0, 1)")
+    need(m.mlp_ratio > 0, "--model.mlp_ratio must be positive")
+    need(d.tokenizer != "bpe" or d.vocab_size >= 257,
+         f"--data.vocab_size {d.vocab_size} is too small for byte-level BPE: it needs the 256 byte "
+         f"tokens plus at least one merge (use >= 257, e.g. 4096)")
+    need(0.0 < d.val_fraction < 1.0, f"--data.val_fraction {d.val_fraction} must be in (0, 1)")
+    need(d.num_workers >= 0, "--data.num_workers must be >= 0 (0 = automatic)")
+    need(o.lr > 0 and math.isfinite(o.lr), f"--optim.lr {o.lr} must be a positive number")
+    need(0 <= o.min_lr_ratio <= 1, f"--optim.min_lr_ratio {o.min_lr_ratio} must be in [0, 1]")
+    need(o.warmup_steps >= 0, "--optim.warmup_steps must be >= 0")
+    need(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "--optim.beta1 and --optim.beta2 must be in [0, 1)")
+    need(o.weight_decay >= 0 and o.grad_clip >= 0, "--optim.weight_decay and --optim.grad_clip must be >= 0")
+    need(t.eval_interval >= 0, "--train.eval_interval must be >= 0 (0 = only at the end)")
+    need(t.micro_batch_size >= 0, "--train.micro_batch_size must be >= 0 (0 = no accumulation)")
+    need(t.threads >= 0, "--train.threads must be >= 0 (0 = torch's default)")
+    micro = t.micro_batch_size or t.batch_size // world_size
+    need(t.batch_size % world_size == 0,
+         f"--train.batch_size {t.batch_size} is not divisible by {world_size} DDP processes")
+    need(micro > 0 and t.batch_size % (micro * world_size) == 0,
+         f"--train.batch_size {t.batch_size} is not divisible by --train.micro_batch_size {micro} "
+         f"x {world_size} process(es); pick a micro-batch that divides the batch")
+    need(s.temperature > 0, f"--sample.temperature {s.temperature} must be > 0")
+    need(s.top_k >= 0, "--sample.top_k must be >= 0 (0 = off)")
+    need(cfg.run.name.strip() != "" and "/" not in cfg.run.name,
+         f"--run.name {cfg.run.name!r} must be a non-empty folder name without '/'")
+
+
+def grad_accum_steps(cfg: Config, world_size: int = 1) -> int:
+    """Micro-steps per optimizer step: batch_size / (micro_batch_size * processes)."""
+    micro = cfg.train.micro_batch_size or cfg.train.batch_size // world_size
+    return cfg.train.batch_size // (micro * world_size)
+
+
+def micro_batch_size(cfg: Config, world_size: int = 1) -> int:
+    return cfg.train.micro_batch_size or cfg.train.batch_size // world_size
+
+
+def to_toml(cfg: Config) -> str:
+    """The fully resolved config as TOML, every default written out (run folder's config.toml)."""
+    lines = []
+    for section in SECTIONS:
+        lines.append(f"[{section}]")
+        for name, value in asdict(getattr(cfg, section)).items():
+            # json renders bools as true/false and strings with TOML-compatible escapes
+            lines.append(f"{name} = {json.dumps(value, ensure_ascii=False)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def describe_keys() -> str:
+    """Every key with its default and docstring (for `--help-config`)."""
+    import ast
+    import inspect
+
+    out = []
+    for section in SECTIONS:
+        cls = type(getattr(Config(), section))
+        docs: dict[str, str] = {}
+        body = ast.parse(inspect.getsource(cls)).body[0].body
+        for node, nxt in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr):
+                docs[node.target.id] = str(nxt.value.value)
+        for f in dataclasses.fields(cls):
+            out.append(f"--{section}.{f.name} (default {json.dumps(f.default)}): {docs.get(f.name, '')}")
+    return "\n".join(out)

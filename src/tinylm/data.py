@@ -1,0 +1,353 @@
+"""Data preparation (corpus -> tokenizer -> token shards) and the training batch loader.
+
+Shard file (``train_000000.bin``): a 64-byte header, then the tokens.
+
+    offset  size  field
+    0       8     magic  b"TINYLMTK"
+    8       4     format version (uint32, little-endian) = 1
+    12      4     bytes per token (uint32): 2 (uint16, vocab <= 65536) or 4 (uint32)
+    16      8     token count (uint64)
+    24      40    zero padding
+
+``meta.json`` beside the shards names the corpus, tokenizer, split and shard files. The split is
+deterministic: the last ``val_fraction`` of the token stream is validation (for tiny Shakespeare
+at character level this is exactly nanoGPT's 90/10 split).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import corpora
+from .config import DataConfig
+from .errors import TinyLMError
+from .fileio import fsync_dir, write_text_atomic
+from .tokenizer import CharTokenizer, Tokenizer, load_tokenizer
+
+MAGIC = b"TINYLMTK"
+SHARD_VERSION = 1
+HEADER_BYTES = 64
+SHARD_TOKENS = 100_000_000  # tokens per shard file: 200 MB at uint16
+TOKENIZER_FILE = "tokenizer.txt"
+META_FILE = "meta.json"
+# the data settings a prepared folder was made with; a mismatch means the folder is stale
+PREPARE_KEYS = ("corpus", "tokenizer", "vocab_size", "val_fraction", "encoding_errors")
+
+
+# --------------------------------------------------------------------------- shard files
+
+def write_shard(path: Path, tokens: np.ndarray) -> None:
+    """Write one shard atomically: header + tokens (uint16 or uint32)."""
+    assert tokens.dtype in (np.uint16, np.uint32)
+    header = struct.pack("<8sIIQ", MAGIC, SHARD_VERSION, tokens.dtype.itemsize, len(tokens))
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(header.ljust(HEADER_BYTES, b"\0"))
+        f.write(tokens.tobytes())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_shard(path: Path) -> np.memmap:
+    """Memory-map a shard's tokens (read-only; nothing is loaded until indexed)."""
+    with open(path, "rb") as f:
+        header = f.read(HEADER_BYTES)
+    if len(header) < HEADER_BYTES or header[:8] != MAGIC:
+        raise TinyLMError(f"{path} is not a tinylm token shard (bad header); re-run `tinylm prepare`")
+    _, version, itemsize, count = struct.unpack("<8sIIQ", header[:24])
+    if version != SHARD_VERSION:
+        raise TinyLMError(f"{path}: shard format version {version} is not supported; re-run `tinylm prepare`")
+    if itemsize not in (2, 4):
+        raise TinyLMError(f"{path}: corrupt header (token size {itemsize}); re-run `tinylm prepare`")
+    expected = HEADER_BYTES + itemsize * count
+    if path.stat().st_size != expected:
+        raise TinyLMError(f"{path} holds {path.stat().st_size} bytes but its header promises {expected}; "
+                          f"the file is truncated or corrupt: re-run `tinylm prepare`")
+    dtype = np.uint16 if itemsize == 2 else np.uint32
+    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
+
+
+# --------------------------------------------------------------------------- prepare
+
+def build_tokenizer(cfg: DataConfig, texts: Iterable[str]) -> Tokenizer:
+    """Train (char, bpe) or load (gpt2) the tokenizer named by ``cfg.tokenizer``."""
+    if cfg.tokenizer == "char":
+        return CharTokenizer.train(texts)
+    from .tokenizer.bpe import BPETokenizer  # imported here: only BPE runs need regex/tiktoken set up
+    if cfg.tokenizer == "gpt2":
+        return BPETokenizer.from_tiktoken("gpt2")
+    return BPETokenizer.train(texts, vocab_size=cfg.vocab_size, special_tokens=["<|endoftext|>"],
+                              progress=True)
+
+
+def _corpus_chunks(corpus: corpora.Corpus, cfg: DataConfig) -> Iterator[str]:
+    for path in corpus.files:
+        yield from corpora.iter_chunks(path, errors=cfg.encoding_errors)
+
+
+def _encode_chunk(args: tuple[Tokenizer, str]) -> np.ndarray:
+    tok, text = args
+    return np.asarray(tok.encode(text), dtype=np.uint32)
+
+
+def _token_stream(tok: Tokenizer, corpus: corpora.Corpus, cfg: DataConfig,
+                  workers: int) -> Iterator[np.ndarray]:
+    """Token arrays in corpus order; documents (files) separated by end-of-text (or a blank line)."""
+    sep = (np.array([tok.eot_id], dtype=np.uint32) if tok.eot_id is not None
+           else np.asarray(tok.encode("\n\n"), dtype=np.uint32))
+    for i, path in enumerate(corpus.files):
+        if i > 0:
+            yield sep
+        chunks = corpora.iter_chunks(path, errors=cfg.encoding_errors)
+        if workers > 1:
+            # ordered imap keeps the output deterministic whatever the worker count
+            with get_context("spawn").Pool(workers) as pool:
+                yield from pool.imap(_encode_chunk, ((tok, c) for c in chunks), chunksize=1)
+        else:
+            for c in chunks:
+                yield _encode_chunk((tok, c))
+
+
+def _auto_workers(cfg: DataConfig, corpus: corpora.Corpus) -> int:
+    if cfg.num_workers:
+        return cfg.num_workers
+    # a process pool pays for itself only on big corpora with a slow (pure-Python) encoder
+    return min(os.cpu_count() or 1, 8) if corpus.num_bytes > 64 << 20 else 1
+
+
+def prepare(cfg: DataConfig, *, progress: bool = True, log=print) -> dict:
+    """Corpus -> tokenizer -> train/val token shards + meta.json in ``cfg.dir``. Returns the meta.
+
+    Streams: the corpus is read in chunks, tokens go to a scratch file on disk, and the shards
+    are cut from it, so memory stays bounded whatever the corpus size.
+    """
+    out = Path(cfg.dir)
+    corpus = corpora.get_corpus(cfg.corpus, progress=progress)
+    if corpus.num_bytes == 0:
+        raise TinyLMError(f"corpus {cfg.corpus!r} is empty; point --data.corpus at a file with text")
+    t0 = time.time()
+    log(f"prepare: corpus {cfg.corpus} ({len(corpus.files)} file(s), {corpus.num_bytes / 1e6:.1f} MB) "
+        f"-> {out}")
+    tok = build_tokenizer(cfg, _corpus_chunks(corpus, cfg))
+    work = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
+        scratch = work / "all.tokens"
+        n = 0
+        with open(scratch, "wb") as f:
+            for arr in _token_stream(tok, corpus, cfg, _auto_workers(cfg, corpus)):
+                f.write(arr.astype(dtype).tobytes())
+                n += len(arr)
+        all_tokens = np.memmap(scratch, dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype)
+        n_train = int(n * (1.0 - cfg.val_fraction))
+        splits = {}
+        for split, lo, hi in (("train", 0, n_train), ("val", n_train, n)):
+            names = []
+            for k, start in enumerate(range(lo, max(hi, lo + 1), SHARD_TOKENS)):
+                name = f"{split}_{k:06d}.bin"
+                write_shard(work / name, np.asarray(all_tokens[start:min(start + SHARD_TOKENS, hi)]))
+                names.append(name)
+            splits[split] = {"tokens": hi - lo, "shards": names}
+        del all_tokens
+        scratch.unlink()
+        tok.save(work / TOKENIZER_FILE)
+        meta = {
+            "format": "tinylm-shards", "version": SHARD_VERSION,
+            "data": {k: asdict(cfg)[k] for k in PREPARE_KEYS},
+            "corpus_files": len(corpus.files), "corpus_bytes": corpus.num_bytes,
+            "tokenizer_file": TOKENIZER_FILE, "tokenizer_kind": tok.kind,
+            "vocab_size": tok.vocab_size, "dtype": np.dtype(dtype).name,
+            "total_tokens": n, "train": splits["train"], "val": splits["val"],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        write_text_atomic(work / META_FILE, json.dumps(meta, indent=2) + "\n")
+        # swap the finished folder in; an old folder is removed only after the new one is complete
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(work, out)
+            shutil.rmtree(old)
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(work, out)
+        fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    log(f"prepare: {n:,} tokens ({splits['train']['tokens']:,} train, {splits['val']['tokens']:,} val), "
+        f"vocab {tok.vocab_size}, {tok.kind} tokenizer, {time.time() - t0:.1f}s")
+    return meta
+
+
+def load_meta(data_dir: str | Path) -> dict:
+    path = Path(data_dir) / META_FILE
+    if not path.is_file():
+        raise TinyLMError(f"no prepared data in {data_dir} (missing {META_FILE}); "
+                          f"run `tinylm prepare --config <preset>` first")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def ensure_prepared(cfg: DataConfig, *, progress: bool = True, log=print) -> dict:
+    """Prepare ``cfg.dir`` unless it already holds data made with these same settings."""
+    if not (Path(cfg.dir) / META_FILE).is_file():
+        return prepare(cfg, progress=progress, log=log)
+    meta = load_meta(cfg.dir)
+    wanted = {k: asdict(cfg)[k] for k in PREPARE_KEYS}
+    if cfg.tokenizer != "bpe":
+        wanted.pop("vocab_size")
+    stale = {k: (meta["data"].get(k), v) for k, v in wanted.items() if meta["data"].get(k) != v}
+    if stale:
+        diff = ", ".join(f"--data.{k} was {old!r}, now {new!r}" for k, (old, new) in stale.items())
+        raise TinyLMError(f"{cfg.dir} was prepared with other settings ({diff}); run `tinylm prepare` "
+                          f"with --data.dir pointing at a new folder, or pass --force to `tinylm prepare` "
+                          f"to rebuild this one")
+    return meta
+
+
+def load_data_tokenizer(data_dir: str | Path) -> Tokenizer:
+    return load_tokenizer(Path(data_dir) / load_meta(data_dir)["tokenizer_file"])
+
+
+# --------------------------------------------------------------------------- loader
+
+class TokenWindows:
+    """The (x, y) windows of one split: x = tokens[o : o+T], y = tokens[o+1 : o+T+1]."""
+
+    def __init__(self, data_dir: str | Path, split: str, block_size: int):
+        meta = load_meta(data_dir)
+        self.shards = [read_shard(Path(data_dir) / name) for name in meta[split]["shards"]]
+        self.block_size = block_size
+        # usable start offsets per shard; windows never cross a shard boundary
+        self.starts_per_shard = [max(len(s) - block_size, 0) for s in self.shards]
+        self.total_starts = sum(self.starts_per_shard)
+        if self.total_starts == 0:
+            have = sum(len(s) for s in self.shards)
+            raise TinyLMError(f"the {split} split of {data_dir} has {have} tokens, too few for one "
+                              f"window of --model.block_size {block_size} (+1 target); use a larger "
+                              f"corpus, a smaller block_size, or change --data.val_fraction")
+        self._cum = np.cumsum([0] + self.starts_per_shard)
+
+    def locate(self, start: int) -> tuple[int, int]:
+        """Global start index -> (shard, offset)."""
+        shard = int(np.searchsorted(self._cum, start, side="right") - 1)
+        return shard, start - int(self._cum[shard])
+
+    def gather(self, starts: Iterable[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        T = self.block_size
+        rows = []
+        for g in starts:
+            shard, off = self.locate(int(g))
+            rows.append(self.shards[shard][off:off + T + 1])
+        buf = torch.from_numpy(np.stack(rows).astype(np.int64))  # (B, T + 1)
+        return buf[:, :-1].contiguous(), buf[:, 1:].contiguous()
+
+
+class BatchLoader:
+    """Training batches for one process of ``world_size``; a resumable, seeded stream.
+
+    Every process draws the same global micro-batch of ``micro_batch * world_size`` windows and
+    keeps its own slice, so all processes hold identical loader state and together see each
+    window once. Modes:
+
+    * ``epoch``: non-overlapping windows (stride T, a random shift per epoch), visited in a seeded
+      permutation without replacement; state = (epoch, position in the permutation).
+    * ``random``: nanoGPT's uniformly random offsets; state = the generator's state.
+    """
+
+    def __init__(self, windows: TokenWindows, micro_batch: int, *, mode: str = "epoch", seed: int = 0,
+                 rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu"):
+        self.w, self.micro_batch, self.mode, self.seed = windows, micro_batch, mode, seed
+        self.rank, self.world_size = rank, world_size
+        self.device = torch.device(device)
+        self.global_batch = micro_batch * world_size
+        self.epoch, self.pos = 0, 0
+        self.gen = torch.Generator().manual_seed(seed)
+        self._perm: torch.Tensor | None = None
+        self._starts: torch.Tensor | None = None
+
+    def _epoch_starts(self) -> torch.Tensor:
+        """This epoch's window starts in visiting order (recomputed only when the epoch changes)."""
+        if self._perm is None:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            T = self.w.block_size
+            shift = int(torch.randint(T, (1,), generator=g))
+            starts = []
+            for shard, n in enumerate(self.w.starts_per_shard):
+                base = int(self.w._cum[shard])
+                s = min(shift, max(n - 1, 0))
+                starts.append(torch.arange(base + s, base + n, T))
+            starts = torch.cat(starts)
+            self._perm = starts[torch.randperm(len(starts), generator=g)]
+        return self._perm
+
+    def _next_global_starts(self) -> torch.Tensor:
+        if self.mode == "random":
+            return torch.randint(self.w.total_starts, (self.global_batch,), generator=self.gen)
+        out = []
+        need = self.global_batch
+        while need:
+            perm = self._epoch_starts()
+            take = perm[self.pos:self.pos + need]
+            out.append(take)
+            need -= len(take)
+            self.pos += len(take)
+            if self.pos >= len(perm):
+                self.epoch, self.pos, self._perm = self.epoch + 1, 0, None
+        return torch.cat(out)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y), each (micro_batch, T) int64 on the device; y is x shifted left by one."""
+        starts = self._next_global_starts()
+        mine = starts[self.rank * self.micro_batch:(self.rank + 1) * self.micro_batch]
+        x, y = self.w.gather(mine.tolist())
+        if self.device.type == "cuda":
+            # pinned host memory lets the copy overlap with compute
+            return (x.pin_memory().to(self.device, non_blocking=True),
+                    y.pin_memory().to(self.device, non_blocking=True))
+        return x.to(self.device), y.to(self.device)
+
+    @property
+    def epoch_progress(self) -> float:
+        """Epochs completed, fractional (epoch mode)."""
+        if self.mode == "random":
+            return float("nan")
+        return self.epoch + self.pos / max(len(self._epoch_starts()), 1)
+
+    def state_dict(self) -> dict:
+        return {"mode": self.mode, "seed": self.seed, "epoch": self.epoch, "pos": self.pos,
+                "global_batch": self.global_batch, "gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["mode"] != self.mode or state["seed"] != self.seed:
+            raise TinyLMError(f"the checkpoint's data order (--data.sampling {state['mode']}, "
+                              f"--train.seed {state['seed']}) differs from this run's "
+                              f"({self.mode}, {self.seed}); resume with the same settings")
+        self.epoch, self.pos, self._perm = state["epoch"], state["pos"], None
+        self.gen.set_state(state["gen"])
+
+
+def eval_batches(windows: TokenWindows, micro_batch: int, n_batches: int, *, rank: int = 0,
+                 world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """A fixed validation set: the first windows of the split at stride T, the same every eval.
+
+    Yields up to ``n_batches`` micro-batches for this rank (fewer when the split is small).
+    """
+    T, gb = windows.block_size, micro_batch * world_size
+    starts = torch.arange(0, windows.total_starts, T)[: n_batches * gb]
+    for b in range(0, len(starts) - gb + 1, gb) if len(starts) >= gb else [0]:
+        chunk = starts[b:b + gb]
+        mine = chunk[rank * micro_batch:(rank + 1) * micro_batch] if len(chunk) == gb else chunk
+        yield windows.gather(mine.tolist())

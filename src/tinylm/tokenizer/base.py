@@ -1,0 +1,91 @@
+"""The tokenizer interface every tokenizer in tinylm implements (char, BPE, GPT-2).
+
+A tokenizer file is UTF-8 text whose first line is a header ``tinylm-<kind> <version>``;
+:func:`tinylm.tokenizer.load_tokenizer` reads that line and hands the file to the class
+registered for ``<kind>``. Everything after the header belongs to that class.
+"""
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..errors import TinyLMError
+from ..fileio import write_text_atomic
+
+
+class Tokenizer(ABC):
+    """Text <-> token ids. Subclasses set ``kind`` and register themselves with ``@register``."""
+
+    kind: str = ""
+    #: special token text -> id, e.g. {"<|endoftext|>": 50256}
+    special_tokens: dict[str, int]
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Number of ids (ordinary tokens + special tokens); every id is < vocab_size."""
+
+    @abstractmethod
+    def encode(self, text: str, allowed_special: str | set[str] = "none") -> list[int]:
+        """Text -> ids. ``allowed_special`` is "all", "none" or a set of special-token texts;
+        a special token's text that is not allowed is encoded as ordinary text."""
+
+    @abstractmethod
+    def decode(self, ids: Iterable[int]) -> str:
+        """Ids -> text (ids that do not form valid UTF-8 are replaced by U+FFFD)."""
+
+    @abstractmethod
+    def to_text(self) -> str:
+        """The file body after the header line (see :meth:`save`)."""
+
+    @classmethod
+    @abstractmethod
+    def from_text(cls, body: str) -> "Tokenizer":
+        """Inverse of :meth:`to_text`."""
+
+    format_version: int = 1
+
+    @property
+    def eot_id(self) -> int | None:
+        """Id of ``<|endoftext|>`` when the tokenizer has it (document separator), else None."""
+        return self.special_tokens.get("<|endoftext|>")
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the tokenizer file atomically (temp file in the same folder, then rename)."""
+        write_text_atomic(Path(path), f"tinylm-{self.kind} {self.format_version}\n" + self.to_text())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(vocab_size={self.vocab_size}, special={list(self.special_tokens)})"
+
+
+_REGISTRY: dict[str, type[Tokenizer]] = {}
+
+
+def register(cls: type[Tokenizer]) -> type[Tokenizer]:
+    """Class decorator: make ``cls`` loadable by :func:`load_tokenizer` under ``cls.kind``."""
+    _REGISTRY[cls.kind] = cls
+    return cls
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """Read a tokenizer file written by :meth:`Tokenizer.save`."""
+    path = Path(path)
+    if not path.is_file():
+        raise TinyLMError(f"tokenizer file {path} does not exist; run `tinylm prepare` or "
+                          f"`tinylm tokenizer train` to create it")
+    text = path.read_text(encoding="utf-8")
+    header, _, body = text.partition("\n")
+    parts = header.split()
+    if len(parts) != 2 or not parts[0].startswith("tinylm-"):
+        raise TinyLMError(f"{path} is not a tinylm tokenizer file (first line {header[:60]!r}; "
+                          f"expected 'tinylm-<kind> <version>')")
+    kind, version = parts[0][len("tinylm-"):], parts[1]
+    cls = _REGISTRY.get(kind)
+    if cls is None:
+        raise TinyLMError(f"{path}: unknown tokenizer kind {kind!r}; known kinds: {sorted(_REGISTRY)}")
+    if version != str(cls.format_version):
+        raise TinyLMError(f"{path}: tokenizer format version {version} is not supported "
+                          f"(this tinylm reads version {cls.format_version})")
+    return cls.from_text(body)

@@ -1,0 +1,88 @@
+"""Character-level tokenizer: one id per distinct character of the training text.
+
+The classic tiny-Shakespeare setup (65 characters). Characters are sorted by code point so the
+same text always gives the same ids. A character never seen in training has no id: encoding it
+is an error that names the character (train on a text that contains it, or use BPE).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from ..errors import TinyLMError
+from .base import Tokenizer, register
+
+
+@register
+class CharTokenizer(Tokenizer):
+    kind = "char"
+
+    def __init__(self, chars: Iterable[str], special_tokens: Iterable[str] = ()):
+        self.chars: list[str] = sorted(set(chars))
+        if any(len(c) != 1 for c in self.chars):
+            raise TinyLMError("CharTokenizer takes single characters")
+        self.stoi: dict[str, int] = {c: i for i, c in enumerate(self.chars)}
+        # special tokens get the ids after the characters, in the order given
+        self.special_tokens = {s: len(self.chars) + i for i, s in enumerate(dict.fromkeys(special_tokens))}
+        self._id_to_text = self.chars + list(self.special_tokens)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], special_tokens: Iterable[str] = ()) -> "CharTokenizer":
+        """Collect the character set of a stream of text chunks.
+
+        ``CharTokenizer.train(["hello", "world"]).chars -> ['d', 'e', 'h', 'l', 'o', 'r', 'w']``
+        """
+        seen: set[str] = set()
+        for chunk in texts:
+            seen.update(chunk)
+        if not seen:
+            raise TinyLMError("cannot build a character tokenizer from an empty text")
+        return cls(seen, special_tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._id_to_text)
+
+    def encode(self, text: str, allowed_special: str | set[str] = "none") -> list[int]:
+        allowed = set(self.special_tokens) if allowed_special == "all" else (
+            set() if allowed_special == "none" else set(allowed_special))
+        if allowed:
+            return self._encode_with_specials(text, allowed)
+        return self._encode_plain(text)
+
+    def _encode_plain(self, text: str) -> list[int]:
+        stoi = self.stoi
+        try:
+            return [stoi[c] for c in text]
+        except KeyError:
+            missing = sorted({c for c in text if c not in stoi})
+            raise TinyLMError(f"characters {missing[:10]!r} are not in this character vocabulary "
+                              f"({len(self.chars)} chars); retrain the tokenizer on text that "
+                              f"contains them or use --data.tokenizer bpe") from None
+
+    def _encode_with_specials(self, text: str, allowed: set[str]) -> list[int]:
+        ids: list[int] = []
+        i = 0
+        while i < len(text):
+            nxt = min(((text.find(s, i), s) for s in allowed if text.find(s, i) >= 0), default=None)
+            if nxt is None:
+                ids += self._encode_plain(text[i:])
+                break
+            j, s = nxt
+            ids += self._encode_plain(text[i:j])
+            ids.append(self.special_tokens[s])
+            i = j + len(s)
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        table = self._id_to_text
+        return "".join(table[i] if 0 <= i < len(table) else "\ufffd" for i in ids)
+
+    def to_text(self) -> str:
+        return json.dumps({"chars": "".join(self.chars), "special_tokens": list(self.special_tokens)},
+                          ensure_ascii=False, indent=1) + "\n"
+
+    @classmethod
+    def from_text(cls, body: str) -> "CharTokenizer":
+        d = json.loads(body)
+        return cls(d["chars"], d["special_tokens"])

@@ -1,0 +1,215 @@
+"""BPE interop: tiktoken encodings and ranks files, GPT-2's release files, Hugging Face JSON.
+
+Our own file format lives with the class (:meth:`BPETokenizer.to_text`); this module converts
+to and from the formats other tools use:
+
+- tiktoken: ``from_tiktoken("gpt2")``, ``save_tiktoken_ranks`` / ``load_tiktoken_ranks`` (the
+  ``<base64 token> <rank>`` lines of ``*.tiktoken`` files) and ``BPETokenizer.to_tiktoken()``.
+- GPT-2's original ``encoder.json`` + ``vocab.bpe``: ``from_gpt2_files``.
+- Hugging Face ``tokenizers``: ``to_hf_json`` / ``save_hf`` write a ``tokenizer.json`` that
+  ``tokenizers.Tokenizer.from_file`` loads and that encodes like ``encode(allowed_special="all")``.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ..errors import TinyLMError
+from ..fileio import write_text_atomic
+from .bpe import BPETokenizer, PATTERNS
+
+
+@lru_cache(maxsize=None)
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table (used by ``encoder.json``, ``vocab.bpe`` and
+    Hugging Face's ByteLevel). Printable Latin-1 bytes map to themselves, the other 68 bytes to
+    U+0100 upwards in byte order: ``bytes_to_unicode()[32] == "Ġ"`` (the space)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in keep}
+    n = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + n)
+            n += 1
+    return table
+
+
+def _to_unicode(token: bytes) -> str:
+    table = bytes_to_unicode()
+    return "".join(table[b] for b in token)
+
+
+def recover_merges(ranks: Mapping[bytes, int]) -> tuple[list[int], list[tuple[int, int]]]:
+    """Tiktoken ranks -> (byte_ids, merges) in our terms.
+
+    Ranks store only the tokens; the pair each one was made from is found by running BPE on the
+    token's bytes with only the lower-ranked tokens: it must stop at exactly two parts.
+    ``recover_merges({b"a": 0, ..., b"ab": 256, b"abc": 257})`` gives merges
+    ``[(id(a), id(b)), (256, id(c))]``.
+    """
+    n = len(ranks)
+    by_rank: list[bytes | None] = [None] * n
+    for t, r in ranks.items():
+        if not (isinstance(r, int) and 0 <= r < n) or by_rank[r] is not None:
+            raise TinyLMError(f"tiktoken ranks must be the distinct ids 0..{n - 1}; rank {r!r} of "
+                              f"{t!r} is not (is this a tiktoken ranks file?)")
+        by_rank[r] = t
+    if sorted(len(t) for t in by_rank[:256]) != [1] * 256 or len({t for t in by_rank[:256]}) != 256:
+        raise TinyLMError("the first 256 ranks must be the 256 single bytes; these ranks are not a "
+                          "byte-level BPE vocabulary")
+    byte_ids = [0] * 256
+    for r in range(256):
+        byte_ids[by_rank[r][0]] = r
+    merges: list[tuple[int, int]] = []
+    for r in range(256, n):
+        t = by_rank[r]
+        parts = [t[i:i + 1] for i in range(len(t))]
+        while len(parts) > 2:
+            best_i, best = -1, r
+            for i in range(len(parts) - 1):
+                q = ranks.get(parts[i] + parts[i + 1])
+                if q is not None and q < best:
+                    best_i, best = i, q
+            if best_i < 0:
+                break
+            parts[best_i:best_i + 2] = [parts[best_i] + parts[best_i + 1]]
+        if len(parts) != 2:
+            raise TinyLMError(f"token {t!r} (rank {r}) cannot be made by merging two lower-ranked "
+                              f"tokens; these ranks are not a BPE vocabulary")
+        merges.append((ranks[parts[0]], ranks[parts[1]]))
+    return byte_ids, merges
+
+
+def from_ranks(ranks: Mapping[bytes, int], special_tokens: Mapping[str, int] | Sequence[str] = (),
+               pattern: str = "gpt2", name: str = "") -> BPETokenizer:
+    """A BPETokenizer from tiktoken-style ranks (token bytes -> id, dense from 0)."""
+    byte_ids, merges = recover_merges(ranks)
+    return BPETokenizer(merges, special_tokens, pattern, byte_ids, name)
+
+
+def from_tiktoken(encoding: Any = "gpt2") -> BPETokenizer:
+    """``from_tiktoken("gpt2")``: GPT-2's tokenizer in our class (50,000 merges + ``<|endoftext|>``).
+
+    Takes a tiktoken encoding name or a ``tiktoken.Encoding``. Without network access set
+    ``TIKTOKEN_CACHE_DIR`` to a folder holding tiktoken's cached files.
+    """
+    import tiktoken
+    if isinstance(encoding, str):
+        try:
+            enc = tiktoken.get_encoding(encoding)
+        except Exception as e:
+            raise TinyLMError(f"cannot load tiktoken's {encoding!r} encoding ({type(e).__name__}: {e}); "
+                              f"without internet set TIKTOKEN_CACHE_DIR to a folder with tiktoken's "
+                              f"cached files") from None
+    else:
+        enc = encoding
+    pattern = enc._pat_str
+    name = next((k for k, v in PATTERNS.items() if v == pattern), None)
+    return from_ranks(enc._mergeable_ranks, dict(enc._special_tokens), name or pattern, enc.name)
+
+
+def from_gpt2_files(encoder_json: str | os.PathLike, vocab_bpe: str | os.PathLike,
+                    pattern: str = "gpt2") -> BPETokenizer:
+    """GPT-2's tokenizer from OpenAI's release files ``encoder.json`` and ``vocab.bpe``.
+
+    ``vocab.bpe`` lists the merges in order (``Ġ t`` = space + "t"); ``encoder.json`` gives every
+    token's id, which must be 256 + the merge's line number (checked).
+    """
+    decoder = {c: b for b, c in bytes_to_unicode().items()}
+
+    def raw(s: str) -> bytes:
+        return bytes(decoder[c] for c in s)
+
+    try:
+        encoder: dict[str, int] = json.loads(Path(encoder_json).read_text(encoding="utf-8"))
+        lines = Path(vocab_bpe).read_text(encoding="utf-8").split("\n")
+        pairs = [tuple(line.split(" ")) for line in lines[1:] if line and not line.startswith("#version")]
+        ids = {raw(t): i for t, i in encoder.items() if t not in ("<|endoftext|>", "<|startoftext|>")}
+        specials = {t: i for t, i in encoder.items() if t in ("<|endoftext|>", "<|startoftext|>")}
+        byte_ids = [ids[bytes([b])] for b in range(256)]
+        merges = []
+        for k, (a, b) in enumerate(pairs):
+            if ids[raw(a) + raw(b)] != 256 + k:
+                raise ValueError(f"merge {k} ({a} {b}) has id {ids[raw(a) + raw(b)]}, not {256 + k}")
+            merges.append((ids[raw(a)], ids[raw(b)]))
+    except (OSError, ValueError, KeyError) as e:
+        raise TinyLMError(f"cannot read GPT-2 files {encoder_json} + {vocab_bpe} "
+                          f"({type(e).__name__}: {e}); pass OpenAI's encoder.json and vocab.bpe") from None
+    return BPETokenizer(merges, specials, pattern, byte_ids, "gpt2")
+
+
+def save_tiktoken_ranks(tok: BPETokenizer, path: str | os.PathLike) -> None:
+    """Write a tiktoken ranks file (``<base64 token> <id>`` per line, as ``*.tiktoken`` files).
+
+    The file has no pattern or special tokens: pass them when loading, e.g.
+    ``tiktoken.Encoding(name, pat_str=tok.pattern, mergeable_ranks=tiktoken.load.load_tiktoken_bpe(path),
+    special_tokens=tok.special_tokens)``.
+    """
+    lines = [f"{base64.b64encode(t).decode('ascii')} {i}" for i, t in enumerate(tok.vocab)]
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def load_tiktoken_ranks(path: str | os.PathLike, special_tokens: Mapping[str, int] | Sequence[str] = (),
+                        pattern: str = "gpt2") -> BPETokenizer:
+    """Read a tiktoken ranks file (see :func:`save_tiktoken_ranks`) into a BPETokenizer."""
+    ranks: dict[bytes, int] = {}
+    try:
+        for line in Path(path).read_text(encoding="ascii").splitlines():
+            if line:
+                token, rank = line.split()
+                ranks[base64.b64decode(token, validate=True)] = int(rank)
+    except (OSError, ValueError) as e:
+        raise TinyLMError(f"{path} is not a tiktoken ranks file ({type(e).__name__}: {e})") from None
+    return from_ranks(ranks, special_tokens, pattern, Path(path).stem)
+
+
+def to_hf_json(tok: BPETokenizer) -> dict:
+    """A Hugging Face ``tokenizers`` JSON document for ``tok``.
+
+    Pre-tokenization is the same regex (``Split``, isolated) followed by ``ByteLevel`` without
+    its own regex (it only maps bytes to GPT-2's printable characters); the model is BPE with our
+    vocabulary and merges; special tokens are added tokens, always recognized (so compare with
+    ``tok.encode(text, allowed_special="all")``).
+    """
+    vocab = {_to_unicode(t): i for i, t in enumerate(tok.vocab)}
+    merges = [f"{_to_unicode(tok.vocab[a])} {_to_unicode(tok.vocab[b])}" for a, b in tok.merges]
+    added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": True}
+             for s, i in sorted(tok.special_tokens.items(), key=lambda kv: kv[1])]
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": tok.pattern}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+        ]},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                  "ignore_merges": False, "vocab": vocab, "merges": merges},
+    }
+
+
+def save_hf(tok: BPETokenizer, path: str | os.PathLike) -> None:
+    """Write ``tokenizer.json`` for ``tokenizers.Tokenizer.from_file`` (and ``transformers``'
+    ``PreTrainedTokenizerFast(tokenizer_file=...)``)."""
+    write_text_atomic(path, json.dumps(to_hf_json(tok), ensure_ascii=False, indent=1) + "\n")
+
+
+def to_hf_tokenizer(tok: BPETokenizer):
+    """The ``tokenizers.Tokenizer`` itself (needs ``pip install tokenizers``)."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise TinyLMError("Hugging Face export needs the `tokenizers` package: "
+                          "pip install 'tinylm[dev]' (or pip install tokenizers)") from None
+    return Tokenizer.from_str(json.dumps(to_hf_json(tok)))

@@ -1,0 +1,75 @@
+"""Metric sinks behind one small interface: ``log(record)`` and ``close()``.
+
+Every record is a flat dict with the same names everywhere (step, loss, val_loss, lr,
+grad_norm, tokens_per_s, data_ms, compute_ms, tokens_seen, elapsed_s).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+class JSONLSink:
+    """Append one JSON object per record to ``metrics.jsonl`` (flushed, so a crash loses nothing logged)."""
+
+    def __init__(self, path: Path):
+        self.f = open(path, "a", encoding="utf-8")
+
+    def log(self, record: dict) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        self.f.write(json.dumps(clean) + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class ConsoleSink:
+    """A live progress bar (loss, val loss, tok/s, ETA), or plain lines when ``progress`` is off:
+    one per evaluation, plus one every ``plain_every`` steps when that is not 0."""
+
+    def __init__(self, total_steps: int, start_step: int, progress: bool, plain_every: int = 0):
+        self.plain_every = plain_every
+        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                        file=sys.stderr) if progress else None
+        self.last: dict = {}
+
+    def log(self, record: dict) -> None:
+        self.last.update({k: v for k, v in record.items() if v is not None})
+        r = self.last
+        text = (f"loss {r.get('loss', float('nan')):.4f} val {r.get('val_loss', float('nan')):.4f} "
+                f"{r.get('tokens_per_s', 0):,.0f} tok/s")
+        if self.bar is not None:
+            self.bar.n = record["step"]
+            self.bar.set_postfix_str(text, refresh=True)
+        elif "val_loss" in record or (self.plain_every and record["step"] % self.plain_every == 0):
+            print(f"step {record['step']}: {text}", flush=True)
+
+    def write(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Tracker:
+    """Fans records out to every sink."""
+
+    def __init__(self, sinks: list):
+        self.sinks = sinks
+
+    def log(self, record: dict) -> None:
+        for s in self.sinks:
+            s.log(record)
+
+    def close(self) -> None:
+        for s in self.sinks:
+            s.close()

@@ -1,0 +1,63 @@
+"""Shared fixtures: real text slices, tiny configs.
+
+Real corpora come from ../shared/data beside the repository (override with TINYLM_SHARED_DATA).
+On a clone without it, the text fixtures fall back to the Python standard library's source, so the
+suite still runs; tests that need a specific shared file skip with a reason.
+"""
+from __future__ import annotations
+
+import os
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from tinylm.config import Config, set_value
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("TINYLM_SHARED_DATA", REPO.parent / "shared" / "data"))
+TINYSHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
+
+
+def shared_file(rel: str) -> Path:
+    path = SHARED_DATA / rel
+    if not path.is_file():
+        pytest.skip(f"{path} not present (the course's shared data folder; set TINYLM_SHARED_DATA)")
+    return path
+
+
+def _stdlib_text(n_chars: int) -> str:
+    parts, total = [], 0
+    for p in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        t = p.read_text(encoding="utf-8", errors="replace")
+        parts.append(t)
+        total += len(t)
+        if total >= n_chars:
+            break
+    return "".join(parts)[:n_chars]
+
+
+@pytest.fixture(scope="session")
+def text_200k(tmp_path_factory) -> Path:
+    """A ~200 KB real text file: tiny Shakespeare's head, or stdlib source without ../shared."""
+    if TINYSHAKESPEARE.is_file():
+        text = TINYSHAKESPEARE.read_text(encoding="utf-8")[:200_000]
+    else:
+        text = _stdlib_text(200_000)
+    path = tmp_path_factory.mktemp("corpus") / "text.txt"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def tiny_config(tmp_path: Path, corpus: Path, **overrides) -> Config:
+    """2 layers, width 32, context 32: trains a few dozen steps in seconds."""
+    cfg = Config()
+    base = {"data.corpus": str(corpus), "data.dir": str(tmp_path / "data"), "run.dir": str(tmp_path / "runs"),
+            "run.name": "tiny", "run.progress": False, "model.n_layer": 2, "model.n_head": 2,
+            "model.n_embd": 32, "model.block_size": 32, "train.batch_size": 8, "train.max_steps": 30,
+            "train.eval_interval": 10, "train.eval_batches": 2, "train.log_interval": 5,
+            "optim.lr": 3e-3, "optim.warmup_steps": 5, "sample.max_new_tokens": 20}
+    base.update(overrides)
+    for k, v in base.items():
+        set_value(cfg, k, v)
+    return cfg

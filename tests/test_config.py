@@ -1,0 +1,88 @@
+from pathlib import Path
+
+import pytest
+
+from tinylm.config import (Config, build_config, from_dict, grad_accum_steps, load_toml, parse_overrides,
+                           to_toml, validate)
+from tinylm.errors import TinyLMError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_overrides_are_converted_to_declared_types():
+    cfg = build_config(None, ["--optim.lr", "3e-4", "--model.n_layer", "8", "--model.n_head", "8",
+                              "--model.qk_norm", "true", "--run.name=x", "--train.max_steps", "1e3"])
+    assert cfg.optim.lr == 3e-4 and isinstance(cfg.optim.lr, float)
+    assert cfg.model.n_layer == 8 and isinstance(cfg.model.n_layer, int)
+    assert cfg.model.qk_norm is True
+    assert cfg.run.name == "x"
+    assert cfg.train.max_steps == 1000 and isinstance(cfg.train.max_steps, int)
+
+
+def test_unknown_key_lists_near_matches():
+    with pytest.raises(TinyLMError, match=r"unknown config key --optim.learning_rat.*--optim.lr|unknown"):
+        build_config(None, ["--optim.learning_rat", "1"])
+    with pytest.raises(TinyLMError, match="did you mean --model.n_layer"):
+        build_config(None, ["--model.n_layers", "4"])
+
+
+def test_wrong_type_names_the_flag():
+    with pytest.raises(TinyLMError, match=r"--model.n_layer expects an integer, got '4.5'"):
+        build_config(None, ["--model.n_layer", "4.5"])
+    with pytest.raises(TinyLMError, match=r"--model.bias expects true/false"):
+        build_config(None, ["--model.bias", "maybe"])
+
+
+def test_override_syntax_errors():
+    with pytest.raises(TinyLMError, match="needs a value"):
+        parse_overrides(["--optim.lr"])
+    with pytest.raises(TinyLMError, match="overrides look like"):
+        parse_overrides(["lr=3"])
+
+
+def test_validation_messages_name_flags():
+    with pytest.raises(TinyLMError, match=r"--model.n_embd 100 is not divisible by --model.n_head 6"):
+        build_config(None, ["--model.n_embd", "100"])
+    with pytest.raises(TinyLMError, match=r"--train.batch_size 12 is not divisible by --train.micro_batch_size 5"):
+        build_config(None, ["--train.batch_size", "12", "--train.micro_batch_size", "5"])
+    cfg = build_config(None, ["--train.batch_size", "12"])
+    with pytest.raises(TinyLMError, match="not divisible by 5 DDP processes"):
+        validate(cfg, world_size=5)
+    with pytest.raises(TinyLMError, match="--data.vocab_size 100 is too small"):
+        build_config(None, ["--data.tokenizer", "bpe", "--data.vocab_size", "100"])
+    with pytest.raises(TinyLMError, match="--model.mlp 'tanh' is not one of gelu, swiglu, relu2"):
+        build_config(None, ["--model.mlp", "tanh"])
+
+
+def test_grad_accum_steps():
+    cfg = build_config(None, ["--train.batch_size", "16", "--train.micro_batch_size", "4"])
+    assert grad_accum_steps(cfg) == 4
+    assert grad_accum_steps(cfg, world_size=2) == 2
+
+
+def test_toml_round_trip_writes_every_default(tmp_path):
+    cfg = build_config(None, ["--optim.lr", "2e-3", "--sample.prompt", 'He said "hi"\n'])
+    path = tmp_path / "c.toml"
+    path.write_text(to_toml(cfg))
+    back = load_toml(path)
+    assert back == cfg
+    assert from_dict(cfg.to_dict()) == cfg
+    assert "warmup_steps = 100" in path.read_text()
+
+
+def test_toml_unknown_key_names_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[model]\nn_layers = 4\n")
+    with pytest.raises(TinyLMError, match=r"bad.toml: unknown config key --model.n_layers"):
+        load_toml(path)
+    path.write_text("lr = 3\n")
+    with pytest.raises(TinyLMError, match="must be a table"):
+        load_toml(path)
+    with pytest.raises(TinyLMError, match="does not exist"):
+        load_toml(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("preset", sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_presets_load_and_validate(preset):
+    cfg = build_config(preset)
+    assert cfg != Config()
