@@ -56,7 +56,7 @@ def tiny_config(tmp_path: Path, corpus: Path, **overrides) -> Config:
             "run.name": "tiny", "run.progress": False, "model.n_layer": 2, "model.n_head": 2,
             "model.n_embd": 32, "model.block_size": 32, "train.batch_size": 8, "train.max_steps": 30,
             "train.eval_interval": 10, "train.eval_batches": 2, "train.log_interval": 5,
-            "optim.lr": 3e-3, "optim.warmup_steps": 5, "sample.max_new_tokens": 20}
+            "optim.lr": 1e-2, "optim.warmup_steps": 5, "sample.max_new_tokens": 20}
     base.update(overrides)
     for k, v in base.items():
         set_value(cfg, k, v)

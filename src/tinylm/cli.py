@@ -42,8 +42,6 @@ def cmd_train(args, extra) -> int:
 
 
 def _load_for_inference(run: str, which: str):
-    import torch
-
     from . import checkpoint as ckpt
     from .data import load_data_tokenizer
     from .model import GPT
@@ -52,7 +50,6 @@ def _load_for_inference(run: str, which: str):
     model = GPT(cfg.model)
     model.load_state_dict(ckpt.load_part(path, "model"))
     model.eval()
-    torch.set_grad_enabled(False)
     return path, cfg, model, load_data_tokenizer(cfg.data.dir)
 
 

@@ -1,0 +1,139 @@
+"""End to end: prepare -> train -> checkpoint -> resume -> sample, on a real text slice."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinylm import checkpoint as ckpt
+from tinylm.cli import main
+from tinylm.errors import TinyLMError
+from tinylm.train import resolve_precision, train
+
+from conftest import tiny_config
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_train_resume_sample(tmp_path, text_200k, capsys):
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 60})
+    result = train(cfg, log=lambda *a: None)
+    vocab = cfg.model.vocab_size
+    assert result.step == 60
+    assert result.val_loss < math.log(vocab) - 1.0, "the model did not learn"
+    run = cfg.run_dir
+    assert (run / "config.toml").is_file() and (run / "samples.md").read_text().count("## step") == 6
+    last = ckpt.resolve_checkpoint(run)
+    assert last.name == "step_000060"
+    assert ckpt.read_meta(last)["config"]["model"]["vocab_size"] == vocab
+    m = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"step", "loss", "lr", "grad_norm", "tokens_per_s", "data_ms", "compute_ms"} <= set(m[0])
+
+    # resume: continue the same run to 80 steps
+    cfg.train.max_steps = 80
+    resumed = train(cfg, resume=True, log=lambda *a: None)
+    assert resumed.step == 80 and resumed.tokens_seen == 80 * 8 * 32
+
+    assert main(["sample", str(run), "--max-new-tokens", "30", "--prompt", "the "]) == 0
+    out = capsys.readouterr().out
+    assert "--- sample 1 (step_000080) ---" in out and "the " in out
+    assert main(["info", str(run), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["step"] == 80 and info["parameters"] > 0
+
+
+def test_resume_is_bit_exact(tmp_path, text_200k):
+    """Stopping at step 20 and resuming gives the same loss at every later step, bit for bit.
+
+    (A constant schedule, because here the stop is a shorter max_steps, which would change a cosine.)
+    """
+    opts = {"train.eval_interval": 20, "train.log_interval": 1, "model.dropout": 0.1,
+            "optim.schedule": "constant", "data.sampling": "random"}
+    full = tiny_config(tmp_path / "a", text_200k, **{"train.max_steps": 40, **opts})
+    train(full, log=lambda *a: None)
+    part = tiny_config(tmp_path / "b", text_200k, **{"train.max_steps": 20, **opts})
+    train(part, log=lambda *a: None)
+    part.train.max_steps = 40
+    train(part, resume=True, log=lambda *a: None)
+    a, b = losses(full.run_dir), losses(part.run_dir)
+    assert sorted(a) == sorted(b) == list(range(1, 41))
+    assert max(abs(a[s] - b[s]) for s in a) == 0.0
+
+
+def test_gradient_accumulation_matches_full_batch(tmp_path, text_200k):
+    one = tiny_config(tmp_path / "a", text_200k, **{"train.max_steps": 10, "train.log_interval": 1})
+    acc = tiny_config(tmp_path / "b", text_200k, **{"train.max_steps": 10, "train.log_interval": 1,
+                                                     "train.micro_batch_size": 2})
+    train(one, log=lambda *a: None)
+    train(acc, log=lambda *a: None)
+    a, b = losses(one.run_dir), losses(acc.run_dir)
+    assert max(abs(a[s] - b[s]) for s in a) < 1e-4
+
+
+def test_existing_run_folder_is_refused(tmp_path, text_200k):
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 2, "train.eval_interval": 0})
+    train(cfg, log=lambda *a: None)
+    with pytest.raises(TinyLMError, match="already exists; pass --resume"):
+        train(cfg, log=lambda *a: None)
+
+
+def test_resume_with_other_architecture_names_the_field(tmp_path, text_200k):
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 2, "train.eval_interval": 0})
+    train(cfg, log=lambda *a: None)
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 4, "model.n_layer": 3})
+    with pytest.raises(TinyLMError, match=r"--model.n_layer: checkpoint 2, this run 3"):
+        train(cfg, resume=True, log=lambda *a: None)
+
+
+def test_fp16_on_cpu_is_refused():
+    with pytest.raises(TinyLMError, match="fp16 needs CUDA"):
+        resolve_precision("fp16", torch.device("cpu"))
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert resolve_precision("auto", torch.device("cpu")) in ("bf16", "fp32")
+
+
+def test_bf16_autocast_trains(tmp_path, text_200k):
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 20, "train.precision": "bf16"})
+    result = train(cfg, log=lambda *a: None)
+    assert math.isfinite(result.val_loss) and result.val_loss < math.log(cfg.model.vocab_size)
+
+
+def test_cli_errors_are_one_line_messages(tmp_path, capsys):
+    assert main(["train", "--model.n_layers", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key --model.n_layers" in err and "Traceback" not in err
+    assert main(["train", "--data.corpus", str(tmp_path / "missing.txt"), "--data.dir", str(tmp_path / "d"),
+                 "--run.dir", str(tmp_path / "r")]) == 2
+    assert "missing.txt" in capsys.readouterr().err
+    assert main(["sample", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path, text_200k):
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 100000, "train.eval_interval": 0})
+    args = [sys.executable, "-m", "tinylm", "train"]
+    for section in ("model", "data", "train", "run", "optim"):
+        for k, v in vars(getattr(cfg, section)).items():
+            args += [f"--{section}.{k}", str(v)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 120
+    while not (cfg.run_dir / "metrics.jsonl").exists() or not losses(cfg.run_dir):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "stopped by signal" in out and "Traceback" not in out
+    last = ckpt.resolve_checkpoint(cfg.run_dir)
+    assert ckpt.read_meta(last)["step"] >= 5
