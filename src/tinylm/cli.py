@@ -35,9 +35,12 @@ def cmd_prepare(args, extra) -> int:
 
 
 def cmd_train(args, extra) -> int:
-    from .train import train
+    from .train import shutdown_distributed, train
     cfg = _config_from(args, extra)
-    result = train(cfg, resume=args.resume)
+    try:
+        result = train(cfg, resume=args.resume)
+    finally:
+        shutdown_distributed()
     return 130 if result.stopped_early else 0
 
 

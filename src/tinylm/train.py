@@ -98,6 +98,11 @@ def init_distributed(device_name: str) -> Dist:
     return Dist(rank, local_rank, world)
 
 
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _all_mean(x: torch.Tensor, d: Dist) -> torch.Tensor:
     if d.world_size > 1:
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
