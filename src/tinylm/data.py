@@ -343,11 +343,14 @@ def eval_batches(windows: TokenWindows, micro_batch: int, n_batches: int, *, ran
                  world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """A fixed validation set: the first windows of the split at stride T, the same every eval.
 
-    Yields up to ``n_batches`` micro-batches for this rank (fewer when the split is small).
+    Yields up to ``n_batches`` micro-batches for this rank. A split too small for one global
+    batch is evaluated whole by every rank, so the average over ranks stays right.
     """
     T, gb = windows.block_size, micro_batch * world_size
     starts = torch.arange(0, windows.total_starts, T)[: n_batches * gb]
-    for b in range(0, len(starts) - gb + 1, gb) if len(starts) >= gb else [0]:
-        chunk = starts[b:b + gb]
-        mine = chunk[rank * micro_batch:(rank + 1) * micro_batch] if len(chunk) == gb else chunk
+    if len(starts) < gb:
+        yield windows.gather(starts.tolist())
+        return
+    for b in range(0, len(starts) - gb + 1, gb):
+        mine = starts[b + rank * micro_batch: b + (rank + 1) * micro_batch]
         yield windows.gather(mine.tolist())

@@ -21,18 +21,19 @@ lexicographically greatest pair of byte strings ``(left_bytes, right_bytes)`` (c
 parts, then the right parts). So the same text gives the same merges on every run, with any
 number of workers and any chunking of the input.
 
-If a merge would create bytes that are already a token (possible, e.g. ``"a"+"bc"`` after
-``"ab"+"c"``), the words are merged into the existing token and the vocabulary does not grow:
+If a merge would create bytes that already are a token (never seen on real corpora, but not
+ruled out), the words are merged into the existing token and the vocabulary does not grow:
 the encoder joins any adjacent pair whose bytes are a token, so this mirrors encoding.
 """
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import os
 import re
 import warnings
-from collections import Counter, defaultdict, deque
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,7 @@ _CUT_BEFORE = re.compile(r"(?<=\S) ")  # stdlib \s is a superset of Unicode Whit
 _SPACES_AFTER_SPACE = regex.compile(r"\s( +)")  # spaces that must not be cut before
 _SENTINELS = "\ue000\ue001\U000f0000\U000f0001"  # private-use stand-ins for those spaces
 _BLOCK_CHARS = 1 << 19  # the trainer pre-tokenizes ~512K-character blocks (one task per worker)
+_FORCE_CUT_CHARS = 1 << 22
 
 
 def resolve_pattern(pattern: str) -> str:
@@ -148,8 +150,8 @@ def iter_blocks(texts: Iterable[str], specials: Sequence[str] = (),
     Concatenating the blocks gives back the text, and pre-tokenizing block by block gives the
     same pre-tokens as pre-tokenizing the whole text at once (for the built-in patterns; for
     other patterns it is exact as long as they never match across ``x| y`` or ``x\\n|y``).
-    Text with no safe point for 16 blocks (megabytes without a space or line break) is cut
-    anyway, so memory stays bounded.
+    Text with no safe point for 16 blocks and 4M characters (no space or line break in
+    megabytes) is cut anyway, so memory stays bounded; pre-tokens at such a cut may differ.
     """
     if isinstance(texts, str):
         texts = [texts]
@@ -170,7 +172,7 @@ def iter_blocks(texts: Iterable[str], specials: Sequence[str] = (),
             if cut < 0:  # none in this block: take the first one after it
                 cut = _safe_cut(text, start, len(text), specials)
                 if cut < 0:
-                    if len(text) - start < 16 * block_chars:
+                    if len(text) - start < max(16 * block_chars, _FORCE_CUT_CHARS):
                         break  # wait for more text
                     cut = start + block_chars
             yield text[start:cut]
@@ -260,15 +262,16 @@ def _split_at_spaces(text: str) -> tuple[list[str], str]:
 
 
 def count_pretokens(texts: Iterable[str], pattern: str = "gpt2", special_tokens: Sequence[str] = (),
-                    workers: int | None = None, progress: bool = False) -> dict[str, int]:
+                    workers: int | None = None, progress: bool = False,
+                    block_chars: int = _BLOCK_CHARS) -> dict[str, int]:
     """Pre-token -> count over a stream of text, in bounded memory, on ``workers`` processes.
 
     ``count_pretokens(["the cat<|endoftext|>the"], special_tokens=["<|endoftext|>"])
     -> {"the": 2, " cat": 1}`` (special tokens are cut out first).
     """
     pre = _PreTokenizer(resolve_pattern(pattern), check_special_tokens(special_tokens))
-    blocks = iter_blocks(texts, pre.specials)
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    blocks = iter_blocks(texts, pre.specials, block_chars)
+    workers = _cores() if workers is None else workers
     if workers < 1:
         raise TinyLMError(f"workers must be >= 1 (got {workers})")
     total: Counter[str] = Counter()
@@ -283,12 +286,18 @@ def count_pretokens(texts: Iterable[str], pattern: str = "gpt2", special_tokens:
             total.update(pre.count(block))
             bar.update(len(block))
     else:
-        import itertools
         for counts, n in _map_bounded(pre.count, itertools.chain([first, second], blocks), workers):
             total.update(counts)
             bar.update(n)
     bar.close()
     return dict(total)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may use
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def _map_bounded(fn, items: Iterable[str], workers: int) -> Iterator[tuple[Any, int]]:
@@ -694,7 +703,7 @@ class BPETokenizer(Tokenizer):
 
     def encode_file(self, path: str | os.PathLike, allowed_special: str | Iterable[str] = "none") -> Iterator[int]:
         """Stream the ids of a UTF-8 text file (see :meth:`encode_iter`)."""
-        yield from self.encode_iter(iter_text_files([path]), allowed_special)
+        yield from self.encode_iter(iter_text_files([path], separate=False), allowed_special)
 
     def encode_bytes(self, data: bytes) -> list[int]:
         """Arbitrary bytes (not necessarily UTF-8) -> ids; ``decode_bytes`` gives them back.
@@ -815,12 +824,14 @@ class BPETokenizer(Tokenizer):
             pattern "'(?:[sdmt]|ll|ve|re)| ?\\\\p{L}++| ..."
             special_tokens {"<|endoftext|>": 4095}
             byte_ids identity
+            name ""
             merges 3839
             32 116
             104 101
             ...
 
-        Merge line k is ``a b``: token ``256 + k`` is token a followed by token b.
+        Merge line k is ``a b``: token ``256 + k`` is token a followed by token b. ``byte_ids``
+        is a JSON list (id of each byte value) when the bytes are not ids 0..255 in order (GPT-2).
         """
         byte_ids = "identity" if self.byte_ids == list(range(256)) else json.dumps(self.byte_ids)
         head = [f"pattern {json.dumps(self.pattern)}",
@@ -906,10 +917,12 @@ def _show(t: bytes) -> str:
 
 # ---------------------------------------------------------------------------- for the CLI
 
-def iter_text_files(paths: Iterable[str | os.PathLike], chunk_chars: int = 1 << 20) -> Iterator[str]:
+def iter_text_files(paths: Iterable[str | os.PathLike], chunk_chars: int = 1 << 20,
+                    separate: bool = True) -> Iterator[str]:
     """Stream UTF-8 text files as chunks of about ``chunk_chars`` characters (bounded memory).
 
-    A newline is added after a file that does not end with one, so no word joins two files.
+    With ``separate``, a newline follows a file that does not end with one, so no word joins
+    two files. Line endings are kept as they are (no "\\r\\n" translation).
     """
     for path in paths:
         path = Path(path)
@@ -924,7 +937,7 @@ def iter_text_files(paths: Iterable[str | os.PathLike], chunk_chars: int = 1 << 
         except UnicodeDecodeError as e:
             raise TinyLMError(f"{path} is not UTF-8 text ({e}); convert it first, e.g. "
                               f"`iconv -t utf-8`") from None
-        if last not in "\r\n":
+        if separate and last not in "\r\n":
             yield "\n"
 
 
@@ -968,9 +981,8 @@ def token_stats(texts: Iterable[str], vocab_sizes: Sequence[int], width: int, *,
         raise TinyLMError("token_stats needs some text; the corpus sample is empty")
     rows: list[dict] = []
 
-    def row(label: str, tok: Tokenizer, note: str = "") -> dict:
-        n_tok = sum(len(ids) for ids in tok.encode_batch(evals)) if isinstance(tok, BPETokenizer) \
-            else sum(len(tok.encode(t)) for t in evals)
+    def row(label: str, tok: BPETokenizer, note: str = "") -> dict:
+        n_tok = sum(len(ids) for ids in tok.encode_batch(evals))
         return {"tokenizer": label, "vocab_size": tok.vocab_size, "tokens": n_tok, "chars": n_chars,
                 "bytes": n_bytes, "tokens_per_char": n_tok / n_chars, "bytes_per_token": n_bytes / n_tok,
                 "chars_per_token": n_chars / n_tok, "embedding_params": tok.vocab_size * width,
@@ -980,23 +992,19 @@ def token_stats(texts: Iterable[str], vocab_sizes: Sequence[int], width: int, *,
     if sizes:
         if sizes[0] < 256:
             raise TinyLMError(f"vocab size {sizes[0]} is below 256 (the byte tokens); use 256 or more")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with warnings.catch_warnings():  # too few merges for the largest size: noted per row
+            warnings.simplefilter("ignore")
             big = BPETokenizer.train(train_texts, sizes[-1], special_tokens=(), pattern=pattern,
                                      workers=workers, progress=progress)
         for v in sizes:
-            if v > big.vocab_size:
-                rows.append({"tokenizer": f"bpe-{v}", "vocab_size": v, "tokens": None, "chars": n_chars,
-                             "bytes": n_bytes, "tokens_per_char": None, "bytes_per_token": None,
-                             "chars_per_token": None, "embedding_params": v * width,
-                             "note": f"corpus has only {big.vocab_size - 256} merges"})
-                continue
-            rows.append(row(f"bpe-{v}", big.truncated(v), "trained on this corpus"))
-        del caught
+            if v > big.vocab_size:  # the corpus ran out of pairs: report the largest there is
+                rows.append(row(f"bpe-{v}", big, f"capped: the corpus has only {big.n_merges} merges"))
+            else:
+                rows.append(row(f"bpe-{v}", big.truncated(v), "trained on this corpus"))
     if gpt2:
         try:
             rows.append(row("gpt2", BPETokenizer.from_tiktoken("gpt2"), "GPT-2's (tiktoken)"))
-        except Exception as e:  # offline without TIKTOKEN_CACHE_DIR: report, don't fail
+        except TinyLMError as e:  # offline without TIKTOKEN_CACHE_DIR: report, don't fail
             rows.append({"tokenizer": "gpt2", "vocab_size": 50257, "tokens": None, "chars": n_chars,
                          "bytes": n_bytes, "tokens_per_char": None, "bytes_per_token": None,
                          "chars_per_token": None, "embedding_params": 50257 * width,

@@ -7,6 +7,7 @@ is an error that names the character (train on a text that contains it, or use B
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 
 from ..errors import TinyLMError
@@ -61,17 +62,14 @@ class CharTokenizer(Tokenizer):
                               f"contains them or use --data.tokenizer bpe") from None
 
     def _encode_with_specials(self, text: str, allowed: set[str]) -> list[int]:
+        # longest first, so a special token that contains another wins
+        pattern = "|".join(re.escape(s) for s in sorted(allowed, key=len, reverse=True))
         ids: list[int] = []
-        i = 0
-        while i < len(text):
-            nxt = min(((text.find(s, i), s) for s in allowed if text.find(s, i) >= 0), default=None)
-            if nxt is None:
-                ids += self._encode_plain(text[i:])
-                break
-            j, s = nxt
-            ids += self._encode_plain(text[i:j])
-            ids.append(self.special_tokens[s])
-            i = j + len(s)
+        for i, part in enumerate(re.split(f"({pattern})", text)):
+            if i % 2:  # odd parts are the captured special tokens
+                ids.append(self.special_tokens[part])
+            elif part:
+                ids += self._encode_plain(part)
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:

@@ -1,0 +1,186 @@
+"""Exactness against the references: GPT-2 via tiktoken (100% of tokens, both our encoders),
+GPT-2's release files, tiktoken ranks files and Hugging Face ``tokenizers`` export."""
+from __future__ import annotations
+
+import os
+import sysconfig
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+DATA = Path(os.environ.get("TINYLM_SHARED_DATA", SHARED / "data"))
+if (SHARED / "tiktoken_cache").is_dir():
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
+
+from tinylm.errors import TinyLMError  # noqa: E402
+from tinylm.tokenizer.bpe import BPETokenizer  # noqa: E402
+from tinylm.tokenizer.io import (from_gpt2_files, load_tiktoken_ranks, save_hf,  # noqa: E402
+                                 save_tiktoken_ranks, to_hf_tokenizer)
+
+tiktoken = pytest.importorskip("tiktoken")
+EOT = "<|endoftext|>"
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+PIECES = ["'s", "'ll", "'re", "'ve", "'m", "'d", "'t", "'LL", " ", "  ", "   ", "\n", "\n\n", "\t",
+          "\r\n", " \n ", "\u00a0", "\u3000", "\u2028", "\x1c", "\u200b", "\ufeff", "0", "123", "4567890",
+          "½", "hello", "Hello", " world", " don't", "😀", "👋🏽", "🇫🇷", "👨‍👩‍👧", "日本語", "中文",
+          "한국어", "é", "e\u0301", "a\u0308\u0323", "ﬁ", "—", "...", "?!", EOT, "<|", "ß", "İ", "Ω",
+          "ǅ", "\\", "\x00", "\x7f", "\U0001d54f", "عربى", "עברית", "देवनागरी"]
+texts = st.one_of(st.text(max_size=80),
+                  st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=4)), max_size=30).map("".join))
+
+
+def shared_text(rel: str) -> str:
+    path = DATA / rel
+    if not path.is_file():
+        pytest.skip(f"{path} not found (set TINYLM_SHARED_DATA to the shared data folder)")
+    return path.read_text(encoding="utf-8")
+
+
+def stdlib_sample(n_chars: int = 1_000_000) -> str:
+    """About 1 MB of the Python standard library's source (every machine has it)."""
+    out, size = [], 0
+    for p in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        text = p.read_text(encoding="utf-8", errors="replace")
+        out.append(text)
+        size += len(text)
+        if size >= n_chars:
+            break
+    return "".join(out)
+
+
+@pytest.fixture(scope="module")
+def gpt2_enc():
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:
+        pytest.skip(f"tiktoken's GPT-2 files are unavailable ({type(e).__name__}); set TIKTOKEN_CACHE_DIR")
+
+
+@pytest.fixture(scope="module")
+def gpt2(gpt2_enc) -> BPETokenizer:
+    return BPETokenizer.from_tiktoken(gpt2_enc)
+
+
+@pytest.fixture(scope="module")
+def trained() -> BPETokenizer:
+    text = shared_text("tinystories/train-head-lowercase.txt")[:400_000]
+    return BPETokenizer.train([text], 2048)
+
+
+# ---------------------------------------------------------------------------- GPT-2 parity
+
+def test_gpt2_known_answers(gpt2):
+    assert gpt2.vocab_size == 50257 and gpt2.n_merges == 50000 and gpt2.eot_id == 50256
+    assert gpt2.encode("hello world") == gpt2.encode_reference("hello world") == [31373, 995]
+    assert gpt2.encode(" hello") == [23748]
+    assert gpt2.encode(EOT, allowed_special="all") == [50256]
+    assert gpt2.vocab[gpt2.merges[0][0]] + gpt2.vocab[gpt2.merges[0][1]] == b" t"  # vocab.bpe line 1: "Ġ t"
+
+
+@pytest.mark.parametrize("name", ["tinyshakespeare/input.txt", "tinystories/valid-head.txt",
+                                  "tinystories/train-head-lowercase.txt", "stdlib"])
+def test_gpt2_parity_on_real_text(gpt2, gpt2_enc, name):
+    text = stdlib_sample() if name == "stdlib" else shared_text(name)
+    want = gpt2_enc.encode_ordinary(text)
+    assert gpt2.encode(text) == want            # fast path: 100% of tokens
+    assert gpt2.encode_reference(text) == want  # pure-Python reference: 100% of tokens
+    assert gpt2.decode(want) == text
+
+
+@FUZZ
+@given(text=texts)
+def test_gpt2_parity_fuzz(gpt2, gpt2_enc, text):
+    want = gpt2_enc.encode(text, disallowed_special=())
+    assert gpt2.encode(text) == want
+    assert gpt2.encode_reference(text) == want
+    want = gpt2_enc.encode(text, allowed_special="all")
+    assert gpt2.encode(text, allowed_special="all") == want
+    assert gpt2.encode_reference(text, allowed_special="all") == want
+    assert gpt2.decode(want) == text
+
+
+def test_gpt2_from_release_files(gpt2):
+    cache = Path(os.environ.get("TIKTOKEN_CACHE_DIR", ""))
+    # tiktoken caches GPT-2's encoder.json and vocab.bpe under these names (sha1 of their URLs)
+    enc_json, vocab_bpe = cache / "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6", cache / "6d1cbeee0f20b3d9449abfede4726ed8212e3aee"
+    if not (enc_json.is_file() and vocab_bpe.is_file()):
+        pytest.skip("GPT-2's encoder.json / vocab.bpe are not in TIKTOKEN_CACHE_DIR")
+    tok = from_gpt2_files(enc_json, vocab_bpe)
+    assert tok.__getstate__() == gpt2.__getstate__()
+    with pytest.raises(TinyLMError, match="cannot read GPT-2 files"):
+        from_gpt2_files(vocab_bpe, enc_json)
+
+
+def test_gpt2_file_round_trip(gpt2, tmp_path):
+    from tinylm.tokenizer import load_tokenizer
+    gpt2.save(tmp_path / "gpt2.bpe")
+    again = load_tokenizer(tmp_path / "gpt2.bpe")
+    assert again.__getstate__() == gpt2.__getstate__()
+    assert again.byte_ids != list(range(256))  # GPT-2 numbers its bytes in its own order
+    assert "\n198\t\"\\n\"" in (tmp_path / "gpt2.vocab.txt").read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------- trained tokenizers
+
+@FUZZ
+@given(text=texts)
+def test_trained_fast_reference_and_tiktoken_agree(trained, text):
+    ids = trained.encode(text, allowed_special="all")
+    assert ids == trained.encode_reference(text, allowed_special="all")
+    assert trained.decode(ids) == text
+
+
+def test_tiktoken_ranks_file_round_trip(trained, tmp_path):
+    from tiktoken.load import load_tiktoken_bpe
+    path = tmp_path / "tok.tiktoken"
+    save_tiktoken_ranks(trained, path)
+    enc = tiktoken.Encoding("t", pat_str=trained.pattern, mergeable_ranks=load_tiktoken_bpe(str(path)),
+                            special_tokens=trained.special_tokens)
+    text = shared_text("tinystories/valid-head.txt")
+    assert enc.encode(text, allowed_special="all") == trained.encode(text, allowed_special="all")
+    back = load_tiktoken_ranks(path, trained.special_tokens)
+    assert back.merges == trained.merges and back.special_tokens == trained.special_tokens
+
+
+@pytest.fixture(scope="module")
+def hf_trained(trained):
+    pytest.importorskip("tokenizers")
+    return to_hf_tokenizer(trained)
+
+
+def test_hf_export_encodes_identically_on_real_text(trained, hf_trained):
+    text = shared_text("tinystories/valid-head.txt")[:300_000] + f"{EOT}The end.\n" + stdlib_sample(150_000)
+    assert hf_trained.encode(text).ids == trained.encode(text, allowed_special="all")
+    assert hf_trained.decode(trained.encode("Once upon a time")) == "Once upon a time"
+
+
+@FUZZ
+@given(text=texts)
+def test_hf_export_fuzz(trained, hf_trained, text):
+    assert hf_trained.encode(text).ids == trained.encode(text, allowed_special="all")
+
+
+def test_hf_export_of_gpt2(gpt2, gpt2_enc, tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    save_hf(gpt2, tmp_path / "tokenizer.json")
+    hf = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    text = shared_text("tinystories/valid-head.txt")[:200_000] + EOT + stdlib_sample(100_000)
+    assert hf.encode(text).ids == gpt2_enc.encode(text, allowed_special="all")
+
+
+def test_bad_ranks_are_rejected():
+    ranks = {bytes([b]): b for b in range(256)}
+    with pytest.raises(TinyLMError, match="not a BPE vocabulary"):
+        BPETokenizer.from_ranks({**ranks, b"abc": 256})  # no two lower tokens make "abc"
+    with pytest.raises(TinyLMError, match="distinct ids"):
+        BPETokenizer.from_ranks({**ranks, b"ab": 300})
+
+
+def test_lone_surrogates_are_replaced_like_tiktoken(gpt2, gpt2_enc):
+    text = "a\ud800b \udfff c\ud83d\ude00"  # two lone surrogates and a valid pair (an emoji)
+    want = gpt2_enc.encode(text)
+    assert gpt2.encode(text) == gpt2.encode_reference(text) == want
+    assert gpt2.decode(want) == "a\ufffdb \ufffd c\U0001f600"
