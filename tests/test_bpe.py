@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from tinylm.errors import TinyLMError
 from tinylm.tokenizer import load_tokenizer
 from tinylm.tokenizer.bpe import (CL100K_PATTERN, GPT2_PATTERN, BPETokenizer, count_pretokens,
-                                  format_token_stats, iter_blocks, iter_text_files, merge_incremental,
-                                  merge_naive, parse_ids, token_stats, train_bpe_files)
+                                  format_token_stats, iter_blocks, merge_incremental,
+                                  merge_naive, parse_ids, token_stats)
 
 DATA = Path(os.environ.get("TINYLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 EOT = "<|endoftext|>"
@@ -300,13 +300,7 @@ def test_user_pattern():
 
 # ---------------------------------------------------------------------------- CLI helpers
 
-def test_train_files_and_parse_ids(tmp_path):
-    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
-    a.write_text("hello world", encoding="utf-8")   # no final newline: a "\n" keeps files apart
-    b.write_text("world hello\n", encoding="utf-8")
-    assert "".join(iter_text_files([a, b], chunk_chars=4)) == "hello world\nworld hello\n"
-    tok = train_bpe_files([a, b], 267, tmp_path / "out.bpe", progress=False)
-    assert load_tokenizer(tmp_path / "out.bpe").__getstate__() == tok.__getstate__()
+def test_parse_ids():
     assert parse_ids("[1, 2 3]") == [1, 2, 3] and parse_ids("  ") == []
     with pytest.raises(TinyLMError, match="integers"):
         parse_ids("1 two")

@@ -5,6 +5,8 @@
     tinylm sample   runs/shakespeare-char [--prompt "ROMEO:"] [--temperature 0.8] [--top-k 200]
     tinylm info     runs/shakespeare-char
     tinylm config   --config configs/shakespeare-char.toml [overrides] [--keys]
+    tinylm tokenizer train --corpus tinystories --vocab-size 4096 --out tok.txt
+    tinylm tokenizer encode|decode|stats ...
 """
 from __future__ import annotations
 
@@ -104,6 +106,86 @@ def cmd_config(args, extra) -> int:
     return 0
 
 
+def _load_any_tokenizer(spec: str):
+    from .tokenizer import load_tokenizer
+    if spec == "gpt2":
+        from .tokenizer.bpe import BPETokenizer
+        return BPETokenizer.from_tiktoken("gpt2")
+    return load_tokenizer(spec)
+
+
+def cmd_tok_train(args, extra) -> int:
+    from . import corpora
+    from .tokenizer.bpe import BPETokenizer
+    corpus = corpora.get_corpus(args.corpus)
+    specials = [s for s in args.special_tokens.split(",") if s]
+    texts = corpora.iter_corpus(corpus, separator=specials[0] if specials else "\n\n")
+    tok = BPETokenizer.train(texts, args.vocab_size, special_tokens=specials, pattern=args.pattern,
+                             workers=args.workers or None, progress=True)
+    tok.save(args.out)
+    print(f"{args.out}: {tok.vocab_size} tokens ({tok.n_merges} merges, special {list(tok.special_tokens)})")
+    return 0
+
+
+def cmd_tok_encode(args, extra) -> int:
+    tok = _load_any_tokenizer(args.tokenizer)
+    text = args.text if args.text is not None else sys.stdin.read()
+    print(" ".join(map(str, tok.encode(text, allowed_special=args.allowed_special))))
+    return 0
+
+
+def cmd_tok_decode(args, extra) -> int:
+    from .tokenizer.bpe import parse_ids
+    tok = _load_any_tokenizer(args.tokenizer)
+    sys.stdout.write(tok.decode(parse_ids(args.ids if args.ids is not None else sys.stdin.read())))
+    return 0
+
+
+def cmd_tok_stats(args, extra) -> int:
+    import itertools
+
+    from . import corpora
+    from .tokenizer.bpe import format_token_stats, token_stats
+    corpus = corpora.get_corpus(args.corpus)
+    sample, n = [], 0
+    for chunk in itertools.takewhile(lambda _: n < args.max_chars, corpora.iter_corpus(corpus)):
+        sample.append(chunk)
+        n += len(chunk)
+    sizes = [int(v) for v in args.vocab_sizes.split(",")]
+    rows = token_stats(sample, sizes, args.width, progress=True)
+    print(f"corpus {args.corpus}: {n:,} characters\n")
+    print(format_token_stats(rows, args.width))
+    return 0
+
+
+def _add_tokenizer_commands(sub) -> None:
+    tp = sub.add_parser("tokenizer", help="Train, use and compare BPE tokenizers.",
+                        description="Train, use and compare byte-level BPE tokenizers.")
+    tsub = tp.add_subparsers(dest="tokenizer_command", required=True)
+    sp = tsub.add_parser("train", help="train a byte-level BPE tokenizer on a corpus")
+    sp.add_argument("--corpus", required=True, help="named corpus or file/folder/glob")
+    sp.add_argument("--vocab-size", type=int, required=True, help="256 bytes + merges + special tokens")
+    sp.add_argument("--out", required=True, help="tokenizer file to write (plus a .vocab.txt listing)")
+    sp.add_argument("--pattern", default="gpt2", help="pre-tokenizer: gpt2, cl100k or a regex")
+    sp.add_argument("--special-tokens", default="<|endoftext|>", help="comma-separated; '' for none")
+    sp.add_argument("--workers", type=int, default=0, help="processes for counting (0 = all cores)")
+    sp.set_defaults(func=cmd_tok_train)
+    for name, func in (("encode", cmd_tok_encode), ("decode", cmd_tok_decode)):
+        sp = tsub.add_parser(name, help=f"{name} with a tokenizer file (or 'gpt2')")
+        sp.add_argument("tokenizer", help="tokenizer file, or gpt2")
+        sp.set_defaults(func=func)
+    tsub.choices["encode"].add_argument("--text", help="text to encode (default: stdin)")
+    tsub.choices["encode"].add_argument("--allowed-special", default="none",
+                                        help="'all' to turn special-token text into its id")
+    tsub.choices["decode"].add_argument("--ids", help='ids like "15496 995" (default: stdin)')
+    sp = tsub.add_parser("stats", help="tokens per character and embedding cost for several vocab sizes")
+    sp.add_argument("--corpus", required=True)
+    sp.add_argument("--vocab-sizes", default="256,1024,4096,16384", help="comma-separated")
+    sp.add_argument("--width", type=int, default=384, help="model width for the embedding-parameter column")
+    sp.add_argument("--max-chars", type=int, default=5_000_000, help="characters of the corpus to use")
+    sp.set_defaults(func=cmd_tok_stats)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tinylm", description="Train small language models from raw text.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -133,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         if name == "info":
             sp.add_argument("--json", action="store_true", help="print JSON")
+    _add_tokenizer_commands(sub)
     sample = sub.choices["sample"]
     sample.add_argument("--prompt", help="text to continue (default: the run's sample.prompt)")
     sample.add_argument("--max-new-tokens", type=int)

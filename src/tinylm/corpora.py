@@ -350,6 +350,15 @@ def iter_chunks(path: Path, *, chunk_chars: int = 1 << 20, errors: str = "strict
         yield buf
 
 
+def iter_corpus(corpus: Corpus, *, errors: str = "strict", separator: str = "\n\n") -> Iterator[str]:
+    """Every file's chunks in corpus order, ``separator`` between files so no word joins two
+    documents (pass ``"<|endoftext|>"`` to a BPE trainer, which never merges across it)."""
+    for i, path in enumerate(corpus.files):
+        if i and separator:
+            yield separator
+        yield from iter_chunks(path, errors=errors)
+
+
 def _cut_at(text: str, j: int) -> int:
     """Where a chunk may end near the ``"\\n"`` at ``text[j]``, or -1 (also while ``text[j + 1]`` is unread).
 

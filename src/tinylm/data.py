@@ -21,7 +21,7 @@ import shutil
 import struct
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -80,43 +80,53 @@ def read_shard(path: Path) -> np.memmap:
 
 # --------------------------------------------------------------------------- prepare
 
-def build_tokenizer(cfg: DataConfig, texts: Iterable[str]) -> Tokenizer:
+def build_tokenizer(cfg: DataConfig, corpus: corpora.Corpus) -> Tokenizer:
     """Train (char, bpe) or load (gpt2) the tokenizer named by ``cfg.tokenizer``."""
     if cfg.tokenizer == "char":
-        return CharTokenizer.train(texts)
-    from .tokenizer.bpe import BPETokenizer  # imported here: only BPE runs need regex/tiktoken set up
+        return CharTokenizer.train(corpora.iter_corpus(corpus, errors=cfg.encoding_errors))
+    from .tokenizer.bpe import ENDOFTEXT, BPETokenizer
     if cfg.tokenizer == "gpt2":
         return BPETokenizer.from_tiktoken("gpt2")
-    return BPETokenizer.train(texts, vocab_size=cfg.vocab_size, special_tokens=["<|endoftext|>"],
-                              progress=True)
+    # documents separated by <|endoftext|>: the trainer never merges across it
+    texts = corpora.iter_corpus(corpus, errors=cfg.encoding_errors, separator=ENDOFTEXT)
+    return BPETokenizer.train(texts, vocab_size=cfg.vocab_size, special_tokens=[ENDOFTEXT], progress=True)
 
 
-def _corpus_chunks(corpus: corpora.Corpus, cfg: DataConfig) -> Iterator[str]:
-    for path in corpus.files:
-        yield from corpora.iter_chunks(path, errors=cfg.encoding_errors)
+_worker_tokenizer: Tokenizer | None = None
 
 
-def _encode_chunk(args: tuple[Tokenizer, str]) -> np.ndarray:
-    tok, text = args
-    return np.asarray(tok.encode(text), dtype=np.uint32)
+def _init_worker(tok: Tokenizer) -> None:
+    global _worker_tokenizer  # sent once per worker process, not with every chunk
+    _worker_tokenizer = tok
+
+
+def _encode_in_worker(text: str) -> np.ndarray:
+    return np.asarray(_worker_tokenizer.encode(text), dtype=np.uint32)
 
 
 def _token_stream(tok: Tokenizer, corpus: corpora.Corpus, cfg: DataConfig,
                   workers: int) -> Iterator[np.ndarray]:
-    """Token arrays in corpus order; documents (files) separated by end-of-text (or a blank line)."""
+    """Token arrays in corpus order; documents (files) separated by end-of-text (or a blank line).
+
+    Chunks end where the pre-tokenizer would split anyway (see corpora.iter_chunks), so encoding
+    chunk by chunk gives the same ids as encoding each file whole.
+    """
     sep = (np.array([tok.eot_id], dtype=np.uint32) if tok.eot_id is not None
            else np.asarray(tok.encode("\n\n"), dtype=np.uint32))
-    for i, path in enumerate(corpus.files):
-        if i > 0:
-            yield sep
-        chunks = corpora.iter_chunks(path, errors=cfg.encoding_errors)
-        if workers > 1:
-            # ordered imap keeps the output deterministic whatever the worker count
-            with get_context("spawn").Pool(workers) as pool:
-                yield from pool.imap(_encode_chunk, ((tok, c) for c in chunks), chunksize=1)
-        else:
-            for c in chunks:
-                yield _encode_chunk((tok, c))
+    pool = get_context("spawn").Pool(workers, _init_worker, (tok,)) if workers > 1 else None
+    try:
+        for i, path in enumerate(corpus.files):
+            if i > 0:
+                yield sep
+            chunks = corpora.iter_chunks(path, errors=cfg.encoding_errors)
+            if pool is not None:  # ordered imap: the same output whatever the worker count
+                yield from pool.imap(_encode_in_worker, chunks)
+            else:
+                for c in chunks:
+                    yield np.asarray(tok.encode(c), dtype=np.uint32)
+    finally:
+        if pool is not None:
+            pool.terminate()
 
 
 def _auto_workers(cfg: DataConfig, corpus: corpora.Corpus) -> int:
@@ -139,7 +149,7 @@ def prepare(cfg: DataConfig, *, progress: bool = True, log=print) -> dict:
     t0 = time.time()
     log(f"prepare: corpus {cfg.corpus} ({len(corpus.files)} file(s), {corpus.num_bytes / 1e6:.1f} MB) "
         f"-> {out}")
-    tok = build_tokenizer(cfg, _corpus_chunks(corpus, cfg))
+    tok = build_tokenizer(cfg, corpus)
     work = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

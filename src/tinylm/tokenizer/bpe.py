@@ -40,6 +40,7 @@ from typing import Any
 
 import regex
 
+from ..corpora import iter_chunks
 from ..errors import TinyLMError
 from .base import Tokenizer, register
 
@@ -703,7 +704,7 @@ class BPETokenizer(Tokenizer):
 
     def encode_file(self, path: str | os.PathLike, allowed_special: str | Iterable[str] = "none") -> Iterator[int]:
         """Stream the ids of a UTF-8 text file (see :meth:`encode_iter`)."""
-        yield from self.encode_iter(iter_text_files([path], separate=False), allowed_special)
+        yield from self.encode_iter(iter_chunks(Path(path)), allowed_special)
 
     def encode_bytes(self, data: bytes) -> list[int]:
         """Arbitrary bytes (not necessarily UTF-8) -> ids; ``decode_bytes`` gives them back.
@@ -916,40 +917,6 @@ def _show(t: bytes) -> str:
 
 
 # ---------------------------------------------------------------------------- for the CLI
-
-def iter_text_files(paths: Iterable[str | os.PathLike], chunk_chars: int = 1 << 20,
-                    separate: bool = True) -> Iterator[str]:
-    """Stream UTF-8 text files as chunks of about ``chunk_chars`` characters (bounded memory).
-
-    With ``separate``, a newline follows a file that does not end with one, so no word joins
-    two files. Line endings are kept as they are (no "\\r\\n" translation).
-    """
-    for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise TinyLMError(f"text file {path} does not exist")
-        last = "\n"
-        try:
-            with open(path, encoding="utf-8", newline="") as f:
-                while chunk := f.read(chunk_chars):
-                    last = chunk[-1]
-                    yield chunk
-        except UnicodeDecodeError as e:
-            raise TinyLMError(f"{path} is not UTF-8 text ({e}); convert it first, e.g. "
-                              f"`iconv -t utf-8`") from None
-        if separate and last not in "\r\n":
-            yield "\n"
-
-
-def train_bpe_files(paths: Sequence[str | os.PathLike], vocab_size: int, out: str | os.PathLike,
-                    special_tokens: Sequence[str] = (ENDOFTEXT,), pattern: str = "gpt2",
-                    workers: int | None = None, progress: bool = True) -> BPETokenizer:
-    """``tinylm tokenizer train``: train on text files and save to ``out`` (+ vocab listing)."""
-    tok = BPETokenizer.train(iter_text_files(paths), vocab_size, special_tokens, pattern,
-                             workers, progress)
-    tok.save(out)
-    return tok
-
 
 def parse_ids(text: str) -> list[int]:
     """``tinylm tokenizer decode`` input: ``"15496, 995"`` or ``"[15496 995]"`` -> [15496, 995]."""
