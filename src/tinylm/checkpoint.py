@@ -42,12 +42,10 @@ def _point(root: Path, link: str, target: str) -> None:
     os.replace(tmp, root / link)
 
 
-def save_checkpoint(root: Path, step: int, parts: dict[str, dict], meta: dict, *,
-                    is_best: bool, keep_last: int = 1) -> Path:
-    """Write ``parts`` ({"model": state, "optimizer": state, "trainer": state}) and ``meta``.
-
-    Keeps the newest ``keep_last`` step directories plus the one ``best`` points to.
-    """
+def save_checkpoint(root: Path, step: int, parts: dict[str, dict], meta: dict, *, keep_last: int = 1) -> Path:
+    """Write ``parts`` ({"model": state, "optimizer": state, "trainer": state}) and ``meta`` as
+    ``root/step_NNNNNN``, point ``last`` at it, and keep the newest ``keep_last`` step directories
+    plus the one ``best`` points to. Returns the step directory."""
     root.mkdir(parents=True, exist_ok=True)
     name = _step_name(step)
     tmp = root / f".tmp-{name}-{os.getpid()}"
@@ -65,15 +63,30 @@ def save_checkpoint(root: Path, step: int, parts: dict[str, dict], meta: dict, *
     fsync_dir(tmp)
     final = root / name
     if final.exists():  # the same step saved again (e.g. the final save right after a periodic one)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+        old = root / f".old-{name}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
     fsync_dir(root)
     _point(root, "last", name)
-    if is_best:
-        _point(root, "best", name)
     fsync_dir(root)
     _prune(root, keep_last)
     return final
+
+
+def record_eval(step_dir: Path, val_loss: float, *, is_best: bool, keep_last: int = 1) -> None:
+    """Write a checkpoint's val loss into its meta.json, and point ``best`` at it if it is the best."""
+    meta = read_meta(step_dir)
+    meta["val_loss"] = val_loss
+    if is_best:
+        meta["best_val_loss"] = val_loss
+    write_text_atomic(step_dir / META, json.dumps(meta, indent=2) + "\n")
+    if is_best:
+        _point(step_dir.parent, "best", step_dir.name)
+        fsync_dir(step_dir.parent)
+        _prune(step_dir.parent, keep_last)
 
 
 def _prune(root: Path, keep_last: int) -> None:
@@ -86,9 +99,8 @@ def _prune(root: Path, keep_last: int) -> None:
     for p in steps:
         if p.name not in keep:
             shutil.rmtree(p)
-    for p in root.glob(".tmp-step_*"):  # leftovers of a save that was killed
-        if not p.name.endswith(f"-{os.getpid()}"):
-            shutil.rmtree(p, ignore_errors=True)
+    for p in [*root.glob(".tmp-step_*"), *root.glob(".old-step_*")]:  # leftovers of a killed save
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def find_checkpoint(path: str | Path, which: str = "last") -> Path | None:
@@ -144,3 +156,21 @@ def check_compatible(saved: Config, current: Config, ckpt: Path) -> None:
     if diffs:
         raise TinyLMError(f"checkpoint {ckpt} was made by a different model/data setup:\n  " + "\n  ".join(diffs)
                           + "\nresume with the same settings, or start a new run with another --run.name")
+
+
+def export_safetensors(ckpt_dir: Path, out: Path) -> int:
+    """Model weights alone as safetensors (a tied head is stored once, as wte.weight).
+
+    Returns the number of tensors written; the file appears complete or not at all.
+    """
+    from safetensors.torch import save_file
+    state = load_part(ckpt_dir, "model")
+    cfg = checkpoint_config(ckpt_dir)
+    if cfg.model.tie_embeddings:
+        state.pop("lm_head.weight", None)  # the same tensor as wte.weight
+    state = {k: v.contiguous() for k, v in state.items()}
+    tmp = out.with_name(f".{out.name}.tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(tmp), metadata={"format": "pt", "tinylm_config": json.dumps(cfg.to_dict())})
+    os.replace(tmp, out)
+    return len(state)

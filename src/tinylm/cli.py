@@ -100,6 +100,16 @@ def cmd_info(args, extra) -> int:
     return 0
 
 
+def cmd_export(args, extra) -> int:
+    from pathlib import Path
+
+    from . import checkpoint as ckpt
+    path = ckpt.resolve_checkpoint(args.run, args.checkpoint)
+    n = ckpt.export_safetensors(path, Path(args.out))
+    print(f"{args.out}: {n} tensors from {path}")
+    return 0
+
+
 def cmd_config(args, extra) -> int:
     from .config import describe_keys, to_toml
     print(describe_keys() if args.keys else to_toml(_config_from(args, extra)))
@@ -208,13 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_config)
 
     for name, help, func in (("sample", "Generate text from a trained run.", cmd_sample),
-                             ("info", "Show a run's or checkpoint's config, size and losses.", cmd_info)):
+                             ("info", "Show a run's or checkpoint's config, size and losses.", cmd_info),
+                             ("export", "Write a checkpoint's model weights alone as safetensors.", cmd_export)):
         sp = sub.add_parser(name, help=help, description=help)
         sp.add_argument("run", help="run folder (runs/<name>) or a checkpoint folder")
         sp.add_argument("--checkpoint", default="last", choices=("last", "best"))
         sp.set_defaults(func=func)
         if name == "info":
             sp.add_argument("--json", action="store_true", help="print JSON")
+        if name == "export":
+            sp.add_argument("--out", required=True, help="file to write, e.g. model.safetensors")
     _add_tokenizer_commands(sub)
     sample = sub.choices["sample"]
     sample.add_argument("--prompt", help="text to continue (default: the run's sample.prompt)")

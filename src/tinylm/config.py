@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import sys
 import typing
 from dataclasses import asdict, dataclass, field
@@ -124,6 +125,25 @@ class TrainConfig:
     """Wrap the model in torch.compile."""
     threads: int = 0
     """CPU threads for torch; 0 = torch's default (one per core)."""
+    time_budget: str = ""
+    """Wall-clock limit like 90s, 10m, 1h30m; the LR decay follows elapsed time so the run ends decayed. "" = none."""
+    save_interval: int = 0
+    """Checkpoint every this many steps; 0 = at each evaluation (and always at the end)."""
+    keep_last: int = 1
+    """Step checkpoints kept besides the best one (the newest k)."""
+    nonfinite: str = "skip"
+    """On a NaN/inf loss or gradient: skip (drop the update; stop after max_skips in a row) | halt (save a diagnostic bundle and stop)."""
+    max_skips: int = 5
+    """Consecutive non-finite steps tolerated by nonfinite = skip."""
+    spike_factor: float = 3.0
+    """Log a loss spike when the loss exceeds this times the running median; 0 turns it off."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass: less memory, ~30% more compute."""
+    fsdp: bool = False
+    """Shard parameters, gradients and optimizer state with FSDP2 (fully_shard) under torchrun instead of DDP."""
+
+
+STRATEGIES = ("greedy", "sample", "top_k", "top_p", "min_p", "beam", "contrastive")
 
 
 @dataclass
@@ -131,13 +151,39 @@ class SampleConfig:
     prompt: str = "\n"
     """Text the samples start from."""
     max_new_tokens: int = 300
-    """Tokens generated per sample."""
+    """Tokens generated per sample (fewer if an end-of-text token or a stop string comes first)."""
+    strategy: str = "sample"
+    """greedy | sample (temperature + every filter below that is on) | top_k | top_p | min_p (temperature + that one filter) | beam | contrastive."""
     temperature: float = 0.8
-    """Softmax temperature (> 0); lower is more conservative."""
+    """Softmax temperature (> 0) for the sampling strategies; lower is more conservative."""
     top_k: int = 200
     """Sample among the k most likely tokens; 0 turns it off."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the fewest most likely tokens whose probabilities sum to >= top_p; 1 turns it off."""
+    min_p: float = 0.0
+    """Drop tokens less likely than min_p x the most likely token's probability; 0 turns it off."""
+    repetition_penalty: float = 1.0
+    """CTRL penalty on tokens already in the text (positive logits / r, negative x r), every strategy; 1 turns it off."""
+    frequency_penalty: float = 0.0
+    """Subtract this x (times the token occurred so far) from its logit, every strategy; 0 turns it off."""
+    presence_penalty: float = 0.0
+    """Subtract this from the logit of every token that occurred so far, every strategy; 0 turns it off."""
+    no_repeat_ngram: int = 0
+    """Never produce the same n-gram of this many tokens twice, every strategy; 0 turns it off."""
+    num_beams: int = 4
+    """Beams kept by strategy = beam (1 = greedy)."""
+    length_penalty: float = 1.0
+    """Beam score = sum of log-probabilities / length ** length_penalty; > 0 favours longer, 0 = plain sum."""
+    early_stopping: bool = True
+    """Beam search stops as soon as num_beams hypotheses have ended (false: when no live beam can beat them)."""
+    contrastive_k: int = 4
+    """Candidate tokens per step for strategy = contrastive."""
+    contrastive_alpha: float = 0.6
+    """Contrastive search: score = (1 - alpha) x probability - alpha x max cosine similarity to the context; 0 = greedy."""
+    overflow: str = "slide"
+    """At the context length: slide (keep the newest 3/4 of the context, re-read it, go on) | stop."""
     num_samples: int = 1
-    """Samples written at each evaluation."""
+    """Samples per prompt for `tinylm sample`, sample i with seed + i (beam: the n best beams)."""
 
 
 @dataclass
@@ -148,6 +194,12 @@ class RunConfig:
     """Parent folder of run folders."""
     progress: bool = True
     """Live progress bar on the console (off for CI logs)."""
+    tensorboard: bool = False
+    """Also write TensorBoard events to <run>/tb (needs the `track` extra)."""
+    wandb: bool = False
+    """Also log to Weights & Biases (needs the `track` extra; WANDB_MODE=offline works without network)."""
+    wandb_project: str = "tinylm"
+    """W&B project name."""
 
 
 @dataclass
@@ -300,7 +352,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
                "model.pos": ("learned", "rope"), "data.tokenizer": ("char", "bpe", "gpt2"),
                "data.sampling": ("epoch", "random"), "data.encoding_errors": ("strict", "replace"),
                "optim.name": ("adamw",), "optim.schedule": ("cosine", "constant"),
-               "train.precision": ("auto", "fp32", "bf16", "fp16")}
+               "train.precision": ("auto", "fp32", "bf16", "fp16"), "train.nonfinite": ("skip", "halt")}
     for key, allowed in choices.items():
         sec, name = key.split(".")
         value = getattr(getattr(cfg, sec), name)
@@ -330,16 +382,51 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     need(t.eval_interval >= 0, "--train.eval_interval must be >= 0 (0 = only at the end)")
     need(t.micro_batch_size >= 0, "--train.micro_batch_size must be >= 0 (0 = no accumulation)")
     need(t.threads >= 0, "--train.threads must be >= 0 (0 = torch's default)")
+    need(t.save_interval >= 0 and t.keep_last >= 1 and t.max_skips >= 1,
+         "--train.save_interval must be >= 0, --train.keep_last and --train.max_skips >= 1")
+    need(t.spike_factor == 0 or t.spike_factor > 1, "--train.spike_factor must be 0 (off) or > 1")
+    parse_duration(t.time_budget)
     micro = t.micro_batch_size or t.batch_size // world_size
     need(t.batch_size % world_size == 0,
          f"--train.batch_size {t.batch_size} is not divisible by {world_size} DDP processes")
     need(micro > 0 and t.batch_size % (micro * world_size) == 0,
          f"--train.batch_size {t.batch_size} is not divisible by --train.micro_batch_size {micro} "
          f"x {world_size} process(es); pick a micro-batch that divides the batch")
-    need(s.temperature > 0, f"--sample.temperature {s.temperature} must be > 0")
+    need(s.temperature > 0 and math.isfinite(s.temperature), f"--sample.temperature {s.temperature} must be > 0")
     need(s.top_k >= 0, "--sample.top_k must be >= 0 (0 = off)")
+    need(s.strategy in STRATEGIES, f"--sample.strategy {s.strategy!r} is not one of {', '.join(STRATEGIES)}")
+    need(s.overflow in ("slide", "stop"), f"--sample.overflow {s.overflow!r} is not one of slide, stop")
+    need(0 < s.top_p <= 1, f"--sample.top_p {s.top_p} must be in (0, 1] (1 = off)")
+    need(0 <= s.min_p < 1, f"--sample.min_p {s.min_p} must be in [0, 1) (0 = off)")
+    need(s.repetition_penalty > 0, f"--sample.repetition_penalty {s.repetition_penalty} must be > 0 (1 = off)")
+    need(math.isfinite(s.frequency_penalty) and math.isfinite(s.presence_penalty),
+         "--sample.frequency_penalty and --sample.presence_penalty must be finite numbers (0 = off)")
+    need(s.no_repeat_ngram >= 0, "--sample.no_repeat_ngram must be >= 0 (0 = off)")
+    for key in ("num_samples", "num_beams", "contrastive_k"):
+        need(getattr(s, key) >= 1, f"--sample.{key} must be >= 1")
+    need(0 <= s.contrastive_alpha <= 1, f"--sample.contrastive_alpha {s.contrastive_alpha} must be in [0, 1]")
+    need(math.isfinite(s.length_penalty), "--sample.length_penalty must be a finite number")
+    need(s.strategy != "top_k" or s.top_k > 0, "--sample.strategy top_k needs --sample.top_k > 0, e.g. 50")
+    need(s.strategy != "top_p" or s.top_p < 1, "--sample.strategy top_p needs --sample.top_p below 1, e.g. 0.9")
+    need(s.strategy != "min_p" or s.min_p > 0, "--sample.strategy min_p needs --sample.min_p above 0, e.g. 0.05")
+    need(s.strategy != "beam" or s.num_samples <= s.num_beams,
+         f"--sample.num_samples {s.num_samples} > --sample.num_beams {s.num_beams}: beam search returns "
+         f"at most one sequence per beam; raise --sample.num_beams or lower --sample.num_samples")
     need(cfg.run.name.strip() != "" and "/" not in cfg.run.name,
          f"--run.name {cfg.run.name!r} must be a non-empty folder name without '/'")
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds in a duration: ``"90s" -> 90``, ``"10m" -> 600``, ``"1h30m" -> 5400``, ``"600" -> 600``; "" -> None."""
+    text = text.strip().lower()
+    if not text:
+        return None
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", text)
+    if not parts or "".join(a + b for a, b in parts) != text:
+        raise TinyLMError(f"--train.time_budget {text!r} is not a duration; write e.g. 90s, 10m or 1h30m")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
 
 
 def grad_accum_steps(cfg: Config, world_size: int = 1) -> int:

@@ -3,6 +3,10 @@
 Options (all in :class:`tinylm.config.ModelConfig`): LayerNorm or RMSNorm, learned or rotary
 positions, GELU / SwiGLU / ReLU² MLP, QK-norm, tied embeddings, dropout, biases.
 Shapes: B = batch, T = time (tokens), C = n_embd, nh = heads, hs = head size = C / nh.
+
+Training calls :meth:`GPT.forward` on whole sequences. Generation calls
+:meth:`GPT.forward_cached` with a :class:`KVCache`: the prompt is read once, then each new token
+costs one position (its query against the stored keys and values) instead of a full forward.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
 
@@ -35,6 +40,71 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+class KVCache:
+    """Keys and values of every layer for the tokens read so far (inference only).
+
+    Without a cache, generating token t+1 re-runs all t tokens through the model (nanoGPT's
+    ``generate``): O(t) positions per token. With it, each layer's keys and values are stored once
+    and a new token costs one position. Slots are aligned across the batch: rows with shorter
+    prompts are *left*-padded, ``valid`` marks the real slots, and each row counts its positions
+    from its own first real token, so a padded row computes what it would compute alone.
+
+        cache = model.new_cache(batch=1)
+        logits, _ = model.forward_cached(torch.tensor([[5, 6, 7]]), cache)  # prefill: (1, 1, vocab)
+        logits, _ = model.forward_cached(torch.tensor([[8]]), cache)        # next token: (1, 1, vocab)
+        cache.length  # -> 4
+    """
+
+    def __init__(self, n_layer: int, batch: int, n_head: int, head_size: int, max_len: int, *,
+                 dtype: torch.dtype, device: torch.device | str):
+        shape = (n_layer, batch, n_head, max_len, head_size)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)  # (L, B, nh, max_len, hs)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)  # (L, B, nh, max_len, hs)
+        self.length = 0  # slots filled, the same in every row
+        self.valid: torch.Tensor | None = None  # (B, max_len) bool, False = padding; None = no padding yet
+        self.n_real: torch.Tensor | None = None  # (B,) real tokens per row; kept only once there is padding
+
+    @property
+    def max_len(self) -> int:
+        return self.k.size(3)
+
+    @property
+    def batch(self) -> int:
+        return self.k.size(1)
+
+    @property
+    def full(self) -> bool:
+        return self.length >= self.max_len
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep, reorder or repeat batch rows: new row i is old row ``rows[i]``.
+
+        Beam search reorders its beams this way; contrastive search repeats each row once per
+        candidate. ``select(torch.tensor([0, 0, 1]))`` turns a 2-row cache into 3 rows.
+        """
+        self.k = self.k.index_select(1, rows)
+        self.v = self.v.index_select(1, rows)
+        if self.valid is not None:
+            self.valid = self.valid.index_select(0, rows)
+            self.n_real = self.n_real.index_select(0, rows)
+
+
+def cached_attention_mask(valid: torch.Tensor | None, start: int, T: int, device) -> torch.Tensor:
+    """Which keys each of T new queries may see, for queries at slots start .. start+T-1.
+
+    Causal (a query sees its own slot and earlier ones) and, with padding, only real slots. A query
+    always sees its own slot: a padding query would otherwise have no key at all and give NaN
+    (its output is never used). Returns (T, start+T) without padding, else (B, 1, T, start+T).
+    """
+    L = start + T
+    i = torch.arange(start, L, device=device)[:, None]  # (T, 1) slot of each query
+    j = torch.arange(L, device=device)[None, :]  # (1, L) slot of each key
+    causal = j <= i  # (T, L)
+    if valid is None:
+        return causal
+    return ((causal & valid[:, None, :L]) | (j == i)).unsqueeze(1)  # (B, 1, T, L): broadcast over heads
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -46,7 +116,8 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    def _qkv(self, x: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, C) -> q, k, v, each (B, nh, T, hs), normalized and rotated as configured."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
         q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
@@ -56,10 +127,40 @@ class CausalSelfAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self._qkv(x, rope)  # each (B, nh, T, hs)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
         return self.resid_dropout(self.proj(y))
+
+    def forward_cached(self, x: torch.Tensor, rope, cache: KVCache, layer: int,
+                       mask: torch.Tensor | None) -> torch.Tensor:
+        """Like forward for T new tokens, attending to the cached keys/values as well as their own.
+
+        ``mask`` None means "no padding": a prefill into an empty cache is plain causal attention,
+        and a single new token may see every stored slot.
+        """
+        B, T, C = x.shape
+        q, k, v = self._qkv(x, rope)  # each (B, nh, T, hs)
+        start, end = cache.length, cache.length + T
+        cache.k[layer, :, :, start:end] = k
+        cache.v[layer, :, :, start:end] = v
+        keys = cache.k[layer, :, :, :end]  # (B, nh, end, hs)
+        values = cache.v[layer, :, :, :end]  # (B, nh, end, hs)
+        if mask is None and start == 0:
+            y = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
+        elif mask is None and T == 1:
+            y = F.scaled_dot_product_attention(q, keys, values)
+        else:
+            if mask is None:
+                mask = cached_attention_mask(None, start, T, x.device)  # (T, end)
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.proj(y)
 
 
 class MLP(nn.Module):
@@ -99,6 +200,10 @@ class Block(nn.Module):
         x = x + self.attn(self.norm1(x), rope)
         return x + self.mlp(self.norm2(x))
 
+    def forward_cached(self, x: torch.Tensor, rope, cache: KVCache, layer: int, mask) -> torch.Tensor:
+        x = x + self.attn.forward_cached(self.norm1(x), rope, cache, layer, mask)
+        return x + self.mlp(self.norm2(x))
+
 
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -119,6 +224,8 @@ class GPT(nn.Module):
             # derived from the config, so not saved in checkpoints
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
+        # recompute each block's activations during backward instead of storing them (set by the trainer)
+        self.activation_checkpointing = False
         self.apply(self._init_weights)
         # residual projections write into the stream 2 * n_layer times: shrink them so the
         # stream's variance does not grow with depth (GPT-2 paper, section 2.3)
@@ -144,13 +251,70 @@ class GPT(nn.Module):
         x = self.drop(x)
         rope = (self.rope_cos[:T], self.rope_sin[:T]) if self.wpe is None else None
         for block in self.blocks:
-            x = block(x, rope)
+            if self.activation_checkpointing and self.training:
+                x = checkpoint(block, x, rope, use_reentrant=False)
+            else:
+                x = block(x, rope)
         logits = self.lm_head(self.norm_f(x))  # (B, T, vocab)
         if targets is None:
             return logits, None
         # the loss in fp32 even under autocast: log-softmax over a large vocab loses bits in bf16
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
         return logits, loss
+
+    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        """An empty KV cache for ``batch`` rows and up to ``max_len`` (default block_size) positions."""
+        c = self.cfg
+        max_len = max_len or c.block_size
+        if max_len > c.block_size:
+            raise ValueError(f"a cache of {max_len} positions exceeds the context length {c.block_size}: "
+                             f"the model has no positions beyond it")
+        p = self.wte.weight
+        return KVCache(c.n_layer, batch, c.n_head, c.n_embd // c.n_head, max_len, dtype=p.dtype, device=p.device)
+
+    def forward_cached(self, idx: torch.Tensor, cache: KVCache, valid: torch.Tensor | None = None, *,
+                       all_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Read new tokens idx (B, T) after those already in ``cache``, and store theirs.
+
+        ``valid`` (B, T) marks real tokens when rows are left-padded (False = padding). Returns
+        the logits, (B, T, vocab) if ``all_logits`` else (B, 1, vocab) for the last position only
+        (all that generation needs), and the final hidden states (B, T, C) that ``lm_head`` reads
+        (contrastive search compares them). Inference only: no dropout, no loss. The logits equal
+        :meth:`forward`'s on the whole sequence up to float rounding (tests/test_generate.py).
+        """
+        B, T = idx.shape
+        start = cache.length
+        if start + T > cache.max_len:
+            raise ValueError(f"the KV cache holds {cache.max_len} positions, {start} are used and {T} more "
+                             f"do not fit; slide the window (re-read the newest tokens into a new cache)")
+        if valid is not None and cache.valid is None:  # first padding: every earlier slot was real
+            cache.valid = torch.ones(B, cache.max_len, dtype=torch.bool, device=idx.device)
+            cache.n_real = torch.full((B,), start, dtype=torch.long, device=idx.device)
+        if cache.valid is None:
+            pos = torch.arange(start, start + T, device=idx.device)  # (T,) the same in every row
+            mask = None
+        else:
+            real = valid if valid is not None else torch.ones(B, T, dtype=torch.bool, device=idx.device)
+            cache.valid[:, start:start + T] = real
+            # a row's position = real tokens before it in that row (padding gets 0, unused)
+            pos = (cache.n_real[:, None] + real.cumsum(1) - 1).clamp(min=0)  # (B, T)
+            cache.n_real = cache.n_real + real.sum(1)
+            mask = cached_attention_mask(cache.valid, start, T, idx.device)  # (B, 1, T, start+T)
+        x = self.wte(idx)  # (B, T, C)
+        rope = None
+        if self.wpe is not None:
+            x = x + self.wpe(pos)  # (T, C) or (B, T, C)
+        elif pos.dim() == 1:
+            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])  # each (T, hs/2)
+        else:
+            # per-row positions: (B, T, hs/2) -> (B, 1, T, hs/2), broadcast over heads
+            rope = (self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1))
+        for layer, block in enumerate(self.blocks):
+            x = block.forward_cached(x, rope, cache, layer, mask)
+        cache.length += T
+        h = self.norm_f(x)  # (B, T, C)
+        logits = self.lm_head(h if all_logits else h[:, -1:])  # (B, T or 1, vocab)
+        return logits, h
 
     def num_params(self, non_embedding: bool = False) -> int:
         """All parameters (a tied head counted once), or without the token/position tables.

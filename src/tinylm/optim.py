@@ -35,17 +35,19 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str) -> tor
                              **({"fused": True} if fused else {"foreach": True}))
 
 
-def lr_at(step: int, cfg: OptimConfig, max_steps: int) -> float:
+def lr_at(step: int, cfg: OptimConfig, max_steps: int, time_frac: float | None = None) -> float:
     """Learning rate at ``step`` (0-based): linear warmup, then cosine to ``min_lr_ratio * lr``.
 
     ``lr_at(0, ...)`` is ``lr / warmup_steps`` (never 0, so the first step trains);
-    the last step ``max_steps - 1`` ends exactly at the floor.
+    the last step ``max_steps - 1`` ends exactly at the floor. With a time budget,
+    ``time_frac`` = elapsed / budget drives the decay too (whichever is further along), so a
+    run cut by the clock still ends at the floor.
     """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return cfg.lr
     decay_steps = max(max_steps - 1 - cfg.warmup_steps, 1)
-    progress = min((step - cfg.warmup_steps) / decay_steps, 1.0)
+    progress = min(max((step - cfg.warmup_steps) / decay_steps, time_frac or 0.0), 1.0)
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))

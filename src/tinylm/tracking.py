@@ -12,6 +12,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .errors import TinyLMError
+
 
 class JSONLSink:
     """Append one JSON object per record to ``metrics.jsonl`` (flushed, so a crash loses nothing logged)."""
@@ -39,6 +41,9 @@ class ConsoleSink:
         self.last: dict = {}
 
     def log(self, record: dict) -> None:
+        if "message" in record:  # an event (loss spike, slow data, non-finite step): say it
+            self.write(f"step {record['step']}: {record['message']}")
+            return
         self.last.update({k: v for k, v in record.items() if v is not None})
         r = self.last
         text = (f"loss {r.get('loss', float('nan')):.4f} val {r.get('val_loss', float('nan')):.4f} "
@@ -58,6 +63,44 @@ class ConsoleSink:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class TensorBoardSink:
+    """Scalars to ``<run>/tb`` (``tensorboard --logdir runs``); every numeric field, x = step."""
+
+    def __init__(self, log_dir: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise TinyLMError("--run.tensorboard needs the tensorboard package: "
+                              "pip install 'tinylm[track]'") from None
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def log(self, record: dict) -> None:
+        for k, v in record.items():
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                self.writer.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbSink:
+    """Weights & Biases; ``WANDB_MODE=offline`` writes a local run to sync later."""
+
+    def __init__(self, project: str, name: str, config: dict, run_dir: Path):
+        try:
+            import wandb
+        except ImportError:
+            raise TinyLMError("--run.wandb needs the wandb package: pip install 'tinylm[track]'") from None
+        self.run = wandb.init(project=project, name=name, config=config, dir=str(run_dir), resume="allow")
+
+    def log(self, record: dict) -> None:
+        self.run.log({k: v for k, v in record.items() if k != "step" and not isinstance(v, str)},
+                     step=record["step"])
+
+    def close(self) -> None:
+        self.run.finish()
 
 
 class Tracker:

@@ -8,6 +8,7 @@ synchronized only on the last micro-step, and only rank 0 logs and saves.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
@@ -21,14 +22,15 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint as ckpt
-from .config import Config, grad_accum_steps, micro_batch_size, to_toml, validate
+from .accounting import peak_flops, peak_memory_mb
+from .config import Config, grad_accum_steps, micro_batch_size, parse_duration, to_toml, validate
 from .data import BatchLoader, TokenWindows, ensure_prepared, eval_batches, load_data_tokenizer
 from .errors import TinyLMError
 from .fileio import write_text_atomic
 from .generate import sample_text
 from .model import GPT
 from .optim import build_optimizer, lr_at
-from .tracking import ConsoleSink, JSONLSink, Tracker
+from .tracking import ConsoleSink, JSONLSink, TensorBoardSink, Tracker, WandbSink
 
 
 # --------------------------------------------------------------------------- device and precision
@@ -179,200 +181,343 @@ class _StopFlag:
 
 
 def _prepare_run_dir(cfg: Config, resume: bool) -> Path | None:
-    """Create the run folder, or find the checkpoint to resume from. Returns that checkpoint."""
+    """Create the run folder, or find the checkpoint to resume from. Returns that checkpoint.
+
+    ``--resume`` on a run that died before its first checkpoint starts it again from step 0.
+    """
     run_dir = cfg.run_dir
-    found = ckpt.find_checkpoint(run_dir / "checkpoints") if run_dir.exists() else None
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         raise TinyLMError(f"run folder {run_dir} already exists; pass --resume to continue it, "
                           f"or choose another --run.name")
-    # --resume on a run that died before its first checkpoint starts it again from step 0
     run_dir.mkdir(parents=True, exist_ok=True)
-    return found if resume else None
+    return ckpt.find_checkpoint(run_dir / "checkpoints") if resume else None
 
 
-def evaluate(model, batches, precision: str, device: torch.device, d: Dist) -> float:
-    """Mean loss over the fixed validation batches (averaged over processes)."""
-    model.eval()
-    total, n = torch.zeros((), device=device), 0
-    with torch.no_grad(), autocast_context(precision, device):
-        for x, y in batches:
-            _, loss = model(x.to(device), y.to(device))
-            total += loss.float()
-            n += 1
-    model.train()
-    return float(_all_mean(total / max(n, 1), d))
+def _wrap_distributed(model: torch.nn.Module, cfg: Config, d: Dist, device: torch.device) -> torch.nn.Module:
+    if d.world_size == 1:
+        return model
+    if cfg.train.fsdp:
+        from torch.distributed.fsdp import fully_shard
+        for block in model.blocks:  # shard block by block, then the rest (embeddings, head)
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[d.local_rank] if device.type == "cuda" else None)
+
+
+class Trainer:
+    """One training run: set up from a config, then :meth:`run`.
+
+    The pieces are methods so each can be read (and tested) on its own: :meth:`train_step`
+    is one optimizer step with accumulation, :meth:`evaluate` the fixed validation set,
+    :meth:`save` a checkpoint.
+    """
+
+    def __init__(self, cfg: Config, *, resume: bool = False, log=print):
+        self.cfg = cfg
+        self.d = d = init_distributed(cfg.train.device)
+        validate(cfg, d.world_size)
+        self.log = log if d.is_main else (lambda *a, **k: None)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.device = resolve_device(cfg.train.device, d.local_rank)
+        self.precision = resolve_precision(cfg.train.precision, self.device)
+        self.time_budget = parse_duration(cfg.train.time_budget)
+
+        # data first: the model's vocab size comes from it (rank 0 prepares, the others wait)
+        if d.is_main:
+            self.meta = ensure_prepared(cfg.data, progress=cfg.run.progress, log=self.log)
+        if d.world_size > 1:
+            dist.barrier()
+        if not d.is_main:
+            self.meta = ensure_prepared(cfg.data, progress=False, log=self.log)
+        if cfg.model.vocab_size == 0:
+            cfg.model.vocab_size = self.meta["vocab_size"]
+        elif cfg.model.vocab_size < self.meta["vocab_size"]:
+            raise TinyLMError(f"--model.vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's "
+                              f"{self.meta['vocab_size']} ids; use 0 to take it from the data")
+        self.tok = load_data_tokenizer(cfg.data.dir)
+
+        resume_from = _prepare_run_dir(cfg, resume) if d.is_main else None
+        if d.world_size > 1:
+            box = [str(resume_from) if resume_from else None]
+            dist.broadcast_object_list(box, src=0)
+            resume_from = Path(box[0]) if box[0] else None
+        self.run_dir = cfg.run_dir
+
+        seed_everything(cfg.train.seed)
+        self.raw_model = GPT(cfg.model).to(self.device)
+        self.raw_model.activation_checkpointing = cfg.train.activation_checkpointing
+        self.model = _wrap_distributed(self.raw_model, cfg, d, self.device)
+        self.optimizer = build_optimizer(self.raw_model, cfg.optim, self.device.type)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.micro = micro_batch_size(cfg, d.world_size)
+        self.accum = grad_accum_steps(cfg, d.world_size)
+        windows = TokenWindows(cfg.data.dir, "train", cfg.model.block_size)
+        self.loader = BatchLoader(windows, self.micro, mode=cfg.data.sampling, seed=cfg.train.seed,
+                                  rank=d.rank, world_size=d.world_size, device=self.device)
+        self.val_set = list(eval_batches(TokenWindows(cfg.data.dir, "val", cfg.model.block_size), self.micro,
+                                         cfg.train.eval_batches, rank=d.rank, world_size=d.world_size))
+        self.step, self.tokens_seen, self.best_val = 0, 0, math.inf
+        self.elapsed_before = 0.0  # training seconds of earlier sessions of this run (for the time budget)
+        if resume_from is not None:
+            self._load(resume_from)
+        if cfg.train.compile:
+            self.model = torch.compile(self.model)
+        self.tokens_per_step = cfg.train.batch_size * cfg.model.block_size
+        self.recent_losses: list[float] = []  # for loss-spike detection
+        self.skips_in_a_row = 0
+        self.tracker: Tracker | None = None
+
+    # ----------------------------------------------------------------- state
+
+    def _load(self, path: Path) -> None:
+        ckpt.check_compatible(ckpt.checkpoint_config(path), self.cfg, path)
+        state = ckpt.load_part(path, "trainer")
+        if state["world_size"] != self.d.world_size:
+            raise TinyLMError(f"checkpoint {path} was written by {state['world_size']} process(es), this run has "
+                              f"{self.d.world_size}; resume with the same --nproc_per_node")
+        self.raw_model.load_state_dict(ckpt.load_part(path, "model", self.device))
+        self.optimizer.load_state_dict(ckpt.load_part(path, "optimizer", self.device))
+        self.loader.load_state_dict(state["loader"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.step, self.tokens_seen, self.best_val = state["step"], state["tokens_seen"], state["best_val_loss"]
+        self.elapsed_before = state["elapsed_s"]
+        self.log(f"resumed from {path} at step {self.step}")
+
+    def save(self, elapsed: float) -> Path | None:
+        """Checkpoint the current step (rank 0). Written before evaluation, which could fail."""
+        if not self.d.is_main:
+            return None
+        trainer_state = {"step": self.step, "tokens_seen": self.tokens_seen, "best_val_loss": self.best_val,
+                         "elapsed_s": elapsed, "world_size": self.d.world_size, "loader": self.loader.state_dict(),
+                         "scaler": self.scaler.state_dict(), "rng": rng_state()}
+        return ckpt.save_checkpoint(
+            self.run_dir / "checkpoints", self.step,
+            {"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(), "trainer": trainer_state},
+            {"tokens_seen": self.tokens_seen, "val_loss": None, "best_val_loss": self.best_val,
+             "config": self.cfg.to_dict(), "data_meta": self.meta},
+            keep_last=self.cfg.train.keep_last)
+
+    # ----------------------------------------------------------------- steps
+
+    def evaluate(self) -> float:
+        """Mean loss over the fixed validation batches (averaged over processes)."""
+        model = self.model
+        model.eval()
+        total = torch.zeros((), device=self.device)
+        with torch.no_grad(), autocast_context(self.precision, self.device):
+            for x, y in self.val_set:
+                _, loss = model(x.to(self.device), y.to(self.device))
+                total += loss.float()
+        model.train()
+        return float(_all_mean(total / max(len(self.val_set), 1), self.d))
+
+    def train_step(self, lr: float) -> dict:
+        """One optimizer step: accumulate gradients over micro-batches, clip, update (or skip).
+
+        Returns the step's stats; ``loss`` and ``grad_norm`` are tensors (read them only when logging).
+        """
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        data_s = compute_s = 0.0
+        for micro_step in range(self.accum):
+            t0 = time.perf_counter()
+            x, y = self.loader.next_batch()
+            t1 = time.perf_counter()
+            data_s += t1 - t0
+            last = micro_step == self.accum - 1
+            # DDP: all-reduce gradients only once, on the last micro-step
+            no_sync = getattr(self.model, "no_sync", None)
+            with contextlib.nullcontext() if last or no_sync is None else no_sync():
+                with autocast_context(self.precision, self.device):
+                    _, loss = self.model(x, y)
+                loss = loss / self.accum  # .backward() sums gradients over micro-steps: average them
+                self.scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+            compute_s += time.perf_counter() - t1
+        t1 = time.perf_counter()
+        self.scaler.unscale_(self.optimizer)
+        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip)
+        finite = torch.isfinite(grad_norm) & torch.isfinite(loss_sum)
+        if self.d.world_size > 1:  # every process must take the same decision
+            finite = _all_mean(finite.float(), self.d) == 1.0
+        skipped = not bool(finite) and self.precision != "fp16"  # fp16: the GradScaler skips by itself
+        if skipped:
+            self._on_nonfinite(x, y, loss_sum, grad_norm)
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.skips_in_a_row = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens_seen += self.tokens_per_step
+        return {"loss": loss_sum, "grad_norm": grad_norm, "skipped": skipped, "data_s": data_s,
+                "compute_s": compute_s + time.perf_counter() - t1}
+
+    def _on_nonfinite(self, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        step = self.step + 1
+        if self.cfg.train.nonfinite == "halt":
+            bad = [n for n, p in self.raw_model.named_parameters()
+                   if p.grad is not None and not torch.isfinite(p.grad).all()]
+            bundle = self.run_dir / f"nonfinite_step_{step:06d}"
+            if self.d.is_main:
+                bundle.mkdir(parents=True, exist_ok=True)
+                torch.save({"x": x.cpu(), "y": y.cpu()}, bundle / "batch.pt")
+                write_text_atomic(bundle / "report.json", json.dumps(
+                    {"step": step, "loss": float(loss), "grad_norm": float(grad_norm),
+                     "nonfinite_grads_in_order": bad, "config": self.cfg.to_dict()}, indent=2))
+            raise TinyLMError(f"non-finite loss/gradient at step {step} (loss {float(loss)}, grad norm "
+                              f"{float(grad_norm)}); first parameters with non-finite gradients: {bad[:5]}; "
+                              f"batch and report saved in {bundle}. Lower --optim.lr, check the data, or use "
+                              f"--train.nonfinite skip")
+        self.skips_in_a_row += 1
+        self.tracker_event(step, "nonfinite_skip", f"non-finite loss/gradient: update skipped "
+                                                   f"({self.skips_in_a_row} in a row)")
+        if self.skips_in_a_row >= self.cfg.train.max_skips:
+            raise TinyLMError(f"{self.skips_in_a_row} non-finite steps in a row (up to step {step}); training "
+                              f"has diverged: lower --optim.lr or --optim.warmup_steps, or resume from an "
+                              f"earlier checkpoint")
+
+    def tracker_event(self, step: int, event: str, message: str, **fields) -> None:
+        if self.tracker is not None:
+            self.tracker.log({"step": step, "event": event, "message": message, **fields})
+
+    def _check_spike(self, loss: float) -> None:
+        k = self.cfg.train.spike_factor
+        if k and len(self.recent_losses) >= 20:
+            median = sorted(self.recent_losses)[len(self.recent_losses) // 2]
+            if loss > k * median:
+                self.tracker_event(self.step, "loss_spike", f"loss spike {loss:.4f} > {k} x running median "
+                                                            f"{median:.4f}", loss=loss, median=median)
+        self.recent_losses = (self.recent_losses + [loss])[-50:]
+
+    # ----------------------------------------------------------------- the run
+
+    def _make_tracker(self) -> Tracker | None:
+        if not self.d.is_main:
+            return None
+        cfg = self.cfg
+        sinks = [JSONLSink(self.run_dir / "metrics.jsonl"),
+                 ConsoleSink(cfg.train.max_steps, self.step, cfg.run.progress,
+                             plain_every=0 if cfg.train.eval_interval else 10 * cfg.train.log_interval)]
+        if cfg.run.tensorboard:
+            sinks.append(TensorBoardSink(self.run_dir / "tb"))
+        if cfg.run.wandb:
+            sinks.append(WandbSink(cfg.run.wandb_project, cfg.run.name, cfg.to_dict(), self.run_dir))
+        return Tracker(sinks)
+
+    def _eval_point(self, elapsed: float) -> float:
+        """Save, evaluate, mark the best checkpoint, write a sample."""
+        saved = self.save(elapsed)
+        val_loss = self.evaluate()
+        self.best_val = min(self.best_val, val_loss)
+        if self.d.is_main:
+            ckpt.record_eval(saved, val_loss, is_best=val_loss <= self.best_val, keep_last=self.cfg.train.keep_last)
+            self.tracker.log({"step": self.step, "val_loss": val_loss, "tokens_seen": self.tokens_seen})
+            text = sample_text(self.raw_model, self.tok, self.cfg.sample.prompt, self.cfg.sample.max_new_tokens,
+                               temperature=self.cfg.sample.temperature, top_k=self.cfg.sample.top_k,
+                               seed=self.cfg.train.seed, device=self.device)
+            with open(self.run_dir / "samples.md", "a", encoding="utf-8") as f:
+                f.write(f"## step {self.step} (val loss {val_loss:.4f})\n\n```\n{text}\n```\n\n")
+        return val_loss
+
+    def _describe(self) -> None:
+        m, cfg = self.raw_model, self.cfg
+        write_text_atomic(self.run_dir / "config.toml", to_toml(cfg))
+        self.log(f"model: {m.num_params() / 1e6:.2f}M parameters ({m.num_params(non_embedding=True) / 1e6:.2f}M "
+                 f"non-embedding), {m.flops_per_token() / 1e6:.1f} MFLOP/token; device {self.device}, precision "
+                 f"{self.precision}, {self.d.world_size} process(es){' FSDP' if cfg.train.fsdp else ''}, "
+                 f"micro-batch {self.micro} x {self.accum} accumulation")
+        if self.step == 0:
+            x, y = self.val_set[0]
+            with torch.no_grad(), autocast_context(self.precision, self.device):
+                init_loss = float(m(x.to(self.device), y.to(self.device))[1])
+            self.log(f"initial loss {init_loss:.4f} (ln(vocab) = {math.log(cfg.model.vocab_size):.4f})")
+
+    def run(self) -> TrainResult:
+        cfg, d = self.cfg, self.d
+        if d.is_main:
+            self._describe()
+        peak = peak_flops(self.device, self.precision)
+        flops_per_token = self.raw_model.flops_per_token()
+        self.tracker = self._make_tracker()
+        stats: dict = {}
+        val_loss, loss_val, stopped = math.nan, math.nan, False
+        save_every = cfg.train.save_interval or cfg.train.eval_interval
+        t_start = time.perf_counter()
+        win_t, win_steps, win_data, win_compute = t_start, 0, 0.0, 0.0
+
+        def elapsed() -> float:
+            return self.elapsed_before + time.perf_counter() - t_start
+
+        with _StopFlag() as stop:
+            try:
+                while self.step < cfg.train.max_steps:
+                    time_frac = elapsed() / self.time_budget if self.time_budget else None
+                    if time_frac is not None and time_frac >= 1.0:
+                        self.log(f"\ntime budget {cfg.train.time_budget} reached at step {self.step}")
+                        break
+                    lr = lr_at(self.step, cfg.optim, cfg.train.max_steps, time_frac)
+                    first = self.step == 0 and cfg.train.compile
+                    stats = self.train_step(lr)
+                    if first:  # the first compiled step includes compilation: report it apart
+                        self.tracker_event(self.step, "compiled", f"first step incl. torch.compile: "
+                                           f"{stats['compute_s']:.1f}s", compile_s=stats["compute_s"])
+                        win_t = time.perf_counter()
+                    else:
+                        win_steps += 1
+                        win_data += stats["data_s"]
+                        win_compute += stats["compute_s"]
+                    loss_now = float(stats["loss"])
+                    if not stats["skipped"]:
+                        self._check_spike(loss_now)
+                    if self.step % cfg.train.log_interval == 0 or self.step == cfg.train.max_steps:
+                        loss_val = float(_all_mean(stats["loss"].clone(), d))
+                        now = time.perf_counter()
+                        n = max(win_steps, 1)
+                        tps = win_steps * self.tokens_per_step / max(now - win_t, 1e-9)
+                        data_ms, compute_ms = 1000 * win_data / n, 1000 * win_compute / n
+                        if self.tracker is not None:
+                            remaining = (cfg.train.max_steps - self.step) * (now - win_t) / n
+                            if self.time_budget:
+                                remaining = min(remaining, self.time_budget - elapsed())
+                            self.tracker.log({
+                                "step": self.step, "loss": loss_val, "lr": lr, "grad_norm": float(stats["grad_norm"]),
+                                "tokens_per_s": tps, "data_ms": data_ms, "compute_ms": compute_ms,
+                                "mfu": tps * flops_per_token * d.world_size / peak if peak else None,
+                                "peak_mem_mb": peak_memory_mb(self.device), "tokens_seen": self.tokens_seen,
+                                "elapsed_s": elapsed(), "eta_s": max(remaining, 0.0)})
+                            if data_ms > 0.1 * compute_ms:
+                                self.tracker_event(self.step, "slow_data", f"data loading takes {data_ms:.1f} ms "
+                                                   f"per step, over 10% of compute ({compute_ms:.1f} ms)")
+                        win_t, win_steps, win_data, win_compute = now, 0, 0.0, 0.0
+                    if self.step < cfg.train.max_steps:
+                        if cfg.train.eval_interval and self.step % cfg.train.eval_interval == 0:
+                            val_loss = self._eval_point(elapsed())
+                            win_t = time.perf_counter()  # evaluation is not training throughput
+                        elif save_every and self.step % save_every == 0:
+                            self.save(elapsed())
+                    if stop.requested:
+                        stopped = True
+                        break
+                train_seconds = elapsed()
+                val_loss = self._eval_point(train_seconds)
+                if stopped:
+                    self.log(f"\nstopped by signal at step {self.step}; checkpoint saved, continue with --resume")
+            finally:
+                if self.tracker is not None:
+                    self.tracker.close()
+        self.log(f"done: step {self.step}, train loss {loss_val:.4f}, val loss {val_loss:.4f} (best "
+                 f"{self.best_val:.4f}), {self.tokens_seen:,} tokens, {train_seconds:.0f}s; run folder {self.run_dir}")
+        return TrainResult(self.run_dir, self.step, loss_val, val_loss, self.best_val, self.tokens_seen,
+                           train_seconds, stopped)
 
 
 def train(cfg: Config, *, resume: bool = False, log=print) -> TrainResult:
-    """Train ``cfg`` to ``train.max_steps`` (or until SIGINT/SIGTERM), saving to ``cfg.run_dir``."""
-    d = init_distributed(cfg.train.device)
-    validate(cfg, d.world_size)
-    if not d.is_main:
-        log = lambda *a, **k: None  # noqa: E731 - only rank 0 speaks
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device, d.local_rank)
-    precision = resolve_precision(cfg.train.precision, device)
-
-    # data first: the model's vocab size comes from it
-    if d.is_main:
-        meta = ensure_prepared(cfg.data, progress=cfg.run.progress, log=log)
-    if d.world_size > 1:
-        dist.barrier()
-    meta = ensure_prepared(cfg.data, progress=False, log=log) if not d.is_main else meta
-    if cfg.model.vocab_size == 0:
-        cfg.model.vocab_size = meta["vocab_size"]
-    elif cfg.model.vocab_size < meta["vocab_size"]:
-        raise TinyLMError(f"--model.vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's "
-                          f"{meta['vocab_size']} ids; use 0 to take it from the data")
-    tok = load_data_tokenizer(cfg.data.dir)
-
-    resume_from = None
-    if d.is_main:
-        resume_from = _prepare_run_dir(cfg, resume)
-    if d.world_size > 1:
-        box = [str(resume_from) if resume_from else None]
-        dist.broadcast_object_list(box, src=0)
-        resume_from = Path(box[0]) if box[0] else None
-    run_dir = cfg.run_dir
-
-    seed_everything(cfg.train.seed)
-    model = GPT(cfg.model).to(device)
-    optimizer = build_optimizer(model, cfg.optim, device.type)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    micro = micro_batch_size(cfg, d.world_size)
-    accum = grad_accum_steps(cfg, d.world_size)
-    train_windows = TokenWindows(cfg.data.dir, "train", cfg.model.block_size)
-    val_windows = TokenWindows(cfg.data.dir, "val", cfg.model.block_size)
-    loader = BatchLoader(train_windows, micro, mode=cfg.data.sampling, seed=cfg.train.seed,
-                         rank=d.rank, world_size=d.world_size, device=device)
-    val_set = list(eval_batches(val_windows, micro, cfg.train.eval_batches, rank=d.rank,
-                                world_size=d.world_size))
-
-    start_step, tokens_seen, best_val = 0, 0, math.inf
-    if resume_from is not None:
-        saved_cfg = ckpt.checkpoint_config(resume_from)
-        ckpt.check_compatible(saved_cfg, cfg, resume_from)
-        model.load_state_dict(ckpt.load_part(resume_from, "model", device))
-        optimizer.load_state_dict(ckpt.load_part(resume_from, "optimizer", device))
-        state = ckpt.load_part(resume_from, "trainer")
-        loader.load_state_dict(state["loader"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        start_step, tokens_seen, best_val = state["step"], state["tokens_seen"], state["best_val_loss"]
-        log(f"resumed from {resume_from} at step {start_step}")
-
-    raw_model = model
-    if cfg.train.compile:
-        model = torch.compile(model)
-    if d.world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.local_rank] if device.type == "cuda" else None)
-
-    tokens_per_step = cfg.train.batch_size * cfg.model.block_size
-    if d.is_main:
-        write_text_atomic(run_dir / "config.toml", to_toml(cfg))
-        n_params = raw_model.num_params()
-        log(f"model: {n_params / 1e6:.2f}M parameters ({raw_model.num_params(non_embedding=True) / 1e6:.2f}M "
-            f"non-embedding), {raw_model.flops_per_token() / 1e6:.1f} MFLOP/token; device {device}, "
-            f"precision {precision}, {d.world_size} process(es), micro-batch {micro} x {accum} accumulation")
-        if start_step == 0:
-            init_loss = evaluate(raw_model, val_set[:1], precision, device, Dist())
-            log(f"initial val loss {init_loss:.4f} (ln(vocab) = {math.log(cfg.model.vocab_size):.4f})")
-    tracker = Tracker([JSONLSink(run_dir / "metrics.jsonl"),
-                       ConsoleSink(cfg.train.max_steps, start_step, cfg.run.progress,
-                                   plain_every=0 if cfg.train.eval_interval else 10 * cfg.train.log_interval)]) if d.is_main else None
-
-    def save(step: int, val_loss: float | None) -> None:
-        nonlocal best_val
-        is_best = val_loss is not None and val_loss < best_val
-        best_val = min(best_val, val_loss) if val_loss is not None else best_val
-        if not d.is_main:
-            return
-        trainer_state = {"step": step, "tokens_seen": tokens_seen, "best_val_loss": best_val,
-                         "loader": loader.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state()}
-        ckpt.save_checkpoint(run_dir / "checkpoints", step,
-                             {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                              "trainer": trainer_state},
-                             {"tokens_seen": tokens_seen, "val_loss": val_loss, "best_val_loss": best_val,
-                              "config": cfg.to_dict(), "data_meta": meta},
-                             is_best=is_best or not (run_dir / "checkpoints" / "best").exists())
-
-    def eval_and_save(step: int) -> float:
-        val_loss = evaluate(model, val_set, precision, device, d)
-        save(step, val_loss)  # saved before sampling, which could fail
-        if d.is_main:
-            tracker.log({"step": step, "val_loss": val_loss, "tokens_seen": tokens_seen})
-            text = sample_text(raw_model, tok, cfg.sample.prompt, cfg.sample.max_new_tokens,
-                               temperature=cfg.sample.temperature, top_k=cfg.sample.top_k,
-                               seed=cfg.train.seed, device=device)
-            with open(run_dir / "samples.md", "a", encoding="utf-8") as f:
-                f.write(f"## step {step} (val loss {val_loss:.4f})\n\n```\n{text}\n```\n\n")
-        return val_loss
-
-    model.train()
-    step, loss_val, val_loss, stopped = start_step, math.nan, math.nan, False
-    t_start = time.perf_counter()
-    window_t, window_tokens, data_s, compute_s = time.perf_counter(), 0, 0.0, 0.0
-    with _StopFlag() as stop:
-        try:
-            while step < cfg.train.max_steps:
-                lr = lr_at(step, cfg.optim, cfg.train.max_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                loss_sum = torch.zeros((), device=device)
-                for micro_step in range(accum):
-                    t0 = time.perf_counter()
-                    x, y = loader.next_batch()
-                    t1 = time.perf_counter()
-                    data_s += t1 - t0
-                    last = micro_step == accum - 1
-                    # DDP: all-reduce gradients only once, on the last micro-step
-                    sync = contextlib.nullcontext() if last or d.world_size == 1 else model.no_sync()
-                    with sync:
-                        with autocast_context(precision, device):
-                            _, loss = model(x, y)
-                        loss = loss / accum  # .backward() sums gradients over micro-steps: average them
-                        scaler.scale(loss).backward()
-                    loss_sum += loss.detach()
-                    compute_s += time.perf_counter() - t1
-                t1 = time.perf_counter()
-                scaler.unscale_(optimizer)
-                max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-                grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), max_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                tokens_seen += tokens_per_step
-                window_tokens += tokens_per_step
-                compute_s += time.perf_counter() - t1
-
-                if step % cfg.train.log_interval == 0 or step == cfg.train.max_steps:
-                    loss_val = float(_all_mean(loss_sum, d))
-                    now = time.perf_counter()
-                    steps_in_window = max(window_tokens // tokens_per_step, 1)
-                    if d.is_main:
-                        tracker.log({"step": step, "loss": loss_val, "lr": lr, "grad_norm": float(grad_norm),
-                                     "tokens_per_s": window_tokens / (now - window_t),
-                                     "data_ms": 1000 * data_s / steps_in_window,
-                                     "compute_ms": 1000 * compute_s / steps_in_window,
-                                     "tokens_seen": tokens_seen, "elapsed_s": now - t_start})
-                    window_t, window_tokens, data_s, compute_s = now, 0, 0.0, 0.0
-                if cfg.train.eval_interval and step % cfg.train.eval_interval == 0 and step < cfg.train.max_steps:
-                    val_loss = eval_and_save(step)
-                    window_t = time.perf_counter()  # eval time is not training throughput
-                if stop.requested:
-                    stopped = True
-                    break
-            train_seconds = time.perf_counter() - t_start
-            val_loss = eval_and_save(step)
-            if stopped and d.is_main:
-                log(f"\nstopped by signal at step {step}; checkpoint saved, continue with --resume")
-        finally:
-            if tracker is not None:
-                tracker.close()
-    if d.is_main:
-        log(f"done: step {step}, train loss {loss_val:.4f}, val loss {val_loss:.4f} (best {best_val:.4f}), "
-            f"{tokens_seen:,} tokens, {train_seconds:.0f}s; run folder {run_dir}")
-    return TrainResult(run_dir, step, loss_val, val_loss, best_val, tokens_seen, train_seconds, stopped)
+    """Train ``cfg`` to ``train.max_steps`` (or the time budget, or SIGINT/SIGTERM), saving to ``cfg.run_dir``."""
+    return Trainer(cfg, resume=resume, log=log).run()

@@ -1,0 +1,245 @@
+"""Production-loop behaviour: checkpoint policies, non-finite guard, time budget, precision,
+activation checkpointing, accounting, tracking sinks, export, and crash safety under SIGKILL."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tinylm import checkpoint as ckpt
+from tinylm.cli import main
+from tinylm.config import ModelConfig
+from tinylm.errors import TinyLMError
+from tinylm.model import GPT
+from tinylm.train import Trainer, autocast_context, train
+
+from conftest import tiny_config
+
+
+def quiet(*a, **k):
+    pass
+
+
+def records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_save_interval_and_keep_last(tmp_path, text_200k):
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 20, "train.eval_interval": 0,
+                                              "train.save_interval": 4, "train.keep_last": 2})
+    train(cfg, log=quiet)
+    root = cfg.run_dir / "checkpoints"
+    steps = sorted(p.name for p in root.iterdir() if p.name.startswith("step_"))
+    assert steps == ["step_000016", "step_000020"]
+    assert os.readlink(root / "last") == "step_000020" and os.readlink(root / "best") == "step_000020"
+    assert ckpt.read_meta(root / "step_000020")["val_loss"] is not None
+    assert ckpt.read_meta(root / "step_000016")["val_loss"] is None  # saved between evaluations
+
+
+def _poison_at(trainer: Trainer, steps: set[int]):
+    """Make the model's output NaN while the trainer computes the given (1-based) steps."""
+    def hook(module, args, output):
+        if trainer.step + 1 in steps and module.training:
+            return output[0] * float("nan"), output[1] * float("nan")
+        return output
+    trainer.raw_model.register_forward_hook(hook)
+
+
+def test_nonfinite_skip_drops_the_update_and_continues(tmp_path, text_200k):
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 12, "train.log_interval": 1})
+    trainer = Trainer(cfg, log=quiet)
+    _poison_at(trainer, {5})
+    weights = {}  # (1-based) step -> the weights as that step starts
+
+    def snapshot(module, args):
+        if module.training and trainer.step + 1 in (5, 6) and trainer.step + 1 not in weights:
+            weights[trainer.step + 1] = [p.detach().clone() for p in trainer.raw_model.parameters()]
+    trainer.raw_model.register_forward_pre_hook(snapshot)
+    result = trainer.run()
+    assert result.step == 12
+    events = [r for r in records(cfg.run_dir) if r.get("event") == "nonfinite_skip"]
+    assert [e["step"] for e in events] == [5]
+    # the poisoned step changed nothing: the weights after step 5 are those before it
+    assert all(torch.equal(a, b) for a, b in zip(weights[5], weights[6]))
+    assert all(torch.isfinite(p).all() for p in trainer.raw_model.parameters())
+
+
+def test_nonfinite_skip_stops_after_max_skips(tmp_path, text_200k):
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 30, "train.max_skips": 3})
+    trainer = Trainer(cfg, log=quiet)
+    _poison_at(trainer, set(range(6, 31)))
+    with pytest.raises(TinyLMError, match="3 non-finite steps in a row"):
+        trainer.run()
+
+
+def test_nonfinite_halt_writes_a_diagnostic_bundle(tmp_path, text_200k):
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 30, "train.nonfinite": "halt"})
+    trainer = Trainer(cfg, log=quiet)
+    _poison_at(trainer, {3})
+    with pytest.raises(TinyLMError, match="non-finite loss/gradient at step 3"):
+        trainer.run()
+    bundle = cfg.run_dir / "nonfinite_step_000003"
+    report = json.loads((bundle / "report.json").read_text())
+    assert report["step"] == 3 and report["nonfinite_grads_in_order"][0].startswith(("wte", "lm_head", "blocks"))
+    batch = torch.load(bundle / "batch.pt", weights_only=True)
+    assert batch["x"].shape == (8, 32)
+
+
+def test_loss_spike_is_logged(tmp_path, text_200k):
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 30, "train.log_interval": 1})
+    trainer = Trainer(cfg, log=quiet)
+
+    def hook(module, args, output):
+        if trainer.step + 1 == 26 and module.training:
+            return output[0], output[1] * 10
+        return output
+    trainer.raw_model.register_forward_hook(hook)
+    trainer.run()
+    spikes = [r for r in records(cfg.run_dir) if r.get("event") == "loss_spike"]
+    assert [s["step"] for s in spikes] == [26]
+
+
+def test_time_budget_ends_decayed(tmp_path, text_200k):
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 10**6, "train.time_budget": "4s",
+                                              "train.eval_interval": 0, "train.log_interval": 1})
+    t0 = time.time()
+    result = train(cfg, log=quiet)
+    assert time.time() - t0 < 30 and 3.5 < result.train_seconds < 6
+    steps = [r for r in records(cfg.run_dir) if "lr" in r]
+    assert steps[-1]["lr"] < 0.2 * cfg.optim.lr  # reached (nearly) the floor of 0.1 * lr
+    assert ckpt.read_meta(ckpt.resolve_checkpoint(cfg.run_dir))["step"] == result.step
+
+
+def test_bf16_autocast_runs_attention_and_mlp_matmuls_in_bf16():
+    model = GPT(ModelConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=32))
+    seen = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            mod.register_forward_hook(lambda m, a, out, name=name: seen.__setitem__(name, (a[0].dtype, out.dtype)))
+    with autocast_context("bf16", torch.device("cpu")):
+        _, loss = model(torch.randint(0, 50, (2, 16)), torch.randint(0, 50, (2, 16)))
+    for name in ("blocks.0.attn.qkv", "blocks.0.mlp.up", "blocks.0.mlp.down", "lm_head"):
+        assert seen[name][1] == torch.bfloat16, name
+    # attn.proj's input is the output of scaled_dot_product_attention: bf16 means attention ran in bf16
+    assert seen["blocks.0.attn.proj"][0] == torch.bfloat16
+    assert loss.dtype == torch.float32  # the loss itself is computed in fp32
+    assert model.wte.weight.dtype == torch.float32  # master weights stay fp32
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1))
+    x, y = torch.randint(0, 50, (2, 16)), torch.randint(0, 50, (2, 16))
+    grads = []
+    for on in (False, True):
+        model.activation_checkpointing = on
+        model.zero_grad()
+        torch.manual_seed(1)
+        model(x, y)[1].backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_metrics_have_accounting_fields(tmp_path, text_200k):
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 10})
+    train(cfg, log=quiet)
+    row = [r for r in records(cfg.run_dir) if "loss" in r][-1]
+    assert 0 < row["mfu"] < 1 and row["peak_mem_mb"] > 10 and row["eta_s"] >= 0
+    assert row["tokens_seen"] == 10 * 8 * 32
+
+
+def test_tensorboard_and_wandb_offline(tmp_path, text_200k, monkeypatch):
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 10, "run.tensorboard": True, "run.wandb": True})
+    train(cfg, log=quiet)
+    assert list((cfg.run_dir / "tb").glob("events.out.tfevents.*"))
+    assert list((cfg.run_dir / "wandb").glob("offline-run-*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(cfg.run_dir / "tb"))
+    acc.Reload()
+    assert {"loss", "val_loss", "lr", "tokens_per_s"} <= set(acc.Tags()["scalars"])
+
+
+def test_export_safetensors(tmp_path, text_200k, capsys):
+    from safetensors.torch import load_file
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 4, "train.eval_interval": 0})
+    train(cfg, log=quiet)
+    out = tmp_path / "model.safetensors"
+    assert main(["export", str(cfg.run_dir), "--out", str(out)]) == 0
+    weights = load_file(out)
+    model = GPT(cfg.model)
+    model.load_state_dict(weights, strict=False)  # lm_head is tied to wte
+    saved = ckpt.load_part(ckpt.resolve_checkpoint(cfg.run_dir), "model")
+    torch.testing.assert_close(model.state_dict()["lm_head.weight"], saved["wte.weight"])
+    assert set(weights) == set(saved) - {"lm_head.weight"}
+
+
+def _train_args(cfg) -> list[str]:
+    args = [sys.executable, "-m", "tinylm", "train"]
+    for section in ("model", "data", "optim", "train", "run"):
+        for k, v in vars(getattr(cfg, section)).items():
+            args += [f"--{section}.{k}", str(v)]
+    return args
+
+
+def _last_losses(run_dir) -> dict[int, float]:
+    """Loss per step; after a resume, re-done steps overwrite the earlier lines."""
+    return {r["step"]: r["loss"] for r in records(run_dir) if "loss" in r}
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_loses_at_most_one_save_interval(tmp_path, text_200k):
+    opts = {"train.max_steps": 60, "train.log_interval": 1, "train.eval_interval": 0,
+            "train.save_interval": 3, "train.threads": 1}
+    ref = tiny_config(tmp_path / "ref", text_200k, **opts)
+    train(ref, log=quiet)
+    cfg = tiny_config(tmp_path / "crash", text_200k, **opts)
+    rng = random.Random(0)
+    kills = 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    while True:
+        resume = ["--resume"] if cfg.run_dir.exists() else []
+        proc = subprocess.Popen(_train_args(cfg) + resume, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        delay = rng.uniform(2.0, 5.0)  # includes start-up; kills land mid-step and mid-save
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            before = max(_last_losses(cfg.run_dir), default=0) if (cfg.run_dir / "metrics.jsonl").exists() else 0
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            found = ckpt.find_checkpoint(cfg.run_dir / "checkpoints")
+            if found is not None:
+                for part in ("model", "optimizer", "trainer"):  # (a) every checkpoint is readable
+                    ckpt.load_part(found, part)
+                resumed_at = ckpt.read_meta(found)["step"]
+                assert before - resumed_at <= 3 + 1  # (b) at most one save interval (+ the step in flight)
+            continue
+        assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
+        break
+    assert kills >= 2
+    a, b = _last_losses(ref.run_dir), _last_losses(cfg.run_dir)
+    assert sorted(a) == sorted(b) == list(range(1, 61))
+    assert max(abs(a[s] - b[s]) for s in a) == 0.0  # (c) the same curve, bit for bit
+
+
+def test_sigterm_saves_and_exits(tmp_path, text_200k):
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 10**6, "train.eval_interval": 0})
+    proc = subprocess.Popen(_train_args(cfg), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not ((cfg.run_dir / "metrics.jsonl").exists() and _last_losses(cfg.run_dir)):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "stopped by signal" in out
+    assert ckpt.read_meta(ckpt.resolve_checkpoint(cfg.run_dir))["step"] >= 5
