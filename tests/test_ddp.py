@@ -24,17 +24,29 @@ def _losses(run_dir):
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
-def test_ddp_two_processes_match_one(tmp_path, text_200k):
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _torchrun(cfg, *extra) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--standalone", "-m", "tinylm", "train", *_args(cfg), *extra],
+                          env=ENV, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def single_run(tmp_path, text_200k):
     opts = {"train.max_steps": 12, "train.log_interval": 1, "train.eval_interval": 6, "train.batch_size": 8,
             "train.threads": 1}
     single = tiny_config(tmp_path, text_200k, **{**opts, "run.name": "single"})
-    ddp = tiny_config(tmp_path, text_200k, **{**opts, "run.name": "ddp"})
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "tinylm", "train", *_args(single)], check=True, env=env,
+    subprocess.run([sys.executable, "-m", "tinylm", "train", *_args(single)], check=True, env=ENV,
                    capture_output=True, timeout=300)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--standalone", "-m", "tinylm", "train", *_args(ddp)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    return opts, single
+
+
+def test_ddp_two_processes_match_one(tmp_path, text_200k, single_run):
+    opts, single = single_run
+    ddp = tiny_config(tmp_path, text_200k, **{**opts, "run.name": "ddp"})
+    proc = _torchrun(ddp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es), micro-batch 4 x 1 accumulation" in proc.stdout
     a, b = _losses(single.run_dir), _losses(ddp.run_dir)
@@ -43,3 +55,24 @@ def test_ddp_two_processes_match_one(tmp_path, text_200k):
     # only rank 0 wrote: one metrics line per step, one checkpoint folder tree
     assert len([line for line in (ddp.run_dir / "metrics.jsonl").read_text().splitlines()
                 if '"loss"' in line]) == 12
+
+
+def test_fsdp2_on_gloo_matches_one_process_and_resumes(tmp_path, text_200k, single_run):
+    """FSDP2 (fully_shard) runs on CPU over gloo: same losses as one process; its checkpoints
+    hold full (unsharded) states, so it resumes, and a different process count is refused."""
+    opts, single = single_run
+    fsdp = tiny_config(tmp_path, text_200k, **{**opts, "run.name": "fsdp", "train.fsdp": True,
+                                               "train.max_steps": 6})
+    proc = _torchrun(fsdp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es) FSDP" in proc.stdout
+    fsdp.train.max_steps = 12
+    proc = _torchrun(fsdp, "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = _losses(single.run_dir), _losses(fsdp.run_dir)
+    assert sorted(a) == sorted(b) == list(range(1, 13))
+    assert max(abs(a[s] - b[s]) for s in a) < 1e-5
+    fsdp.train.max_steps = 14
+    one = subprocess.run([sys.executable, "-m", "tinylm", "train", *_args(fsdp), "--resume"], env=ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 2 and "written by 2 process(es), this run has 1" in one.stderr

@@ -278,8 +278,17 @@ class Trainer:
         if state["world_size"] != self.d.world_size:
             raise TinyLMError(f"checkpoint {path} was written by {state['world_size']} process(es), this run has "
                               f"{self.d.world_size}; resume with the same --nproc_per_node")
-        self.raw_model.load_state_dict(ckpt.load_part(path, "model", self.device))
-        self.optimizer.load_state_dict(ckpt.load_part(path, "optimizer", self.device))
+        model_state = ckpt.load_part(path, "model", self.device)
+        optim_state = ckpt.load_part(path, "optimizer", self.device)
+        if self.cfg.train.fsdp and self.d.world_size > 1:  # full (unsharded) states -> this rank's shards
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                                 set_optimizer_state_dict)
+            opts = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.raw_model, model_state, options=opts)
+            set_optimizer_state_dict(self.raw_model, self.optimizer, optim_state, options=opts)
+        else:
+            self.raw_model.load_state_dict(model_state)
+            self.optimizer.load_state_dict(optim_state)
         self.loader.load_state_dict(state["loader"])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
@@ -287,8 +296,21 @@ class Trainer:
         self.elapsed_before = state["elapsed_s"]
         self.log(f"resumed from {path} at step {self.step}")
 
+    def _full_states(self) -> tuple[dict, dict]:
+        """Model and optimizer state dicts, unsharded (every process must call this under FSDP)."""
+        if self.cfg.train.fsdp and self.d.world_size > 1:
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                                 get_optimizer_state_dict)
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return (get_model_state_dict(self.raw_model, options=opts),
+                    get_optimizer_state_dict(self.raw_model, self.optimizer, options=opts))
+        return self.raw_model.state_dict(), self.optimizer.state_dict()
+
     def save(self, elapsed: float) -> Path | None:
-        """Checkpoint the current step (rank 0). Written before evaluation, which could fail."""
+        """Checkpoint the current step (rank 0 writes). Written before evaluation, which could fail."""
+        return self._write_checkpoint(*self._full_states(), elapsed)
+
+    def _write_checkpoint(self, model_state: dict, optim_state: dict, elapsed: float) -> Path | None:
         if not self.d.is_main:
             return None
         trainer_state = {"step": self.step, "tokens_seen": self.tokens_seen, "best_val_loss": self.best_val,
@@ -296,7 +318,7 @@ class Trainer:
                          "scaler": self.scaler.state_dict(), "rng": rng_state()}
         return ckpt.save_checkpoint(
             self.run_dir / "checkpoints", self.step,
-            {"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(), "trainer": trainer_state},
+            {"model": model_state, "optimizer": optim_state, "trainer": trainer_state},
             {"tokens_seen": self.tokens_seen, "val_loss": None, "best_val_loss": self.best_val,
              "config": self.cfg.to_dict(), "data_meta": self.meta},
             keep_last=self.cfg.train.keep_last)
@@ -343,6 +365,8 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor, the same value on every process
+            grad_norm = grad_norm.full_tensor()
         finite = torch.isfinite(grad_norm) & torch.isfinite(loss_sum)
         if self.d.world_size > 1:  # every process must take the same decision
             finite = _all_mean(finite.float(), self.d) == 1.0
@@ -413,13 +437,18 @@ class Trainer:
 
     def _eval_point(self, elapsed: float) -> float:
         """Save, evaluate, mark the best checkpoint, write a sample."""
-        saved = self.save(elapsed)
+        model_state, optim_state = self._full_states()
+        saved = self._write_checkpoint(model_state, optim_state, elapsed)
         val_loss = self.evaluate()
         self.best_val = min(self.best_val, val_loss)
         if self.d.is_main:
             ckpt.record_eval(saved, val_loss, is_best=val_loss <= self.best_val, keep_last=self.cfg.train.keep_last)
             self.tracker.log({"step": self.step, "val_loss": val_loss, "tokens_seen": self.tokens_seen})
-            text = sample_text(self.raw_model, self.tok, self.cfg.sample.prompt, self.cfg.sample.max_new_tokens,
+            sampler = self.raw_model
+            if self.cfg.train.fsdp and self.d.world_size > 1:  # sharded weights: sample from a full copy
+                sampler = GPT(self.cfg.model).to(self.device)
+                sampler.load_state_dict(model_state)
+            text = sample_text(sampler, self.tok, self.cfg.sample.prompt, self.cfg.sample.max_new_tokens,
                                temperature=self.cfg.sample.temperature, top_k=self.cfg.sample.top_k,
                                seed=self.cfg.train.seed, device=self.device)
             with open(self.run_dir / "samples.md", "a", encoding="utf-8") as f:
@@ -428,7 +457,8 @@ class Trainer:
 
     def _describe(self) -> None:
         m, cfg = self.raw_model, self.cfg
-        write_text_atomic(self.run_dir / "config.toml", to_toml(cfg))
+        if self.d.is_main:
+            write_text_atomic(self.run_dir / "config.toml", to_toml(cfg))
         self.log(f"model: {m.num_params() / 1e6:.2f}M parameters ({m.num_params(non_embedding=True) / 1e6:.2f}M "
                  f"non-embedding), {m.flops_per_token() / 1e6:.1f} MFLOP/token; device {self.device}, precision "
                  f"{self.precision}, {self.d.world_size} process(es){' FSDP' if cfg.train.fsdp else ''}, "
@@ -436,13 +466,12 @@ class Trainer:
         if self.step == 0:
             x, y = self.val_set[0]
             with torch.no_grad(), autocast_context(self.precision, self.device):
-                init_loss = float(m(x.to(self.device), y.to(self.device))[1])
+                init_loss = float(_all_mean(m(x.to(self.device), y.to(self.device))[1].float(), self.d))
             self.log(f"initial loss {init_loss:.4f} (ln(vocab) = {math.log(cfg.model.vocab_size):.4f})")
 
     def run(self) -> TrainResult:
         cfg, d = self.cfg, self.d
-        if d.is_main:
-            self._describe()
+        self._describe()
         peak = peak_flops(self.device, self.precision)
         flops_per_token = self.raw_model.flops_per_token()
         self.tracker = self._make_tracker()
