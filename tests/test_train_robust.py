@@ -243,3 +243,16 @@ def test_sigterm_saves_and_exits(tmp_path, text_200k):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "stopped by signal" in out
     assert ckpt.read_meta(ckpt.resolve_checkpoint(cfg.run_dir))["step"] >= 5
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager_and_reports_compile_time(tmp_path, text_200k):
+    opts = {"train.max_steps": 6, "train.log_interval": 1, "train.eval_interval": 0}
+    eager = tiny_config(tmp_path / "eager", text_200k, **opts)
+    compiled = tiny_config(tmp_path / "compiled", text_200k, **{**opts, "train.compile": True})
+    train(eager, log=quiet)
+    train(compiled, log=quiet)
+    a, b = _last_losses(eager.run_dir), _last_losses(compiled.run_dir)
+    assert max(abs(a[s] - b[s]) for s in a) < 1e-4
+    events = [r for r in records(compiled.run_dir) if r.get("event") == "compiled"]
+    assert len(events) == 1 and events[0]["compile_s"] > 0
