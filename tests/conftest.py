@@ -61,3 +61,9 @@ def tiny_config(tmp_path: Path, corpus: Path, **overrides) -> Config:
     for k, v in base.items():
         set_value(cfg, k, v)
     return cfg
+
+
+def cli_args(cfg: Config) -> list[str]:
+    """A config as dotted overrides, for tests that start `tinylm train` as a child process."""
+    return [item for section in ("model", "data", "optim", "train", "run")
+            for k, v in vars(getattr(cfg, section)).items() for item in (f"--{section}.{k}", str(v))]

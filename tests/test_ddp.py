@@ -1,27 +1,14 @@
 """DistributedDataParallel on CPU: 2 gloo processes launched by torchrun, against 1 process."""
-import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import tiny_config
+from conftest import cli_args, tiny_config
+from tinylm.diagnostics import logged_losses
 
 pytestmark = pytest.mark.slow
-
-
-def _args(cfg) -> list[str]:
-    out = []
-    for section in ("model", "data", "optim", "train", "run"):
-        for k, v in vars(getattr(cfg, section)).items():
-            out += [f"--{section}.{k}", str(v)]
-    return out
-
-
-def _losses(run_dir):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -29,7 +16,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 def _torchrun(cfg, *extra) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--standalone", "-m", "tinylm", "train", *_args(cfg), *extra],
+                           "--standalone", "-m", "tinylm", "train", *cli_args(cfg), *extra],
                           env=ENV, capture_output=True, text=True, timeout=300)
 
 
@@ -38,7 +25,7 @@ def single_run(tmp_path, text_200k):
     opts = {"train.max_steps": 12, "train.log_interval": 1, "train.eval_interval": 6, "train.batch_size": 8,
             "train.threads": 1}
     single = tiny_config(tmp_path, text_200k, **{**opts, "run.name": "single"})
-    subprocess.run([sys.executable, "-m", "tinylm", "train", *_args(single)], check=True, env=ENV,
+    subprocess.run([sys.executable, "-m", "tinylm", "train", *cli_args(single)], check=True, env=ENV,
                    capture_output=True, timeout=300)
     return opts, single
 
@@ -49,7 +36,7 @@ def test_ddp_two_processes_match_one(tmp_path, text_200k, single_run):
     proc = _torchrun(ddp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es), micro-batch 4 x 1 accumulation" in proc.stdout
-    a, b = _losses(single.run_dir), _losses(ddp.run_dir)
+    a, b = logged_losses(single.run_dir), logged_losses(ddp.run_dir)
     assert sorted(a) == sorted(b) == list(range(1, 13))
     assert max(abs(a[s] - b[s]) for s in a) < 1e-5
     # only rank 0 wrote: one metrics line per step, one checkpoint folder tree
@@ -69,10 +56,10 @@ def test_fsdp2_on_gloo_matches_one_process_and_resumes(tmp_path, text_200k, sing
     fsdp.train.max_steps = 12
     proc = _torchrun(fsdp, "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    a, b = _losses(single.run_dir), _losses(fsdp.run_dir)
+    a, b = logged_losses(single.run_dir), logged_losses(fsdp.run_dir)
     assert sorted(a) == sorted(b) == list(range(1, 13))
     assert max(abs(a[s] - b[s]) for s in a) < 1e-5
     fsdp.train.max_steps = 14
-    one = subprocess.run([sys.executable, "-m", "tinylm", "train", *_args(fsdp), "--resume"], env=ENV,
+    one = subprocess.run([sys.executable, "-m", "tinylm", "train", *cli_args(fsdp), "--resume"], env=ENV,
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 2 and "written by 2 process(es), this run has 1" in one.stderr

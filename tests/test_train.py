@@ -6,22 +6,17 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from tinylm import checkpoint as ckpt
 from tinylm.cli import main
+from tinylm.diagnostics import logged_losses
 from tinylm.errors import TinyLMError
 from tinylm.train import resolve_precision, train
 
-from conftest import tiny_config
-
-
-def losses(run_dir: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+from conftest import cli_args, tiny_config
 
 
 def test_train_resume_sample(tmp_path, text_200k, capsys):
@@ -64,7 +59,7 @@ def test_resume_is_bit_exact(tmp_path, text_200k):
     train(part, log=lambda *a: None)
     part.train.max_steps = 40
     train(part, resume=True, log=lambda *a: None)
-    a, b = losses(full.run_dir), losses(part.run_dir)
+    a, b = logged_losses(full.run_dir), logged_losses(part.run_dir)
     assert sorted(a) == sorted(b) == list(range(1, 41))
     assert max(abs(a[s] - b[s]) for s in a) == 0.0
 
@@ -75,7 +70,7 @@ def test_gradient_accumulation_matches_full_batch(tmp_path, text_200k):
                                                      "train.micro_batch_size": 2})
     train(one, log=lambda *a: None)
     train(acc, log=lambda *a: None)
-    a, b = losses(one.run_dir), losses(acc.run_dir)
+    a, b = logged_losses(one.run_dir), logged_losses(acc.run_dir)
     assert max(abs(a[s] - b[s]) for s in a) < 1e-4
 
 
@@ -120,14 +115,10 @@ def test_cli_errors_are_one_line_messages(tmp_path, capsys):
 
 def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path, text_200k):
     cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 100000, "train.eval_interval": 0})
-    args = [sys.executable, "-m", "tinylm", "train"]
-    for section in ("model", "data", "train", "run", "optim"):
-        for k, v in vars(getattr(cfg, section)).items():
-            args += [f"--{section}.{k}", str(v)]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    proc = subprocess.Popen([sys.executable, "-m", "tinylm", "train", *cli_args(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.time() + 120
-    while not (cfg.run_dir / "metrics.jsonl").exists() or not losses(cfg.run_dir):
+    while not (cfg.run_dir / "metrics.jsonl").exists() or not logged_losses(cfg.run_dir):
         assert proc.poll() is None, proc.stdout.read()
         assert time.time() < deadline
         time.sleep(0.2)

@@ -2,7 +2,6 @@
 activation checkpointing, accounting, tracking sinks, export, and crash safety under SIGKILL."""
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -14,11 +13,12 @@ import torch
 from tinylm import checkpoint as ckpt
 from tinylm.cli import main
 from tinylm.config import ModelConfig
+from tinylm.diagnostics import crash_harness, logged_losses
 from tinylm.errors import TinyLMError
 from tinylm.model import GPT
 from tinylm.train import Trainer, autocast_context, train
 
-from conftest import tiny_config
+from conftest import cli_args, tiny_config
 
 
 def quiet(*a, **k):
@@ -183,19 +183,6 @@ def test_export_safetensors(tmp_path, text_200k, capsys):
     assert set(weights) == set(saved) - {"lm_head.weight"}
 
 
-def _train_args(cfg) -> list[str]:
-    args = [sys.executable, "-m", "tinylm", "train"]
-    for section in ("model", "data", "optim", "train", "run"):
-        for k, v in vars(getattr(cfg, section)).items():
-            args += [f"--{section}.{k}", str(v)]
-    return args
-
-
-def _last_losses(run_dir) -> dict[int, float]:
-    """Loss per step; after a resume, re-done steps overwrite the earlier lines."""
-    return {r["step"]: r["loss"] for r in records(run_dir) if "loss" in r}
-
-
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_at_most_one_save_interval(tmp_path, text_200k):
     opts = {"train.max_steps": 60, "train.log_interval": 1, "train.eval_interval": 0,
@@ -203,40 +190,20 @@ def test_sigkill_at_random_moments_loses_at_most_one_save_interval(tmp_path, tex
     ref = tiny_config(tmp_path / "ref", text_200k, **opts)
     train(ref, log=quiet)
     cfg = tiny_config(tmp_path / "crash", text_200k, **opts)
-    rng = random.Random(0)
-    kills = 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    while True:
-        resume = ["--resume"] if cfg.run_dir.exists() else []
-        proc = subprocess.Popen(_train_args(cfg) + resume, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        delay = rng.uniform(2.0, 5.0)  # includes start-up; kills land mid-step and mid-save
-        try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            before = max(_last_losses(cfg.run_dir), default=0) if (cfg.run_dir / "metrics.jsonl").exists() else 0
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-            found = ckpt.find_checkpoint(cfg.run_dir / "checkpoints")
-            if found is not None:
-                for part in ("model", "optimizer", "trainer"):  # (a) every checkpoint is readable
-                    ckpt.load_part(found, part)
-                resumed_at = ckpt.read_meta(found)["step"]
-                assert before - resumed_at <= 3 + 1  # (b) at most one save interval (+ the step in flight)
-            continue
-        assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
-        break
-    assert kills >= 2
-    a, b = _last_losses(ref.run_dir), _last_losses(cfg.run_dir)
+    report = crash_harness(cfg, min_kills=3, seed=0)
+    assert report.kills == 3 and report.returncode == 0
+    assert report.unreadable_checkpoints == 0  # (a) every checkpoint is readable
+    assert max(report.lost_steps) <= 3 + 1  # (b) at most one save interval (+ the step in flight)
+    a, b = logged_losses(ref.run_dir), logged_losses(cfg.run_dir)
     assert sorted(a) == sorted(b) == list(range(1, 61))
     assert max(abs(a[s] - b[s]) for s in a) == 0.0  # (c) the same curve, bit for bit
 
 
 def test_sigterm_saves_and_exits(tmp_path, text_200k):
     cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 10**6, "train.eval_interval": 0})
-    proc = subprocess.Popen(_train_args(cfg), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "tinylm", "train", *cli_args(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
-    while not ((cfg.run_dir / "metrics.jsonl").exists() and _last_losses(cfg.run_dir)):
+    while not ((cfg.run_dir / "metrics.jsonl").exists() and logged_losses(cfg.run_dir)):
         assert proc.poll() is None and time.time() < deadline
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
@@ -252,7 +219,7 @@ def test_torch_compile_matches_eager_and_reports_compile_time(tmp_path, text_200
     compiled = tiny_config(tmp_path / "compiled", text_200k, **{**opts, "train.compile": True})
     train(eager, log=quiet)
     train(compiled, log=quiet)
-    a, b = _last_losses(eager.run_dir), _last_losses(compiled.run_dir)
+    a, b = logged_losses(eager.run_dir), logged_losses(compiled.run_dir)
     assert max(abs(a[s] - b[s]) for s in a) < 1e-4
     events = [r for r in records(compiled.run_dir) if r.get("event") == "compiled"]
     assert len(events) == 1 and events[0]["compile_s"] > 0

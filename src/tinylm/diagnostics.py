@@ -1,0 +1,81 @@
+"""Diagnostics that check the training machinery itself, e.g. crash safety under SIGKILL."""
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import checkpoint as ckpt
+from .config import Config, to_toml
+from .errors import TinyLMError
+
+
+def logged_losses(run_dir: Path) -> dict[int, float]:
+    """Training loss per step from metrics.jsonl; after a resume, re-done steps replace earlier lines."""
+    out = {}
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:  # a line cut short by SIGKILL
+                continue
+            if "loss" in r:
+                out[r["step"]] = r["loss"]
+    return out
+
+
+@dataclass
+class CrashReport:
+    kills: int = 0
+    lost_steps: list[int] = field(default_factory=list)  # per kill: last logged step - step resumed from
+    unreadable_checkpoints: int = 0
+    returncode: int | None = None
+
+
+def crash_harness(cfg: Config, *, min_kills: int = 3, seed: int = 0, window: tuple[float, float] = (2.0, 5.0),
+                  max_rounds: int = 50) -> CrashReport:
+    """Train ``cfg`` in a child process, SIGKILL it at random moments, resume, until it finishes.
+
+    After every kill the newest checkpoint must load (model, optimizer, trainer state). A kill
+    lands anywhere: mid-step, mid-save, mid-write of metrics. Each round waits a random time in
+    ``window`` seconds (start-up included); after ``min_kills`` kills the run is left to finish.
+    """
+    rng = random.Random(seed)
+    report = CrashReport()
+    with tempfile.TemporaryDirectory() as tmp:
+        preset = Path(tmp) / "run.toml"
+        preset.write_text(to_toml(cfg))
+        base = [sys.executable, "-m", "tinylm", "train", "--config", str(preset)]
+        for _ in range(max_rounds):
+            resume = ["--resume"] if cfg.run_dir.exists() else []
+            proc = subprocess.Popen(base + resume, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            try:
+                timeout = rng.uniform(*window) if report.kills < min_kills else None
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                report.kills += 1
+                logged = max(logged_losses(cfg.run_dir), default=0)
+                found = ckpt.find_checkpoint(cfg.run_dir / "checkpoints")
+                resumed_at = 0
+                if found is not None:
+                    try:
+                        for part in ("model", "optimizer", "trainer"):
+                            ckpt.load_part(found, part)
+                        resumed_at = ckpt.read_meta(found)["step"]
+                    except (TinyLMError, OSError, ValueError):
+                        report.unreadable_checkpoints += 1
+                report.lost_steps.append(max(logged - resumed_at, 0))
+                continue
+            report.returncode = proc.returncode
+            if proc.returncode != 0:
+                raise TinyLMError(f"the resumed run failed: {proc.stderr.read().decode()[-2000:]}")
+            return report
+    raise TinyLMError(f"the run did not finish within {max_rounds} rounds")

@@ -1,0 +1,442 @@
+"""Generation: the KV cache, the logits processors, every strategy, text helpers, CLI, report.
+
+Tiny random models (2 layers, width 32) unless a test needs a trained one; the properties are the
+ones the decoding literature states (top-k 1 = greedy, beam width 1 = greedy, ...), checked on
+whole generated sequences.
+"""
+import itertools
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from tinylm.config import ModelConfig, SampleConfig
+from tinylm.errors import TinyLMError
+from tinylm.generate import (PAD, FrequencyPenalty, MinP, NoRepeatNGram, PresencePenalty, RepetitionPenalty,
+                             Temperature, TopK, TopP, apply_processors, banned_by_ngrams, build_processors,
+                             cut_at_stop, distinct_n, generate, generate_text, repetition_rate, sample_text,
+                             token_counts, token_scores)
+from tinylm.model import GPT
+
+VARIANTS = {"learned": dict(), "rope": dict(pos="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True),
+            "bias-untied": dict(mlp="relu2", bias=True, tie_embeddings=False)}
+V = 61
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models decode one token at a time: thread hand-offs cost more than they save,
+    and on a loaded 2-core machine they make these tests 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(block: int = 32, **kw) -> GPT:
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=V, block_size=block, n_layer=2, n_head=2, n_embd=32, **kw)).eval()
+    # random init gives nearly flat logits; a larger output scale makes decisions clear-cut
+    # (fewer near-ties) and the strategies differ visibly
+    with torch.no_grad():
+        model.wte.weight.mul_(8)
+    return model
+
+
+def cfg(**kw) -> SampleConfig:
+    return replace(SampleConfig(max_new_tokens=24), **kw)
+
+
+def tokens(model, prompts, s, **kw) -> list[list[list[int]]]:
+    return [[c.tokens for c in per_prompt] for per_prompt in generate(model, prompts, s, **kw)]
+
+
+# --------------------------------------------------------------------------- the KV cache
+
+@pytest.mark.parametrize("kind", VARIANTS)
+def test_cached_logits_equal_full_recompute(kind):
+    model = tiny(**VARIANTS[kind])
+    x = torch.randint(0, V, (3, 30))
+    full, _ = model(x)  # (3, 30, V)
+    cache = model.new_cache(3)
+    first, _ = model.forward_cached(x[:, :11], cache, all_logits=True)  # prefill 11 tokens
+    steps = [model.forward_cached(x[:, t:t + 1], cache)[0] for t in range(11, 30)]  # then one at a time
+    torch.testing.assert_close(torch.cat([first] + steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert cache.length == 30
+
+
+@pytest.mark.parametrize("kind", ["learned", "rope"])
+def test_left_padded_rows_see_what_they_would_see_alone(kind):
+    model = tiny(**VARIANTS[kind])
+    a, b = torch.randint(0, V, (1, 20)), torch.randint(0, V, (1, 14))
+    idx = torch.cat([a, torch.cat([torch.zeros(1, 6, dtype=torch.long), b], dim=1)])  # (2, 20), b left-padded
+    valid = torch.ones(2, 20, dtype=torch.bool)
+    valid[1, :6] = False
+    cache = model.new_cache(2)
+    first, _ = model.forward_cached(idx[:, :12], cache, valid[:, :12], all_logits=True)
+    steps = [model.forward_cached(idx[:, t:t + 1], cache)[0] for t in range(12, 20)]
+    got = torch.cat([first] + steps, dim=1)  # (2, 20, V)
+    torch.testing.assert_close(got[0], model(a)[0][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1, 6:], model(b)[0][0], atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(got).all(), "padding queries must not produce NaN"
+
+
+def test_cache_refuses_overflow_and_oversize():
+    model = tiny(block=8)
+    cache = model.new_cache(1)
+    model.forward_cached(torch.zeros(1, 8, dtype=torch.long), cache)
+    assert cache.full
+    with pytest.raises(ValueError, match="slide the window"):
+        model.forward_cached(torch.zeros(1, 1, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match="exceeds the context length"):
+        model.new_cache(1, max_len=9)
+
+
+def test_generation_leaves_training_mode_and_grad_mode_alone():
+    model = tiny().train()
+    generate(model, [[1, 2]], cfg(strategy="greedy", max_new_tokens=3))
+    assert model.training and torch.is_grad_enabled()
+
+
+# --------------------------------------------------------------------------- processors
+
+def test_processors_known_answers():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    ids = torch.tensor([[PAD, 0, 3, 3]])
+    assert token_counts(ids, 4).tolist() == [[1, 0, 0, 2]]
+    # CTRL: positive seen logits divided, negative seen multiplied; unseen untouched
+    assert RepetitionPenalty(2.0)(logits, ids).tolist() == [[1.0, 1.0, 0.0, -2.0]]
+    assert FrequencyPenalty(0.5)(logits, ids).tolist() == [[1.5, 1.0, 0.0, -2.0]]
+    assert PresencePenalty(0.5)(logits, ids).tolist() == [[1.5, 1.0, 0.0, -1.5]]
+    assert Temperature(0.5)(logits, ids).tolist() == [[4.0, 2.0, 0.0, -2.0]]
+    assert torch.isinf(TopK(2)(logits, ids)).tolist() == [[False, False, True, True]]
+    probs = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(TopP(0.7)(probs, ids)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(TopP(0.8)(probs, ids)).tolist() == [[False, False, True, True]]  # 0.8 reached exactly
+    assert torch.isinf(TopP(0.81)(probs, ids)).tolist() == [[False, False, False, True]]
+    assert torch.isinf(TopP(0.01)(probs, ids)).tolist() == [[False, True, True, True]]  # the top token stays
+    assert torch.isinf(MinP(0.2)(probs, ids)).tolist() == [[False, False, False, True]]  # bar 0.1
+    assert torch.isinf(MinP(0.7)(probs, ids)).tolist() == [[False, True, True, True]]  # bar 0.35
+
+
+def test_no_repeat_ngram_bans_the_completing_token():
+    ids = torch.tensor([[1, 2, 3, 1, 2], [PAD, PAD, 4, 4, 4]])
+    banned = banned_by_ngrams(ids, 3, 6)
+    assert banned[0].nonzero().flatten().tolist() == [3]  # (1, 2) was followed by 3
+    assert banned[1].nonzero().flatten().tolist() == [4]  # (4, 4, 4) exists
+    assert banned_by_ngrams(ids, 1, 6)[0].nonzero().flatten().tolist() == [1, 2, 3]
+    assert not banned_by_ngrams(ids[:, :2], 3, 6).any()  # too short to have an n-gram
+    assert torch.isinf(NoRepeatNGram(3)(torch.zeros(2, 6), ids)).sum() == 2
+
+
+def test_no_repeat_ngram_in_generation():
+    model = tiny()
+    for strategy in ("greedy", "beam", "contrastive", "sample"):
+        out = generate(model, [[1, 2, 3]], cfg(strategy=strategy, no_repeat_ngram=2, max_new_tokens=40))[0][0]
+        seq = [1, 2, 3] + out.tokens
+        bigrams = list(zip(seq, seq[1:]))
+        assert len(bigrams) == len(set(bigrams)), strategy
+
+
+def test_processor_parameters_are_validated():
+    for make, bad in ((Temperature, 0.0), (TopP, 0.0), (TopP, 1.5), (MinP, 1.0), (TopK, 0),
+                      (RepetitionPenalty, 0.0), (NoRepeatNGram, 0), (FrequencyPenalty, math.inf)):
+        with pytest.raises(TinyLMError):
+            make(bad)
+    with pytest.raises(TinyLMError, match="--sample.top_p"):
+        generate(tiny(), [[1]], cfg(top_p=2.0))
+    with pytest.raises(TinyLMError, match="num_beams"):
+        generate(tiny(), [[1]], cfg(strategy="beam", num_beams=2, num_samples=3))
+
+
+def test_build_processors_follows_the_strategy():
+    s = SampleConfig(temperature=0.7, top_k=50, top_p=0.9, min_p=0.05, repetition_penalty=1.3)
+    assert build_processors(s) == [RepetitionPenalty(1.3), Temperature(0.7), TopK(50), TopP(0.9), MinP(0.05)]
+    assert build_processors(replace(s, strategy="top_p")) == [RepetitionPenalty(1.3), Temperature(0.7), TopP(0.9)]
+    assert build_processors(replace(s, strategy="greedy")) == [RepetitionPenalty(1.3)]
+    assert build_processors(replace(s, strategy="beam", repetition_penalty=1.0)) == []
+
+
+def test_higher_temperature_gives_higher_entropy():
+    logits = torch.randn(8, V) * 3
+    ids = torch.zeros(8, 1, dtype=torch.long)
+
+    def entropy(t):
+        logp = torch.log_softmax(Temperature(t)(logits, ids), -1)
+        return -(logp.exp() * logp).sum(-1)
+
+    temps = [0.25, 0.5, 1.0, 2.0, 4.0]
+    for lo, hi in zip(temps, temps[1:]):
+        assert (entropy(hi) > entropy(lo)).all()
+    assert (entropy(100.0) <= math.log(V) + 1e-5).all()
+
+
+def test_repetition_penalty_lowers_seen_tokens_probability():
+    logits = torch.randn(4, V) * 3
+    ids = torch.randint(0, V, (4, 10))
+    seen = token_counts(ids, V) > 0
+    penalized = RepetitionPenalty(1.5)(logits, ids)
+    assert (penalized[seen] < logits[seen]).all() and torch.equal(penalized[~seen], logits[~seen])
+    # relative to every unseen token, every seen token loses probability (the odds shrink) ...
+    odds = lambda lg: lg.softmax(-1)[seen].view(4, -1, 1) / lg.softmax(-1)[~seen].view(4, 1, -1)  # noqa: E731
+    assert (odds(penalized) < odds(logits)).all()
+    # ... and one seen token loses probability outright
+    one = torch.tensor([[7]] * 4)
+    assert (RepetitionPenalty(1.5)(logits, one).softmax(-1)[:, 7] < logits.softmax(-1)[:, 7]).all()
+    # and in generation: fewer repeated tokens than plain greedy, which loops on this model
+    model = tiny()
+    plain = generate(model, [[1, 2, 3]], cfg(strategy="greedy", max_new_tokens=30))[0][0].tokens
+    penalized = generate(model, [[1, 2, 3]], cfg(strategy="greedy", max_new_tokens=30,
+                                                  repetition_penalty=3.0))[0][0].tokens
+    assert len(set(penalized)) > len(set(plain))
+
+
+# --------------------------------------------------------------------------- strategies
+
+def reference_decode(model, prompt, n_new, *, temperature=None, seed=0):
+    """nanoGPT's loop: the whole (cropped) context through model.forward at every step."""
+    idx = torch.tensor([prompt])
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _ in range(n_new):
+            logits = model(idx[:, -model.cfg.block_size:])[0][:, -1].float()
+            if temperature is None:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                nxt = torch.multinomial((logits / temperature).softmax(-1)[0], 1, generator=gen)[None]
+            idx = torch.cat([idx, nxt], dim=1)
+    return idx[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("kind", ["learned", "rope"])
+def test_greedy_is_deterministic_and_equals_full_recompute(kind):
+    model = tiny(block=64, **VARIANTS[kind])
+    s = cfg(strategy="greedy", max_new_tokens=40)
+    a = tokens(model, [[5, 6, 7]], s)[0][0]
+    assert a == tokens(model, [[5, 6, 7]], s)[0][0]
+    assert a == reference_decode(model, [5, 6, 7], 40)
+
+
+def test_sampling_with_top_p_1_is_plain_multinomial_sampling():
+    model = tiny(block=64)
+    logits, ids = torch.randn(3, V), torch.zeros(3, 1, dtype=torch.long)
+    assert torch.equal(TopP(1.0)(logits, ids), logits)
+    plain = tokens(model, [[5, 6]], cfg(strategy="sample", temperature=1.0, top_k=0, top_p=1.0), seed=7)[0][0]
+    assert plain == reference_decode(model, [5, 6], 24, temperature=1.0, seed=7)
+    assert plain != tokens(model, [[5, 6]], cfg(strategy="sample", temperature=1.0, top_k=0), seed=8)[0][0]
+
+
+def test_top_k_1_equals_greedy():
+    model = tiny()
+    greedy = tokens(model, [[1, 2], [3]], cfg(strategy="greedy"))
+    for seed in (0, 1):
+        assert tokens(model, [[1, 2], [3]], cfg(strategy="top_k", top_k=1, temperature=1.5), seed=seed) == greedy
+
+
+def test_beam_width_1_equals_greedy():
+    model = tiny()
+    s = cfg(max_new_tokens=50)  # longer than the context (32): both slide the same way
+    assert tokens(model, [[4, 5, 6]], replace(s, strategy="beam", num_beams=1)) == \
+        tokens(model, [[4, 5, 6]], replace(s, strategy="greedy"))
+
+
+def test_contrastive_with_alpha_0_equals_greedy():
+    model = tiny(**VARIANTS["rope"])
+    s = cfg(max_new_tokens=50)
+    assert tokens(model, [[4, 5, 6], [7]], replace(s, strategy="contrastive", contrastive_alpha=0.0)) == \
+        tokens(model, [[4, 5, 6], [7]], replace(s, strategy="greedy"))
+
+
+def test_contrastive_search_avoids_the_greedy_loop():
+    model = tiny()
+    s = cfg(max_new_tokens=40)
+    greedy = tokens(model, [[1, 2, 3]], replace(s, strategy="greedy"))[0][0]
+    contrastive = tokens(model, [[1, 2, 3]], replace(s, strategy="contrastive", contrastive_alpha=0.6))[0][0]
+    assert len(set(contrastive)) > len(set(greedy))
+
+
+def test_beam_search_finds_the_most_likely_sequence():
+    """With as many beams as sequences of length n-1, beam search is exhaustive: compare with brute force."""
+    model = GPT(ModelConfig(vocab_size=4, block_size=8, n_layer=2, n_head=2, n_embd=32)).eval()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        model.wte.weight.normal_(0, 1.0)
+    prompt = [1, 2]
+    best = max(itertools.product(range(4), repeat=3), key=lambda seq: token_scores(model, prompt, list(seq))[0].sum())
+    out = generate(model, [prompt], cfg(strategy="beam", num_beams=16, num_samples=3, max_new_tokens=3,
+                                        length_penalty=0.0))[0]
+    assert out[0].tokens == list(best)
+    assert out[0].score == pytest.approx(token_scores(model, prompt, list(best))[0].sum().item(), abs=1e-4)
+    assert [c.score for c in out] == sorted((c.score for c in out), reverse=True)
+    assert len({tuple(c.tokens) for c in out}) == 3  # n-best: three different sequences
+
+
+def test_beam_search_ends_hypotheses_at_eot():
+    """With length_penalty 0 (plain sums), ending at once on the most likely token beats any longer
+    beam: each of those starts with a less likely token and only adds negative log-probabilities."""
+    model = tiny()
+    first = generate(model, [[1, 2, 3]], cfg(strategy="greedy", max_new_tokens=1))[0][0].tokens[0]
+    s = cfg(strategy="beam", num_beams=3, num_samples=3, max_new_tokens=20, length_penalty=0.0, early_stopping=False)
+    out = generate(model, [[1, 2, 3]], s, eot_id=first)[0]
+    assert out[0].tokens == [] and out[0].stop_reason == "eot"
+    assert all(first not in c.tokens for c in out)
+
+
+@pytest.mark.parametrize("overflow", ["slide", "stop"])
+@pytest.mark.parametrize("strategy", ["greedy", "beam", "contrastive", "sample"])
+def test_batched_generation_equals_one_by_one(strategy, overflow):
+    """Prompts of different lengths in one batch (left padding), past the context (32 tokens)."""
+    model = tiny(**VARIANTS["rope"])
+    prompts = [[1, 2, 3, 4, 5], [6], [7, 8, 9]]
+    s = cfg(strategy=strategy, max_new_tokens=40, num_samples=2 if strategy == "sample" else 1, overflow=overflow)
+    batched = tokens(model, prompts, s, seed=10)
+    n = s.num_samples
+    alone = [tokens(model, [p], s, seed=10 + i * n)[0] for i, p in enumerate(prompts)]
+    assert batched == alone
+
+
+def test_samples_use_seed_plus_row():
+    model = tiny()
+    s = cfg(strategy="sample", temperature=1.0, num_samples=3)
+    three = tokens(model, [[1, 2]], s, seed=5)[0]
+    assert [tokens(model, [[1, 2]], replace(s, num_samples=1), seed=5 + i)[0][0] for i in range(3)] == three
+    assert len({tuple(t) for t in three}) == 3
+
+
+def test_generating_past_the_context_slides_or_stops():
+    model = tiny(block=16)
+    long = generate(model, [[1, 2, 3]], cfg(strategy="greedy", max_new_tokens=50))[0][0]
+    assert len(long.tokens) == 50 and long.stop_reason == "length"
+    stop = generate(model, [[1, 2, 3]], cfg(strategy="greedy", max_new_tokens=50, overflow="stop"))[0][0]
+    assert stop.stop_reason == "context" and len(stop.tokens) == 16 - 3 + 1
+    assert stop.tokens == long.tokens[:len(stop.tokens)]
+    with pytest.raises(TinyLMError, match="overflow slide"):
+        generate(model, [list(range(20))], cfg(overflow="stop"))
+    cropped = generate(model, [list(range(20))], cfg(strategy="greedy"))[0][0]  # slide: keeps the newest 16
+    assert cropped.tokens == generate(model, [list(range(4, 20))], cfg(strategy="greedy"))[0][0].tokens
+
+
+def test_stops_at_eot_and_stop_strings():
+    model = tiny()
+    free = generate(model, [[1, 2, 3]], cfg(strategy="greedy", max_new_tokens=30))[0][0].tokens
+    eot = free[5]
+    out = generate(model, [[1, 2, 3]], cfg(strategy="greedy", max_new_tokens=30), eot_id=eot)[0][0]
+    assert out.stop_reason == "eot" and out.tokens == free[:free.index(eot)]
+    decode = lambda ids: "".join(chr(65 + t % 26) for t in ids)  # noqa: E731 - a toy tokenizer
+    target = decode(free)[7:9]
+    out = generate(model, [[1, 2, 3]], cfg(strategy="greedy", max_new_tokens=30), stop_strings=[target],
+                   decode=decode)[0][0]
+    assert out.stop_reason == "stop" and decode(out.tokens).endswith(target)
+    with pytest.raises(TinyLMError, match="decode"):
+        generate(model, [[1]], cfg(), stop_strings=["x"])
+    assert cut_at_stop("to be\n\nor not", ["\n\n", "or"]) == "to be"
+
+
+def test_bad_prompts_are_refused():
+    model = tiny()
+    with pytest.raises(TinyLMError, match="empty"):
+        generate(model, [[]], cfg())
+    with pytest.raises(TinyLMError, match="vocabulary"):
+        generate(model, [[V]], cfg())
+
+
+# --------------------------------------------------------------------------- text, metrics
+
+@pytest.fixture(scope="module")
+def char_tok():
+    from tinylm.tokenizer.char import CharTokenizer
+    return CharTokenizer("abcdefghijklmnopqrstuvwxyz .,\n:ABCDEFGHIJKLMNOPQRSTUVWXYZ!?;'-0123456789", ["<|endoftext|>"])
+
+
+def test_generate_text_streams_exactly_the_final_text(char_tok):
+    model = GPT(ModelConfig(vocab_size=char_tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
+    for stop in ([], ["e"], ["ab", "e "]):
+        pieces: dict[int, list[str]] = {}
+        out = generate_text(model, char_tok, ["the ", "a"], cfg(strategy="sample", temperature=1.5, num_samples=2,
+                                                                   max_new_tokens=60),
+                            seed=3, stop_strings=stop, on_text=lambda r, p: pieces.setdefault(r, []).append(p))
+        texts = [c.text for per_prompt in out for c in per_prompt]
+        assert ["".join(pieces.get(r, [])) for r in range(4)] == texts
+        for t in texts:
+            assert not any(s in t for s in stop)
+
+
+def test_sample_text_keeps_its_signature(char_tok):
+    model = GPT(ModelConfig(vocab_size=char_tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
+    a = sample_text(model, char_tok, "the ", 20, temperature=0.8, top_k=10, seed=1, device="cpu")
+    assert a.startswith("the ") and a == sample_text(model, char_tok, "the ", 20, temperature=0.8, top_k=10, seed=1)
+
+
+def test_token_scores_match_a_plain_forward_and_handle_long_text():
+    model = tiny(block=16)
+    prompt, new = [1, 2, 3], [4, 5, 6, 7]
+    logp, ent = token_scores(model, prompt, new)
+    full = torch.log_softmax(model(torch.tensor([prompt + new]))[0][0], -1)  # (7, V)
+    torch.testing.assert_close(logp, full[2:6].gather(1, torch.tensor(new)[:, None])[:, 0])
+    assert ((ent > 0) & (ent <= math.log(V) + 1e-4)).all()
+    long_lp, long_ent = token_scores(model, prompt, list(range(40)))  # 43 tokens through a 16-token context
+    assert long_lp.shape == (40,) and torch.isfinite(long_lp).all() and torch.isfinite(long_ent).all()
+    torch.testing.assert_close(long_lp[:13], token_scores(model, prompt, list(range(13)))[0])
+
+
+def test_diversity_metrics():
+    assert distinct_n("a b a b".split(), 2) == pytest.approx(2 / 3)
+    assert distinct_n("a b c".split(), 1) == 1.0 and distinct_n(["a"], 2) == 1.0
+    assert repetition_rate("a b c a b c".split(), 2) == pytest.approx(0.4)
+    assert repetition_rate("the the the the the the".split(), 4) == pytest.approx(2 / 3)
+
+
+# --------------------------------------------------------------------------- CLI and report
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, text_200k):
+    """A run trained for a few steps on real text: enough for the CLI and the report."""
+    from conftest import tiny_config
+    from tinylm.train import train
+    tmp = tmp_path_factory.mktemp("gen-run")
+    c = tiny_config(tmp, text_200k, **{"train.max_steps": 20, "train.eval_interval": 20})
+    train(c, log=lambda *a: None)
+    return c.run_dir
+
+
+def test_cli_sample_strategies_and_errors(trained_run, capsys):
+    from tinylm.cli import main
+    assert main(["sample", str(trained_run), "--strategy", "top_p", "--top-p", "0.9", "--n", "2",
+                 "--max-new-tokens", "15", "--prompt", "the ", "--seed", "3"]) == 0
+    out = capsys.readouterr()
+    assert out.out.count("--- sample") == 2 and "strategy top_p (temperature 0.8, top_p 0.9)" in out.err
+    assert main(["sample", str(trained_run), "--strategy", "beam", "--n", "2", "--max-new-tokens", "10"]) == 0
+    assert capsys.readouterr().out.count("beam score") == 2
+    assert main(["sample", str(trained_run), "--sample.strategy", "greedy", "--sample.max_new_tokens", "8",
+                 "--sample.overflow", "stop"]) == 0
+    assert main(["sample", str(trained_run), "--strategy", "top_p", "--top-k", "5"]) == 2
+    assert "--top-k does nothing with --strategy top_p" in capsys.readouterr().err
+    assert main(["sample", str(trained_run), "--strategy", "top_p"]) == 2
+    assert "--strategy top_p needs --top-p" in capsys.readouterr().err
+    assert main(["sample", str(trained_run), "--model.n_layer", "3"]) == 2
+    assert "only --sample.* settings" in capsys.readouterr().err
+
+
+def test_cli_sample_streams_the_same_text_as_the_library(trained_run, capsys):
+    from tinylm import checkpoint as ckpt
+    from tinylm.cli import _load_for_inference, main
+    assert main(["sample", str(trained_run), "--max-new-tokens", "25", "--prompt", "an", "--seed", "9"]) == 0
+    printed = capsys.readouterr().out.split("---\n", 1)[1]
+    _, c, model, tok = _load_for_inference(str(trained_run), "last")
+    expected = sample_text(model, tok, "an", 25, temperature=c.sample.temperature, top_k=c.sample.top_k, seed=9)
+    assert printed == expected + "\n"
+    assert ckpt.resolve_checkpoint(trained_run).name == "step_000020"
+
+
+def test_decode_report_writes_table_and_samples(trained_run, tmp_path, capsys):
+    from tinylm.cli import main
+    assert main(["decode-report", str(trained_run), "--n", "2", "--prompts", "2", "--prompt-tokens", "16",
+                 "--max-new-tokens", "24", "--out", str(tmp_path),
+                 "--variant", "hot:strategy=sample,temperature=1.5"]) == 0
+    md = (tmp_path / "decode_report.md").read_text()
+    for row in ("reference", "greedy", "beam", "sample", "top_k", "top_p", "min_p", "contrastive", "hot"):
+        assert f"| {row} |" in md and f"**{row}**" in md
+    assert md.count("### Prompt") == 2
+    assert main(["decode-report", str(trained_run), "--strategies", "nucleus"]) == 2
+    assert "unknown strategy 'nucleus'" in capsys.readouterr().err
