@@ -17,16 +17,21 @@ from tinylm.config import Config, set_value
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TINYLM_SHARED_DATA", REPO.parent / "shared" / "data"))
 TINYSHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
+if (REPO.parent / "shared" / "tiktoken_cache").is_dir():  # tiktoken's GPT-2 files, offline
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(REPO.parent / "shared" / "tiktoken_cache"))
 
 
-def shared_file(rel: str) -> Path:
+def shared_text(rel: str, n_chars: int | None = None) -> str:
+    """A file of the shared data folder (its first n_chars), or skip the test with the reason."""
     path = SHARED_DATA / rel
     if not path.is_file():
-        pytest.skip(f"{path} not present (the course's shared data folder; set TINYLM_SHARED_DATA)")
-    return path
+        pytest.skip(f"{path} not found (set TINYLM_SHARED_DATA to the shared data folder)")
+    text = path.read_text(encoding="utf-8")
+    return text if n_chars is None else text[:n_chars]
 
 
-def _stdlib_text(n_chars: int) -> str:
+def stdlib_text(n_chars: int = 1_000_000) -> str:
+    """About n_chars of the Python standard library's source (every machine has it)."""
     parts, total = [], 0
     for p in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
         t = p.read_text(encoding="utf-8", errors="replace")
@@ -43,7 +48,7 @@ def text_200k(tmp_path_factory) -> Path:
     if TINYSHAKESPEARE.is_file():
         text = TINYSHAKESPEARE.read_text(encoding="utf-8")[:200_000]
     else:
-        text = _stdlib_text(200_000)
+        text = stdlib_text(200_000)
     path = tmp_path_factory.mktemp("corpus") / "text.txt"
     path.write_text(text, encoding="utf-8")
     return path

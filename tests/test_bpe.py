@@ -3,7 +3,6 @@ special tokens, streaming, files and bad input. GPT-2 parity and interop: test_t
 from __future__ import annotations
 
 import collections
-import os
 import pickle
 import random
 from pathlib import Path
@@ -13,22 +12,14 @@ import regex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import shared_text
 from tinylm.errors import TinyLMError
 from tinylm.tokenizer import load_tokenizer
 from tinylm.tokenizer.bpe import (CL100K_PATTERN, GPT2_PATTERN, BPETokenizer, count_pretokens,
                                   format_token_stats, iter_blocks, merge_incremental,
                                   merge_naive, parse_ids, token_stats)
 
-DATA = Path(os.environ.get("TINYLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 EOT = "<|endoftext|>"
-
-
-def shared_text(rel: str, n_chars: int | None = None) -> str:
-    path = DATA / rel
-    if not path.is_file():
-        pytest.skip(f"{path} not found (set TINYLM_SHARED_DATA to the shared data folder)")
-    text = path.read_text(encoding="utf-8")
-    return text if n_chars is None else text[:n_chars]
 
 
 @pytest.fixture(scope="module")

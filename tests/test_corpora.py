@@ -26,7 +26,7 @@ from tinylm import corpora
 from tinylm.corpora import Corpus, data_dir, download, get_corpus, iter_chunks
 from tinylm.errors import TinyLMError
 
-SHARED = Path(os.environ.get("TINYLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+from conftest import SHARED_DATA as SHARED  # noqa: E402
 needs_shared = pytest.mark.skipif(
     not (SHARED / "tinyshakespeare" / "input.txt").is_file(),
     reason=f"shared data folder not found at {SHARED} (set TINYLM_SHARED_DATA)",

@@ -14,7 +14,7 @@ import torch
 from tinylm.config import ModelConfig, SampleConfig
 from tinylm.errors import TinyLMError
 from tinylm.generate import (PAD, FrequencyPenalty, MinP, NoRepeatNGram, PresencePenalty, RepetitionPenalty,
-                             Temperature, TopK, TopP, apply_processors, banned_by_ngrams, build_processors,
+                             Temperature, TopK, TopP, banned_by_ngrams, build_processors,
                              cut_at_stop, distinct_n, generate, generate_text, repetition_rate, sample_text,
                              token_counts, token_scores)
 from tinylm.model import GPT

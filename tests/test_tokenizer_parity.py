@@ -3,18 +3,13 @@ GPT-2's release files, tiktoken ranks files and Hugging Face ``tokenizers`` expo
 from __future__ import annotations
 
 import os
-import sysconfig
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-DATA = Path(os.environ.get("TINYLM_SHARED_DATA", SHARED / "data"))
-if (SHARED / "tiktoken_cache").is_dir():
-    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
-
+from conftest import shared_text, stdlib_text  # noqa: E402  (conftest also points TIKTOKEN_CACHE_DIR)
 from tinylm.errors import TinyLMError  # noqa: E402
 from tinylm.tokenizer.bpe import BPETokenizer  # noqa: E402
 from tinylm.tokenizer.io import (from_gpt2_files, load_tiktoken_ranks, save_hf,  # noqa: E402
@@ -30,25 +25,6 @@ PIECES = ["'s", "'ll", "'re", "'ve", "'m", "'d", "'t", "'LL", " ", "  ", "   ", 
           "ǅ", "\\", "\x00", "\x7f", "\U0001d54f", "عربى", "עברית", "देवनागरी"]
 texts = st.one_of(st.text(max_size=80),
                   st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=4)), max_size=30).map("".join))
-
-
-def shared_text(rel: str) -> str:
-    path = DATA / rel
-    if not path.is_file():
-        pytest.skip(f"{path} not found (set TINYLM_SHARED_DATA to the shared data folder)")
-    return path.read_text(encoding="utf-8")
-
-
-def stdlib_sample(n_chars: int = 1_000_000) -> str:
-    """About 1 MB of the Python standard library's source (every machine has it)."""
-    out, size = [], 0
-    for p in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
-        text = p.read_text(encoding="utf-8", errors="replace")
-        out.append(text)
-        size += len(text)
-        if size >= n_chars:
-            break
-    return "".join(out)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +59,7 @@ def test_gpt2_known_answers(gpt2):
 @pytest.mark.parametrize("name", ["tinyshakespeare/input.txt", "tinystories/valid-head.txt",
                                   "tinystories/train-head-lowercase.txt", "stdlib"])
 def test_gpt2_parity_on_real_text(gpt2, gpt2_enc, name):
-    text = stdlib_sample() if name == "stdlib" else shared_text(name)
+    text = stdlib_text() if name == "stdlib" else shared_text(name)
     want = gpt2_enc.encode_ordinary(text)
     assert gpt2.encode(text) == want            # fast path: 100% of tokens
     assert gpt2.encode_reference(text) == want  # pure-Python reference: 100% of tokens
@@ -152,7 +128,7 @@ def hf_trained(trained):
 
 
 def test_hf_export_encodes_identically_on_real_text(trained, hf_trained):
-    text = shared_text("tinystories/valid-head.txt")[:300_000] + f"{EOT}The end.\n" + stdlib_sample(150_000)
+    text = shared_text("tinystories/valid-head.txt")[:300_000] + f"{EOT}The end.\n" + stdlib_text(150_000)
     assert hf_trained.encode(text).ids == trained.encode(text, allowed_special="all")
     assert hf_trained.decode(trained.encode("Once upon a time")) == "Once upon a time"
 
@@ -167,7 +143,7 @@ def test_hf_export_of_gpt2(gpt2, gpt2_enc, tmp_path):
     tokenizers = pytest.importorskip("tokenizers")
     save_hf(gpt2, tmp_path / "tokenizer.json")
     hf = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
-    text = shared_text("tinystories/valid-head.txt")[:200_000] + EOT + stdlib_sample(100_000)
+    text = shared_text("tinystories/valid-head.txt")[:200_000] + EOT + stdlib_text(100_000)
     assert hf.encode(text).ids == gpt2_enc.encode(text, allowed_special="all")
 
 
