@@ -41,8 +41,10 @@ OPTIONS = {"fp32 eager (baseline)": [], "torch.compile": ["--train.compile", "tr
 
 
 def config(out: Path, name: str, overrides: list[str]):
+    # no time budget: a clock-driven LR would make runs differ by timing, not by what is measured
     cfg = build_config(PRESET, overrides + ["--run.dir", str(out), "--run.name", name, "--run.progress", "false",
-                                            "--data.dir", str(out / "data"), "--train.eval_interval", "0"])
+                                            "--data.dir", str(out / "data"), "--train.eval_interval", "0",
+                                            "--train.time_budget", ""])
     shutil.rmtree(cfg.run_dir, ignore_errors=True)
     return cfg
 
