@@ -68,7 +68,9 @@ DEVICE = torch.device("cpu")
 # --------------------------------------------------------------------------- data
 
 def shakespeare_path() -> Path:
-    root = Path(os.environ.get("TINYLM_SHARED_DATA", REPO.parent / "shared" / "data"))
+    # the tests' variable, then the library's, then shared/data beside the repository
+    env = os.environ.get("TINYLM_SHARED_DATA") or os.environ.get("TINYLM_DATA_DIR")
+    root = Path(env) if env else REPO.parent / "shared" / "data"
     path = root / "tinyshakespeare" / "input.txt"
     if not path.is_file():
         sys.exit(f"tiny Shakespeare not found at {path}; set TINYLM_SHARED_DATA to the folder "
@@ -216,7 +218,10 @@ def run_setting(vocab: int, ids: np.ndarray, args, loader: BatchLoader | None, l
     steps = args.steps
     if steps <= 0:  # auto: about --seconds of timed steps per contender, from tinylm's warm-up speed
         probe = []
-        timed_steps(contenders[0], make_batches(ids, 2, SEED + 1), probe)
+        for batch in make_batches(ids, 2, SEED + 1):
+            t0 = time.perf_counter()
+            timed_steps(contenders[0], [batch], None)
+            probe.append(time.perf_counter() - t0)
         steps = max(args.rounds, round(args.seconds / min(probe)))
     per_round = math.ceil(steps / args.rounds)
     batches = make_batches(ids, per_round * args.rounds, SEED + 2)
@@ -336,8 +341,9 @@ def machine() -> dict:
 
 
 def markdown(results: list[dict]) -> str:
-    out = ["| vocab | contender | precision | median ms/step | tokens/s | x tinylm default | "
-           "rounds (ms) | CPU/wall | notes |", "|---|---|---|---:|---:|---:|---|---:|---|"]
+    head = ("| vocab | contender | precision | median ms/step | tokens/s | x tinylm default | "
+            "rounds (ms) | CPU/wall | notes |")
+    out = [head, "|---|---|---|---:|---:|---:|---|---:|---|"]
     for res in results:
         base = res["rows"][0]["tokens_per_s"]
         for r in res["rows"]:
@@ -388,7 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warm-compile-cache", action="store_true",
                    help="use inductor's usual cache (default: a fresh one, so the compile time is a cold start)")
     args = p.parse_args(argv)
-    log = lambda *a: print(*a, flush=True)  # noqa: E731
+    def log(*a) -> None:
+        print(*a, flush=True)
+
     warnings.filterwarnings("ignore", module="transformers")
     if args.peer:
         try:

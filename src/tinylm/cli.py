@@ -2,7 +2,8 @@
 
     tinylm prepare  --config configs/shakespeare-char.toml [--data.corpus x ...] [--force]
     tinylm train    --config configs/shakespeare-char.toml [--optim.lr 1e-3 ...] [--resume]
-    tinylm sample   runs/shakespeare-char [--prompt "ROMEO:"] [--temperature 0.8] [--top-k 200]
+    tinylm sample   runs/shakespeare-char [--prompt "ROMEO:"] [--strategy top_p --top-p 0.9] [--n 3]
+    tinylm decode-report runs/shakespeare-char [--strategies greedy,top_p] [--n 5]
     tinylm info     runs/shakespeare-char
     tinylm config   --config configs/shakespeare-char.toml [overrides] [--keys]
     tinylm tokenizer train --corpus tinystories --vocab-size 4096 --out tok.txt
@@ -58,19 +59,107 @@ def _load_for_inference(run: str, which: str):
     return path, cfg, model, load_data_tokenizer(cfg.data.dir)
 
 
+# sample flags -> [sample] keys; which strategies use each (None: all)
+SAMPLE_FLAGS = {"prompt": None, "max_new_tokens": None, "strategy": None, "num_samples": None,
+                "temperature": ("sample", "top_k", "top_p", "min_p"), "top_k": ("sample", "top_k"),
+                "top_p": ("sample", "top_p"), "min_p": ("sample", "min_p"), "num_beams": ("beam",),
+                "repetition_penalty": None}
+
+
+def _sample_settings(cfg, args, extra: list[str]) -> None:
+    """The run's [sample] settings < --sample.key overrides < the named flags; then validated."""
+    from .config import parse_overrides, set_value, validate
+    for key, value in parse_overrides(extra):
+        if not key.startswith("sample."):
+            raise TinyLMError(f"--{key} cannot change here: the checkpoint fixes the model and data; "
+                              f"only --sample.* settings apply when generating")
+        set_value(cfg, key, value)
+    for name in SAMPLE_FLAGS:
+        if getattr(args, name, None) is not None:
+            setattr(cfg.sample, name, getattr(args, name))
+    strategy = cfg.sample.strategy
+    for name, used_by in SAMPLE_FLAGS.items():
+        if getattr(args, name, None) is not None and used_by and strategy not in used_by:
+            flag = "--" + name.replace("_", "-")
+            raise TinyLMError(f"{flag} does nothing with --strategy {strategy} (it is used by "
+                              f"{', '.join(used_by)}); drop it, or use --strategy sample to combine filters")
+    for name, off in (("top_k", 0), ("top_p", 1.0), ("min_p", 0.0)):  # say it with this command's flags
+        if strategy == name and getattr(cfg.sample, name) == off:
+            flag = "--" + name.replace("_", "-")
+            raise TinyLMError(f"--strategy {name} needs {flag} (e.g. {flag} {dict(top_k=50, top_p=0.9, min_p=0.05)[name]}); "
+                              f"the run's sample.{name} is {off}, which turns it off")
+    validate(cfg)
+
+
+def _describe_sample(s) -> str:
+    """``strategy top_p (temperature 0.8, top_p 0.9)``: the settings that matter for s.strategy."""
+    keys = {"greedy": [], "sample": ["temperature", "top_k", "top_p", "min_p"], "top_k": ["temperature", "top_k"],
+            "top_p": ["temperature", "top_p"], "min_p": ["temperature", "min_p"],
+            "beam": ["num_beams", "length_penalty", "early_stopping"],
+            "contrastive": ["contrastive_k", "contrastive_alpha"]}[s.strategy]
+    off = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0, "frequency_penalty": 0.0,
+           "presence_penalty": 0.0, "no_repeat_ngram": 0}
+    keys += ["repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram"]
+    shown = [f"{k} {getattr(s, k)}" for k in keys if k not in off or getattr(s, k) != off[k]]
+    return f"strategy {s.strategy}" + (f" ({', '.join(shown)})" if shown else "")
+
+
 def cmd_sample(args, extra) -> int:
-    from .generate import sample_text
-    if extra:
-        raise TinyLMError(f"unexpected arguments {extra}; see `tinylm sample --help`")
+    from dataclasses import replace
+
+    from .generate import SAMPLING, generate_text
     path, cfg, model, tok = _load_for_inference(args.run, args.checkpoint)
+    _sample_settings(cfg, args, extra)
     s = cfg.sample
-    for i in range(args.num_samples or s.num_samples):
-        text = sample_text(model, tok, s.prompt if args.prompt is None else args.prompt,
-                           args.max_new_tokens or s.max_new_tokens,
-                           temperature=args.temperature or s.temperature,
-                           top_k=s.top_k if args.top_k is None else args.top_k,
-                           seed=(cfg.train.seed if args.seed is None else args.seed) + i)
-        print(f"--- sample {i + 1} ({path.name}) ---\n{text}")
+    seed = cfg.train.seed if args.seed is None else args.seed
+    stops = args.stop or []
+    print(f"tinylm: {path.name}, {_describe_sample(s)}, seed {seed}", file=sys.stderr)
+
+    def emit(_row: int, piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    def report_end(c) -> None:
+        if c.stop_reason == "context":
+            print(f"\ntinylm: stopped at the context length ({cfg.model.block_size} tokens); "
+                  f"--sample.overflow slide would go on", file=sys.stderr)
+
+    if s.strategy == "beam":  # beams change until the end: print the n best when done
+        results = generate_text(model, tok, [s.prompt], s, seed=seed, stop_strings=stops)[0]
+        for i, c in enumerate(results):
+            print(f"--- sample {i + 1} ({path.name}, beam score {c.score:.3f}) ---\n{s.prompt}{c.text}")
+            report_end(c)
+        return 0
+    # one sample at a time so that each streams; sample i uses seed + i, as a batch of n would
+    n = s.num_samples if s.strategy in SAMPLING else 1
+    if s.num_samples > 1 and n == 1:
+        print(f"tinylm: {s.strategy} is deterministic: one sample instead of {s.num_samples}", file=sys.stderr)
+    one = replace(s, num_samples=1)
+    for i in range(n):
+        print(f"--- sample {i + 1} ({path.name}) ---")
+        sys.stdout.write(s.prompt)
+        c = generate_text(model, tok, [s.prompt], one, seed=seed + i, stop_strings=stops, on_text=emit)[0][0]
+        print()
+        report_end(c)
+    return 0
+
+
+def cmd_decode_report(args, extra) -> int:
+    from pathlib import Path
+
+    from .decode_report import decode_report, parse_variant
+    path, cfg, model, tok = _load_for_inference(args.run, args.checkpoint)
+    _sample_settings(cfg, args, extra)
+    out = Path(args.out) if args.out else (path.parent.parent if path.parent.name == "checkpoints" else path)
+    md = decode_report(model, tok, cfg, out, strategies=[x for x in args.strategies.split(",") if x],
+                       extra_variants=[parse_variant(v) for v in args.variant or []], n=args.n,
+                       n_prompts=args.prompts, prompt_tokens=args.prompt_tokens,
+                       max_new_tokens=args.max_new_tokens or cfg.sample.max_new_tokens,
+                       seed=cfg.train.seed if args.seed is None else args.seed,
+                       title=f"Decoding report: {path.parent.parent.name if path.parent.name == 'checkpoints' else path.name} "
+                             f"({path.name})",
+                       log=lambda msg: print(msg, file=sys.stderr))
+    print(f"wrote {md}" + (f" and {md.with_suffix('.png')}" if md.with_suffix(".png").is_file() else ""))
     return 0
 
 
@@ -197,6 +286,7 @@ def _add_tokenizer_commands(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import STRATEGIES
     p = argparse.ArgumentParser(prog="tinylm", description="Train small language models from raw text.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -230,12 +320,44 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--out", required=True, help="file to write, e.g. model.safetensors")
     _add_tokenizer_commands(sub)
     sample = sub.choices["sample"]
+    sample.description = ("Generate text from a trained run, streamed as it comes. Defaults come from the run's "
+                          "[sample] settings; any of them can be changed with --sample.KEY VALUE "
+                          "(see `tinylm config --keys`).")
     sample.add_argument("--prompt", help="text to continue (default: the run's sample.prompt)")
+    sample.add_argument("--strategy", choices=STRATEGIES,
+                        help="greedy | sample (temperature + every filter that is on) | top_k | top_p | min_p "
+                             "(temperature + that filter) | beam | contrastive")
     sample.add_argument("--max-new-tokens", type=int)
-    sample.add_argument("--temperature", type=float)
-    sample.add_argument("--top-k", type=int, help="0 turns top-k off")
-    sample.add_argument("--num-samples", type=int)
-    sample.add_argument("--seed", type=int)
+    sample.add_argument("--temperature", type=float, help="> 0; lower is more conservative (sampling strategies)")
+    sample.add_argument("--top-k", type=int, help="keep the k most likely tokens; 0 turns top-k off")
+    sample.add_argument("--top-p", type=float, help="nucleus: keep the most likely tokens up to this much probability")
+    sample.add_argument("--min-p", type=float, help="drop tokens less likely than this x the most likely one")
+    sample.add_argument("--repetition-penalty", type=float, help="CTRL penalty on tokens already in the text (1 = off)")
+    sample.add_argument("--num-beams", type=int, help="beams for --strategy beam")
+    sample.add_argument("--n", "--num-samples", dest="num_samples", type=int,
+                        help="samples (sample i uses seed + i); for beam search the n best beams")
+    sample.add_argument("--seed", type=int, help="default: the run's train.seed")
+    sample.add_argument("--stop", action="append", metavar="TEXT",
+                        help="stop when the text contains TEXT (repeatable; e.g. --stop $'\\n\\n')")
+
+    sp = sub.add_parser("decode-report", help="Compare decoding strategies on the same prompts: table, plot, samples.",
+                        description="Generate with every decoding strategy from the same validation-text prompts; "
+                                    "write distinct-1/2/3, repetition, entropy, perplexity, length and speed per "
+                                    "strategy, a diversity-vs-likelihood plot and the samples side by side to "
+                                    "decode_report.md (+ .png with matplotlib).")
+    sp.add_argument("run", help="run folder (runs/<name>) or a checkpoint folder")
+    sp.add_argument("--checkpoint", default="last", choices=("last", "best"))
+    sp.add_argument("--strategies", default="greedy,beam,sample,top_k,top_p,min_p,contrastive",
+                    help="comma-separated rows of the report (each at a standard setting, see docs/generation.md)")
+    sp.add_argument("--variant", action="append", metavar="NAME:KEY=VALUE,...",
+                    help="an extra row, e.g. hot:strategy=sample,temperature=1.5 (repeatable)")
+    sp.add_argument("--n", type=int, default=5, help="samples per prompt for the sampling strategies")
+    sp.add_argument("--prompts", type=int, default=4, help="prompts cut from the validation split")
+    sp.add_argument("--prompt-tokens", type=int, default=64, help="tokens per prompt")
+    sp.add_argument("--max-new-tokens", type=int, help="default: the run's sample.max_new_tokens")
+    sp.add_argument("--seed", type=int, help="default: the run's train.seed")
+    sp.add_argument("--out", help="folder for decode_report.md/.png (default: the run folder)")
+    sp.set_defaults(func=cmd_decode_report)
     return p
 
 

@@ -286,10 +286,12 @@ class _Rows:
     """The rows being generated: their tokens, the model's KV cache, the ids processors see.
 
     The cache holds at most block_size positions. When it is full the window slides: a new cache
-    re-reads each row's newest ``keep`` tokens (3/4 of the context), so the next re-read comes
-    block_size/4 tokens later. nanoGPT instead re-reads the whole cropped context at every
-    token; sliding by a quarter keeps at least 3/4 of the context and costs one prefill per
-    block_size/4 tokens.
+    re-reads the newest ``keep`` tokens (3/4 of the context) of each row whose context is used
+    up, so its next re-read comes block_size/4 tokens later. nanoGPT instead re-reads the whole
+    cropped context at every token; sliding by a quarter keeps at least 3/4 of the context and
+    costs one prefill per block_size/4 tokens. Rows of a batch share the cache's length, so a
+    left-padded row can run out of slots before its own context is used up: it then re-reads
+    exactly the window it had, and goes on as it would alone.
     """
 
     def __init__(self, model: GPT, prompts: Sequence[Sequence[int]]):
@@ -302,29 +304,42 @@ class _Rows:
         self.ids = idx if valid is None else idx.masked_fill(~valid, PAD)  # (B, L) for the processors
         self.cache = None
 
-    def read(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Read each row's newest n tokens into a new cache (the prefill, and each slide).
+    def read(self, n: int | list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Read each row's newest n (or n[row]) tokens into a new cache (the prefill; each slide).
 
         Returns the next-token logits (B, V) in fp32, the hidden states (B, T, C) and which of
         the T slots are real (None: all).
         """
-        idx, valid = _left_pad([t[-n:] for t in self.tokens], self.device)
+        sizes = n if isinstance(n, list) else [n] * len(self.tokens)
+        idx, valid = _left_pad([t[-k:] for t, k in zip(self.tokens, sizes)], self.device)
         self.cache = self.model.new_cache(idx.size(0))
         logits, h = self.model.forward_cached(idx, self.cache, valid)
         return logits[:, -1].float(), h, valid
 
-    def append(self, nxt: torch.Tensor) -> list[int]:
-        """Add one token (B,) to every row; returns them as Python ints."""
-        as_list = nxt.tolist()
+    def append(self, nxt: torch.Tensor, as_list: list[int]) -> None:
+        """Add one token to every row: nxt (B,), and the same as Python ints."""
         for row, t in zip(self.tokens, as_list):
             row.append(t)
         self.ids = torch.cat((self.ids, nxt[:, None]), dim=1)  # (B, L+1)
-        return as_list
+
+    def used_up(self, appended: int, room: int) -> list[bool]:
+        """Per row: can its context not take its ``appended`` tokens plus ``room`` more?"""
+        cache = self.cache
+        in_cache = cache.n_real.tolist() if cache.n_real is not None else [cache.length] * cache.batch
+        return [n + appended + room > self.block for n in in_cache]
+
+    def slide(self, appended: int, room: int, keep: int):
+        """Re-read into a new cache: rows whose context is used up keep their newest ``keep``
+        tokens; the others re-read their current window plus the ``appended`` tokens."""
+        cache = self.cache
+        in_cache = cache.n_real.tolist() if cache.n_real is not None else [cache.length] * cache.batch
+        full = self.used_up(appended, room)
+        return self.read([keep if f else n + appended for n, f in zip(in_cache, full)])
 
     def advance(self, nxt: torch.Tensor) -> torch.Tensor:
         """Feed the tokens (B,) just appended; returns the next logits (B, V)."""
         if self.cache.full:
-            return self.read(self.keep)[0]
+            return self.slide(appended=1, room=0, keep=self.keep)[0]
         logits, _ = self.model.forward_cached(nxt[:, None], self.cache)  # (B, 1, V)
         return logits[:, -1].float()
 
@@ -378,8 +393,8 @@ def generate(model: GPT, prompts: Sequence[Sequence[int]], s: SampleConfig, *, s
         # -> [[Completion(tokens=[7, 7, 1, 0], stop_reason='length')]]
 
     Rows are prompt-major (row r = prompt r // n, sample r % n) and row r samples with seed + r.
-    ``on_token(row, token)`` sees each token as it is chosen (not in beam search, whose beams
-    change until the end). Prompts of different lengths are left-padded in one batch.
+    ``on_token(row, token)`` sees each token as it is chosen, except the one that ends a row (not
+    in beam search, whose beams change until the end). Prompts of different lengths are left-padded in one batch.
     """
     validate(Config(sample=s))  # the same checks, and messages, as a config file gets
     _need(len(prompts) > 0, "generate needs at least one prompt")
@@ -427,17 +442,19 @@ def _sample(rows: _Rows, s: SampleConfig, procs, stops: _Stops, on_token, seed: 
             probs = scores.softmax(dim=-1)
             # one generator per row: row r draws the same numbers whatever else is in the batch
             nxt = torch.cat([torch.multinomial(probs[r], 1, generator=g) for r, g in enumerate(gens)])
-        for r, t in enumerate(nxt.tolist()):
+        nxt_list = nxt.tolist()
+        for r, t in enumerate(nxt_list):
             if ended[r] is None:
                 ended[r] = stops.push(new[r], t)
-                if on_token is not None and ended[r] != "eot":
+                if on_token is not None and ended[r] is None:  # an ending token may hold the stop string
                     on_token(r, t)
         if all(e is not None for e in ended) or step == s.max_new_tokens - 1:
             break
-        rows.append(nxt)
+        rows.append(nxt, nxt_list)
         if rows.cache.full and s.overflow == "stop":
-            ended = [e or "context" for e in ended]
-            break
+            ended = [e or ("context" if f else None) for e, f in zip(ended, rows.used_up(appended=1, room=0))]
+            if all(e is not None for e in ended):
+                break
         logits = rows.advance(nxt)
     return [Completion(new[r], ended[r] or "length") for r in range(B)]
 
@@ -460,10 +477,11 @@ def _contrastive(rows: _Rows, s: SampleConfig, procs, stops: _Stops, on_token) -
         kk = cand.size(1)
         if rows.cache.full:
             if s.overflow == "stop":
-                ended = [e or "context" for e in ended]
-                break
-            # slide: keep - 1 tokens, so that with the candidate the window matches greedy's
-            _, context, valid = rows.read(max(1, rows.keep - 1))
+                ended = [e or ("context" if f else None) for e, f in zip(ended, rows.used_up(appended=0, room=1))]
+                if all(e is not None for e in ended):
+                    break
+            # slide to keep - 1 tokens, so that with the candidate the window matches greedy's
+            _, context, valid = rows.slide(appended=0, room=1, keep=max(1, rows.keep - 1))
             valid = torch.ones(context.shape[:2], dtype=torch.bool, device=rows.device) if valid is None else valid
         # run every candidate one step: row b's cache repeated k times (rows b*k .. b*k+k-1)
         rows.cache.select(arange.repeat_interleave(kk))
@@ -479,11 +497,12 @@ def _contrastive(rows: _Rows, s: SampleConfig, procs, stops: _Stops, on_token) -
         context = torch.cat((context, h_c[arange, best][:, None]), dim=1)  # (B, T+1, C)
         valid = torch.cat((valid, torch.ones(B, 1, dtype=torch.bool, device=rows.device)), dim=1)
         nxt = cand[arange, best]  # (B,)
-        rows.append(nxt)
-        for r, t in enumerate(nxt.tolist()):
+        nxt_list = nxt.tolist()
+        rows.append(nxt, nxt_list)
+        for r, t in enumerate(nxt_list):
             if ended[r] is None:
                 ended[r] = stops.push(new[r], t)
-                if on_token is not None and ended[r] != "eot":
+                if on_token is not None and ended[r] is None:  # an ending token may hold the stop string
                     on_token(r, t)
         if all(e is not None for e in ended):
             break
@@ -543,14 +562,16 @@ def _beam_search(rows: _Rows, s: SampleConfig, procs, stops: _Stops) -> list[lis
             break
         rows.select(src_rows)
         nxt = torch.tensor(toks, device=rows.device)
-        rows.append(nxt)
+        rows.append(nxt, toks)
         if rows.cache.full and s.overflow == "stop":
-            for p in range(P):  # the live beams end here, as at max_new_tokens
-                if not done[p]:
+            used_up = rows.used_up(appended=1, room=0)
+            for p in range(P):  # a prompt out of context: its live beams end here, as at max_new_tokens
+                if not done[p] and used_up[p * W]:
                     finished[p] += [(norm(sums[p][j], len(beams[p * W + j])), beams[p * W + j], "context")
                                     for j in range(W) if sums[p][j] > neg_inf]
                     done[p] = True
-            break
+            if all(done):
+                break
         logits = rows.advance(nxt)
     out = []
     for p in range(P):

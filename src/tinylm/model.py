@@ -60,9 +60,15 @@ class KVCache:
         shape = (n_layer, batch, n_head, max_len, head_size)
         self.k = torch.zeros(shape, dtype=dtype, device=device)  # (L, B, nh, max_len, hs)
         self.v = torch.zeros(shape, dtype=dtype, device=device)  # (L, B, nh, max_len, hs)
+        self._split_layers()
         self.length = 0  # slots filled, the same in every row
         self.valid: torch.Tensor | None = None  # (B, max_len) bool, False = padding; None = no padding yet
         self.n_real: torch.Tensor | None = None  # (B,) real tokens per row; kept only once there is padding
+        self.rope: tuple[torch.Tensor, torch.Tensor] | None = None  # rotary tables for rotate_half_form
+
+    def _split_layers(self) -> None:
+        # one view per layer, made once: indexing self.k[layer] at every step costs time
+        self.layers = [(self.k[i], self.v[i]) for i in range(self.k.size(0))]  # [(k, v) each (B, nh, max_len, hs)]
 
     @property
     def max_len(self) -> int:
@@ -84,9 +90,34 @@ class KVCache:
         """
         self.k = self.k.index_select(1, rows)
         self.v = self.v.index_select(1, rows)
+        self._split_layers()
         if self.valid is not None:
             self.valid = self.valid.index_select(0, rows)
             self.n_real = self.n_real.index_select(0, rows)
+
+
+# Generation runs one token per step, where nn.Module's per-call bookkeeping costs as much as
+# a small model's arithmetic; the cached path therefore calls the modules' weights directly.
+# Same functions, same arithmetic, no dropout (inference only).
+
+def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, layer.weight, layer.bias)
+
+
+def norm(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(layer, nn.RMSNorm):
+        return F.rms_norm(x, layer.normalized_shape, layer.weight, layer.eps)
+    return F.layer_norm(x, layer.normalized_shape, layer.weight, layer.bias, layer.eps)
+
+
+def rotate_half_form(x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor) -> torch.Tensor:
+    """:func:`apply_rope` in fewer operations, with the same arithmetic, for generation.
+
+    With cos2 = [cos, cos] and sin2 = [-sin, sin], x * cos2 + [x2, x1] * sin2 computes
+    [x1 cos - x2 sin, x2 cos + x1 sin] in the same floating-point steps: the same numbers.
+    """
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos2 + torch.cat((x2, x1), dim=-1) * sin2
 
 
 def cached_attention_mask(valid: torch.Tensor | None, start: int, T: int, device) -> torch.Tensor:
@@ -141,16 +172,22 @@ class CausalSelfAttention(nn.Module):
                        mask: torch.Tensor | None) -> torch.Tensor:
         """Like forward for T new tokens, attending to the cached keys/values as well as their own.
 
-        ``mask`` None means "no padding": a prefill into an empty cache is plain causal attention,
-        and a single new token may see every stored slot.
+        ``rope`` is (cos2, sin2) for :func:`rotate_half_form`, shaped (..., T, 1, 1, hs) to rotate
+        q and k in one go. ``mask`` None means "no padding": a prefill into an empty cache is plain
+        causal attention, and a single new token may see every stored slot.
         """
         B, T, C = x.shape
-        q, k, v = self._qkv(x, rope)  # each (B, nh, T, hs)
+        qkv = linear(self.qkv, x).view(B, T, 3, self.n_head, self.head_size)  # (B, T, 3, nh, hs)
+        if self.q_norm is not None:  # per-head norms: the same numbers in this layout
+            qkv = torch.stack((norm(self.q_norm, qkv[:, :, 0]), norm(self.k_norm, qkv[:, :, 1]), qkv[:, :, 2]), dim=2)
+        qk = qkv[:, :, :2] if rope is None else rotate_half_form(qkv[:, :, :2], *rope)  # (B, T, 2, nh, hs)
+        q, k = qk.transpose(1, 3).unbind(2)  # each (B, nh, T, hs)
+        v = qkv[:, :, 2].transpose(1, 2)  # (B, nh, T, hs)
         start, end = cache.length, cache.length + T
-        cache.k[layer, :, :, start:end] = k
-        cache.v[layer, :, :, start:end] = v
-        keys = cache.k[layer, :, :, :end]  # (B, nh, end, hs)
-        values = cache.v[layer, :, :, :end]  # (B, nh, end, hs)
+        k_cache, v_cache = cache.layers[layer]  # each (B, nh, max_len, hs)
+        k_cache.narrow(2, start, T).copy_(k)
+        v_cache.narrow(2, start, T).copy_(v)
+        keys, values = k_cache.narrow(2, 0, end), v_cache.narrow(2, 0, end)  # each (B, nh, end, hs)
         if mask is None and start == 0:
             y = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
         elif mask is None and T == 1:
@@ -159,8 +196,8 @@ class CausalSelfAttention(nn.Module):
             if mask is None:
                 mask = cached_attention_mask(None, start, T, x.device)  # (T, end)
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.proj(y)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
+        return linear(self.proj, y)
 
 
 class MLP(nn.Module):
@@ -185,6 +222,16 @@ class MLP(nn.Module):
             h = F.gelu(self.up(x), approximate="tanh")
         return self.dropout(self.down(h))
 
+    def forward_inference(self, x: torch.Tensor) -> torch.Tensor:
+        """forward without dropout, calling the weights directly (see :func:`linear`)."""
+        if self.kind == "swiglu":
+            h = F.silu(linear(self.gate, x)) * linear(self.up, x)
+        elif self.kind == "relu2":
+            h = F.relu(linear(self.up, x)).square()
+        else:
+            h = F.gelu(linear(self.up, x), approximate="tanh")
+        return linear(self.down, h)
+
 
 class Block(nn.Module):
     """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
@@ -201,8 +248,8 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
     def forward_cached(self, x: torch.Tensor, rope, cache: KVCache, layer: int, mask) -> torch.Tensor:
-        x = x + self.attn.forward_cached(self.norm1(x), rope, cache, layer, mask)
-        return x + self.mlp(self.norm2(x))
+        x = x + self.attn.forward_cached(norm(self.norm1, x), rope, cache, layer, mask)
+        return x + self.mlp.forward_inference(norm(self.norm2, x))
 
 
 class GPT(nn.Module):
@@ -270,7 +317,14 @@ class GPT(nn.Module):
             raise ValueError(f"a cache of {max_len} positions exceeds the context length {c.block_size}: "
                              f"the model has no positions beyond it")
         p = self.wte.weight
-        return KVCache(c.n_layer, batch, c.n_head, c.n_embd // c.n_head, max_len, dtype=p.dtype, device=p.device)
+        cache = KVCache(c.n_layer, batch, c.n_head, c.n_embd // c.n_head, max_len, dtype=p.dtype, device=p.device)
+        if self.wpe is None:  # made once per cache, not at every token
+            cos, sin = self.rope_cos.to(p.dtype), self.rope_sin.to(p.dtype)  # each (block_size, hs/2)
+            # (block_size, 1, 1, hs): slicing positions gives (T, 1, 1, hs), which broadcasts over
+            # the q/k and head axes of (B, T, 2, nh, hs)
+            cache.rope = (torch.cat((cos, cos), dim=-1)[:, None, None, :],
+                          torch.cat((-sin, sin), dim=-1)[:, None, None, :])
+        return cache
 
     def forward_cached(self, idx: torch.Tensor, cache: KVCache, valid: torch.Tensor | None = None, *,
                        all_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -291,7 +345,7 @@ class GPT(nn.Module):
             cache.valid = torch.ones(B, cache.max_len, dtype=torch.bool, device=idx.device)
             cache.n_real = torch.full((B,), start, dtype=torch.long, device=idx.device)
         if cache.valid is None:
-            pos = torch.arange(start, start + T, device=idx.device)  # (T,) the same in every row
+            pos = None  # positions start .. start+T-1 in every row
             mask = None
         else:
             real = valid if valid is not None else torch.ones(B, T, dtype=torch.bool, device=idx.device)
@@ -300,20 +354,19 @@ class GPT(nn.Module):
             pos = (cache.n_real[:, None] + real.cumsum(1) - 1).clamp(min=0)  # (B, T)
             cache.n_real = cache.n_real + real.sum(1)
             mask = cached_attention_mask(cache.valid, start, T, idx.device)  # (B, 1, T, start+T)
-        x = self.wte(idx)  # (B, T, C)
+        x = F.embedding(idx, self.wte.weight)  # (B, T, C)
         rope = None
         if self.wpe is not None:
-            x = x + self.wpe(pos)  # (T, C) or (B, T, C)
-        elif pos.dim() == 1:
-            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])  # each (T, hs/2)
+            x = x + (self.wpe.weight[start:start + T] if pos is None else F.embedding(pos, self.wpe.weight))  # (T, C) or (B, T, C)
         else:
-            # per-row positions: (B, T, hs/2) -> (B, 1, T, hs/2), broadcast over heads
-            rope = (self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1))
+            cos2, sin2 = cache.rope  # each (block_size, 1, 1, hs)
+            # (T, 1, 1, hs), or per row (B, T, 1, 1, hs)
+            rope = (cos2[start:start + T], sin2[start:start + T]) if pos is None else (cos2[pos], sin2[pos])
         for layer, block in enumerate(self.blocks):
             x = block.forward_cached(x, rope, cache, layer, mask)
         cache.length += T
-        h = self.norm_f(x)  # (B, T, C)
-        logits = self.lm_head(h if all_logits else h[:, -1:])  # (B, T or 1, vocab)
+        h = norm(self.norm_f, x)  # (B, T, C)
+        logits = linear(self.lm_head, h if all_logits else h[:, -1:])  # (B, T or 1, vocab)
         return logits, h
 
     def num_params(self, non_embedding: bool = False) -> int:
