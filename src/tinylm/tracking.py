@@ -46,8 +46,8 @@ class ConsoleSink:
             return
         self.last.update({k: v for k, v in record.items() if v is not None})
         r = self.last
-        text = (f"loss {r.get('loss', float('nan')):.4f} val {r.get('val_loss', float('nan')):.4f} "
-                f"{r.get('tokens_per_s', 0):,.0f} tok/s")
+        val = f"{r['val_loss']:.4f}" if "val_loss" in r else "-"
+        text = f"loss {r.get('loss', float('nan')):.4f} val {val} {r.get('tokens_per_s', 0):,.0f} tok/s"
         if self.bar is not None:
             self.bar.n = record["step"]
             self.bar.set_postfix_str(text, refresh=True)
