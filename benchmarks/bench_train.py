@@ -1,8 +1,8 @@
 """Training throughput (tokens/s): tinylm vs Hugging Face GPT-2, side by side, on the same batches.
 
-    .venv/bin/python benchmarks/bench_train.py                    # full run (~5 min on 2 cores)
+    .venv/bin/python benchmarks/bench_train.py                    # full run: ~13 min on 2 cores
     .venv/bin/python benchmarks/bench_train.py --steps 4 --vocab 65 --loop-check-steps 0   # smoke test
-    .venv/bin/python benchmarks/bench_train.py --json bench_train.json --profile
+    .venv/bin/python benchmarks/bench_train.py --wait-idle 95 --json bench_train.json --profile
 
 Contenders (one process, one thread setting, the same sequence of batches for each):
 
@@ -21,15 +21,15 @@ parameter (plain ``model.parameters()``, as a user would write it).
 
 Method: random windows of tiny Shakespeare (character ids built with numpy, fixed seed); warm-up
 steps excluded; the timed steps are split into rounds run in turn (A B C D E, A B C D E) so that
-machine drift hits every contender alike; the median step time gives tokens/s. For tinylm the
-data wait (``BatchLoader`` + ``TokenWindows`` over shards made by ``tinylm.data.prepare``) is
-timed on every timed step, outside the step time, and compared with it. Finally the library's own
-loop, ``tinylm.train.train``, is run for a few steps as a cross-check of its logged tokens/s and
-data_ms / compute_ms.
+machine drift hits every contender alike; the median step gives tokens/s.
 
-The step itself mirrors one iteration of ``tinylm.train.train`` with no accumulation (forward
-under ``autocast_context``, backward, ``clip_grad_norm_``, ``optimizer.step``,
-``zero_grad(set_to_none=True)``); the GradScaler there is disabled except for fp16 on CUDA.
+tinylm's step is the library's own: a ``tinylm.train.Trainer`` is built from a config (shape set,
+everything else default) over shards made by ``tinylm.data.prepare``, and each step is its
+``train_step`` (forward under ``autocast_context``, backward, ``clip_grad_norm_``, the non-finite
+check, ``optimizer.step``, ``zero_grad``), fed the shared batch instead of its loader's. The
+Trainer's real ``BatchLoader`` is called beside every timed step and its wait timed apart. Finally
+``tinylm.train.train`` runs a few steps on its own batches as a cross-check of the tokens/s and the
+data_ms / compute_ms it logs. The peer's step is the same operations written out in plain PyTorch.
 """
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -54,10 +55,8 @@ import torch
 
 import tinylm
 from tinylm.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
-from tinylm.data import BatchLoader, TokenWindows, prepare
-from tinylm.model import GPT
-from tinylm.optim import build_optimizer
-from tinylm.train import autocast_context, cpu_has_fast_bf16, resolve_precision
+from tinylm.data import BatchLoader, prepare
+from tinylm.train import Trainer, autocast_context, cpu_has_fast_bf16, resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]
 N_LAYER, N_EMBD, N_HEAD, BLOCK, BATCH = 4, 256, 4, 128, 32
@@ -104,11 +103,9 @@ def make_batches(ids: np.ndarray, n: int, seed: int) -> list[tuple[torch.Tensor,
 @dataclass
 class Contender:
     name: str
-    precision: str  # fp32 | bf16
-    model: torch.nn.Module  # what is called (maybe compiled)
-    raw: torch.nn.Module  # what owns the parameters
-    optimizer: torch.optim.Optimizer
-    forward: callable  # (model, x, y) -> loss
+    precision: str  # fp32 | bf16, as resolved
+    raw: torch.nn.Module  # the module that owns the parameters
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # one optimizer step on (x, y) -> loss
     notes: str = ""
     loader: BatchLoader | None = None  # when set, its batch wait is timed beside every step
     step_s: list[list[float]] = field(default_factory=list)  # per round
@@ -118,15 +115,12 @@ class Contender:
     first_step_s: float = math.nan
     last_loss: float = math.nan
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """One optimizer step as ``tinylm.train.train`` does it (batch = one micro-batch)."""
-        with autocast_context(self.precision, DEVICE):
-            loss = self.forward(self.model, x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.raw.parameters(), 1.0)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
+
+@dataclass
+class Setup:
+    data: DataConfig  # the prepared shards every tinylm Trainer reads
+    runs: Path  # scratch parent of the Trainers' run folders
+    made: int = 0
 
 
 def tinylm_model_config(vocab: int) -> ModelConfig:
@@ -135,18 +129,38 @@ def tinylm_model_config(vocab: int) -> ModelConfig:
                        n_embd=N_EMBD, dropout=0.0)
 
 
-def tinylm_forward(model, x, y):
-    return model(x, y)[1]
+class _Feed:
+    """Stands in for a Trainer's BatchLoader: hands it the shared batch of the current step."""
+
+    batch: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.batch
 
 
-def make_tinylm(vocab: int, precision: str, compile_model: bool = False, name: str = "") -> Contender:
-    torch.manual_seed(SEED)
-    raw = GPT(tinylm_model_config(vocab)).to(DEVICE).train()
-    opt = build_optimizer(raw, OptimConfig(), DEVICE.type)
-    model = torch.compile(raw) if compile_model else raw
-    impl = "fused" if opt.defaults.get("fused") else "foreach" if opt.defaults.get("foreach") else "for-loop"
-    return Contender(name or f"tinylm {precision}", precision, model, raw, opt, tinylm_forward,
-                     notes=f"SDPA, AdamW {impl}" + (", torch.compile" if compile_model else ""))
+def make_tinylm(setup: Setup, vocab: int, precision: str, compile_model: bool = False,
+                name: str = "") -> Contender:
+    """A real ``tinylm.train.Trainer``; each step is its ``train_step`` on the shared batch."""
+    setup.made += 1
+    cfg = Config(model=tinylm_model_config(vocab), data=setup.data,
+                 train=TrainConfig(batch_size=BATCH, precision=precision, compile=compile_model,
+                                   device=DEVICE.type, eval_batches=1))
+    cfg.run.dir, cfg.run.name, cfg.run.progress = str(setup.runs), f"tinylm-{setup.made}", False
+    trainer = Trainer(cfg, log=lambda *a, **k: None)
+    loader, feed = trainer.loader, _Feed()
+    trainer.loader = feed
+    lr = cfg.optim.lr  # constant: the schedule does not change the cost of a step
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        feed.batch = (x, y)
+        return trainer.train_step(lr)["loss"]
+
+    d = trainer.optimizer.defaults
+    impl = "fused" if d.get("fused") else "foreach" if d.get("foreach") else "for-loop"
+    c = Contender(name or f"tinylm {trainer.precision}", trainer.precision, trainer.raw_model, step,
+                  notes=f"Trainer.train_step, SDPA, AdamW {impl}" + (", torch.compile" if compile_model else ""))
+    c.loader = loader  # the Trainer's own loader, timed apart (see timed_steps)
+    return c
 
 
 def hf_config(vocab: int):
@@ -157,12 +171,8 @@ def hf_config(vocab: int):
                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **extra)
 
 
-def hf_forward(model, x, y):
-    # shift_labels: train on exactly tinylm's (x, y) pairs (labels= alone would shift x itself)
-    return model(input_ids=x, labels=y, shift_labels=y).loss
-
-
 def make_hf(vocab: int, precision: str) -> Contender:
+    """GPT2LMHeadModel with a plain PyTorch step: the operations of tinylm's, without its checks."""
     from transformers import GPT2LMHeadModel
 
     torch.manual_seed(SEED)
@@ -170,7 +180,18 @@ def make_hf(vocab: int, precision: str) -> Contender:
     o = OptimConfig()
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
                             weight_decay=o.weight_decay)
-    return Contender(f"HF GPT-2 {precision}", precision, model, model, opt, hf_forward,
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with autocast_context(precision, DEVICE):
+            # shift_labels: train on exactly tinylm's (x, y) pairs (labels= alone would shift x itself)
+            loss = model(input_ids=x, labels=y, shift_labels=y).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return Contender(f"HF GPT-2 {precision}", precision, model, step,
                      notes=f"attn={model.config._attn_implementation}, "
                            f"act={model.config.activation_function}, AdamW default (for-loop on CPU)")
 
@@ -178,7 +199,7 @@ def make_hf(vocab: int, precision: str) -> Contender:
 # --------------------------------------------------------------------------- measurement
 
 def timed_steps(c: Contender, batches, record: list[float] | None) -> None:
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+    cpu0, wall0, loss = time.process_time(), time.perf_counter(), None
     for x, y in batches:
         if c.loader is not None and record is not None:
             t0 = time.perf_counter()
@@ -189,21 +210,23 @@ def timed_steps(c: Contender, batches, record: list[float] | None) -> None:
         dt = time.perf_counter() - t0
         if record is not None:
             record.append(dt)
-    c.last_loss = float(loss)
+    if loss is not None:
+        c.last_loss = float(loss)
     if record is not None:
         c.cpu_s += time.process_time() - cpu0
         c.wall_s += time.perf_counter() - wall0
 
 
-def run_setting(vocab: int, ids: np.ndarray, args, loader: BatchLoader | None, log) -> dict:
+def run_setting(setup: Setup, vocab: int, ids: np.ndarray, args, log) -> dict:
     """Build every contender for one vocab size, warm them up, then time them in rounds."""
     auto = resolve_precision("auto", DEVICE)
-    contenders = [make_tinylm(vocab, auto, name=f"tinylm default ({auto})")]
-    contenders[0].loader = loader
+    contenders = [make_tinylm(setup, vocab, "auto", name=f"tinylm default ({auto})")]
     if auto != "bf16":
-        contenders.append(make_tinylm(vocab, "bf16"))
+        contenders.append(make_tinylm(setup, vocab, "bf16"))
     if args.compile:
-        contenders.append(make_tinylm(vocab, auto, compile_model=True, name=f"tinylm compile ({auto})"))
+        contenders.append(make_tinylm(setup, vocab, "auto", compile_model=True, name=f"tinylm compile ({auto})"))
+    for c in contenders[1:]:
+        c.loader = None  # the data wait is timed once, beside the default contender
     if args.peer:
         contenders += [make_hf(vocab, "fp32"), make_hf(vocab, "bf16")]
 
@@ -258,21 +281,18 @@ def run_setting(vocab: int, ids: np.ndarray, args, loader: BatchLoader | None, l
     return {"vocab": vocab, "steps_per_contender": per_round * args.rounds, "load_1min": loads, "rows": rows}
 
 
-def loop_check(corpus_dir: Path, steps: int, log) -> dict:
+def loop_check(setup: Setup, steps: int, log) -> dict:
     """Run the library's own loop (tinylm.train.train) and read back what it logged."""
     from tinylm.train import train
 
     log_every = max(steps // 4, 1)
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = Config()
-        cfg.model = tinylm_model_config(0)  # 0: vocab from the data
-        cfg.data.corpus, cfg.data.tokenizer, cfg.data.dir = str(corpus_dir), "char", str(Path(tmp) / "data")
-        cfg.train = TrainConfig(max_steps=steps, batch_size=BATCH, eval_interval=0, eval_batches=1,
-                                log_interval=log_every)
-        cfg.sample.max_new_tokens = 1
-        cfg.run.dir, cfg.run.name, cfg.run.progress = str(Path(tmp) / "runs"), "bench", False
-        train(cfg, log=lambda *a, **k: None)
-        lines = [json.loads(s) for s in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    cfg = Config(model=tinylm_model_config(0), data=setup.data,  # vocab 0: from the data
+                 train=TrainConfig(max_steps=steps, batch_size=BATCH, device=DEVICE.type, eval_interval=0,
+                                   eval_batches=1, log_interval=log_every))
+    cfg.sample.max_new_tokens = 1
+    cfg.run.dir, cfg.run.name, cfg.run.progress = str(setup.runs), "loop-check", False
+    train(cfg, log=lambda *a, **k: None)
+    lines = [json.loads(s) for s in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     logged = [m for m in lines if "tokens_per_s" in m][1:]  # the first window holds the warm-up
     if not logged:
         return {}
@@ -286,13 +306,13 @@ def loop_check(corpus_dir: Path, steps: int, log) -> dict:
     return out
 
 
-def profile(vocab: int, ids: np.ndarray, steps: int, log) -> dict:
+def profile(setup: Setup, vocab: int, ids: np.ndarray, steps: int, log) -> dict:
     """Self-CPU time per op over a few steps, tinylm default vs the peer in fp32."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     out = {}
-    makers = [("tinylm", lambda: make_tinylm(vocab, resolve_precision("auto", DEVICE)))]
+    makers = [("tinylm", lambda: make_tinylm(setup, vocab, "auto"))]
     with contextlib.suppress(ImportError):
         import transformers  # noqa: F401
         makers.append(("hf", lambda: make_hf(vocab, "fp32")))
@@ -309,6 +329,20 @@ def profile(vocab: int, ids: np.ndarray, steps: int, log) -> dict:
 
 
 # --------------------------------------------------------------------------- report
+
+def cpu_idle_pct(seconds: float = 5.0) -> float:
+    """Share of all cores' time spent idle over the next ``seconds`` (Linux /proc/stat; else NaN)."""
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+    try:
+        t0, i0 = sample()
+        time.sleep(seconds)
+        t1, i1 = sample()
+    except OSError:
+        return math.nan
+    return 100.0 * (i1 - i0) / max(t1 - t0, 1)
+
 
 def machine() -> dict:
     cpu = "unknown"
@@ -389,11 +423,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", type=int, nargs="?", const=5, default=0, metavar="STEPS",
                    help="also print torch.profiler tables (tinylm default vs HF fp32), this many steps")
     p.add_argument("--json", type=Path, help="write every figure and the machine description here")
-    p.add_argument("--wait-load", type=float, default=0.0, metavar="LOAD",
-                   help="first wait (up to 10 min) until the 1-minute load average is below LOAD")
+    p.add_argument("--wait-idle", type=float, default=0.0, metavar="PCT",
+                   help="first wait (up to 60 min) until the CPU has been at least PCT%% idle for 5 s, "
+                        "e.g. 95: on a shared machine other jobs would otherwise skew the figures")
     p.add_argument("--warm-compile-cache", action="store_true",
                    help="use inductor's usual cache (default: a fresh one, so the compile time is a cold start)")
     args = p.parse_args(argv)
+    if args.warmup < 1 or args.rounds < 1:
+        p.error("--warmup and --rounds must be >= 1 (the first step pays for allocation and compilation)")
     def log(*a) -> None:
         print(*a, flush=True)
 
@@ -407,19 +444,23 @@ def main(argv: list[str] | None = None) -> int:
             sys.exit("transformers is not installed: `.venv/bin/pip install transformers` "
                      "(or pass --no-peer to time tinylm alone)")
 
-    if args.wait_load:
-        deadline = time.time() + 600
-        while os.getloadavg()[0] >= args.wait_load and time.time() < deadline:
-            print(f"waiting: load average {os.getloadavg()[0]:.2f} >= {args.wait_load}", flush=True)
-            time.sleep(15)
+    idle = cpu_idle_pct()
+    if args.wait_idle:
+        deadline = time.time() + 3600
+        while idle < args.wait_idle and time.time() < deadline:
+            log(f"waiting: CPU {idle:.0f}% idle over the last 5 s (< {args.wait_idle:.0f}%)")
+            time.sleep(10)
+            idle = cpu_idle_pct()
     info = machine()
+    info["cpu_idle_pct_at_start"] = idle
     log(f"# tinylm training throughput, {info['date']}")
     log(f"machine: {info['cpu']}, {info['cores']} cores, torch threads {info['torch_threads']}, "
         f"capability {info['cpu_capability']}, AVX512-BF16 {info['avx512_bf16']}, AMX {info['amx']} "
         f"-> tinylm auto precision = {info['auto_precision']}")
     log(f"software: python {info['python']}, torch {info['torch']}, transformers "
         f"{info.get('transformers', '-')}, tinylm git {info.get('git', '?')}")
-    log(f"load average at start: {' '.join(f'{x:.2f}' for x in info['loadavg'])}")
+    log(f"before start: CPU {idle:.0f}% idle over 5 s; load average "
+        f"{' '.join(f'{x:.2f}' for x in info['loadavg'])}")
     m = asdict(tinylm_model_config(0))
     log(f"shape: {N_LAYER} layers, width {N_EMBD}, {N_HEAD} heads, context {BLOCK}, batch {BATCH} "
         f"({BATCH * BLOCK} tokens/step); tinylm options: norm={m['norm']} bias={m['bias']} pos={m['pos']} "
@@ -428,25 +469,25 @@ def main(argv: list[str] | None = None) -> int:
     path = shakespeare_path()
     ids, char_vocab = char_ids(path)
     results = []
+    loop, prof = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         if args.compile and not args.warm_compile_cache:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor")  # read at first compile
-        data_dir = Path(tmp) / "shakespeare-char"
-        meta = prepare(DataConfig(corpus=str(path), tokenizer="char", dir=str(data_dir)), progress=False,
-                       log=lambda *a, **k: None)
+        setup = Setup(DataConfig(corpus=str(path), tokenizer="char", dir=str(Path(tmp) / "shakespeare-char")),
+                      Path(tmp) / "runs")
+        meta = prepare(setup.data, progress=False, log=lambda *a, **k: None)
         log(f"data: {path} ({len(ids):,} training characters, vocab {char_vocab}; "
             f"tinylm.data.prepare vocab {meta['vocab_size']})")
         for v in (int(s) for s in args.vocab.split(",")):
             log(f"\n## vocab {v}")
-            loader = BatchLoader(TokenWindows(data_dir, "train", BLOCK), BATCH, mode=DataConfig().sampling,
-                                 seed=TrainConfig().seed)
-            results.append(run_setting(v, ids, args, loader, log))
+            results.append(run_setting(setup, v, ids, args, log))
             log(f"  1-min load average per round boundary: {results[-1]['load_1min']}")
-    loop = {}
-    if args.loop_check_steps:
-        log("\n## cross-check: tinylm.train.train (library loop, vocab 65, sequential, not interleaved)")
-        loop = loop_check(path, args.loop_check_steps, log)
-    prof = profile(char_vocab, ids, args.profile, log) if args.profile else {}
+        if args.loop_check_steps:
+            log(f"\n## cross-check: tinylm.train.train (the whole loop, vocab {char_vocab}, its own batches, "
+                f"run after the rounds)")
+            loop = loop_check(setup, args.loop_check_steps, log)
+        if args.profile:
+            prof = profile(setup, char_vocab, ids, args.profile, log)
 
     info["loadavg_end"] = os.getloadavg()
     log("\n## results\n")
@@ -455,10 +496,10 @@ def main(argv: list[str] | None = None) -> int:
     for res in results:
         for line in ratios(res):
             log(line)
-    log(f"\nload average at start {' '.join(f'{x:.2f}' for x in info['loadavg'])}, at end "
-        f"{' '.join(f'{x:.2f}' for x in info['loadavg_end'])} (this benchmark alone adds ~{info['torch_threads']}; "
-        f"a start load well above 0 means something else was running). CPU/wall = busy threads "
-        f"during timed steps: well below {info['torch_threads']} means waiting for the CPU (or serial work)")
+    loads = [" ".join(f"{x:.2f}" for x in info[k]) for k in ("loadavg", "loadavg_end")]
+    log(f"\nCPU idle before start {idle:.0f}%; load average at start {loads[0]}, at end {loads[1]} "
+        f"(this benchmark alone adds ~{info['torch_threads']}). CPU/wall = busy threads during timed "
+        f"steps: well below {info['torch_threads']} means waiting for the CPU (or serial work)")
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "command": sys.argv, "results": results,
                                          "loop_check": loop, "profile": prof}, indent=2) + "\n")
