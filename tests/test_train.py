@@ -46,13 +46,16 @@ def test_train_resume_sample(tmp_path, text_200k, capsys):
     assert info["step"] == 80 and info["parameters"] > 0
 
 
-def test_resume_is_bit_exact(tmp_path, text_200k):
+@pytest.mark.parametrize("optimizer", [{"optim.name": "adamw"},
+                                       {"optim.name": "muon", "optim.embed_lr": 1e-2, "optim.momentum_warmup_steps": 30},
+                                       {"optim.name": "lion", "optim.lr": 1e-3}], ids=["adamw", "muon", "lion"])
+def test_resume_is_bit_exact(tmp_path, text_200k, optimizer):
     """Stopping at step 20 and resuming gives the same loss at every later step, bit for bit.
 
     (A constant schedule, because here the stop is a shorter max_steps, which would change a cosine.)
     """
     opts = {"train.eval_interval": 20, "train.log_interval": 1, "model.dropout": 0.1,
-            "optim.schedule": "constant", "data.sampling": "random"}
+            "optim.schedule": "constant", "data.sampling": "random", **optimizer}
     full = tiny_config(tmp_path / "a", text_200k, **{"train.max_steps": 40, **opts})
     train(full, log=lambda *a: None)
     part = tiny_config(tmp_path / "b", text_200k, **{"train.max_steps": 20, **opts})

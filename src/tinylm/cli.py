@@ -2,6 +2,7 @@
 
     tinylm prepare  --config configs/shakespeare-char.toml [--data.corpus x ...] [--force]
     tinylm train    --config configs/shakespeare-char.toml [--optim.lr 1e-3 ...] [--resume]
+    tinylm lr-find  --config configs/tinyshakespeare-char.toml [--steps 200] [--start 1e-5 --end 1]
     tinylm sample   runs/shakespeare-char [--prompt "ROMEO:"] [--strategy top_p --top-p 0.9] [--n 3]
     tinylm decode-report runs/shakespeare-char [--strategies greedy,top_p] [--n 5]
     tinylm info     runs/shakespeare-char
@@ -45,6 +46,13 @@ def cmd_train(args, extra) -> int:
     finally:
         shutdown_distributed()
     return 130 if result.stopped_early else 0
+
+
+def cmd_lr_find(args, extra) -> int:
+    from .lr_find import lr_find
+    lr_find(_config_from(args, extra), start=args.start, end=args.end, steps=args.steps, out=args.out,
+            divisor=args.divisor)
+    return 0
 
 
 def _load_for_inference(run: str, which: str):
@@ -302,6 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = with_config("train", "Train a model (prepares the data first if needed).")
     sp.add_argument("--resume", action="store_true", help="continue the run folder from its last checkpoint")
     sp.set_defaults(func=cmd_train)
+
+    sp = with_config("lr-find", "LR range test: raise the LR exponentially from a fresh init, suggest a peak LR.")
+    sp.add_argument("--start", type=float, default=1e-5, help="first LR of the sweep (default 1e-5)")
+    sp.add_argument("--end", type=float, default=1.0, help="last LR of the sweep (default 1)")
+    sp.add_argument("--steps", type=int, default=200, help="steps of the sweep; stops early at divergence")
+    sp.add_argument("--divisor", type=float, default=5.0, help="suggested LR = divergence LR / this (4-10)")
+    sp.add_argument("--out", help="folder for lr_find.json/.png (default: runs/<name>-lr-find)")
+    sp.set_defaults(func=cmd_lr_find)
 
     sp = with_config("config", "Print the resolved config as TOML.")
     sp.add_argument("--keys", action="store_true", help="list every key with its default and meaning")

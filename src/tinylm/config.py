@@ -80,23 +80,43 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     name: str = "adamw"
-    """Optimizer: adamw."""
+    """Optimizer: adamw | muon (Muon on hidden matrices + AdamW on the rest) | lion."""
     lr: float = 1e-3
-    """Peak learning rate."""
-    min_lr_ratio: float = 0.1
-    """Final learning rate of the cosine decay as a fraction of lr."""
-    warmup_steps: int = 100
-    """Linear warmup steps from 0 to lr; 0 turns warmup off."""
+    """Peak learning rate of the hidden weight matrices (Muon's rate with name = muon, e.g. 0.02)."""
+    embed_lr: float = 0.0
+    """Peak learning rate of the embeddings and output head; 0 = lr (muon needs it set: an AdamW rate)."""
+    scalar_lr: float = 0.0
+    """Peak learning rate of norms, biases and other vectors; 0 = embed_lr (or lr when that is 0)."""
     schedule: str = "cosine"
-    """LR schedule after warmup: cosine (to min_lr_ratio * lr) | constant."""
+    """LR schedule after warmup: constant | cosine (to min_lr_ratio) | wsd (stable, then decay over decay_frac) | cosine_warmdown (cosine, then linear to 0 over decay_frac)."""
+    warmup_steps: int = 100
+    """Linear warmup steps from 0 to the peak; 0 turns warmup off."""
+    min_lr_ratio: float = 0.1
+    """Where cosine and wsd end, as a fraction of each peak learning rate."""
+    decay_frac: float = 0.2
+    """wsd / cosine_warmdown: fraction of the post-warmup steps spent in the final decay."""
+    decay_shape: str = "linear"
+    """wsd: shape of the final decay: linear | cosine | 1-sqrt."""
     weight_decay: float = 0.1
-    """Decoupled weight decay on hidden weight matrices only (never norms, biases, embeddings)."""
+    """Decoupled weight decay of the hidden weight matrices."""
+    embed_weight_decay: float = 0.0
+    """Decoupled weight decay of the embeddings and head (norms, biases and vectors never decay)."""
     beta1: float = 0.9
-    """Adam first-moment decay."""
+    """Adam first-moment decay (Lion: the interpolation factor of its update)."""
     beta2: float = 0.95
-    """Adam second-moment decay."""
+    """Adam second-moment decay (Lion: its momentum decay; the Lion paper uses 0.99)."""
     eps: float = 1e-8
     """Adam epsilon."""
+    momentum: float = 0.95
+    """Muon: momentum of the hidden-matrix updates."""
+    nesterov: bool = True
+    """Muon: Nesterov momentum."""
+    ns_steps: int = 5
+    """Muon: Newton-Schulz iterations that orthogonalize each update."""
+    momentum_warmup_steps: int = 0
+    """Muon: steps over which momentum rises linearly from momentum_warmup_start; 0 = off."""
+    momentum_warmup_start: float = 0.85
+    """Muon: momentum at step 0 when momentum_warmup_steps > 0."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 turns clipping off."""
 
@@ -351,7 +371,9 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     choices = {"model.mlp": ("gelu", "swiglu", "relu2"), "model.norm": ("layernorm", "rmsnorm"),
                "model.pos": ("learned", "rope"), "data.tokenizer": ("char", "bpe", "gpt2"),
                "data.sampling": ("epoch", "random"), "data.encoding_errors": ("strict", "replace"),
-               "optim.name": ("adamw",), "optim.schedule": ("cosine", "constant"),
+               "optim.name": ("adamw", "muon", "lion"),
+               "optim.schedule": ("constant", "cosine", "wsd", "cosine_warmdown"),
+               "optim.decay_shape": ("linear", "cosine", "1-sqrt"),
                "train.precision": ("auto", "fp32", "bf16", "fp16"), "train.nonfinite": ("skip", "halt")}
     for key, allowed in choices.items():
         sec, name = key.split(".")
@@ -378,7 +400,19 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     need(0 <= o.min_lr_ratio <= 1, f"--optim.min_lr_ratio {o.min_lr_ratio} must be in [0, 1]")
     need(o.warmup_steps >= 0, "--optim.warmup_steps must be >= 0")
     need(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "--optim.beta1 and --optim.beta2 must be in [0, 1)")
-    need(o.weight_decay >= 0 and o.grad_clip >= 0, "--optim.weight_decay and --optim.grad_clip must be >= 0")
+    need(o.weight_decay >= 0 and o.embed_weight_decay >= 0 and o.grad_clip >= 0,
+         "--optim.weight_decay, --optim.embed_weight_decay and --optim.grad_clip must be >= 0")
+    need(o.embed_lr >= 0 and o.scalar_lr >= 0, "--optim.embed_lr and --optim.scalar_lr must be >= 0 (0 = inherit)")
+    need(o.name != "muon" or o.embed_lr > 0,
+         f"--optim.name muon needs --optim.embed_lr: the AdamW learning rate of the embeddings, head and norms "
+         f"(Muon's --optim.lr {o.lr} is for hidden matrices only; try --optim.lr 0.02 --optim.embed_lr 3e-3)")
+    need(o.name != "muon" or not t.fsdp, "--optim.name muon does not support --train.fsdp yet (Newton-Schulz "
+         "needs whole matrices); use DDP (the default under torchrun) or --optim.name adamw")
+    need(0 < o.decay_frac <= 1, f"--optim.decay_frac {o.decay_frac} must be in (0, 1]")
+    need(0 <= o.momentum < 1 and 0 <= o.momentum_warmup_start < 1,
+         "--optim.momentum and --optim.momentum_warmup_start must be in [0, 1)")
+    need(o.ns_steps >= 1 and o.momentum_warmup_steps >= 0,
+         "--optim.ns_steps must be >= 1 and --optim.momentum_warmup_steps >= 0")
     need(t.eval_interval >= 0, "--train.eval_interval must be >= 0 (0 = only at the end)")
     need(t.micro_batch_size >= 0, "--train.micro_batch_size must be >= 0 (0 = no accumulation)")
     need(t.threads >= 0, "--train.threads must be >= 0 (0 = torch's default)")

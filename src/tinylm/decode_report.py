@@ -29,11 +29,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import SampleConfig, set_value, validate, Config
+from .config import Config, SampleConfig, set_value, validate
 from .errors import TinyLMError
 from .fileio import write_text_atomic
-from .generate import (SAMPLING, Completion, distinct_n, generate, ngrams, repetition_rate, token_scores)
+from .generate import (
+    SAMPLING,
+    Completion,
+    distinct_n,
+    generate,
+    ngrams,
+    repetition_rate,
+    token_scores,
+)
 from .model import GPT
+from .plotting import pyplot
 from .tokenizer import Tokenizer
 
 # The strategies compared by default, each at a setting from its paper or common practice.
@@ -190,11 +199,8 @@ def _fmt(x: float, digits: int = 3) -> str:
 
 def plot_rows(rows: list[Row], path: Path) -> bool:
     """Diversity (distinct-2) against the model's perplexity of the samples; False without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
     from matplotlib.ticker import ScalarFormatter
     fig, ax = plt.subplots(figsize=(7.2, 4.4), dpi=120)

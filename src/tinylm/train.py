@@ -29,7 +29,7 @@ from .errors import TinyLMError
 from .fileio import write_text_atomic
 from .generate import sample_text
 from .model import GPT
-from .optim import build_optimizer, lr_at
+from .optim import build_optimizer, lr_scale, momentum_at, set_schedule
 from .tracking import ConsoleSink, JSONLSink, TensorBoardSink, Tracker, WandbSink
 
 
@@ -250,7 +250,8 @@ class Trainer:
         self.raw_model = GPT(cfg.model).to(self.device)
         self.raw_model.activation_checkpointing = cfg.train.activation_checkpointing
         self.model = _wrap_distributed(self.raw_model, cfg, d, self.device)
-        self.optimizer = build_optimizer(self.raw_model, cfg.optim, self.device.type)
+        self.optimizer = build_optimizer(self.raw_model, cfg.optim, self.device.type,
+                                         torch.bfloat16 if self.precision == "bf16" else torch.float32)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.micro = micro_batch_size(cfg, d.world_size)
         self.accum = grad_accum_steps(cfg, d.world_size)
@@ -337,13 +338,12 @@ class Trainer:
         model.train()
         return float(_all_mean(total / max(len(self.val_set), 1), self.d))
 
-    def train_step(self, lr: float) -> dict:
-        """One optimizer step: accumulate gradients over micro-batches, clip, update (or skip).
+    def train_step(self, lr_scale: float) -> dict:
+        """One optimizer step at ``lr_scale`` x each group's peak LR: accumulate gradients, clip, update (or skip).
 
         Returns the step's stats; ``loss`` and ``grad_norm`` are tensors (read them only when logging).
         """
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_schedule(self.optimizer, lr_scale, momentum_at(self.step, self.cfg.optim))
         loss_sum = torch.zeros((), device=self.device)
         data_s = compute_s = 0.0
         for micro_step in range(self.accum):
@@ -491,9 +491,9 @@ class Trainer:
                     if time_frac is not None and time_frac >= 1.0:
                         self.log(f"\ntime budget {cfg.train.time_budget} reached at step {self.step}")
                         break
-                    lr = lr_at(self.step, cfg.optim, cfg.train.max_steps, time_frac)
+                    scale = lr_scale(self.step, cfg.optim, cfg.train.max_steps, time_frac)
                     first = self.step == 0 and cfg.train.compile
-                    stats = self.train_step(lr)
+                    stats = self.train_step(scale)
                     if first:  # the first compiled step includes compilation: report it apart
                         self.tracker_event(self.step, "compiled", f"first step incl. torch.compile: "
                                            f"{stats['compute_s']:.1f}s", compile_s=stats["compute_s"])
@@ -516,7 +516,7 @@ class Trainer:
                             if self.time_budget:
                                 remaining = min(remaining, self.time_budget - elapsed())
                             self.tracker.log({
-                                "step": self.step, "loss": loss_val, "lr": lr, "grad_norm": float(stats["grad_norm"]),
+                                "step": self.step, "loss": loss_val, "lr": scale * cfg.optim.lr, "grad_norm": float(stats["grad_norm"]),
                                 "tokens_per_s": tps, "data_ms": data_ms, "compute_ms": compute_ms,
                                 "mfu": tps * flops_per_token * d.world_size / peak if peak else None,
                                 "peak_mem_mb": peak_memory_mb(self.device), "tokens_seen": self.tokens_seen,

@@ -1,0 +1,86 @@
+"""The LR range test (Smith, 2017): from a fresh init, raise the LR every step and watch the loss.
+
+    tinylm lr-find --config configs/tinyshakespeare-char.toml --steps 200
+
+Each step uses the run's own :class:`~tinylm.train.Trainer` (same model, data, optimizer, groups,
+precision) at an exponentially growing LR, in a scratch folder: the run's folder and checkpoints
+are never touched. The loss first stalls (LR too small), then falls, then turns up and blows up;
+the lowest point of the smoothed curve is the divergence point, and a good peak LR for a real run
+is a few times smaller (:func:`tinylm.optim.lr_find_result`).
+"""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from .config import Config
+from .errors import TinyLMError
+from .fileio import write_bytes_atomic, write_text_atomic
+from .optim import diverged, lr_find_result, lr_sweep, smooth
+from .plotting import pyplot
+from .train import Trainer
+
+
+def lr_find(cfg: Config, *, start: float = 1e-5, end: float = 1.0, steps: int = 200,
+            out: str | Path | None = None, divisor: float = 5.0, log: Callable[[str], None] = print) -> dict:
+    """Run the range test for ``cfg``; write ``lr_find.json`` (+ ``lr_find.png``) to ``out``.
+
+    ``start``/``end`` bound the main LR (``--optim.lr``); the other groups keep their ratio to it.
+    ``out`` defaults to ``<run.dir>/<run.name>-lr-find``, beside the run folder, not in it.
+    Returns the result dict (see :func:`tinylm.optim.lr_find_result`) plus the paths written.
+    """
+    if not 0 < start < end:
+        raise TinyLMError(f"lr-find needs 0 < --start < --end (got {start}, {end})")
+    if steps < 10:
+        raise TinyLMError(f"lr-find needs at least 10 steps to see a curve (got --steps {steps})")
+    out = Path(out) if out else cfg.run_dir.with_name(f"{cfg.run.name}-lr-find")
+    scratch = copy.deepcopy(cfg)
+    scratch.optim.warmup_steps = 0  # the sweep itself is the warmup
+    scratch.train.max_steps = steps
+    scratch.train.compile = False  # a few hundred steps: compiling would cost more than it saves
+    scratch.train.nonfinite, scratch.train.max_skips = "skip", steps + 1  # a blow-up ends the test, not the process
+    lrs = lr_sweep(start, end, steps)
+    losses: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="tinylm-lr-find-") as tmp:
+        scratch.run.dir, scratch.run.name = tmp, "lr-find"
+        trainer = Trainer(scratch, log=log)
+        log(f"lr-find: {steps} steps, LR {start:g} -> {end:g} (exponential), fresh init, scratch folder")
+        for lr in lrs:
+            losses.append(float(trainer.train_step(lr / scratch.optim.lr)["loss"]))
+            if diverged(smooth(losses)):
+                break
+    result = lr_find_result(lrs, losses, divisor=divisor)
+    result.update(config=cfg.to_dict(), start=start, end=end, steps_planned=steps)
+    out.mkdir(parents=True, exist_ok=True)
+    result["json"] = str(out / "lr_find.json")
+    result["png"] = str(out / "lr_find.png") if _plot(result, out / "lr_find.png") else None
+    write_text_atomic(out / "lr_find.json", json.dumps(result, indent=1))
+    log(f"lr-find: {len(losses)} steps; smoothed loss lowest ({result['min_loss']:.4f}) at LR "
+        f"{result['divergence_lr']:.3g}{'' if result['diverged'] else ' (no blow-up before --end: raise it)'}; "
+        f"suggested --optim.lr {result['suggested_lr']:.3g} (/{divisor:g}); wrote {out}")
+    return result
+
+
+def _plot(r: dict, path: Path) -> bool:
+    plt = pyplot()
+    if plt is None:
+        return False
+    n = len(r["smoothed"])
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    ax.plot(r["lrs"][:n], r["losses"][:n], color="0.75", lw=0.8, label="loss")
+    ax.plot(r["lrs"][:n], r["smoothed"], color="C0", lw=1.8, label="smoothed")
+    ax.axvline(r["divergence_lr"], color="C3", ls="--", label=f"divergence {r['divergence_lr']:.2g}")
+    ax.axvline(r["suggested_lr"], color="C2", ls="--", label=f"suggested {r['suggested_lr']:.2g}")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", title="LR range test")
+    ax.set_ylim(top=min(max(r["losses"][:n]), 2 * r["min_loss"]) * 1.05)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
+    return True
