@@ -15,8 +15,8 @@ from .config import Config, to_toml
 from .errors import TinyLMError
 
 
-def logged_losses(run_dir: Path) -> dict[int, float]:
-    """Training loss per step from metrics.jsonl; after a resume, re-done steps replace earlier lines."""
+def logged_losses(run_dir: Path, key: str = "loss") -> dict[int, float]:
+    """``key`` (training loss, or e.g. val_loss) per step from metrics.jsonl; after a resume, re-done steps replace earlier lines."""
     out = {}
     path = run_dir / "metrics.jsonl"
     if path.is_file():
@@ -25,8 +25,8 @@ def logged_losses(run_dir: Path) -> dict[int, float]:
                 r = json.loads(line)
             except ValueError:  # a line cut short by SIGKILL
                 continue
-            if "loss" in r:
-                out[r["step"]] = r["loss"]
+            if key in r:
+                out[r["step"]] = r[key]
     return out
 
 

@@ -81,6 +81,33 @@ def set_schedule(optimizer: torch.optim.Optimizer, scale: float, momentum: float
             group["momentum"] = momentum
 
 
+class _GroupwiseOptimizer(torch.optim.Optimizer):
+    """``step()`` = :meth:`update_group` for every param group, gradients off (torch's closure protocol kept)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self.update_group(group)
+        return loss
+
+    def update_group(self, group: dict) -> None:
+        raise NotImplementedError
+
+    def with_state(self, group: dict, *buffers: str):
+        """(parameter, its state) for each parameter of ``group`` that has a gradient; ``buffers`` start at 0."""
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if not state:
+                state.update({name: torch.zeros_like(p) for name in buffers})
+            yield p, state
+
+
 # ----------------------------------------------------------------------------- Muon
 
 def orthogonalize(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -102,7 +129,7 @@ def orthogonalize(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.fl
     return (x.mT if tall else x).to(g.dtype)
 
 
-class Muon(torch.optim.Optimizer):
+class Muon(_GroupwiseOptimizer):
     """Muon on the hidden weight matrices, AdamW on everything else: one ``step()``, one ``state_dict()``.
 
     Groups with ``muon=True``: SGD momentum (Nesterov by default) whose update for each 2-D matrix
@@ -134,24 +161,12 @@ class Muon(torch.optim.Optimizer):
                     raise TinyLMError(f"Muon orthogonalizes 2-D weight matrices, but was handed a parameter of "
                                       f"shape {tuple(p.shape)}; put it in an AdamW group (muon=False)")
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            (self._muon_step if group["muon"] else self._adamw_step)(group)
-        return loss
+    def update_group(self, group: dict) -> None:
+        (self._muon_step if group["muon"] else self._adamw_step)(group)
 
     def _muon_step(self, group: dict) -> None:
         lr, mu = group["lr"], group["momentum"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            state = self.state[p]
-            if not state:
-                state["momentum_buffer"] = torch.zeros_like(p)
+        for p, state in self.with_state(group, "momentum_buffer"):
             buf = state["momentum_buffer"]
             buf.mul_(mu).add_(p.grad)
             update = p.grad.add(buf, alpha=mu) if group["nesterov"] else buf
@@ -161,13 +176,8 @@ class Muon(torch.optim.Optimizer):
 
     def _adamw_step(self, group: dict) -> None:
         (beta1, beta2), lr = group["betas"], group["lr"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            state = self.state[p]
-            if not state:
-                state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-            state["step"] += 1
+        for p, state in self.with_state(group, "exp_avg", "exp_avg_sq"):
+            state["step"] = state.get("step", 0) + 1
             t = state["step"]
             state["exp_avg"].lerp_(p.grad, 1 - beta1)
             state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
@@ -178,7 +188,7 @@ class Muon(torch.optim.Optimizer):
 
 # ----------------------------------------------------------------------------- Lion
 
-class Lion(torch.optim.Optimizer):
+class Lion(_GroupwiseOptimizer):
     """Lion (Chen et al., 2023): the update is the sign of an interpolation of momentum and gradient.
 
     ``update = sign(beta1 * m + (1 - beta1) * g)``; ``p -= lr * (update + wd * p)``;
@@ -189,26 +199,14 @@ class Lion(torch.optim.Optimizer):
     def __init__(self, params, *, lr: float, betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0):
         super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay})
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            (beta1, beta2), lr = group["betas"], group["lr"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["exp_avg"] = torch.zeros_like(p)
-                m = state["exp_avg"]
-                update = m.lerp(p.grad, 1 - beta1).sign_()
-                p.mul_(1 - lr * group["weight_decay"])
-                p.add_(update, alpha=-lr)
-                m.lerp_(p.grad, 1 - beta2)
-        return loss
+    def update_group(self, group: dict) -> None:
+        (beta1, beta2), lr = group["betas"], group["lr"]
+        for p, state in self.with_state(group, "exp_avg"):
+            m = state["exp_avg"]
+            update = m.lerp(p.grad, 1 - beta1).sign_()
+            p.mul_(1 - lr * group["weight_decay"])
+            p.add_(update, alpha=-lr)
+            m.lerp_(p.grad, 1 - beta2)
 
 
 # ----------------------------------------------------------------------------- schedules

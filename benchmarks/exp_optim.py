@@ -1,0 +1,297 @@
+"""Optimizer and schedule experiments (issue 5) on tiny Shakespeare, character level, configs/optim-lab.toml.
+
+    .venv/bin/python benchmarks/exp_optim.py all --jobs 2        # everything: ~50 min on 2 cores
+    .venv/bin/python benchmarks/exp_optim.py sweep               # LR finder + LR sweeps (AdamW, Muon)
+    .venv/bin/python benchmarks/exp_optim.py muon                # Muon vs AdamW at their tuned LRs, 3 seeds
+    .venv/bin/python benchmarks/exp_optim.py schedules           # (a) constant ... (d) warmup-stable-warmdown, 3 seeds
+    .venv/bin/python benchmarks/exp_optim.py step-cost           # wall-clock ms per step, AdamW vs Muon vs Lion
+    .venv/bin/python benchmarks/exp_optim.py schedule-plot       # docs/optim/schedules.png (no training)
+
+Every run is a real ``tinylm train`` process (one torch thread each, ``--jobs`` at a time); a run
+whose folder already holds a finished ``metrics.jsonl`` is reused, so the parts share runs and an
+interrupted experiment continues where it stopped. Losses do not depend on timing (no time budget),
+so running jobs side by side changes only how long it takes. Results: ``--out``/results.json, the
+markdown tables printed (and pasted into BENCHMARKS.md), and plots in docs/optim/.
+
+* **sweep**: ``tinylm lr-find`` for AdamW and Muon, then final val loss at each LR of a grid
+  (seed 0). The LR finder is valid when its suggestion lies within 2x of the sweep's best LR.
+* **muon**: AdamW and Muon each at its best sweep LR, seeds 0-2: final val loss (mean +- std) and
+  the steps each needs to reach AdamW's mean final val loss (linear between evaluations, every
+  ``eval_interval`` steps). Muon's AdamW part (embeddings, head, norms) uses AdamW's best LR.
+* **schedules**: AdamW at its best LR, seeds 0-2: (a) constant, no warmup; (b) cosine to 0.1 x lr, no
+  warmup; (c) warmup 50 + cosine to 0.1 x lr; (d) warmup 50 + stable + linear warmdown to 0 over
+  the last 20%.
+* **step-cost**: the library's ``Trainer.train_step`` for each optimizer on the lab model,
+  alternated in rounds, all threads (run it alone on a quiet machine).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TINYLM_DATA_DIR", str(REPO.parent / "shared" / "data"))
+
+from tinylm.config import build_config  # noqa: E402
+from tinylm.data import ensure_prepared  # noqa: E402
+from tinylm.diagnostics import logged_losses  # noqa: E402
+from tinylm.plotting import pyplot  # noqa: E402
+
+PRESET = REPO / "configs" / "optim-lab.toml"
+SEEDS = (0, 1, 2)
+ADAMW_LRS = (5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2)
+MUON_LRS = (5e-3, 1e-2, 2e-2, 4e-2, 8e-2)
+MUON = ["--optim.name", "muon", "--optim.weight_decay", "0"]  # no decay on Muon's matrices (as modded-nanogpt)
+SCHEDULES = {
+    "(a) constant": ["--optim.schedule", "constant", "--optim.warmup_steps", "0"],
+    "(b) cosine, no warmup": ["--optim.schedule", "cosine", "--optim.warmup_steps", "0"],
+    "(c) warmup + cosine": [],  # the preset (warmup 50, cosine to 0.1 x lr): the sweep's run at this LR
+    "(d) warmup + stable + warmdown": ["--optim.schedule", "wsd", "--optim.decay_shape", "linear",
+                                       "--optim.decay_frac", "0.2", "--optim.min_lr_ratio", "0"],
+}
+
+
+class Lab:
+    def __init__(self, out: Path, jobs: int):
+        self.out, self.jobs = out, jobs
+        self.data = out / "data"
+        self.base = ["--data.dir", str(self.data), "--run.dir", str(out / "runs"), "--run.progress", "false",
+                     "--train.threads", "1"]
+
+    def prepare(self) -> None:
+        ensure_prepared(build_config(PRESET, self.base).data, progress=False)
+
+    def run_dir(self, overrides: list[str]) -> Path:
+        key = hashlib.sha1(" ".join(overrides).encode()).hexdigest()[:10]
+        return self.out / "runs" / key
+
+    def runs(self, settings: list[list[str]]) -> list[Path]:
+        """Train every setting not trained yet (``--jobs`` at a time); the run folders, in order."""
+        todo = [s for s in settings if not self.finished(self.run_dir(s))]
+        if todo:
+            print(f"training {len(todo)} run(s), {self.jobs} at a time ...", flush=True)
+            with ThreadPoolExecutor(self.jobs) as pool:
+                list(pool.map(self._train, todo))
+        return [self.run_dir(s) for s in settings]
+
+    def finished(self, run: Path) -> bool:
+        cfg = build_config(PRESET, [])
+        return cfg.train.max_steps in logged_losses(run, "val_loss")
+
+    def _train(self, overrides: list[str]) -> None:
+        run = self.run_dir(overrides)
+        if run.exists():  # an unfinished earlier attempt: start again
+            subprocess.run(["rm", "-rf", str(run)], check=True)
+        cmd = [sys.executable, "-m", "tinylm", "train", "--config", str(PRESET), *self.base,
+               "--run.name", run.name, *overrides]
+        t0 = time.time()
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode:
+            raise SystemExit(f"run failed: {' '.join(cmd)}\n{done.stderr[-2000:]}")
+        (run / "overrides.txt").write_text(" ".join(overrides) + "\n")
+        print(f"  {time.time() - t0:5.0f}s  {' '.join(overrides)}  val {final_val(run):.4f}", flush=True)
+
+    def lr_find(self, name: str, overrides: list[str]) -> dict:
+        out = self.out / f"lr-find-{name}"
+        if not (out / "lr_find.json").is_file():
+            cmd = [sys.executable, "-m", "tinylm", "lr-find", "--config", str(PRESET), *self.base,
+                   "--steps", "300", "--start", "1e-5", "--end", "1", "--out", str(out), *overrides]
+            subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True, stdout=subprocess.DEVNULL)
+        return json.loads((out / "lr_find.json").read_text())
+
+
+def final_val(run: Path) -> float:
+    vals = logged_losses(run, "val_loss")
+    return vals[max(vals)]
+
+
+def steps_to(run: Path, target: float) -> float:
+    """First step at which val loss reaches ``target`` (linear between evaluations); inf if never."""
+    vals = sorted(logged_losses(run, "val_loss").items())
+    for (s0, v0), (s1, v1) in zip(vals, vals[1:]):
+        if v1 <= target:
+            return s1 if v0 <= target or v0 == v1 else s0 + (s1 - s0) * (v0 - target) / (v0 - v1)
+    return math.inf
+
+
+def mean_std(xs: list[float]) -> str:
+    return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}" if len(xs) > 1 else f"{xs[0]:.4f}"
+
+
+def lr_args(lr: float) -> list[str]:
+    return ["--optim.lr", f"{lr:g}"]
+
+
+# ----------------------------------------------------------------------------- parts
+
+def part_sweep(lab: Lab, results: dict) -> None:
+    finder = lab.lr_find("adamw", [])
+    adamw = lab.runs([lr_args(lr) for lr in ADAMW_LRS])
+    best_adamw = min(zip(ADAMW_LRS, adamw), key=lambda t: final_val(t[1]))[0]
+    finder_muon = lab.lr_find("muon", [*MUON, "--optim.lr", "0.02", "--optim.embed_lr", f"{best_adamw:g}"])
+    muon = lab.runs([[*MUON, *lr_args(lr), "--optim.embed_lr", f"{best_adamw:g}"] for lr in MUON_LRS])
+    best_muon = min(zip(MUON_LRS, muon), key=lambda t: final_val(t[1]))[0]
+    ratio = finder["suggested_lr"] / best_adamw
+    results["sweep"] = {
+        "adamw": {f"{lr:g}": final_val(r) for lr, r in zip(ADAMW_LRS, adamw)}, "best_adamw_lr": best_adamw,
+        "muon": {f"{lr:g}": final_val(r) for lr, r in zip(MUON_LRS, muon)}, "best_muon_lr": best_muon,
+        "lr_find_adamw": {k: finder[k] for k in ("divergence_lr", "suggested_lr", "divisor", "diverged")},
+        "lr_find_muon": {k: finder_muon[k] for k in ("divergence_lr", "suggested_lr", "divisor", "diverged")},
+        "finder_over_best": ratio, "finder_valid": 0.5 <= ratio <= 2.0}
+    print("\n## LR sweep (seed 0, final val loss)\n\n| optimizer | " +
+          " | ".join(f"lr {lr:g}" for lr in ADAMW_LRS) + " |\n|---|" + "---:|" * len(ADAMW_LRS))
+    print("| AdamW | " + " | ".join(f"{final_val(r):.4f}" for r in adamw) + " |")
+    print("\n| optimizer | " + " | ".join(f"lr {lr:g}" for lr in MUON_LRS) + " |\n|---|" + "---:|" * len(MUON_LRS))
+    print("| Muon | " + " | ".join(f"{final_val(r):.4f}" for r in muon) + " |")
+    print(f"\nLR finder (AdamW): divergence {finder['divergence_lr']:.3g}, suggested {finder['suggested_lr']:.3g}; "
+          f"sweep best {best_adamw:g}; ratio {ratio:.2f} -> {'within' if 0.5 <= ratio <= 2 else 'NOT within'} 2x")
+    print(f"LR finder (Muon, embed_lr fixed ratio): divergence {finder_muon['divergence_lr']:.3g}, suggested "
+          f"{finder_muon['suggested_lr']:.3g}; sweep best {best_muon:g}")
+
+
+def part_muon(lab: Lab, results: dict) -> None:
+    if "sweep" not in results:
+        part_sweep(lab, results)
+    a_lr, m_lr = results["sweep"]["best_adamw_lr"], results["sweep"]["best_muon_lr"]
+    adamw = lab.runs([[*lr_args(a_lr), "--train.seed", str(s)] if s else lr_args(a_lr) for s in SEEDS])
+    muon = lab.runs([[*MUON, *lr_args(m_lr), "--optim.embed_lr", f"{a_lr:g}", *(["--train.seed", str(s)] if s else [])]
+                     for s in SEEDS])
+    target = statistics.mean(final_val(r) for r in adamw)
+    steps = {"AdamW": [steps_to(r, target) for r in adamw], "Muon": [steps_to(r, target) for r in muon]}
+    results["muon"] = {"adamw_lr": a_lr, "muon_lr": m_lr, "target": target,
+                       "final": {"AdamW": [final_val(r) for r in adamw], "Muon": [final_val(r) for r in muon]},
+                       "steps_to_target": steps}
+    print(f"\n## Muon vs AdamW (3 seeds; target = AdamW's mean final val loss {target:.4f})\n")
+    print("| optimizer | LR | final val loss | steps to target (per seed) | mean steps |\n|---|---:|---:|---|---:|")
+    for name, runs, lr in (("AdamW", adamw, a_lr), ("Muon", muon, m_lr)):
+        st = steps[name]
+        print(f"| {name} | {lr:g} | {mean_std([final_val(r) for r in runs])} | "
+              f"{', '.join(f'{s:.0f}' for s in st)} | {statistics.mean(st):.0f} |")
+    plot_curves({"AdamW": adamw, "Muon": muon}, REPO / "docs" / "optim" / "muon_vs_adamw.png",
+                f"Muon (lr {m_lr:g}) vs AdamW (lr {a_lr:g}), 3 seeds", target)
+
+
+def part_schedules(lab: Lab, results: dict) -> None:
+    if "sweep" not in results:
+        part_sweep(lab, results)
+    lr = results["sweep"]["best_adamw_lr"]
+    runs = {name: lab.runs([[*lr_args(lr), *args, *(["--train.seed", str(s)] if s else [])] for s in SEEDS])
+            for name, args in SCHEDULES.items()}
+    results["schedules"] = {"lr": lr, "final": {n: [final_val(r) for r in rs] for n, rs in runs.items()}}
+    print(f"\n## Schedules (AdamW lr {lr:g}, 500 steps, 3 seeds)\n\n| schedule | final val loss (mean ± std) | "
+          "per seed |\n|---|---:|---|")
+    for name, rs in runs.items():
+        vs = [final_val(r) for r in rs]
+        print(f"| {name} | {mean_std(vs)} | {', '.join(f'{v:.4f}' for v in vs)} |")
+    plot_curves(runs, REPO / "docs" / "optim" / "schedules_val.png", f"LR schedules, AdamW lr {lr:g}, 3 seeds")
+
+
+def part_step_cost(lab: Lab, results: dict, steps: int = 20, rounds: int = 3) -> None:
+    import torch
+
+    from tinylm.train import Trainer
+    trainers = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, extra in (("AdamW", []), ("Muon", [*MUON, "--optim.lr", "0.02", "--optim.embed_lr", "3e-3"]),
+                            ("Lion", ["--optim.name", "lion", "--optim.lr", "3e-4"])):
+            cfg = build_config(PRESET, ["--data.dir", str(lab.data), "--run.dir", tmp, "--run.name", name,
+                                        "--run.progress", "false", *extra])
+            trainers[name] = Trainer(cfg, log=lambda *a, **k: None)
+        times: dict[str, list[float]] = {n: [] for n in trainers}
+        for t in trainers.values():
+            t.train_step(1.0)  # warm-up
+        for _ in range(rounds):
+            for name, t in trainers.items():
+                for _ in range(steps):
+                    t0 = time.perf_counter()
+                    t.train_step(1.0)
+                    times[name].append(time.perf_counter() - t0)
+    base = statistics.median(times["AdamW"])
+    results["step_cost"] = {n: 1000 * statistics.median(ts) for n, ts in times.items()}
+    print(f"\n## Wall-clock per step ({torch.get_num_threads()} threads, median of {steps * rounds})\n\n"
+          "| optimizer | ms/step | x AdamW |\n|---|---:|---:|")
+    for name, ts in times.items():
+        print(f"| {name} | {1000 * statistics.median(ts):.1f} | {statistics.median(ts) / base:.2f} |")
+
+
+def part_schedule_plot(lab: Lab, results: dict) -> None:
+    """Every schedule :func:`tinylm.optim.lr_scale` offers, over 1000 steps with warmup 100."""
+    from dataclasses import replace
+
+    from tinylm.config import OptimConfig
+    from tinylm.optim import lr_scale
+    plt = pyplot()
+    if plt is None:
+        raise SystemExit("schedule-plot needs matplotlib: pip install 'tinylm[plot]'")
+    base = OptimConfig(warmup_steps=100, min_lr_ratio=0.1, decay_frac=0.2)
+    shown = {"constant": replace(base, schedule="constant"), "cosine (to 0.1)": replace(base, schedule="cosine"),
+             "wsd, linear decay": replace(base, schedule="wsd"),
+             "wsd, cosine decay": replace(base, schedule="wsd", decay_shape="cosine"),
+             "wsd, 1-sqrt decay": replace(base, schedule="wsd", decay_shape="1-sqrt"),
+             "cosine_warmdown": replace(base, schedule="cosine_warmdown")}
+    fig, ax = plt.subplots(figsize=(7.2, 4.2), dpi=120)
+    for i, (name, cfg) in enumerate(shown.items()):
+        ax.plot(range(1000), [lr_scale(s, cfg, 1000) for s in range(1000)], color=f"C{i}", lw=1.6, label=name)
+    ax.set(xlabel="step", ylabel="LR / peak LR",
+           title="tinylm schedules: warmup_steps 100, min_lr_ratio 0.1, decay_frac 0.2")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = REPO / "docs" / "optim" / "schedules.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    print(f"wrote {path}")
+
+
+def plot_curves(groups: dict[str, list[Path]], path: Path, title: str, target: float | None = None) -> None:
+    plt = pyplot()
+    if plt is None:
+        return
+    fig, ax = plt.subplots(figsize=(7.2, 4.4), dpi=120)
+    for i, (name, runs) in enumerate(groups.items()):
+        for j, run in enumerate(runs):
+            vals = sorted(logged_losses(run, "val_loss").items())
+            ax.plot([s for s, _ in vals], [v for _, v in vals], color=f"C{i}", lw=1.2, alpha=0.8,
+                    label=name if j == 0 else None)
+    if target is not None:
+        ax.axhline(target, color="0.4", ls=":", lw=1, label=f"target {target:.3f}")
+    ax.set(xlabel="step", ylabel="val loss", title=title, ylim=(None, 2.6))
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+PARTS = {"sweep": part_sweep, "muon": part_muon, "schedules": part_schedules, "step-cost": part_step_cost,
+         "schedule-plot": part_schedule_plot}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("part", choices=[*PARTS, "all"])
+    p.add_argument("--jobs", type=int, default=2, help="training processes at a time (one thread each)")
+    p.add_argument("--out", default=str(REPO / "runs" / "exp-optim"))
+    args = p.parse_args()
+    lab = Lab(Path(args.out), args.jobs)
+    lab.prepare()
+    results_path = lab.out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    for name in (("sweep", "muon", "schedules") if args.part == "all" else (args.part,)):
+        PARTS[name](lab, results)
+        results_path.write_text(json.dumps(results, indent=1))
+    print(f"\nresults: {results_path}")
+
+
+if __name__ == "__main__":
+    main()
