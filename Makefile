@@ -14,7 +14,7 @@ setup: $(BIN)/.setup-done
 $(BIN)/.setup-done: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev,track]"
+	$(BIN)/pip install --quiet -e ".[dev,track,plot]"
 	touch $@
 
 # the main job: get Shakespeare, prepare it at character level, train, print samples
