@@ -197,6 +197,30 @@ def make_hf(vocab: int, precision: str) -> Contender:
 
 # --------------------------------------------------------------------------- measurement
 
+def gemm_floor_ms(vocab: int, reps: int = 5) -> float:
+    """Milliseconds of one training step's linear-layer matmuls alone, in fp32, at this shape.
+
+    Each linear (in -> out) over M = batch x context rows costs three GEMMs per step: the
+    forward (M, in) @ (in, out), and in the backward dX = dY @ W (M, out) @ (out, in) and
+    dW = dY^T @ X (out, M) @ (M, in). Per block: qkv (d -> 3d), attention output (d -> d),
+    MLP (d -> 4d, 4d -> d); plus the head (d -> vocab). Attention's own matmuls (inside SDPA)
+    are left out, so this is a lower bound on what any fp32 implementation of the step pays.
+    """
+    m, d = BATCH * BLOCK, N_EMBD
+    shapes = [(d, 3 * d), (d, d), (d, 4 * d), (4 * d, d)] * N_LAYER + [(d, vocab)]
+    gemms = []
+    for i, o in shapes:
+        gemms += [(torch.randn(m, i), torch.randn(i, o)), (torch.randn(m, o), torch.randn(o, i)),
+                  (torch.randn(o, m), torch.randn(m, i))]
+    times = []
+    for _ in range(reps + 1):  # the first pass warms up the allocator and the BLAS
+        t0 = time.perf_counter()
+        for a, b in gemms:
+            torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times[1:])
+
+
 def timed_steps(c: Contender, batches, record: list[float] | None) -> None:
     cpu0, wall0, loss = time.process_time(), time.perf_counter(), None
     for x, y in batches:
@@ -277,7 +301,10 @@ def run_setting(setup: Setup, vocab: int, ids: np.ndarray, args, log) -> dict:
             row["data_wait_mean_ms"] = 1000 * statistics.mean(c.data_s)
             row["data_wait_pct_of_step"] = 100 * statistics.mean(c.data_s) / med
         rows.append(row)
-    return {"vocab": vocab, "steps_per_contender": per_round * args.rounds, "load_1min": loads, "rows": rows}
+    floor = gemm_floor_ms(vocab)
+    log(f"  GEMM floor (the step's linear-layer matmuls alone, fp32): {floor:.0f} ms")
+    return {"vocab": vocab, "steps_per_contender": per_round * args.rounds, "load_1min": loads, "rows": rows,
+            "gemm_floor_ms": floor}
 
 
 def loop_check(setup: Setup, steps: int, log) -> dict:
@@ -397,6 +424,11 @@ def ratios(res: dict) -> list[str]:
             ratio = base["tokens_per_s"] / by[peer]["tokens_per_s"]
             lines.append(f"vocab {res['vocab']}: {base['contender']} / {peer} = {ratio:.2f}x "
                          f"(goal >= {goal}x: {'met' if ratio >= goal else 'NOT met'})")
+    if "HF GPT-2 fp32" in by and "gemm_floor_ms" in res:
+        floor, hf = res["gemm_floor_ms"], by["HF GPT-2 fp32"]["median_step_ms"]
+        lines.append(f"vocab {res['vocab']}: GEMM floor {floor:.0f} ms = {100 * floor / base['median_step_ms']:.0f}% "
+                     f"of tinylm's step; 2x HF fp32 needs a step of {hf / 2:.0f} ms "
+                     f"({'below' if hf / 2 < floor else 'above'} the fp32 GEMM floor)")
     if "data_wait_mean_ms" in base:
         lines.append(f"vocab {res['vocab']}: tinylm data wait (BatchLoader) median "
                      f"{base['data_wait_median_ms']:.2f} ms, mean {base['data_wait_mean_ms']:.2f} ms = "

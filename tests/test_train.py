@@ -14,7 +14,7 @@ from tinylm import checkpoint as ckpt
 from tinylm.cli import main
 from tinylm.diagnostics import logged_losses
 from tinylm.errors import TinyLMError
-from tinylm.train import resolve_precision, train
+from tinylm.train import Trainer, resolve_precision, train
 
 from conftest import cli_args, tiny_config
 
@@ -90,6 +90,20 @@ def test_resume_with_other_architecture_names_the_field(tmp_path, text_200k):
     cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 4, "model.n_layer": 3})
     with pytest.raises(TinyLMError, match=r"--model.n_layer: checkpoint 2, this run 3"):
         train(cfg, resume=True, log=lambda *a: None)
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 4, "optim.name": "lion"})
+    with pytest.raises(TinyLMError, match=r"--optim.name: checkpoint 'adamw', this run 'lion'"):
+        train(cfg, resume=True, log=lambda *a: None)
+
+
+def test_resume_takes_hyperparameters_from_the_config(tmp_path, text_200k):
+    """Resuming with another peak LR uses it; the optimizer's moments still come from the checkpoint."""
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 3, "train.eval_interval": 0})
+    train(cfg, log=lambda *a: None)
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 6, "optim.lr": 2e-3})
+    trainer = Trainer(cfg, resume=True, log=lambda *a: None)
+    assert trainer.step == 3
+    assert {g["peak_lr"] for g in trainer.optimizer.param_groups} == {2e-3}
+    assert all(s["step"] == 3 for s in trainer.optimizer.state_dict()["state"].values())
 
 
 def test_fp16_on_cpu_is_refused():

@@ -147,14 +147,16 @@ ARCH_KEYS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp", "
 
 
 def check_compatible(saved: Config, current: Config, ckpt: Path) -> None:
-    """Refuse a checkpoint whose architecture or tokenizer differs, naming the field."""
+    """Refuse a checkpoint whose architecture, tokenizer or optimizer differs, naming the field."""
     diffs = [f"--model.{k}: checkpoint {getattr(saved.model, k)!r}, this run {getattr(current.model, k)!r}"
              for k in ARCH_KEYS if getattr(saved.model, k) != getattr(current.model, k)]
     for k in ("tokenizer", "corpus"):
         if getattr(saved.data, k) != getattr(current.data, k):
             diffs.append(f"--data.{k}: checkpoint {getattr(saved.data, k)!r}, this run {getattr(current.data, k)!r}")
+    if saved.optim.name != current.optim.name:  # the optimizer's saved state has another layout
+        diffs.append(f"--optim.name: checkpoint {saved.optim.name!r}, this run {current.optim.name!r}")
     if diffs:
-        raise TinyLMError(f"checkpoint {ckpt} was made by a different model/data setup:\n  " + "\n  ".join(diffs)
+        raise TinyLMError(f"checkpoint {ckpt} was made by a different model/data/optimizer setup:\n  " + "\n  ".join(diffs)
                           + "\nresume with the same settings, or start a new run with another --run.name")
 
 

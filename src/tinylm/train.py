@@ -281,6 +281,9 @@ class Trainer:
                               f"{self.d.world_size}; resume with the same --nproc_per_node")
         model_state = ckpt.load_part(path, "model", self.device)
         optim_state = ckpt.load_part(path, "optimizer", self.device)
+        # loading replaces each group's settings with the saved ones; the config is the source of
+        # truth for hyperparameters (peak LRs, decay, betas), the checkpoint for the optimizer's state
+        settings = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         if self.cfg.train.fsdp and self.d.world_size > 1:  # full (unsharded) states -> this rank's shards
             from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                                  set_optimizer_state_dict)
@@ -290,6 +293,8 @@ class Trainer:
         else:
             self.raw_model.load_state_dict(model_state)
             self.optimizer.load_state_dict(optim_state)
+        for group, own in zip(self.optimizer.param_groups, settings):
+            group.update(own)
         self.loader.load_state_dict(state["loader"])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
