@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_generate.py --run runs/tinyshakespeare-char          # ~6 min on 2 cores
     .venv/bin/python benchmarks/bench_generate.py --run R --rounds 1 --new-tokens 50 --shapes ckpt   # smoke test
-    .venv/bin/python benchmarks/bench_generate.py --run R --wait-quiet 0.1 --json out.json  # for the docs
+    .venv/bin/python benchmarks/bench_generate.py --run R --wait-quiet 0.1 --compile --json out.json  # for the docs
 
 Part 1, a trained checkpoint (``--run``): greedy decoding of ``--new-tokens`` (500) tokens after a
 ``--prompt-tokens`` (32) token prompt cut from the validation text:
@@ -10,6 +10,9 @@ Part 1, a trained checkpoint (``--run``): greedy decoding of ``--new-tokens`` (5
 * **tinylm, KV cache**: ``tinylm.generate.generate(strategy="greedy")``. The prompt is read once,
   then each token costs one position; at the context length the window slides (the newest 3/4
   of the context is re-read into a new cache, once per block_size/4 tokens).
+* **tinylm, KV cache, compiled step** (``--compile``): the same after ``model.compile_decoding()``,
+  on a copy of the model: each one-token step runs through ``torch.compile``. The warm-up run
+  pays the compilation (its time is printed); the timed runs do not.
 * **full recompute, nanoGPT's loop**: crop to the last block_size tokens, run the whole window
   through the model, apply the head to the last position only, take the argmax, append. This is
   nanoGPT's ``generate`` with greedy selection, run on the same model object.
@@ -40,6 +43,7 @@ whose CPU/wall fell below 0.8 x threads (another job took a core; counted as "ru
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -50,6 +54,7 @@ import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +78,7 @@ class Result:
     new_tokens: int = 0
     note: str = ""
     repeated: int = 0  # timed runs thrown away because another process took the CPU
+    warmup: float = 0.0  # wall seconds of the untimed first run (with --compile: the compilation)
 
     @property
     def median(self) -> float:
@@ -177,9 +183,9 @@ def run_rounds(contenders: dict[str, tuple[Result, object]], rounds: int, log, w
     """Warm each contender up once, then ``rounds`` rounds of every contender in turn."""
     outputs = {}
     wait_for_quiet(wait_quiet, log)
-    for name, (_, fn) in contenders.items():
-        wall, _, outputs[name] = timed(fn)
-        log(f"  warm-up {name}: {wall:.2f} s")
+    for name, (res, fn) in contenders.items():
+        res.warmup, _, outputs[name] = timed(fn)
+        log(f"  warm-up {name}: {res.warmup:.2f} s")
     threads = torch.get_num_threads()
     for r in range(rounds):
         for name, (res, fn) in contenders.items():
@@ -228,6 +234,9 @@ def main() -> int:
     ap.add_argument("--batches", default="1,8", help="batch sizes for part 1 and the checkpoint-shaped part 2")
     ap.add_argument("--shapes", default="ckpt,gpt2", help="part 2 shapes: ckpt (the checkpoint's), gpt2 (12 x 768)")
     ap.add_argument("--no-default-size", action="store_true", help="skip part 1 at ModelConfig's default size")
+    ap.add_argument("--compile", action="store_true",
+                    help="part 1 also times the cache with a compiled decode step "
+                         "(one compilation per model and batch: 15-60 s each on 2 cores)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--wait-quiet", type=float, default=0.0,
@@ -242,12 +251,12 @@ def main() -> int:
     except ImportError:
         sys.exit("this benchmark needs transformers: .venv/bin/pip install -e '.[bench]'")
     torch.set_num_threads(args.threads)
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log = partial(print, file=sys.stderr, flush=True)
     wait_for_quiet(args.wait_quiet, log)
-    start_load, date = load_avg(), subprocess.run(["date"], capture_output=True, text=True).stdout.strip()
+    start_load, date = load_avg(), subprocess.run(["date"], capture_output=True, text=True, check=False).stdout.strip()
     batches = [int(b) for b in args.batches.split(",")]
     N = args.new_tokens
-    results: list[Result] = []
+    groups: list[list[Result]] = []  # tinylm contender(s), then the one they are compared with
     checks: list[str] = []
 
     # ---- part 1: the trained checkpoint, cache vs full recompute
@@ -266,21 +275,32 @@ def main() -> int:
         torch.manual_seed(0)
         d = ModelConfig(vocab_size=m.vocab_size)
         big = GPT(d).eval()
-        part1.append((big, f"{d.n_layer}x{d.n_embd}, {d.n_head} heads, ctx {d.block_size}, vocab {d.vocab_size}, "
-                           f"{d.pos}/{d.norm}/{d.mlp}", 1, "1 default size, untrained"))
+        big_shape = (f"{d.n_layer}x{d.n_embd}, {d.n_head} heads, ctx {d.block_size}, vocab {d.vocab_size}, "
+                     f"{d.pos}/{d.norm}/{d.mlp}")
+        part1.append((big, big_shape, 1, "1 default size, untrained"))
     for model, shape, B, part in part1:
         starts = np.linspace(0, len(val) - args.prompt_tokens - 1, B).astype(int)
         idx = torch.tensor(np.stack([val[s:s + args.prompt_tokens] for s in starts]).astype(np.int64))
         log(f"part 1: {part} ({shape}), batch {B}")
         cache = Result(part, shape, B, "tinylm, KV cache", new_tokens=N)
         full = Result(part, shape, B, "full recompute (nanoGPT loop)", new_tokens=N)
-        outs = run_rounds({cache.contender: (cache, lambda: tinylm_generate(model, idx, N)),
-                           full.contender: (full, lambda: recompute_generate(model, idx, N))}, args.rounds, log, args.wait_quiet)
+        contenders = {cache.contender: (cache, partial(tinylm_generate, model, idx, N))}
+        if args.compile:
+            compiled_model = copy.deepcopy(model)
+            compiled_model.compile_decoding()
+            compiled = Result(part, shape, B, "tinylm, KV cache, compiled step", new_tokens=N)
+            contenders[compiled.contender] = (compiled, partial(tinylm_generate, compiled_model, idx, N))
+        contenders[full.contender] = (full, partial(recompute_generate, model, idx, N))
+        outs = run_rounds(contenders, args.rounds, log, args.wait_quiet)
         exact = model.cfg.block_size - args.prompt_tokens + 1  # tokens generated before either window moves
         same = agree(outs[cache.contender], outs[full.contender], args.prompt_tokens)
         checks.append(f"{part}, batch {B}: the first {same} of {N} tokens agree between cache and recompute "
                       f"(both exact for the first {min(exact, N)}; later the windows differ)")
-        results += [cache, full]
+        if args.compile:
+            same_tokens = torch.equal(outs[compiled.contender], outs[cache.contender])
+            checks.append(f"{part}, batch {B}: the compiled step's first run (compiling) took {compiled.warmup:.0f} s; "
+                          f"its tokens {'equal' if same_tokens else 'DIFFER FROM'} the uncompiled cache's")
+        groups.append([r for r, _ in contenders.values()])
         if B == 1 and part == "1 checkpoint":
             sample = tok.decode(outs[cache.contender][0, args.prompt_tokens:args.prompt_tokens + 120].tolist())
             checks.append(f"part 1 greedy text (first 120 tokens): {sample!r}")
@@ -305,11 +325,11 @@ def main() -> int:
             a = Result(f"2 vs HF ({name})", desc, B, "tinylm generate (greedy, KV cache)", new_tokens=N)
             b = Result(f"2 vs HF ({name})", desc, B, "HF transformers generate (greedy, use_cache)", new_tokens=N,
                        note=f"transformers {transformers.__version__}, attn {hf.config._attn_implementation}")
-            outs = run_rounds({a.contender: (a, lambda: tinylm_generate(ours, idx, N)),
-                               b.contender: (b, lambda: hf_generate(hf, idx, N))}, args.rounds, log, args.wait_quiet)
+            outs = run_rounds({a.contender: (a, partial(tinylm_generate, ours, idx, N)),
+                               b.contender: (b, partial(hf_generate, hf, idx, N))}, args.rounds, log, args.wait_quiet)
             same = agree(outs[a.contender], outs[b.contender], args.prompt_tokens)
             checks.append(f"part 2 {name}, batch {B}: {same} of {N} greedy tokens identical to HF's before the first difference")
-            results += [a, b]
+            groups.append([a, b])
         del hf, ours
 
     # ---- the table
@@ -318,13 +338,13 @@ def main() -> int:
           f"load average at start: {start_load:.2f}; {args.rounds} timed rounds after one warm-up\n")
     print("| part | model | batch | contender | median s [min-max] | tokens/s | CPU/wall | speed-up | runs redone |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for i in range(0, len(results), 2):
-        first, second = results[i], results[i + 1]
-        for r in (first, second):
-            ratio = second.median / first.median if r is first else 1.0
+    for group in groups:
+        baseline = group[-1]
+        for r in group:
+            speedup = f"**{baseline.median / r.median:.1f}x**" if r is not baseline else "1.0x"
             print(f"| {r.part} | {r.shape} | {r.batch} | {r.contender} | {r.median:.2f} [{min(r.times):.2f}-"
                   f"{max(r.times):.2f}] | {r.tokens_per_s:,.0f} | {statistics.mean(r.cpu_ratio):.2f} | "
-                  f"{'**%.1fx**' % ratio if r is first else '1.0x'} | {r.repeated} |")
+                  f"{speedup} | {r.repeated} |")
     print()
     for c in checks:
         print(f"- {c}")
@@ -332,7 +352,7 @@ def main() -> int:
         Path(args.json).write_text(json.dumps({
             "command": cmd, "date": date, "machine": machine(), "threads": args.threads, "load_at_start": start_load,
             "end_load": load_avg(), "checks": checks,
-            "results": [{**asdict(r), "median": r.median, "tokens_per_s": r.tokens_per_s} for r in results]},
+            "results": [{**asdict(r), "median": r.median, "tokens_per_s": r.tokens_per_s} for g in groups for r in g]},
             indent=2))
     log(f"load average at the end: {load_avg():.2f} ({datetime.datetime.now():%H:%M:%S})")
     return 0

@@ -93,6 +93,16 @@ def test_cache_refuses_overflow_and_oversize():
         model.new_cache(1, max_len=9)
 
 
+@pytest.mark.slow
+def test_compiled_decoding_generates_what_eager_decoding_does():
+    """compile_decoding changes how fast a step runs, not what it computes: batch 1, and a
+    left-padded batch of 2 that slides its window (two compilations, ~1 min on a CPU)."""
+    eager, compiled = tiny(block=16, **VARIANTS["rope"]), tiny(block=16, **VARIANTS["rope"])
+    compiled.compile_decoding()
+    for prompts, s in (([[1, 2, 3]], cfg(strategy="greedy")), ([[1, 2, 3], [4]], cfg(strategy="sample"))):
+        assert tokens(compiled, prompts, s, seed=5) == tokens(eager, prompts, s, seed=5)
+
+
 def test_generation_leaves_training_mode_and_grad_mode_alone():
     model = tiny().train()
     generate(model, [[1, 2]], cfg(strategy="greedy", max_new_tokens=3))
@@ -362,10 +372,12 @@ def test_generate_text_streams_exactly_the_final_text(char_tok):
             assert not any(s in t for s in stop)
 
 
-def test_sample_text_keeps_its_signature(char_tok):
+def test_sample_text_is_the_first_sample_of_its_config(char_tok):
     model = GPT(ModelConfig(vocab_size=char_tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
-    a = sample_text(model, char_tok, "the ", 20, temperature=0.8, top_k=10, seed=1, device="cpu")
-    assert a.startswith("the ") and a == sample_text(model, char_tok, "the ", 20, temperature=0.8, top_k=10, seed=1)
+    for s in (SampleConfig(prompt="the ", max_new_tokens=20, strategy="top_p", top_p=0.9, num_samples=3),
+              SampleConfig(prompt="the ", max_new_tokens=20, strategy="beam", num_beams=3, num_samples=2)):
+        first = generate_text(model, char_tok, [s.prompt], s, seed=1)[0][0]
+        assert sample_text(model, char_tok, s, seed=1) == "the " + first.text
 
 
 def test_token_scores_match_a_plain_forward_and_handle_long_text():
@@ -391,11 +403,13 @@ def test_diversity_metrics():
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, text_200k):
-    """A run trained for a few steps on real text: enough for the CLI and the report."""
+    """A run trained for a few steps on real text: enough for the CLI and the report. Its
+    [sample] section asks for min-p sampling, which the trainer's samples must follow."""
     from conftest import tiny_config
     from tinylm.train import train
     tmp = tmp_path_factory.mktemp("gen-run")
-    c = tiny_config(tmp, text_200k, **{"train.max_steps": 20, "train.eval_interval": 20})
+    c = tiny_config(tmp, text_200k, **{"train.max_steps": 20, "train.eval_interval": 20,
+                                       "sample.strategy": "min_p", "sample.min_p": 0.05})
     train(c, log=lambda *a: None)
     return c.run_dir
 
@@ -424,9 +438,18 @@ def test_cli_sample_streams_the_same_text_as_the_library(trained_run, capsys):
     assert main(["sample", str(trained_run), "--max-new-tokens", "25", "--prompt", "an", "--seed", "9"]) == 0
     printed = capsys.readouterr().out.split("---\n", 1)[1]
     _, c, model, tok = _load_for_inference(str(trained_run), "last")
-    expected = sample_text(model, tok, "an", 25, temperature=c.sample.temperature, top_k=c.sample.top_k, seed=9)
+    expected = sample_text(model, tok, replace(c.sample, prompt="an", max_new_tokens=25), seed=9)
     assert printed == expected + "\n"
     assert ckpt.resolve_checkpoint(trained_run).name == "step_000020"
+
+
+def test_training_samples_follow_the_sample_config(trained_run):
+    """samples.md at the last evaluation holds what `tinylm sample` gives from that checkpoint."""
+    from tinylm.cli import _load_for_inference
+    _, c, model, tok = _load_for_inference(str(trained_run), "last")
+    assert c.sample.strategy == "min_p"
+    written = (trained_run / "samples.md").read_text().split("## step 20 ")[1].split("```\n")[1]
+    assert written == sample_text(model, tok, c.sample, seed=c.train.seed) + "\n"
 
 
 def test_decode_report_writes_table_and_samples(trained_run, tmp_path, capsys):

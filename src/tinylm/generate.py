@@ -12,7 +12,7 @@ Three layers, each usable on its own:
    sampling (``sample``, ``top_k``, ``top_p``, ``min_p``), beam search or contrastive search. Each
    prompt is read once into the model's KV cache, then each step costs one position per row.
 3. **Text**: :func:`generate_text` (encode, generate, decode, stream, stop strings),
-   :func:`sample_text` (the one-liner the trainer uses), and the measurements of the decode
+   :func:`sample_text` (one sample as a config asks; what the trainer writes), and the measurements of the decode
    report: :func:`token_scores`, :func:`distinct_n`, :func:`repetition_rate`.
 
 Reproducible: batch row r samples with its own ``torch.Generator`` seeded ``seed + r``, so sample
@@ -340,7 +340,7 @@ class _Rows:
         """Feed the tokens (B,) just appended; returns the next logits (B, V)."""
         if self.cache.full:
             return self.slide(appended=1, room=0, keep=self.keep)[0]
-        logits, _ = self.model.forward_cached(nxt[:, None], self.cache)  # (B, 1, V)
+        logits, _ = self.model.decode(nxt[:, None], self.cache)  # (B, 1, V)
         return logits[:, -1].float()
 
     def select(self, rows: list[int]) -> None:
@@ -485,7 +485,7 @@ def _contrastive(rows: _Rows, s: SampleConfig, procs, stops: _Stops, on_token) -
             valid = torch.ones(context.shape[:2], dtype=torch.bool, device=rows.device) if valid is None else valid
         # run every candidate one step: row b's cache repeated k times (rows b*k .. b*k+k-1)
         rows.cache.select(arange.repeat_interleave(kk))
-        logits_c, h_c = rows.model.forward_cached(cand.reshape(-1, 1), rows.cache)  # (B*k, 1, V), (B*k, 1, C)
+        logits_c, h_c = rows.model.decode(cand.reshape(-1, 1), rows.cache)  # (B*k, 1, V), (B*k, 1, C)
         h_c = h_c.view(B, kk, -1)  # (B, k, C)
         sim = F.normalize(h_c, dim=-1) @ F.normalize(context, dim=-1).transpose(1, 2)  # (B, k, T) cosines
         sim = sim.masked_fill(~valid[:, None, :], float("-inf"))  # padding is not context
@@ -663,16 +663,13 @@ def generate_text(model: GPT, tok: Tokenizer, prompts: Sequence[str], s: SampleC
     return results
 
 
-def sample_text(model: GPT, tok: Tokenizer, prompt: str, max_new_tokens: int, *, temperature: float,
-                top_k: int, seed: int, device: torch.device | str = "cpu") -> str:
-    """Prompt -> prompt + sampled text (temperature and top-k), reproducible for a given seed.
+def sample_text(model: GPT, tok: Tokenizer, s: SampleConfig, *, seed: int) -> str:
+    """``s.prompt`` + one continuation by ``s``'s strategy and processors, reproducible for a seed.
 
-    What the trainer writes to samples.md at each evaluation. ``device`` is accepted for old
-    callers; generation runs wherever the model's weights are.
+    What the trainer writes to samples.md at each evaluation, and what ``tinylm sample`` prints
+    as its first sample (sample 1 of ``num_samples``, the best beam).
     """
-    s = SampleConfig(prompt=prompt, max_new_tokens=max_new_tokens, strategy="sample",
-                     temperature=temperature, top_k=top_k)
-    return prompt + generate_text(model, tok, [prompt], s, seed=seed)[0][0].text
+    return s.prompt + generate_text(model, tok, [s.prompt], replace(s, num_samples=1), seed=seed)[0][0].text
 
 
 # --------------------------------------------------------------------------- measuring samples

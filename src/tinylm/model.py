@@ -57,9 +57,9 @@ class KVCache:
 
     def __init__(self, n_layer: int, batch: int, n_head: int, head_size: int, max_len: int, *,
                  dtype: torch.dtype, device: torch.device | str):
-        shape = (n_layer, batch, n_head, max_len, head_size)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)  # (L, B, nh, max_len, hs)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)  # (L, B, nh, max_len, hs)
+        # keys and values side by side, so that a new token's pair is stored in one copy
+        shape = (n_layer, 2, batch, n_head, max_len, head_size)
+        self.kv = torch.zeros(shape, dtype=dtype, device=device)  # (L, 2, B, nh, max_len, hs)
         self._split_layers()
         self.length = 0  # slots filled, the same in every row
         self.valid: torch.Tensor | None = None  # (B, max_len) bool, False = padding; None = no padding yet
@@ -67,16 +67,16 @@ class KVCache:
         self.rope: tuple[torch.Tensor, torch.Tensor] | None = None  # rotary tables for rotate_half_form
 
     def _split_layers(self) -> None:
-        # one view per layer, made once: indexing self.k[layer] at every step costs time
-        self.layers = [(self.k[i], self.v[i]) for i in range(self.k.size(0))]  # [(k, v) each (B, nh, max_len, hs)]
+        # one view per layer, made once: indexing self.kv[layer] at every step costs time
+        self.layers = [self.kv[i] for i in range(self.kv.size(0))]  # each (2, B, nh, max_len, hs)
 
     @property
     def max_len(self) -> int:
-        return self.k.size(3)
+        return self.kv.size(4)
 
     @property
     def batch(self) -> int:
-        return self.k.size(1)
+        return self.kv.size(2)
 
     @property
     def full(self) -> bool:
@@ -88,17 +88,18 @@ class KVCache:
         Beam search reorders its beams this way; contrastive search repeats each row once per
         candidate. ``select(torch.tensor([0, 0, 1]))`` turns a 2-row cache into 3 rows.
         """
-        self.k = self.k.index_select(1, rows)
-        self.v = self.v.index_select(1, rows)
+        self.kv = self.kv.index_select(2, rows)
         self._split_layers()
         if self.valid is not None:
             self.valid = self.valid.index_select(0, rows)
             self.n_real = self.n_real.index_select(0, rows)
 
 
-# Generation runs one token per step, where nn.Module's per-call bookkeeping costs as much as
-# a small model's arithmetic; the cached path therefore calls the modules' weights directly.
-# Same functions, same arithmetic, no dropout (inference only).
+# Generation runs one token per step, where each operation's fixed cost (nn.Module's per-call
+# bookkeeping, PyTorch's dispatch) outweighs a small model's arithmetic. The cached path therefore
+# calls the modules' weights directly and carries the residual stream as a matrix (B*T, C), which
+# F.linear multiplies without the reshapes a (B, T, C) input costs. Same functions, no dropout
+# (inference only).
 
 def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, layer.weight, layer.bias)
@@ -111,13 +112,12 @@ def norm(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def rotate_half_form(x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor) -> torch.Tensor:
-    """:func:`apply_rope` in fewer operations, with the same arithmetic, for generation.
+    """:func:`apply_rope` in fewer operations, for generation: the same values up to rounding.
 
-    With cos2 = [cos, cos] and sin2 = [-sin, sin], x * cos2 + [x2, x1] * sin2 computes
-    [x1 cos - x2 sin, x2 cos + x1 sin] in the same floating-point steps: the same numbers.
+    With cos2 = [cos, cos] and sin2 = [-sin, sin], x * cos2 + [x2, x1] * sin2 is
+    [x1 cos - x2 sin, x2 cos + x1 sin]; rolling the last axis by half swaps the halves.
     """
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos2 + torch.cat((x2, x1), dim=-1) * sin2
+    return torch.addcmul(x * cos2, x.roll(x.size(-1) // 2, dims=-1), sin2)
 
 
 def cached_attention_mask(valid: torch.Tensor | None, start: int, T: int, device) -> torch.Tensor:
@@ -170,24 +170,27 @@ class CausalSelfAttention(nn.Module):
 
     def forward_cached(self, x: torch.Tensor, rope, cache: KVCache, layer: int,
                        mask: torch.Tensor | None) -> torch.Tensor:
-        """Like forward for T new tokens, attending to the cached keys/values as well as their own.
+        """Like forward for T new tokens of each of the cache's B rows, x (B*T, C) -> (B*T, C),
+        attending to the cached keys/values as well as their own.
 
-        ``rope`` is (cos2, sin2) for :func:`rotate_half_form`, shaped (..., T, 1, 1, hs) to rotate
-        q and k in one go. ``mask`` None means "no padding": a prefill into an empty cache is plain
-        causal attention, and a single new token may see every stored slot.
+        ``rope`` is (cos2, sin2) for :func:`rotate_half_form`, shaped (..., T, 3, 1, hs) to rotate
+        q and k in one go and pass v through unchanged (its cos is 1, its sin 0). ``mask`` None
+        means "no padding": a prefill into an empty cache is plain causal attention, and a single
+        new token may see every stored slot.
         """
-        B, T, C = x.shape
+        B, C = cache.batch, x.size(1)
+        T = x.size(0) // B
         qkv = linear(self.qkv, x).view(B, T, 3, self.n_head, self.head_size)  # (B, T, 3, nh, hs)
         if self.q_norm is not None:  # per-head norms: the same numbers in this layout
             qkv = torch.stack((norm(self.q_norm, qkv[:, :, 0]), norm(self.k_norm, qkv[:, :, 1]), qkv[:, :, 2]), dim=2)
-        qk = qkv[:, :, :2] if rope is None else rotate_half_form(qkv[:, :, :2], *rope)  # (B, T, 2, nh, hs)
-        q, k = qk.transpose(1, 3).unbind(2)  # each (B, nh, T, hs)
-        v = qkv[:, :, 2].transpose(1, 2)  # (B, nh, T, hs)
+        if rope is not None:
+            qkv = rotate_half_form(qkv, *rope)
+        qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
         start, end = cache.length, cache.length + T
-        k_cache, v_cache = cache.layers[layer]  # each (B, nh, max_len, hs)
-        k_cache.narrow(2, start, T).copy_(k)
-        v_cache.narrow(2, start, T).copy_(v)
-        keys, values = k_cache.narrow(2, 0, end), v_cache.narrow(2, 0, end)  # each (B, nh, end, hs)
+        kv_cache = cache.layers[layer]  # (2, B, nh, max_len, hs)
+        kv_cache.narrow(3, start, T).copy_(qkv[1:])
+        q = qkv[0]  # (B, nh, T, hs)
+        keys, values = kv_cache.narrow(3, 0, end).unbind(0)  # each (B, nh, end, hs)
         if mask is None and start == 0:
             y = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
         elif mask is None and T == 1:
@@ -196,7 +199,7 @@ class CausalSelfAttention(nn.Module):
             if mask is None:
                 mask = cached_attention_mask(None, start, T, x.device)  # (T, end)
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
+        y = y.transpose(1, 2).reshape(B * T, C)  # (B*T, C): heads side by side again
         return linear(self.proj, y)
 
 
@@ -273,6 +276,7 @@ class GPT(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         # recompute each block's activations during backward instead of storing them (set by the trainer)
         self.activation_checkpointing = False
+        self._compiled_decode = None  # set by compile_decoding
         self.apply(self._init_weights)
         # residual projections write into the stream 2 * n_layer times: shrink them so the
         # stream's variance does not grow with depth (GPT-2 paper, section 2.3)
@@ -320,10 +324,11 @@ class GPT(nn.Module):
         cache = KVCache(c.n_layer, batch, c.n_head, c.n_embd // c.n_head, max_len, dtype=p.dtype, device=p.device)
         if self.wpe is None:  # made once per cache, not at every token
             cos, sin = self.rope_cos.to(p.dtype), self.rope_sin.to(p.dtype)  # each (block_size, hs/2)
-            # (block_size, 1, 1, hs): slicing positions gives (T, 1, 1, hs), which broadcasts over
-            # the q/k and head axes of (B, T, 2, nh, hs)
-            cache.rope = (torch.cat((cos, cos), dim=-1)[:, None, None, :],
-                          torch.cat((-sin, sin), dim=-1)[:, None, None, :])
+            cos2, sin2 = torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)  # each (block_size, hs)
+            # (block_size, 3, 1, hs) for q, k, v: slicing positions gives (T, 3, 1, hs), which
+            # broadcasts over the heads of (B, T, 3, nh, hs); v is left as it is (cos 1, sin 0)
+            cache.rope = (torch.stack((cos2, cos2, torch.ones_like(cos2)), dim=1)[:, :, None, :],
+                          torch.stack((sin2, sin2, torch.zeros_like(sin2)), dim=1)[:, :, None, :])
         return cache
 
     def forward_cached(self, idx: torch.Tensor, cache: KVCache, valid: torch.Tensor | None = None, *,
@@ -359,15 +364,34 @@ class GPT(nn.Module):
         if self.wpe is not None:
             x = x + (self.wpe.weight[start:start + T] if pos is None else F.embedding(pos, self.wpe.weight))  # (T, C) or (B, T, C)
         else:
-            cos2, sin2 = cache.rope  # each (block_size, 1, 1, hs)
-            # (T, 1, 1, hs), or per row (B, T, 1, 1, hs)
+            cos2, sin2 = cache.rope  # each (block_size, 3, 1, hs)
+            # (T, 3, 1, hs), or per row (B, T, 3, 1, hs)
             rope = (cos2[start:start + T], sin2[start:start + T]) if pos is None else (cos2[pos], sin2[pos])
+        x = x.view(B * T, -1)  # (B*T, C): the blocks work on a matrix
         for layer, block in enumerate(self.blocks):
             x = block.forward_cached(x, rope, cache, layer, mask)
         cache.length += T
-        h = norm(self.norm_f, x)  # (B, T, C)
+        h = norm(self.norm_f, x).view(B, T, -1)  # (B, T, C)
         logits = linear(self.lm_head, h if all_logits else h[:, -1:])  # (B, T or 1, vocab)
         return logits, h
+
+    def decode(self, idx: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward_cached` for one new token per row, idx (B, 1): generation's every step.
+
+        Compiled once :meth:`compile_decoding` was called. Returns logits (B, 1, vocab), h (B, 1, C).
+        """
+        return (self._compiled_decode or self.forward_cached)(idx, cache)
+
+    def compile_decoding(self) -> None:
+        """From now on run :meth:`decode` through ``torch.compile``: faster steps, slow start.
+
+        At batch 1 a step of a small model is ~100 tiny tensor operations whose fixed costs
+        outweigh their arithmetic; compiled, they fuse into a few kernels. Compiling takes tens of
+        seconds on a CPU at the first step, and again for a batch of another kind (batch 1 vs
+        more, left-padded or not); prompt reads and window slides stay uncompiled. On a CPU it
+        needs a C++ compiler. Measured in BENCHMARKS.md (``bench_generate.py --compile``).
+        """
+        self._compiled_decode = torch.compile(self.forward_cached, dynamic=True)
 
     def num_params(self, non_embedding: bool = False) -> int:
         """All parameters (a tied head counted once), or without the token/position tables.

@@ -453,9 +453,7 @@ class Trainer:
             if self.cfg.train.fsdp and self.d.world_size > 1:  # sharded weights: sample from a full copy
                 sampler = GPT(self.cfg.model).to(self.device)
                 sampler.load_state_dict(model_state)
-            text = sample_text(sampler, self.tok, self.cfg.sample.prompt, self.cfg.sample.max_new_tokens,
-                               temperature=self.cfg.sample.temperature, top_k=self.cfg.sample.top_k,
-                               seed=self.cfg.train.seed, device=self.device)
+            text = sample_text(sampler, self.tok, self.cfg.sample, seed=self.cfg.train.seed)  # as `tinylm sample` does
             with open(self.run_dir / "samples.md", "a", encoding="utf-8") as f:
                 f.write(f"## step {self.step} (val loss {val_loss:.4f})\n\n```\n{text}\n```\n\n")
         return val_loss
