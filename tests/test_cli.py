@@ -42,4 +42,4 @@ def test_config_command(capsys):
     assert main(["config", "--model.n_layer", "3"]) == 0
     assert "n_layer = 3" in capsys.readouterr().out
     assert main(["config", "--keys"]) == 0
-    assert "--optim.lr (default 0.001): Peak learning rate." in capsys.readouterr().out
+    assert "--optim.lr (default 0.001): Peak learning rate of the hidden weight matrices" in capsys.readouterr().out

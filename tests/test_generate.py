@@ -443,6 +443,18 @@ def test_cli_sample_streams_the_same_text_as_the_library(trained_run, capsys):
     assert ckpt.resolve_checkpoint(trained_run).name == "step_000020"
 
 
+def test_cli_sample_compile_setting_compiles_the_decode_step(trained_run, capsys, monkeypatch):
+    """--sample.compile true reaches GPT.compile_decoding (the compiled path itself: a slow test above)."""
+    from tinylm.cli import main
+    from tinylm.model import GPT
+    calls = []
+    monkeypatch.setattr(GPT, "compile_decoding", lambda self: calls.append(self))
+    assert main(["sample", str(trained_run), "--max-new-tokens", "5"]) == 0 and calls == []
+    assert main(["sample", str(trained_run), "--max-new-tokens", "5", "--sample.compile", "true"]) == 0
+    assert len(calls) == 1
+    capsys.readouterr()
+
+
 def test_training_samples_follow_the_sample_config(trained_run):
     """samples.md at the last evaluation holds what `tinylm sample` gives from that checkpoint."""
     from tinylm.cli import _load_for_inference

@@ -122,6 +122,8 @@ def cmd_sample(args, extra) -> int:
     seed = cfg.train.seed if args.seed is None else args.seed
     stops = args.stop or []
     print(f"tinylm: {path.name}, {_describe_sample(s)}, seed {seed}", file=sys.stderr)
+    if s.compile:
+        model.compile_decoding()  # compiled at the first generated token
 
     def emit(_row: int, piece: str) -> None:
         sys.stdout.write(piece)
