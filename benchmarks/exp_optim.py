@@ -16,11 +16,13 @@ markdown tables printed (and pasted into BENCHMARKS.md), and plots in docs/optim
 * **sweep**: ``tinylm lr-find`` for AdamW and Muon, then final val loss at each LR of a grid
   (seed 0). The LR finder is valid when its suggestion lies within 2x of the sweep's best LR.
 * **muon**: AdamW and Muon each at its best sweep LR, seeds 0-2: final val loss (mean +- std) and
-  the steps each needs to reach AdamW's mean final val loss (linear between evaluations, every
-  ``eval_interval`` steps). Muon's AdamW part (embeddings, head, norms) uses AdamW's best LR.
+  the steps Muon needs to reach the final val loss of AdamW with the same seed (linear between
+  evaluations, every ``eval_interval`` steps; AdamW needs all its steps for it). Muon's AdamW part
+  (embeddings, head, norms) uses AdamW's best LR.
 * **schedules**: AdamW at its best LR, seeds 0-2: (a) constant, no warmup; (b) cosine to 0.1 x lr, no
   warmup; (c) warmup 50 + cosine to 0.1 x lr; (d) warmup 50 + stable + linear warmdown to 0 over
-  the last 20%.
+  the last 20%; and a control, (e) warmup 50 + constant, that separates the effect of warmup from
+  that of the decay.
 * **step-cost**: the library's ``Trainer.train_step`` for each optimizer on the lab model,
   alternated in rounds, all threads (run it alone on a quiet machine).
 """
@@ -58,6 +60,7 @@ SCHEDULES = {
     "(c) warmup + cosine": [],  # the preset (warmup 50, cosine to 0.1 x lr): the sweep's run at this LR
     "(d) warmup + stable + warmdown": ["--optim.schedule", "wsd", "--optim.decay_shape", "linear",
                                        "--optim.decay_frac", "0.2", "--optim.min_lr_ratio", "0"],
+    "(e) control: warmup + constant": ["--optim.schedule", "constant"],  # separates warmup from decay
 }
 
 
@@ -168,16 +171,23 @@ def part_muon(lab: Lab, results: dict) -> None:
     muon = lab.runs([[*MUON, *lr_args(m_lr), "--optim.embed_lr", f"{a_lr:g}", *(["--train.seed", str(s)] if s else [])]
                      for s in SEEDS])
     target = statistics.mean(final_val(r) for r in adamw)
-    steps = {"AdamW": [steps_to(r, target) for r in adamw], "Muon": [steps_to(r, target) for r in muon]}
-    results["muon"] = {"adamw_lr": a_lr, "muon_lr": m_lr, "target": target,
+    # per seed: the steps Muon needs to reach the val loss AdamW ends at with the same seed
+    # (AdamW needs all of max_steps for it, by definition)
+    paired = [steps_to(m, final_val(a)) for a, m in zip(adamw, muon)]
+    max_steps = build_config(PRESET, []).train.max_steps
+    results["muon"] = {"adamw_lr": a_lr, "muon_lr": m_lr, "mean_target": target,
                        "final": {"AdamW": [final_val(r) for r in adamw], "Muon": [final_val(r) for r in muon]},
-                       "steps_to_target": steps}
-    print(f"\n## Muon vs AdamW (3 seeds; target = AdamW's mean final val loss {target:.4f})\n")
-    print("| optimizer | LR | final val loss | steps to target (per seed) | mean steps |\n|---|---:|---:|---|---:|")
+                       "muon_steps_to_adamw_final_same_seed": paired,
+                       "muon_steps_to_mean_target": [steps_to(r, target) for r in muon]}
+    print(f"\n## Muon vs AdamW (3 seeds, {max_steps} steps, warmup + cosine)\n")
+    print("| optimizer | LR | final val loss (mean ± std) | per seed |\n|---|---:|---:|---|")
     for name, runs, lr in (("AdamW", adamw, a_lr), ("Muon", muon, m_lr)):
-        st = steps[name]
-        print(f"| {name} | {lr:g} | {mean_std([final_val(r) for r in runs])} | "
-              f"{', '.join(f'{s:.0f}' for s in st)} | {statistics.mean(st):.0f} |")
+        vs = [final_val(r) for r in runs]
+        print(f"| {name} | {lr:g} | {mean_std(vs)} | {', '.join(f'{v:.4f}' for v in vs)} |")
+    print(f"\nSteps Muon needs to reach AdamW's final val loss of the same seed: "
+          f"{', '.join(f'{s:.0f}' for s in paired)} (mean {statistics.mean(paired):.0f} vs AdamW's {max_steps}: "
+          f"{100 * (1 - statistics.mean(paired) / max_steps):.0f}% fewer). To AdamW's mean {target:.4f}: "
+          f"{', '.join(f'{s:.0f}' for s in results['muon']['muon_steps_to_mean_target'])}.")
     plot_curves({"AdamW": adamw, "Muon": muon}, REPO / "docs" / "optim" / "muon_vs_adamw.png",
                 f"Muon (lr {m_lr:g}) vs AdamW (lr {a_lr:g}), 3 seeds", target)
 
