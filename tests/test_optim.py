@@ -205,3 +205,8 @@ def test_lr_find_cli_writes_results_and_leaves_the_run_alone(tmp_path, text_200k
     assert "suggested --optim.lr" in capsys.readouterr().out
     assert main(["lr-find", "--steps", "5"]) != 0
     assert "needs at least 10 steps" in capsys.readouterr().err
+
+
+def test_orthogonalize_a_batch_equals_one_by_one():
+    gs = torch.randn(3, 40, 24, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(orthogonalize(gs), torch.stack([orthogonalize(g) for g in gs]), rtol=1e-4, atol=1e-5)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,16 +39,20 @@ class CrashReport:
     returncode: int | None = None
 
 
-def crash_harness(cfg: Config, *, min_kills: int = 3, seed: int = 0, window: tuple[float, float] = (2.0, 5.0),
+def crash_harness(cfg: Config, *, min_kills: int = 3, seed: int = 0, jitter: float = 0.05,
                   max_rounds: int = 50) -> CrashReport:
     """Train ``cfg`` in a child process, SIGKILL it at random moments, resume, until it finishes.
 
     After every kill the newest checkpoint must load (model, optimizer, trainer state). A kill
-    lands anywhere: mid-step, mid-save, mid-write of metrics. Each round waits a random time in
-    ``window`` seconds (start-up included); after ``min_kills`` kills the run is left to finish.
+    lands anywhere: mid-step, mid-save, mid-write of metrics. Kills follow the run's progress,
+    not the clock, so a fast machine cannot finish before them: each round picks a random step
+    past the last one logged (leaving room for the kills still to come), waits until the run logs
+    it, waits a further random 0 to ``jitter`` seconds, and kills. After ``min_kills`` kills the
+    run is left to finish. Log every step (``train.log_interval 1``) for the finest spread.
     """
     rng = random.Random(seed)
     report = CrashReport()
+    last_target = cfg.train.max_steps - 2 * cfg.train.log_interval  # a kill target the run surely logs before its end
     with tempfile.TemporaryDirectory() as tmp:
         preset = Path(tmp) / "run.toml"
         preset.write_text(to_toml(cfg))
@@ -55,10 +60,10 @@ def crash_harness(cfg: Config, *, min_kills: int = 3, seed: int = 0, window: tup
         for _ in range(max_rounds):
             resume = ["--resume"] if cfg.run_dir.exists() else []
             proc = subprocess.Popen(base + resume, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            try:
-                timeout = rng.uniform(*window) if report.kills < min_kills else None
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
+            logged = max(logged_losses(cfg.run_dir), default=0)
+            room = (last_target - logged) // (min_kills - report.kills + 1) if report.kills < min_kills else 0
+            if room >= 1 and _wait_for_step(proc, cfg.run_dir, logged + rng.randint(1, room)):
+                time.sleep(rng.uniform(0.0, jitter))
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 report.kills += 1
@@ -74,8 +79,18 @@ def crash_harness(cfg: Config, *, min_kills: int = 3, seed: int = 0, window: tup
                         report.unreadable_checkpoints += 1
                 report.lost_steps.append(max(logged - resumed_at, 0))
                 continue
+            proc.wait()
             report.returncode = proc.returncode
             if proc.returncode != 0:
                 raise TinyLMError(f"the resumed run failed: {proc.stderr.read().decode()[-2000:]}")
             return report
     raise TinyLMError(f"the run did not finish within {max_rounds} rounds")
+
+
+def _wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, poll: float = 0.002) -> bool:
+    """Wait until the run logs ``step`` (True) or the process ends first (False)."""
+    while proc.poll() is None:
+        if max(logged_losses(run_dir), default=0) >= step:
+            return True
+        time.sleep(poll)
+    return False

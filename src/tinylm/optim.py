@@ -113,9 +113,10 @@ class _GroupwiseOptimizer(torch.optim.Optimizer):
 def orthogonalize(g: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The nearest semi-orthogonal matrix to ``g`` (its ``U V^T``), approximately, by Newton-Schulz.
 
-    Works on the smaller side: a tall (m > n) matrix is transposed so that ``X @ X^T`` is the
-    small n x n Gram matrix. The result has ``g``'s shape and singular values near 1 (0.7-1.2 with
-    the quintic coefficients: the iteration trades exactness for speed, which Muon does not mind).
+    ``g`` is one matrix (m, n) or a batch of them (..., m, n). Works on the smaller side: a tall
+    (m > n) matrix is transposed so that ``X @ X^T`` is the small n x n Gram matrix. The result has
+    ``g``'s shape and singular values near 1 (0.7-1.2 with the quintic coefficients: the iteration
+    trades exactness for speed, which Muon does not mind).
     """
     a, b, c = NS_COEFFS
     x = g.to(dtype)
@@ -166,13 +167,18 @@ class Muon(_GroupwiseOptimizer):
 
     def _muon_step(self, group: dict) -> None:
         lr, mu = group["lr"], group["momentum"]
+        by_shape: dict[torch.Size, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # shape -> [(param, update)]
         for p, state in self.with_state(group, "momentum_buffer"):
             buf = state["momentum_buffer"]
             buf.mul_(mu).add_(p.grad)
-            update = p.grad.add(buf, alpha=mu) if group["nesterov"] else buf
-            update = orthogonalize(update, group["ns_steps"], self.ns_dtype)
-            p.mul_(1 - lr * group["weight_decay"])
-            p.add_(update, alpha=-lr * max(1.0, p.size(0) / p.size(1)) ** 0.5)
+            by_shape.setdefault(p.shape, []).append((p, p.grad.add(buf, alpha=mu) if group["nesterov"] else buf))
+        for (rows, cols), items in by_shape.items():
+            # matrices of one shape (the same projection in every block) orthogonalize together:
+            # one batched matmul per iteration instead of one per matrix
+            updates = orthogonalize(torch.stack([u for _, u in items]), group["ns_steps"], self.ns_dtype)
+            for (p, _), update in zip(items, updates):
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(update, alpha=-lr * max(1.0, rows / cols) ** 0.5)
 
     def _adamw_step(self, group: dict) -> None:
         (beta1, beta2), lr = group["betas"], group["lr"]
