@@ -210,3 +210,10 @@ def test_lr_find_cli_writes_results_and_leaves_the_run_alone(tmp_path, text_200k
 def test_orthogonalize_a_batch_equals_one_by_one():
     gs = torch.randn(3, 40, 24, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(orthogonalize(gs), torch.stack([orthogonalize(g) for g in gs]), rtol=1e-4, atol=1e-5)
+
+
+def test_lr_find_refuses_torchrun(tmp_path, text_200k, monkeypatch):
+    from tinylm.lr_find import lr_find
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(TinyLMError, match="not under torchrun"):
+        lr_find(tiny_config(tmp_path, text_200k), steps=20)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,8 @@ def lr_find(cfg: Config, *, start: float = 1e-5, end: float = 1.0, steps: int = 
     ``out`` defaults to ``<run.dir>/<run.name>-lr-find``, beside the run folder, not in it.
     Returns the result dict (see :func:`tinylm.optim.lr_find_result`) plus the paths written.
     """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise TinyLMError("lr-find runs in one process: start it with `tinylm lr-find`, not under torchrun")
     if not 0 < start < end:
         raise TinyLMError(f"lr-find needs 0 < --start < --end (got {start}, {end})")
     if steps < 10:
