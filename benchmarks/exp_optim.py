@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/exp_optim.py sweep               # LR finder + LR sweeps (AdamW, Muon)
     .venv/bin/python benchmarks/exp_optim.py muon                # Muon vs AdamW at their tuned LRs, 3 seeds
     .venv/bin/python benchmarks/exp_optim.py schedules           # (a) constant ... (d) warmup-stable-warmdown, 3 seeds
+    .venv/bin/python benchmarks/exp_optim.py sweep-long          # AdamW sweep at 3x the steps: does the best LR move?
     .venv/bin/python benchmarks/exp_optim.py step-cost           # wall-clock ms per step, AdamW vs Muon vs Lion
     .venv/bin/python benchmarks/exp_optim.py schedule-plot       # docs/optim/schedules.png (no training)
 
@@ -23,6 +24,8 @@ markdown tables printed (and pasted into BENCHMARKS.md), and plots in docs/optim
   warmup; (c) warmup 50 + cosine to 0.1 x lr; (d) warmup 50 + stable + linear warmdown to 0 over
   the last 20%; and a control, (e) warmup 50 + constant, that separates the effect of warmup from
   that of the decay.
+* **sweep-long**: the AdamW sweep again at 1500 steps (warmup 150), against the same LR-finder
+  suggestion (the range test does not depend on the run's length).
 * **step-cost**: the library's ``Trainer.train_step`` for each optimizer on the lab model,
   alternated in rounds, all threads (run it alone on a quiet machine).
 """
@@ -78,18 +81,17 @@ class Lab:
         key = hashlib.sha1(" ".join(overrides).encode()).hexdigest()[:10]
         return self.out / "runs" / key
 
-    def runs(self, settings: list[list[str]]) -> list[Path]:
+    def runs(self, settings: list[list[str]], max_steps: int | None = None) -> list[Path]:
         """Train every setting not trained yet (``--jobs`` at a time); the run folders, in order."""
-        todo = [s for s in settings if not self.finished(self.run_dir(s))]
+        todo = [s for s in settings if not self.finished(self.run_dir(s), max_steps)]
         if todo:
             print(f"training {len(todo)} run(s), {self.jobs} at a time ...", flush=True)
             with ThreadPoolExecutor(self.jobs) as pool:
                 list(pool.map(self._train, todo))
         return [self.run_dir(s) for s in settings]
 
-    def finished(self, run: Path) -> bool:
-        cfg = build_config(PRESET, [])
-        return cfg.train.max_steps in logged_losses(run, "val_loss")
+    def finished(self, run: Path, max_steps: int | None = None) -> bool:
+        return (max_steps or build_config(PRESET, []).train.max_steps) in logged_losses(run, "val_loss")
 
     def _train(self, overrides: list[str]) -> None:
         run = self.run_dir(overrides)
@@ -161,6 +163,21 @@ def part_sweep(lab: Lab, results: dict) -> None:
           f"sweep best {best_adamw:g}; ratio {ratio:.2f} -> {'within' if 0.5 <= ratio <= 2 else 'NOT within'} 2x")
     print(f"LR finder (Muon, embed_lr fixed ratio): divergence {finder_muon['divergence_lr']:.3g}, suggested "
           f"{finder_muon['suggested_lr']:.3g}; sweep best {best_muon:g}")
+
+
+def part_sweep_long(lab: Lab, results: dict) -> None:
+    if "sweep" not in results:
+        part_sweep(lab, results)
+    longer = ["--train.max_steps", "1500", "--optim.warmup_steps", "150"]
+    lrs = ADAMW_LRS[1:5]
+    runs = lab.runs([[*lr_args(lr), *longer] for lr in lrs], max_steps=1500)
+    finals = {f"{lr:g}": final_val(r) for lr, r in zip(lrs, runs)}
+    best = min(zip(lrs, runs), key=lambda t: final_val(t[1]))[0]
+    suggested = results["sweep"]["lr_find_adamw"]["suggested_lr"]
+    results["sweep_long"] = {"final": finals, "best_lr": best, "finder_over_best": suggested / best}
+    print("\n## AdamW sweep at 1500 steps (warmup 150, seed 0)\n\n| lr | " + " | ".join(finals) + " |\n|---|"
+          + "---:|" * len(finals) + "\n| val loss | " + " | ".join(f"{v:.4f}" for v in finals.values()) + " |")
+    print(f"\nbest {best:g}; LR finder suggestion {suggested:.3g} = {suggested / best:.2f} x best")
 
 
 def part_muon(lab: Lab, results: dict) -> None:
@@ -283,7 +300,7 @@ def plot_curves(groups: dict[str, list[Path]], path: Path, title: str, target: f
     plt.close(fig)
 
 
-PARTS = {"sweep": part_sweep, "muon": part_muon, "schedules": part_schedules, "step-cost": part_step_cost,
+PARTS = {"sweep": part_sweep, "sweep-long": part_sweep_long, "muon": part_muon, "schedules": part_schedules, "step-cost": part_step_cost,
          "schedule-plot": part_schedule_plot}
 
 
