@@ -31,7 +31,8 @@ def tiny_gpt(**kw) -> GPT:
 
 def test_param_groups_by_role():
     model = tiny_gpt(tie_embeddings=False, bias=True)
-    cfg = OptimConfig(lr=1e-3, embed_lr=5e-3, scalar_lr=2e-3, weight_decay=0.1, embed_weight_decay=0.01)
+    cfg = OptimConfig(lr=1e-3, embed_lr=5e-3, scalar_lr=2e-3, weight_decay=0.1, embed_weight_decay=0.01,
+                      beta1=0.9, beta2=0.95, embed_beta1=0.8, embed_beta2=0.99)
     groups = {g["role"]: g for g in param_groups(model, cfg)}
     ids = {role: {id(p) for p in g["params"]} for role, g in groups.items()}
     assert ids["embeddings"] == {id(model.wte.weight), id(model.wpe.weight), id(model.lm_head.weight)}
@@ -41,6 +42,9 @@ def test_param_groups_by_role():
     assert n == len(list(model.parameters()))  # every parameter exactly once
     assert [(groups[r]["peak_lr"], groups[r]["weight_decay"]) for r in ("matrices", "embeddings", "scalars")] == \
         [(1e-3, 0.1), (5e-3, 0.01), (2e-3, 0.0)]
+    assert [groups[r]["betas"] for r in ("matrices", "embeddings", "scalars")] == [(0.9, 0.95), (0.8, 0.99), (0.8, 0.99)]
+    opt = build_optimizer(model, cfg, "cpu")  # torch's AdamW keeps each group's own betas
+    assert [g["betas"] for g in opt.param_groups] == [(0.9, 0.95), (0.8, 0.99), (0.8, 0.99)]
     tied = {g["role"]: g for g in param_groups(tiny_gpt(), OptimConfig(lr=1e-3))}
     assert [id(p) for p in tied["embeddings"]["params"]].count(id(tied["embeddings"]["params"][0])) == 1
     assert tied["embeddings"]["peak_lr"] == tied["scalars"]["peak_lr"] == 1e-3  # 0 = inherit lr

@@ -102,9 +102,13 @@ class OptimConfig:
     embed_weight_decay: float = 0.0
     """Decoupled weight decay of the embeddings and head (norms, biases and vectors never decay)."""
     beta1: float = 0.9
-    """Adam first-moment decay (Lion: the interpolation factor of its update)."""
+    """Adam first-moment decay of the hidden matrices (Lion: the interpolation factor of its update)."""
     beta2: float = 0.95
     """Adam second-moment decay (Lion: its momentum decay; the Lion paper uses 0.99)."""
+    embed_beta1: float = 0.9
+    """beta1 of the embeddings, head, norms and biases (with muon: of its AdamW part)."""
+    embed_beta2: float = 0.95
+    """beta2 of the embeddings, head, norms and biases (with muon: of its AdamW part)."""
     eps: float = 1e-8
     """Adam epsilon."""
     momentum: float = 0.95
@@ -401,7 +405,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     need(o.lr > 0 and math.isfinite(o.lr), f"--optim.lr {o.lr} must be a positive number")
     need(0 <= o.min_lr_ratio <= 1, f"--optim.min_lr_ratio {o.min_lr_ratio} must be in [0, 1]")
     need(o.warmup_steps >= 0, "--optim.warmup_steps must be >= 0")
-    need(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "--optim.beta1 and --optim.beta2 must be in [0, 1)")
+    need(all(0 <= b < 1 for b in (o.beta1, o.beta2, o.embed_beta1, o.embed_beta2)),
+         "--optim.beta1, --optim.beta2, --optim.embed_beta1 and --optim.embed_beta2 must be in [0, 1)")
     need(o.weight_decay >= 0 and o.embed_weight_decay >= 0 and o.grad_clip >= 0,
          "--optim.weight_decay, --optim.embed_weight_decay and --optim.grad_clip must be >= 0")
     need(o.embed_lr >= 0 and o.scalar_lr >= 0, "--optim.embed_lr and --optim.scalar_lr must be >= 0 (0 = inherit)")

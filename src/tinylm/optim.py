@@ -26,10 +26,11 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     """Parameters by role, each group with its peak LR and weight decay.
 
     * ``matrices``: hidden weight matrices (attention and MLP projections): decay ``weight_decay``,
-      LR ``lr``; with Muon, these (and only these) are orthogonalized.
+      LR ``lr``, betas ``beta1, beta2``; with Muon, these (and only these) are orthogonalized.
     * ``embeddings``: token/position embeddings and the output head (tied or not): LR ``embed_lr``,
-      decay ``embed_weight_decay`` (0 by default).
-    * ``scalars``: norms, biases and any other vector: LR ``scalar_lr``, never decayed.
+      decay ``embed_weight_decay`` (0 by default), betas ``embed_beta1, embed_beta2``.
+    * ``scalars``: norms, biases and any other vector: LR ``scalar_lr``, never decayed, the
+      embeddings' betas.
 
     A tied head is the embedding tensor, listed once. Empty groups are left out.
     """
@@ -46,10 +47,12 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
         seen.add(id(p))
         role = "embeddings" if id(p) in embeddings else "matrices" if p.dim() >= 2 else "scalars"
         by_role[role].append(p)
-    settings = {"matrices": (cfg.lr, cfg.weight_decay), "embeddings": (embed_lr, cfg.embed_weight_decay),
-                "scalars": (cfg.scalar_lr or embed_lr, 0.0)}
+    embed_betas = (cfg.embed_beta1, cfg.embed_beta2)
+    settings = {"matrices": (cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2)),
+                "embeddings": (embed_lr, cfg.embed_weight_decay, embed_betas),
+                "scalars": (cfg.scalar_lr or embed_lr, 0.0, embed_betas)}
     return [{"params": ps, "role": role, "peak_lr": settings[role][0], "lr": settings[role][0],
-             "weight_decay": settings[role][1]} for role, ps in by_role.items() if ps]
+             "weight_decay": settings[role][1], "betas": settings[role][2]} for role, ps in by_role.items() if ps]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str,
@@ -65,11 +68,11 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str,
         for g in groups:
             g["muon"] = g["role"] == "matrices"
         return Muon(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, ns_steps=cfg.ns_steps,
-                    betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, ns_dtype=ns_dtype)
+                    eps=cfg.eps, ns_dtype=ns_dtype)
     if cfg.name == "lion":
-        return Lion(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        return Lion(groups, lr=cfg.lr)
     fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+    return torch.optim.AdamW(groups, lr=cfg.lr, eps=cfg.eps,
                              **({"fused": True} if fused else {"foreach": True}))
 
 
