@@ -32,10 +32,12 @@ markdown tables printed (and pasted into BENCHMARKS.md), and plots in docs/optim
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -70,6 +72,7 @@ SCHEDULES = {
 class Lab:
     def __init__(self, out: Path, jobs: int):
         self.out, self.jobs = out, jobs
+        self.max_steps = build_config(PRESET, []).train.max_steps
         self.data = out / "data"
         self.base = ["--data.dir", str(self.data), "--run.dir", str(out / "runs"), "--run.progress", "false",
                      "--train.threads", "1"]
@@ -91,12 +94,12 @@ class Lab:
         return [self.run_dir(s) for s in settings]
 
     def finished(self, run: Path, max_steps: int | None = None) -> bool:
-        return (max_steps or build_config(PRESET, []).train.max_steps) in logged_losses(run, "val_loss")
+        return (max_steps or self.max_steps) in logged_losses(run, "val_loss")
 
     def _train(self, overrides: list[str]) -> None:
         run = self.run_dir(overrides)
         if run.exists():  # an unfinished earlier attempt: start again
-            subprocess.run(["rm", "-rf", str(run)], check=True)
+            shutil.rmtree(run)
         cmd = [sys.executable, "-m", "tinylm", "train", "--config", str(PRESET), *self.base,
                "--run.name", run.name, *overrides]
         t0 = time.time()
@@ -116,6 +119,7 @@ class Lab:
         return json.loads((out / "lr_find.json").read_text())
 
 
+@functools.cache  # read once: only finished runs are asked
 def final_val(run: Path) -> float:
     vals = logged_losses(run, "val_loss")
     return vals[max(vals)]
@@ -191,7 +195,7 @@ def part_muon(lab: Lab, results: dict) -> None:
     # per seed: the steps Muon needs to reach the val loss AdamW ends at with the same seed
     # (AdamW needs all of max_steps for it, by definition)
     paired = [steps_to(m, final_val(a)) for a, m in zip(adamw, muon)]
-    max_steps = build_config(PRESET, []).train.max_steps
+    max_steps = lab.max_steps
     results["muon"] = {"adamw_lr": a_lr, "muon_lr": m_lr, "mean_target": target,
                        "final": {"AdamW": [final_val(r) for r in adamw], "Muon": [final_val(r) for r in muon]},
                        "muon_steps_to_adamw_final_same_seed": paired,

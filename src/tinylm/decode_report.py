@@ -113,7 +113,6 @@ class Row:
     perplexity: float = math.nan
     length: float = math.nan
     tokens_per_s: float = math.nan
-    seconds: float = math.nan
     stop_reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -132,7 +131,7 @@ def validation_prompts(data_dir: str | Path, n_prompts: int, prompt_tokens: int,
     return [(tokens[s:s + prompt_tokens].tolist(), tokens[s + prompt_tokens:s + span].tolist()) for s in starts]
 
 
-def measure(model: GPT, tok: Tokenizer, row: Row, prompts: list[list[int]],
+def measure(model: GPT, row: Row, prompts: list[list[int]],
             completions: list[list[list[int]]], n: int) -> Row:
     """Fill in a row's numbers from its texts and the model's scores of its tokens."""
     words = [[t.split() for t in per_prompt] for per_prompt in row.texts]
@@ -174,7 +173,7 @@ def run_report(model: GPT, tok: Tokenizer, pairs: list[tuple[list[int], list[int
     if all(ref is not None for _, ref in pairs):
         ref = Row("reference", "the text that followed in the validation split",
                   [[tok.decode(r)] for _, r in pairs])
-        rows.append(measure(model, tok, ref, prompts, [[r] for _, r in pairs], 1))
+        rows.append(measure(model, ref, prompts, [[r] for _, r in pairs], 1))
         ref.across = math.nan  # one text per prompt: nothing to compare across
     for v in variants:
         cfg = replace(v.cfg, num_samples=n) if v.cfg.strategy in SAMPLING else v.cfg
@@ -184,11 +183,11 @@ def run_report(model: GPT, tok: Tokenizer, pairs: list[tuple[list[int], list[int
         n_tokens = sum(len(c.tokens) for per_prompt in results for c in per_prompt)
         row = Row(v.name, ", ".join(f"{k}={val}" for k, val in v.settings.items()) or "-",
                   [[tok.decode(c.tokens) for c in per_prompt] for per_prompt in results])
-        row.seconds, row.tokens_per_s = seconds, n_tokens / seconds if seconds > 0 else math.nan
+        row.tokens_per_s = n_tokens / seconds if seconds > 0 else math.nan
         for per_prompt in results:
             for c in per_prompt:
                 row.stop_reasons[c.stop_reason] = row.stop_reasons.get(c.stop_reason, 0) + 1
-        rows.append(measure(model, tok, row, prompts, [[c.tokens for c in pp] for pp in results], n))
+        rows.append(measure(model, row, prompts, [[c.tokens for c in pp] for pp in results], n))
         log(f"decode-report: {v.name}: {n_tokens} tokens in {seconds:.1f} s")
     return rows
 

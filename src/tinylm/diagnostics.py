@@ -89,8 +89,12 @@ def crash_harness(cfg: Config, *, min_kills: int = 3, seed: int = 0, jitter: flo
 
 def _wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, poll: float = 0.002) -> bool:
     """Wait until the run logs ``step`` (True) or the process ends first (False)."""
+    metrics, seen = run_dir / "metrics.jsonl", -1
     while proc.poll() is None:
-        if max(logged_losses(run_dir), default=0) >= step:
-            return True
+        size = metrics.stat().st_size if metrics.is_file() else -1
+        if size != seen:  # parse the log only when it has grown
+            seen = size
+            if max(logged_losses(run_dir), default=0) >= step:
+                return True
         time.sleep(poll)
     return False

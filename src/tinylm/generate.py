@@ -322,18 +322,20 @@ class _Rows:
             row.append(t)
         self.ids = torch.cat((self.ids, nxt[:, None]), dim=1)  # (B, L+1)
 
-    def used_up(self, appended: int, room: int) -> list[bool]:
-        """Per row: can its context not take its ``appended`` tokens plus ``room`` more?"""
+    def in_cache(self) -> list[int]:
+        """Per row: the real (unpadded) tokens its cache holds."""
         cache = self.cache
-        in_cache = cache.n_real.tolist() if cache.n_real is not None else [cache.length] * cache.batch
-        return [n + appended + room > self.block for n in in_cache]
+        return cache.n_real.tolist() if cache.n_real is not None else [cache.length] * cache.batch
+
+    def used_up(self, appended: int, room: int, in_cache: list[int] | None = None) -> list[bool]:
+        """Per row: can its context not take its ``appended`` tokens plus ``room`` more?"""
+        return [n + appended + room > self.block for n in (in_cache or self.in_cache())]
 
     def slide(self, appended: int, room: int, keep: int):
         """Re-read into a new cache: rows whose context is used up keep their newest ``keep``
         tokens; the others re-read their current window plus the ``appended`` tokens."""
-        cache = self.cache
-        in_cache = cache.n_real.tolist() if cache.n_real is not None else [cache.length] * cache.batch
-        full = self.used_up(appended, room)
+        in_cache = self.in_cache()
+        full = self.used_up(appended, room, in_cache)
         return self.read([keep if f else n + appended for n, f in zip(in_cache, full)])
 
     def advance(self, nxt: torch.Tensor) -> torch.Tensor:

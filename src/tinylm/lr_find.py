@@ -32,7 +32,7 @@ def lr_find(cfg: Config, *, start: float = 1e-5, end: float = 1.0, steps: int = 
 
     ``start``/``end`` bound the main LR (``--optim.lr``); the other groups keep their ratio to it.
     ``out`` defaults to ``<run.dir>/<run.name>-lr-find``, beside the run folder, not in it.
-    Returns the result dict (see :func:`tinylm.optim.lr_find_result`) plus the paths written.
+    Returns the result dict (see :func:`tinylm.optim.lr_find_result`) plus the plot's path (None without matplotlib).
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise TinyLMError("lr-find runs in one process: start it with `tinylm lr-find`, not under torchrun")
@@ -58,8 +58,6 @@ def lr_find(cfg: Config, *, start: float = 1e-5, end: float = 1.0, steps: int = 
                 break
     result = lr_find_result(lrs, losses, divisor=divisor)
     result.update(config=cfg.to_dict(), start=start, end=end, steps_planned=steps)
-    out.mkdir(parents=True, exist_ok=True)
-    result["json"] = str(out / "lr_find.json")
     result["png"] = str(out / "lr_find.png") if _plot(result, out / "lr_find.png") else None
     write_text_atomic(out / "lr_find.json", json.dumps(result, indent=1))
     log(f"lr-find: {len(losses)} steps; smoothed loss lowest ({result['min_loss']:.4f}) at LR "

@@ -226,7 +226,11 @@ class MLP(nn.Module):
         return self.dropout(self.down(h))
 
     def forward_inference(self, x: torch.Tensor) -> torch.Tensor:
-        """forward without dropout, calling the weights directly (see :func:`linear`)."""
+        """forward without dropout, calling the weights directly (see :func:`linear`).
+
+        Kept apart from :meth:`forward` on purpose: training goes through the Linear modules, so
+        module hooks (profilers, adapters, the bf16 test) see every call; decoding skips them.
+        """
         if self.kind == "swiglu":
             h = F.silu(linear(self.gate, x)) * linear(self.up, x)
         elif self.kind == "relu2":
