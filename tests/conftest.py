@@ -7,7 +7,9 @@ suite still runs; tests that need a specific shared file skip with a reason.
 from __future__ import annotations
 
 import os
+import shutil
 import sysconfig
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,16 @@ SHARED_DATA = Path(os.environ.get("TINYLM_SHARED_DATA", REPO.parent / "shared" /
 TINYSHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
 if (REPO.parent / "shared" / "tiktoken_cache").is_dir():  # tiktoken's GPT-2 files, offline
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(REPO.parent / "shared" / "tiktoken_cache"))
+
+# Nothing a test runs may write to the user's home: caches (the CPU peak probe's cpu_peak.json,
+# named corpora, W&B's settings) go to one throw-away folder for the session, child processes too.
+SESSION_HOME = Path(tempfile.mkdtemp(prefix="tinylm-test-home-"))
+os.environ.update(HOME=str(SESSION_HOME), XDG_CACHE_HOME=str(SESSION_HOME / ".cache"),
+                  TINYLM_DATA_DIR=str(SESSION_HOME / "data"))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(SESSION_HOME, ignore_errors=True)
 
 
 def shared_text(rel: str, n_chars: int | None = None) -> str:
@@ -55,13 +67,17 @@ def text_200k(tmp_path_factory) -> Path:
 
 
 def tiny_config(tmp_path: Path, corpus: Path, **overrides) -> Config:
-    """2 layers, width 32, context 32: trains a few dozen steps in seconds."""
+    """2 layers, width 32, context 32: trains a few dozen steps in seconds.
+
+    Precision is pinned to fp32: `auto` means bf16 on a CPU with native bf16 and fp32 elsewhere,
+    and a test that compares numbers must not change with the machine. bf16 is tested by asking.
+    """
     cfg = Config()
     base = {"data.corpus": str(corpus), "data.dir": str(tmp_path / "data"), "run.dir": str(tmp_path / "runs"),
             "run.name": "tiny", "run.progress": False, "model.n_layer": 2, "model.n_head": 2,
             "model.n_embd": 32, "model.block_size": 32, "train.batch_size": 8, "train.max_steps": 30,
             "train.eval_interval": 10, "train.eval_batches": 2, "train.log_interval": 5,
-            "optim.lr": 1e-2, "optim.warmup_steps": 5, "sample.max_new_tokens": 20}
+            "optim.lr": 1e-2, "optim.warmup_steps": 5, "sample.max_new_tokens": 20, "train.precision": "fp32"}
     base.update(overrides)
     for k, v in base.items():
         set_value(cfg, k, v)

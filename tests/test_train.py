@@ -67,14 +67,21 @@ def test_resume_is_bit_exact(tmp_path, text_200k, optimizer):
     assert max(abs(a[s] - b[s]) for s in a) == 0.0
 
 
-def test_gradient_accumulation_matches_full_batch(tmp_path, text_200k):
-    one = tiny_config(tmp_path / "a", text_200k, **{"train.max_steps": 10, "train.log_interval": 1})
-    acc = tiny_config(tmp_path / "b", text_200k, **{"train.max_steps": 10, "train.log_interval": 1,
-                                                     "train.micro_batch_size": 2})
+# the largest loss difference an equivalence check allows at each precision: fp32 rounding, or
+# bf16's 8-bit mantissa (relative error 2^-9 per rounding) through a few dozen steps
+EQUIVALENCE_BOUND = {"fp32": 1e-4, "bf16": 3e-3}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_gradient_accumulation_matches_full_batch(tmp_path, text_200k, precision):
+    opts = {"train.max_steps": 10, "train.log_interval": 1, "train.precision": precision}
+    one = tiny_config(tmp_path / "a", text_200k, **opts)
+    acc = tiny_config(tmp_path / "b", text_200k, **opts, **{"train.micro_batch_size": 2})
     train(one, log=lambda *a: None)
     train(acc, log=lambda *a: None)
     a, b = logged_losses(one.run_dir), logged_losses(acc.run_dir)
-    assert max(abs(a[s] - b[s]) for s in a) < 1e-4
+    assert sorted(a) == sorted(b) == list(range(1, 11))
+    assert max(abs(a[s] - b[s]) for s in a) < EQUIVALENCE_BOUND[precision]
 
 
 def test_existing_run_folder_is_refused(tmp_path, text_200k):
@@ -110,7 +117,32 @@ def test_fp16_on_cpu_is_refused():
     with pytest.raises(TinyLMError, match="fp16 needs CUDA"):
         resolve_precision("fp16", torch.device("cpu"))
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
-    assert resolve_precision("auto", torch.device("cpu")) in ("bf16", "fp32")
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+
+
+def test_auto_precision_follows_the_cpu_detection(monkeypatch):
+    """auto = bf16 only where the CPU has native bf16; TINYLM_CPU_BF16 forces the detection."""
+    monkeypatch.setenv("TINYLM_CPU_BF16", "1")
+    assert resolve_precision("auto", torch.device("cpu")) == "bf16"
+    monkeypatch.setenv("TINYLM_CPU_BF16", "0")
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    monkeypatch.setenv("TINYLM_CPU_BF16", "yes")
+    with pytest.raises(TinyLMError, match="TINYLM_CPU_BF16='yes': use 1"):
+        resolve_precision("auto", torch.device("cpu"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("native_bf16", ["1", "0"])
+def test_auto_precision_trains_with_either_detection(tmp_path, text_200k, native_bf16):
+    """A whole `tinylm train` under auto, as on a CPU with (1) and without (0) native bf16."""
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 6, "train.eval_interval": 3,
+                                              "train.precision": "auto"})
+    proc = subprocess.run([sys.executable, "-m", "tinylm", "train", *cli_args(cfg)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "TINYLM_CPU_BF16": native_bf16})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"precision {'bf16' if native_bf16 == '1' else 'fp32'}," in proc.stdout
+    losses = logged_losses(cfg.run_dir)
+    assert sorted(losses) == [5, 6] and all(math.isfinite(v) for v in losses.values())
 
 
 def test_bf16_autocast_trains(tmp_path, text_200k):

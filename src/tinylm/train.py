@@ -49,7 +49,17 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated
-    and slower than fp32 (measured: 4x slower on an AVX512 Xeon without AVX512-BF16)."""
+    and slower than fp32 (measured: 4x slower on an AVX512 Xeon without AVX512-BF16).
+
+    ``TINYLM_CPU_BF16=1`` or ``0`` overrides the detection (what `auto` picks), e.g. to try on one
+    machine what another kind of CPU would do.
+    """
+    forced = os.environ.get("TINYLM_CPU_BF16", "")
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced:
+        raise TinyLMError(f"TINYLM_CPU_BF16={forced!r}: use 1 (treat this CPU as having native bf16), "
+                          f"0 (as not having it), or unset it to detect")
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, p, lambda: False)() for p in probes)
 
