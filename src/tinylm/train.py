@@ -280,6 +280,7 @@ class Trainer:
         self.recent_losses: list[float] = []  # for loss-spike detection
         self.skips_in_a_row = 0
         self.tracker: Tracker | None = None
+        self.clock = time.perf_counter  # seconds; a test swaps in a fake clock to check time-driven logic
 
     # ----------------------------------------------------------------- state
 
@@ -362,9 +363,9 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         data_s = compute_s = 0.0
         for micro_step in range(self.accum):
-            t0 = time.perf_counter()
+            t0 = self.clock()
             x, y = self.loader.next_batch()
-            t1 = time.perf_counter()
+            t1 = self.clock()
             data_s += t1 - t0
             last = micro_step == self.accum - 1
             # DDP: all-reduce gradients only once, on the last micro-step
@@ -375,8 +376,8 @@ class Trainer:
                 loss = loss / self.accum  # .backward() sums gradients over micro-steps: average them
                 self.scaler.scale(loss).backward()
             loss_sum += loss.detach()
-            compute_s += time.perf_counter() - t1
-        t1 = time.perf_counter()
+            compute_s += self.clock() - t1
+        t1 = self.clock()
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip)
@@ -396,7 +397,7 @@ class Trainer:
         self.step += 1
         self.tokens_seen += self.tokens_per_step
         return {"loss": loss_sum, "grad_norm": grad_norm, "skipped": skipped, "data_s": data_s,
-                "compute_s": compute_s + time.perf_counter() - t1}
+                "compute_s": compute_s + self.clock() - t1}
 
     def _on_nonfinite(self, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         step = self.step + 1
@@ -491,11 +492,11 @@ class Trainer:
         stats: dict = {}
         val_loss, loss_val, stopped = math.nan, math.nan, False
         save_every = cfg.train.save_interval or cfg.train.eval_interval
-        t_start = time.perf_counter()
+        t_start = self.clock()
         win_t, win_steps, win_data, win_compute = t_start, 0, 0.0, 0.0
 
         def elapsed() -> float:
-            return self.elapsed_before + time.perf_counter() - t_start
+            return self.elapsed_before + self.clock() - t_start
 
         with _StopFlag() as stop:
             try:
@@ -510,7 +511,7 @@ class Trainer:
                     if first:  # the first compiled step includes compilation: report it apart
                         self.tracker_event(self.step, "compiled", f"first step incl. torch.compile: "
                                            f"{stats['compute_s']:.1f}s", compile_s=stats["compute_s"])
-                        win_t = time.perf_counter()
+                        win_t = self.clock()
                     else:
                         win_steps += 1
                         win_data += stats["data_s"]
@@ -520,7 +521,7 @@ class Trainer:
                         self._check_spike(loss_now)
                     if self.step % cfg.train.log_interval == 0 or self.step == cfg.train.max_steps:
                         loss_val = float(_all_mean(stats["loss"].clone(), d))
-                        now = time.perf_counter()
+                        now = self.clock()
                         n = max(win_steps, 1)
                         tps = win_steps * self.tokens_per_step / max(now - win_t, 1e-9)
                         data_ms, compute_ms = 1000 * win_data / n, 1000 * win_compute / n
@@ -541,7 +542,7 @@ class Trainer:
                     if self.step < cfg.train.max_steps:
                         if cfg.train.eval_interval and self.step % cfg.train.eval_interval == 0:
                             val_loss = self._eval_point(elapsed())
-                            win_t = time.perf_counter()  # evaluation is not training throughput
+                            win_t = self.clock()  # evaluation is not training throughput
                         elif save_every and self.step % save_every == 0:
                             self.save(elapsed())
                     if stop.requested:
