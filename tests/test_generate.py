@@ -60,8 +60,9 @@ def test_cached_logits_equal_full_recompute(kind):
     x = torch.randint(0, V, (3, 30))
     full, _ = model(x)  # (3, 30, V)
     cache = model.new_cache(3)
-    first, _ = model.forward_cached(x[:, :11], cache, all_logits=True)  # prefill 11 tokens
-    steps = [model.forward_cached(x[:, t:t + 1], cache)[0] for t in range(11, 30)]  # then one at a time
+    model(x[:, :11], cache=cache)  # prefill 11 tokens
+    first = model.lm_head(cache.hidden)  # (3, 11, V): every position's logits, not only the last
+    steps = [model(x[:, t:t + 1], cache=cache)[0] for t in range(11, 30)]  # then one at a time
     torch.testing.assert_close(torch.cat([first] + steps, dim=1), full, atol=1e-5, rtol=1e-5)
     assert cache.length == 30
 
@@ -74,8 +75,9 @@ def test_left_padded_rows_see_what_they_would_see_alone(kind):
     valid = torch.ones(2, 20, dtype=torch.bool)
     valid[1, :6] = False
     cache = model.new_cache(2)
-    first, _ = model.forward_cached(idx[:, :12], cache, valid[:, :12], all_logits=True)
-    steps = [model.forward_cached(idx[:, t:t + 1], cache)[0] for t in range(12, 20)]
+    model(idx[:, :12], cache=cache, valid=valid[:, :12])
+    first = model.lm_head(cache.hidden)  # (2, 12, V)
+    steps = [model(idx[:, t:t + 1], cache=cache)[0] for t in range(12, 20)]
     got = torch.cat([first] + steps, dim=1)  # (2, 20, V)
     torch.testing.assert_close(got[0], model(a)[0][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got[1, 6:], model(b)[0][0], atol=1e-5, rtol=1e-5)
@@ -85,10 +87,10 @@ def test_left_padded_rows_see_what_they_would_see_alone(kind):
 def test_cache_refuses_overflow_and_oversize():
     model = tiny(block=8)
     cache = model.new_cache(1)
-    model.forward_cached(torch.zeros(1, 8, dtype=torch.long), cache)
+    model(torch.zeros(1, 8, dtype=torch.long), cache=cache)
     assert cache.full
     with pytest.raises(ValueError, match="slide the window"):
-        model.forward_cached(torch.zeros(1, 1, dtype=torch.long), cache)
+        model(torch.zeros(1, 1, dtype=torch.long), cache=cache)
     with pytest.raises(ValueError, match="exceeds the context length"):
         model.new_cache(1, max_len=9)
 

@@ -313,8 +313,8 @@ class _Rows:
         sizes = n if isinstance(n, list) else [n] * len(self.tokens)
         idx, valid = _left_pad([t[-k:] for t, k in zip(self.tokens, sizes)], self.device)
         self.cache = self.model.new_cache(idx.size(0))
-        logits, h = self.model.forward_cached(idx, self.cache, valid)
-        return logits[:, -1].float(), h, valid
+        logits, _ = self.model(idx, cache=self.cache, valid=valid)  # (B, 1, V)
+        return logits[:, -1].float(), self.cache.hidden, valid
 
     def append(self, nxt: torch.Tensor, as_list: list[int]) -> None:
         """Add one token to every row: nxt (B,), and the same as Python ints."""
@@ -342,7 +342,7 @@ class _Rows:
         """Feed the tokens (B,) just appended; returns the next logits (B, V)."""
         if self.cache.full:
             return self.slide(appended=1, room=0, keep=self.keep)[0]
-        logits, _ = self.model.decode(nxt[:, None], self.cache)  # (B, 1, V)
+        logits = self.model.decode(nxt[:, None], self.cache)  # (B, 1, V)
         return logits[:, -1].float()
 
     def select(self, rows: list[int]) -> None:
@@ -487,8 +487,8 @@ def _contrastive(rows: _Rows, s: SampleConfig, procs, stops: _Stops, on_token) -
             valid = torch.ones(context.shape[:2], dtype=torch.bool, device=rows.device) if valid is None else valid
         # run every candidate one step: row b's cache repeated k times (rows b*k .. b*k+k-1)
         rows.cache.select(arange.repeat_interleave(kk))
-        logits_c, h_c = rows.model.decode(cand.reshape(-1, 1), rows.cache)  # (B*k, 1, V), (B*k, 1, C)
-        h_c = h_c.view(B, kk, -1)  # (B, k, C)
+        logits_c = rows.model.decode(cand.reshape(-1, 1), rows.cache)  # (B*k, 1, V)
+        h_c = rows.cache.hidden.view(B, kk, -1)  # (B, k, C)
         sim = F.normalize(h_c, dim=-1) @ F.normalize(context, dim=-1).transpose(1, 2)  # (B, k, T) cosines
         sim = sim.masked_fill(~valid[:, None, :], float("-inf"))  # padding is not context
         score = (1 - alpha) * p_top - alpha * sim.max(dim=-1).values.float()  # (B, k)
