@@ -427,7 +427,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
          "--train.save_interval must be >= 0, --train.keep_last and --train.max_skips >= 1")
     need(t.spike_factor == 0 or t.spike_factor > 1, "--train.spike_factor must be 0 (off) or > 1")
     parse_duration(t.time_budget)
-    micro = t.micro_batch_size or t.batch_size // world_size
+    micro = micro_batch_size(cfg, world_size)
     need(t.batch_size % world_size == 0,
          f"--train.batch_size {t.batch_size} is not divisible by {world_size} DDP processes")
     need(micro > 0 and t.batch_size % (micro * world_size) == 0,
@@ -470,14 +470,14 @@ def parse_duration(text: str) -> float | None:
     return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
 
 
+def micro_batch_size(cfg: Config, world_size: int = 1) -> int:
+    """Sequences per process per forward: --train.micro_batch_size, or (0) the process's share of the batch."""
+    return cfg.train.micro_batch_size or cfg.train.batch_size // world_size
+
+
 def grad_accum_steps(cfg: Config, world_size: int = 1) -> int:
     """Micro-steps per optimizer step: batch_size / (micro_batch_size * processes)."""
-    micro = cfg.train.micro_batch_size or cfg.train.batch_size // world_size
-    return cfg.train.batch_size // (micro * world_size)
-
-
-def micro_batch_size(cfg: Config, world_size: int = 1) -> int:
-    return cfg.train.micro_batch_size or cfg.train.batch_size // world_size
+    return cfg.train.batch_size // (micro_batch_size(cfg, world_size) * world_size)
 
 
 def to_toml(cfg: Config) -> str:

@@ -329,13 +329,6 @@ class BatchLoader:
                     y.pin_memory().to(self.device, non_blocking=True))
         return x.to(self.device), y.to(self.device)
 
-    @property
-    def epoch_progress(self) -> float:
-        """Epochs completed, fractional (epoch mode)."""
-        if self.mode == "random":
-            return float("nan")
-        return self.epoch + self.pos / max(len(self._epoch_starts()), 1)
-
     def state_dict(self) -> dict:
         return {"mode": self.mode, "seed": self.seed, "epoch": self.epoch, "pos": self.pos,
                 "global_batch": self.global_batch, "gen": self.gen.get_state()}

@@ -1,7 +1,6 @@
 """Diagnostics that check the training machinery itself, e.g. crash safety under SIGKILL."""
 from __future__ import annotations
 
-import json
 import random
 import signal
 import subprocess
@@ -14,21 +13,12 @@ from pathlib import Path
 from . import checkpoint as ckpt
 from .config import Config, to_toml
 from .errors import TinyLMError
+from .tracking import METRICS_FILE, read_metrics
 
 
 def logged_losses(run_dir: Path, key: str = "loss") -> dict[int, float]:
     """``key`` (training loss, or e.g. val_loss) per step from metrics.jsonl; after a resume, re-done steps replace earlier lines."""
-    out = {}
-    path = run_dir / "metrics.jsonl"
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except ValueError:  # a line cut short by SIGKILL
-                continue
-            if key in r:
-                out[r["step"]] = r[key]
-    return out
+    return {r["step"]: r[key] for r in read_metrics(run_dir) if key in r}
 
 
 @dataclass
@@ -89,7 +79,7 @@ def crash_harness(cfg: Config, *, min_kills: int = 3, seed: int = 0, jitter: flo
 
 def _wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, poll: float = 0.002) -> bool:
     """Wait until the run logs ``step`` (True) or the process ends first (False)."""
-    metrics, seen = run_dir / "metrics.jsonl", -1
+    metrics, seen = run_dir / METRICS_FILE, -1
     while proc.poll() is None:
         size = metrics.stat().st_size if metrics.is_file() else -1
         if size != seen:  # parse the log only when it has grown

@@ -15,6 +15,24 @@ from tqdm import tqdm
 from .errors import TinyLMError
 
 
+METRICS_FILE = "metrics.jsonl"  # in the run folder
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """Every record of a run's metrics.jsonl, in order ([] before the first). A line cut short by a
+    crash (SIGKILL mid-write) is skipped; after a resume, re-done steps appear again, later."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
 class JSONLSink:
     """Append one JSON object per record to ``metrics.jsonl`` (flushed, so a crash loses nothing logged)."""
 

@@ -30,7 +30,7 @@ from .fileio import write_text_atomic
 from .generate import sample_text
 from .model import GPT
 from .optim import build_optimizer, lr_scale, momentum_at, set_schedule
-from .tracking import ConsoleSink, JSONLSink, TensorBoardSink, Tracker, WandbSink
+from .tracking import METRICS_FILE, ConsoleSink, JSONLSink, TensorBoardSink, Tracker, WandbSink
 
 
 # --------------------------------------------------------------------------- device and precision
@@ -442,7 +442,7 @@ class Trainer:
         if not self.d.is_main:
             return None
         cfg = self.cfg
-        sinks = [JSONLSink(self.run_dir / "metrics.jsonl"),
+        sinks = [JSONLSink(self.run_dir / METRICS_FILE),
                  ConsoleSink(cfg.train.max_steps, self.step, cfg.run.progress,
                              plain_every=0 if cfg.train.eval_interval else 10 * cfg.train.log_interval)]
         if cfg.run.tensorboard:

@@ -813,9 +813,6 @@ class BPETokenizer(Tokenizer):
         """Ids -> text; byte sequences that are not valid UTF-8 become U+FFFD."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
-    def token_bytes(self, i: int) -> bytes:
-        return self.decode_bytes([i])
-
     # -- files ------------------------------------------------------------------------------
     def to_text(self) -> str:
         """The file body: readable header lines, then one merge per line.
