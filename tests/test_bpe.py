@@ -3,6 +3,7 @@ special tokens, streaming, files and bad input. GPT-2 parity and interop: test_t
 from __future__ import annotations
 
 import collections
+import json
 import pickle
 import random
 from pathlib import Path
@@ -18,6 +19,7 @@ from tinylm.tokenizer import load_tokenizer
 from tinylm.tokenizer.bpe import (CL100K_PATTERN, GPT2_PATTERN, BPETokenizer, count_pretokens,
                                   format_token_stats, iter_blocks, merge_incremental,
                                   merge_naive, parse_ids, token_stats)
+from tinylm.tokenizer.io import from_gpt2_files, to_hf_json
 
 EOT = "<|endoftext|>"
 
@@ -255,6 +257,33 @@ def test_damaged_files_are_clear_errors(stories_tok, tmp_path, damage, match):
     path.write_text(damage(path.read_text(encoding="utf-8")), encoding="utf-8")
     with pytest.raises(TinyLMError, match=match):
         load_tokenizer(path)
+
+
+def test_merge_line_with_three_ids_is_named_by_line_number(stories_tok, tmp_path):
+    path = tmp_path / "tok.bpe"
+    stories_tok.save(path, vocab_listing=False)
+    lines = path.read_text(encoding="utf-8").split("\n")
+    k = next(i for i, x in enumerate(lines) if x.startswith("merges ")) + 1  # index of the first merge
+    a, b = stories_tok.merges[0]
+    lines[k] = f"{a} {b} 7"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    with pytest.raises(TinyLMError) as e:
+        load_tokenizer(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: ") and f"line {k + 1} is '{a} {b} 7', not a merge of two ids" in msg
+    assert "found" not in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("header", ["#version: 0.2\n", ""], ids=["with #version", "without"])
+def test_gpt2_files_with_or_without_version_header(stories_tok, tmp_path, header):
+    hf = to_hf_json(stories_tok)  # the same byte-to-character convention as GPT-2's files
+    encoder = {**hf["model"]["vocab"], EOT: stories_tok.eot_id}
+    (tmp_path / "encoder.json").write_text(json.dumps(encoder), encoding="utf-8")
+    (tmp_path / "vocab.bpe").write_text(header + "\n".join(hf["model"]["merges"]) + "\n", encoding="utf-8")
+    tok = from_gpt2_files(tmp_path / "encoder.json", tmp_path / "vocab.bpe")
+    assert tok.merges == stories_tok.merges and tok.eot_id == stories_tok.eot_id
+    text = "Once upon a time, there was a little dog."
+    assert tok.encode(text) == stories_tok.encode(text)
 
 
 # ---------------------------------------------------------------------------- bad input

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from tinylm.cli import main
 from tinylm.config import (Config, build_config, from_dict, grad_accum_steps, load_toml, parse_overrides,
                            to_toml, validate)
 from tinylm.errors import TinyLMError
@@ -80,6 +81,25 @@ def test_toml_unknown_key_names_file(tmp_path):
         load_toml(path)
     with pytest.raises(TinyLMError, match="does not exist"):
         load_toml(tmp_path / "missing.toml")
+
+
+def test_unknown_section_points_to_a_real_command(tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text("[zzz]\nqqq = 1\n")
+    with pytest.raises(TinyLMError) as e:
+        load_toml(path)
+    assert "`tinylm config --keys` lists every key" in str(e.value) and "help-config" not in str(e.value)
+    assert main(["config", "--keys"]) == 0 and "--optim.lr (default" in capsys.readouterr().out
+
+
+def test_non_utf8_toml_is_a_one_line_error(tmp_path, capsys):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[sample]\nprompt = "Café"\n'.encode("latin-1"))
+    with pytest.raises(TinyLMError, match=r"latin1.toml is not UTF-8 text \(byte 22: e9\)"):
+        load_toml(path)
+    assert main(["config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "is not UTF-8 text" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("preset", sorted((REPO / "configs").glob("*.toml")), ids=lambda p: p.name)

@@ -239,6 +239,30 @@ def test_present_file_with_wrong_digest_is_an_error(tmp_path, no_network):
     assert "delete it" in str(e.value)
 
 
+def test_every_downloadable_corpus_has_a_pinned_digest():
+    for name, entry in corpora.CORPORA.items():
+        if entry.url is not None:
+            digest = entry.sha256 or ""
+            assert len(digest) == 64 and set(digest) <= set("0123456789abcdef"), name
+
+
+@pytest.mark.parametrize("name", ["tinystories", "tinystories-train"])
+def test_tinystories_is_fetched_and_checked_against_its_digest(name, tmp_path, monkeypatch, no_network):
+    asked = []
+
+    def fake_download(url, dest, *, sha256=None, progress=True):
+        asked.append((url, sha256))
+        dest.parent.mkdir(parents=True)
+        dest.write_text("Once upon a time\n")
+        return dest
+
+    monkeypatch.setattr(corpora, "download", fake_download)
+    get_corpus(name, root=tmp_path)
+    assert asked == [(corpora.CORPORA[name].url, corpora.CORPORA[name].sha256)]
+    with pytest.raises(TinyLMError, match=f"not the expected {name!r} corpus"):  # the copy now present
+        get_corpus(name, root=tmp_path)
+
+
 def test_missing_slice_without_address_explains_where_to_get_it(tmp_path, no_network):
     with pytest.raises(TinyLMError) as e:
         get_corpus("tinystories-valid-head", root=tmp_path)
@@ -276,6 +300,15 @@ def tree(tmp_path):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
     return tmp_path
+
+
+def test_corpus_locations_fetch_nothing(tree, tmp_path, no_network):
+    named = corpora.corpus_locations("tinystories", root=tmp_path)
+    assert named == [tmp_path / "tinystories" / "TinyStories-valid.txt"] and not named[0].exists()
+    assert corpora.corpus_locations(str(tree)) == [tree]
+    pattern = str(tree / "**" / "*.txt")
+    assert sorted(corpora.corpus_locations(pattern)) == sorted(get_corpus(pattern).files)
+    assert corpora.corpus_locations("pystdlib")[0].is_dir() and corpora.corpus_locations(" ") == []
 
 
 def test_local_file_spec(tree):

@@ -1,9 +1,15 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import cli_args, tiny_config
+from tinylm.cli import main
 from tinylm.config import DataConfig
 from tinylm.data import (BatchLoader, TokenWindows, ensure_prepared, eval_batches, load_data_tokenizer,
                          load_meta, prepare, read_shard, write_shard)
@@ -35,7 +41,7 @@ def _prepared(tmp_path, text: str, **kw) -> DataConfig:
     tmp_path.mkdir(parents=True, exist_ok=True)
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(text, encoding="utf-8")
-    cfg = DataConfig(corpus=str(corpus), tokenizer="char", dir=str(tmp_path / "prep"), **kw)
+    cfg = DataConfig(corpus=str(corpus), dir=str(tmp_path / "prep"), **{"tokenizer": "char", **kw})
     prepare(cfg, progress=False, log=lambda *a: None)
     return cfg
 
@@ -46,7 +52,7 @@ def test_prepare_char_split_is_the_tail_fraction(tmp_path, text_200k):
     meta = load_meta(cfg.dir)
     tok = load_data_tokenizer(cfg.dir)
     n = len(text)
-    assert meta["total_tokens"] == n and meta["vocab_size"] == len(set(text))
+    assert meta["total_tokens"] == n and meta["vocab_size"] == len(set(text)) + 1  # + <|endoftext|>
     assert meta["train"]["tokens"] == int(n * 0.9)  # nanoGPT's split for char-level
     train = read_shard(tmp_path / "prep" / meta["train"]["shards"][0])
     val = read_shard(tmp_path / "prep" / meta["val"]["shards"][0])
@@ -163,3 +169,180 @@ def test_eval_batches_are_fixed(windows):
     a = [x for x, _ in eval_batches(windows, 4, 3)]
     b = [x for x, _ in eval_batches(windows, 4, 3)]
     assert len(a) == 3 and all(torch.equal(p, q) for p, q in zip(a, b))
+
+
+# --------------------------------------------------------------------------- documents and end-of-text
+
+def test_char_corpus_without_a_newline_is_separated_by_end_of_text(tmp_path):
+    corpus = tmp_path / "docs"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("abcabcabc" * 20, encoding="utf-8")  # no "\n" anywhere
+    (corpus / "b.txt").write_text("cbacba" * 20, encoding="utf-8")
+    cfg = DataConfig(corpus=str(corpus), tokenizer="char", dir=str(tmp_path / "prep"), val_fraction=0.0)
+    meta = prepare(cfg, progress=False, log=lambda *a: None)
+    tok = load_data_tokenizer(cfg.dir)
+    assert tok.chars == ["a", "b", "c"] and tok.eot_id == 3 and meta["vocab_size"] == 4
+    ids = read_shard(tmp_path / "prep" / meta["train"]["shards"][0]).tolist()
+    assert ids.count(tok.eot_id) == 1  # one separator between the two documents, none inside
+    assert tok.decode(ids) == "abcabcabc" * 20 + "<|endoftext|>" + "cbacba" * 20
+
+
+# --------------------------------------------------------------------------- what prepare may replace
+
+def _tree(root: Path) -> dict[str, object]:
+    """Every path under root, hidden ones too: file bytes, link targets, "dir" for folders."""
+    return {p.relative_to(root).as_posix(): os.readlink(p) if p.is_symlink() else
+            p.read_bytes() if p.is_file() else "dir" for p in sorted(root.rglob("*"))}
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main([*argv, "--run.progress", "false"])
+    return code, capsys.readouterr().err
+
+
+def _setup_case(case: str, tmp: Path) -> tuple[str, str, str]:
+    """(corpus spec, --data.dir, expected words of the refusal) for a --data.dir prepare must not replace."""
+    text = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40
+    (tmp / "corpus.txt").write_text(text, encoding="utf-8")
+    corpus = str(tmp / "corpus.txt")
+    if case == "user folder":
+        (tmp / "mine").mkdir()
+        (tmp / "mine" / "notes.md").write_text("my notes")
+        (tmp / "mine" / "thesis").mkdir()
+        return corpus, str(tmp / "mine"), "holds files tinylm did not write (notes.md, thesis)"
+    if case == "regular file":
+        (tmp / "mine.txt").write_text("not a folder")
+        return corpus, str(tmp / "mine.txt"), "is a file"
+    if case == "symlink":
+        (tmp / "target").mkdir()
+        (tmp / "target" / "keep.txt").write_text("keep")
+        (tmp / "link").symlink_to(tmp / "target")
+        return corpus, str(tmp / "link"), "is a symbolic link"
+    if case == "the corpus folder":
+        (tmp / "books").mkdir()
+        (tmp / "books" / "a.txt").write_text(text)
+        return str(tmp / "books"), str(tmp / "books"), "is the corpus"
+    if case == "inside the corpus folder":
+        (tmp / "books").mkdir()
+        (tmp / "books" / "a.txt").write_text(text)
+        return str(tmp / "books"), str(tmp / "books" / "prep"), "sits inside the corpus"
+    if case == "folder holding the corpus":
+        return corpus, str(tmp), "contains the corpus"
+    if case == "the runs folder":
+        (tmp / "runs" / "earlier" / "checkpoints").mkdir(parents=True)
+        (tmp / "runs" / "earlier" / "metrics.jsonl").write_text("{}\n")
+        return corpus, str(tmp / "runs"), "contains the run folder"
+    if case == "inside the run folder":
+        (tmp / "runs" / "tiny").mkdir(parents=True)
+        (tmp / "runs" / "tiny" / "metrics.jsonl").write_text("{}\n")
+        return corpus, str(tmp / "runs" / "tiny" / "data"), "sits inside the run folder"
+    if case == "tinylm folder with a user file":
+        prepare(DataConfig(corpus=corpus, dir=str(tmp / "prep")), progress=False, log=lambda *a: None)
+        (tmp / "prep" / "README.md").write_text("what these shards are")
+        return corpus, str(tmp / "prep"), "holds files tinylm did not write (README.md)"
+    if case == "foreign meta.json":
+        (tmp / "other").mkdir()
+        (tmp / "other" / "meta.json").write_text('{"format": "something-else"}')
+        return corpus, str(tmp / "other"), 'was not written by `tinylm prepare`'
+    raise AssertionError(case)
+
+
+CASES = ["user folder", "regular file", "symlink", "the corpus folder", "inside the corpus folder",
+         "folder holding the corpus", "the runs folder", "inside the run folder", "foreign meta.json"]
+
+
+# without --force a prepared folder with these settings is used as it is: only --force would replace it
+@pytest.mark.parametrize("case, force", [(c, f) for c in CASES for f in (False, True)]
+                         + [("tinylm folder with a user file", True)])
+def test_prepare_refuses_what_it_did_not_make(case, force, tmp_path, capsys):
+    corpus, data_dir, words = _setup_case(case, tmp_path)
+    before = _tree(tmp_path)
+    argv = ["prepare", "--data.corpus", corpus, "--data.dir", data_dir, "--run.dir", str(tmp_path / "runs"),
+            "--run.name", "tiny"]
+    code, err = _cli(capsys, *argv, *(["--force"] if force else []))
+    assert code == 2 and words in err and data_dir in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and "--data.dir" in err
+    assert _tree(tmp_path) == before  # nothing deleted, renamed, written or overwritten
+
+
+def test_train_refuses_a_user_folder_as_data_dir(tmp_path, text_200k, capsys):
+    cfg = tiny_config(tmp_path, text_200k)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "photo.jpg").write_bytes(b"\xff\xd8\xff")
+    before = _tree(tmp_path)
+    code, err = _cli(capsys, "train", *cli_args(cfg))
+    assert code == 2 and "holds files tinylm did not write (photo.jpg)" in err and "Traceback" not in err
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("spec", [".", "X/..", "/"])
+def test_dot_dotdot_and_root_are_refused(spec, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "X").mkdir()
+    (tmp_path / "corpus.txt").write_text("hello world\n" * 50)
+    before = _tree(tmp_path)
+    code, err = _cli(capsys, "prepare", "--data.corpus", "corpus.txt", "--data.dir", spec, "--force")
+    assert code == 2 and f"--data.dir {spec!r} does not name a folder of its own" in err
+    assert "Traceback" not in err and _tree(tmp_path) == before
+
+
+def test_an_empty_existing_folder_is_used(tmp_path):
+    (tmp_path / "prep").mkdir()
+    cfg = _prepared(tmp_path, "to be or not to be\n" * 50)
+    assert load_meta(cfg.dir)["total_tokens"] == 19 * 50
+
+
+def test_a_prepared_folder_is_replaced_with_force_or_same_settings(tmp_path):
+    cfg = _prepared(tmp_path, "to be or not to be\n" * 50)
+    quiet = {"progress": False, "log": lambda *a: None}
+    prepare(cfg, **quiet)  # same settings: rebuilt in place
+    cfg.val_fraction = 0.5
+    with pytest.raises(TinyLMError, match="pass --force to `tinylm prepare`"):
+        prepare(cfg, **quiet)
+    prepare(cfg, force=True, **quiet)
+    assert load_meta(cfg.dir)["data"]["val_fraction"] == 0.5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "prep"]  # no scratch folders left
+
+
+def test_a_bpe_folder_with_its_vocab_listing_is_replaced_with_force(tmp_path):
+    cfg = _prepared(tmp_path, "to be or not to be, that is the question\n" * 50, tokenizer="bpe", vocab_size=270)
+    assert (Path(cfg.dir) / "tokenizer.vocab.txt").is_file()
+    cfg.vocab_size = 275
+    meta = prepare(cfg, force=True, progress=False, log=lambda *a: None)
+    assert meta["vocab_size"] == 275 and load_meta(cfg.dir)["data"]["vocab_size"] == 275
+
+
+def test_corrupt_meta_json_is_one_line_and_force_rebuilds(tmp_path, capsys):
+    cfg = _prepared(tmp_path, "to be or not to be\n" * 50)
+    meta = Path(cfg.dir) / "meta.json"
+    meta.write_text(meta.read_text()[:40])  # cut short, as by a full disk in an editor
+    argv = ["prepare", "--data.corpus", cfg.corpus, "--data.dir", cfg.dir, "--data.tokenizer", "char"]
+    before = _tree(tmp_path)
+    code, err = _cli(capsys, *argv)
+    assert code == 2 and f"{meta} is corrupt" in err and "re-run `tinylm prepare --force`" in err
+    assert "Traceback" not in err and _tree(tmp_path) == before
+    code, _ = _cli(capsys, *argv, "--force")
+    assert code == 0 and load_meta(cfg.dir)["total_tokens"] == 19 * 50
+
+
+def test_scratch_folders_of_killed_prepares_are_removed_live_ones_kept(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        for name in (f".prep.tmp-{dead.pid}", f".prep.old-{dead.pid}", f".prep.tmp-{alive.pid}"):
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "all.tokens").write_bytes(b"\0" * 100)
+        (tmp_path / f".prep.tmp-{dead.pid}.txt").write_text("not ours: another name")
+        (tmp_path / f".other.tmp-{dead.pid}").mkdir()  # another data folder's, and not ours to judge
+        logs = []
+        _prepared(tmp_path, "to be or not to be\n" * 50)
+        prepare(DataConfig(corpus=str(tmp_path / "corpus.txt"), dir=str(tmp_path / "prep"), tokenizer="char"),
+                progress=False, log=logs.append)
+        left = sorted(p.name for p in tmp_path.iterdir())
+        assert left == sorted(["corpus.txt", "prep", f".prep.tmp-{alive.pid}", f".prep.tmp-{dead.pid}.txt",
+                               f".other.tmp-{dead.pid}"])
+        assert (tmp_path / f".prep.tmp-{alive.pid}" / "all.tokens").read_bytes() == b"\0" * 100
+    finally:
+        alive.kill()
+        alive.wait()

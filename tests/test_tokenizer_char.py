@@ -1,5 +1,6 @@
 import pytest
 
+from tinylm.cli import main
 from tinylm.errors import TinyLMError
 from tinylm.tokenizer import CharTokenizer, load_tokenizer
 
@@ -51,3 +52,35 @@ def test_load_errors(tmp_path):
 def test_empty_text_is_an_error():
     with pytest.raises(TinyLMError, match="empty"):
         CharTokenizer.train([""])
+
+
+def test_file_without_special_tokens_still_loads(tmp_path):
+    # files written before prepare gave every char tokenizer <|endoftext|>
+    (tmp_path / "old.txt").write_text('tinylm-char 1\n{\n "chars": "ab",\n "special_tokens": []\n}\n')
+    tok = load_tokenizer(tmp_path / "old.txt")
+    assert tok.chars == ["a", "b"] and tok.eot_id is None and tok.vocab_size == 2
+
+
+@pytest.mark.parametrize("damage", [
+    lambda s: s[:len(s) // 2],                       # truncated
+    lambda s: s.split("\n", 1)[0] + "\n",            # header only
+    lambda s: s.replace('"special_tokens"', '"specials"'),
+    lambda s: s.replace('"chars": ', '"chars": 5, "x": '),
+], ids=["truncated", "header only", "missing key", "wrong type"])
+def test_damaged_file_is_a_one_line_error_naming_it(tmp_path, damage):
+    path = tmp_path / "t.txt"
+    CharTokenizer.train(["hello world\n"], special_tokens=["<|endoftext|>"]).save(path)
+    path.write_text(damage(path.read_text(encoding="utf-8")), encoding="utf-8")
+    with pytest.raises(TinyLMError, match=f"{path}: the character tokenizer file is corrupted") as e:
+        load_tokenizer(path)
+    assert "\n" not in str(e.value)
+
+
+def test_binary_file_is_a_one_line_error(tmp_path, capsys):
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"tinylm-char 1\n\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    with pytest.raises(TinyLMError, match=f"{path} is not a tinylm tokenizer file \\(byte 14 is not UTF-8"):
+        load_tokenizer(path)
+    assert main(["tokenizer", "encode", str(path), "--text", "a"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a tinylm tokenizer file" in err and "Traceback" not in err

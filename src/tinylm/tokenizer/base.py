@@ -14,6 +14,9 @@ from pathlib import Path
 from ..errors import TinyLMError
 from ..fileio import write_text_atomic
 
+#: the special token that separates documents in every tokenizer tinylm trains (char and BPE)
+ENDOFTEXT = "<|endoftext|>"
+
 
 class Tokenizer(ABC):
     """Text <-> token ids. Subclasses set ``kind`` and register themselves with ``@register``."""
@@ -50,7 +53,7 @@ class Tokenizer(ABC):
     @property
     def eot_id(self) -> int | None:
         """Id of ``<|endoftext|>`` when the tokenizer has it (document separator), else None."""
-        return self.special_tokens.get("<|endoftext|>")
+        return self.special_tokens.get(ENDOFTEXT)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the tokenizer file atomically (temp file in the same folder, then rename)."""
@@ -75,7 +78,11 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     if not path.is_file():
         raise TinyLMError(f"tokenizer file {path} does not exist; run `tinylm prepare` or "
                           f"`tinylm tokenizer train` to create it")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise TinyLMError(f"{path} is not a tinylm tokenizer file (byte {e.start} is not UTF-8 text); restore "
+                          f"it, or re-create it (`tinylm prepare --force` remakes a data folder's)") from None
     header, _, body = text.partition("\n")
     parts = header.split()
     if len(parts) != 2 or not parts[0].startswith("tinylm-"):
@@ -88,4 +95,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     if version != str(cls.format_version):
         raise TinyLMError(f"{path}: tokenizer format version {version} is not supported "
                           f"(this tinylm reads version {cls.format_version})")
-    return cls.from_text(body)
+    try:
+        return cls.from_text(body)
+    except TinyLMError as e:  # the class knows what is wrong, only the caller knows which file
+        raise TinyLMError(f"{path}: {e}") from None

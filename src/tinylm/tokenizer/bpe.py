@@ -42,7 +42,7 @@ import regex
 
 from ..corpora import iter_chunks
 from ..errors import TinyLMError
-from .base import Tokenizer, register
+from .base import ENDOFTEXT, Tokenizer, register
 
 # GPT-2's split pattern as tiktoken spells it (r50k): the original
 # 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ with possessive
@@ -53,7 +53,6 @@ CL100K_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3
                   r""" ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
 #: named split patterns; ``pattern=`` also takes any ``regex``-module pattern
 PATTERNS: dict[str, str] = {"gpt2": GPT2_PATTERN, "cl100k": CL100K_PATTERN, "gpt4": CL100K_PATTERN}
-ENDOFTEXT = "<|endoftext|>"
 
 # A cut just before a space that follows a non-space character never changes how the built-in
 # patterns split: no pre-token of theirs contains "<non-space><space>", and they only look
@@ -854,9 +853,9 @@ class BPETokenizer(Tokenizer):
                 if key == "merges":
                     break
             n = int(head["merges"])
-            merges = [tuple(map(int, line.split(" "))) for line in lines[i:]]
-            if len(merges) != n or any(len(m) != 2 for m in merges):
-                raise ValueError(f"expected {n} merge lines of two ids, found {len(lines) - i} lines")
+            merges = [_parse_merge(line, k + 2) for k, line in enumerate(lines[i:], start=i)]
+            if len(merges) != n:
+                raise ValueError(f"the header promises {n} merges but {len(merges)} merge lines follow")
             byte_ids = None if head["byte_ids"] == "identity" else json.loads(head["byte_ids"])
             return cls(merges, json.loads(head["special_tokens"]), json.loads(head["pattern"]),
                        byte_ids, json.loads(head.get("name", '""')))
@@ -905,6 +904,14 @@ class BPETokenizer(Tokenizer):
         """From tiktoken-style ranks (token bytes -> id); the merges are recovered."""
         from .io import from_ranks
         return from_ranks(ranks, special_tokens, pattern, name)
+
+
+def _parse_merge(line: str, line_no: int) -> tuple[int, int]:
+    """``_parse_merge("32 116", 7) -> (32, 116)``; anything but two ids names the file line."""
+    parts = line.split(" ")
+    if len(parts) != 2 or not all(p.isdecimal() for p in parts):
+        raise ValueError(f"line {line_no} is {line[:60]!r}, not a merge of two ids")
+    return int(parts[0]), int(parts[1])
 
 
 def _show(t: bytes) -> str:

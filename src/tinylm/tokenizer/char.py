@@ -82,5 +82,11 @@ class CharTokenizer(Tokenizer):
 
     @classmethod
     def from_text(cls, body: str) -> "CharTokenizer":
-        d = json.loads(body)
-        return cls(d["chars"], d["special_tokens"])
+        try:
+            d = json.loads(body)
+            if not (isinstance(d.get("chars"), str) and isinstance(d.get("special_tokens"), list)):
+                raise TypeError('expected {"chars": "<characters>", "special_tokens": [...]}')
+            return cls(d["chars"], d["special_tokens"])
+        except (ValueError, AttributeError, TypeError) as e:  # truncated, binary or edited
+            raise TinyLMError(f"the character tokenizer file is corrupted ({type(e).__name__}: {e}); "
+                              f"restore it, or re-create it with `tinylm prepare --force`") from None

@@ -128,7 +128,9 @@ def from_gpt2_files(encoder_json: str | os.PathLike, vocab_bpe: str | os.PathLik
     try:
         encoder: dict[str, int] = json.loads(Path(encoder_json).read_text(encoding="utf-8"))
         lines = Path(vocab_bpe).read_text(encoding="utf-8").split("\n")
-        pairs = [tuple(line.split(" ")) for line in lines[1:] if line and not line.startswith("#version")]
+        if lines[0].startswith("#version"):  # OpenAI's file has this header; other copies may not
+            lines = lines[1:]
+        pairs = [tuple(line.split(" ")) for line in lines if line]
         ids = {raw(t): i for t, i in encoder.items() if t not in ("<|endoftext|>", "<|startoftext|>")}
         specials = {t: i for t, i in encoder.items() if t in ("<|endoftext|>", "<|startoftext|>")}
         byte_ids = [ids[bytes([b])] for b in range(256)]
