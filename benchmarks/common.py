@@ -1,7 +1,8 @@
 """What the benchmark scripts share: the machine's description, how busy its CPU is, and timers.
 
 The scripts run as ``python benchmarks/<script>.py``, which puts this folder on ``sys.path``, so
-they import it as ``common``. Importing it (or a script) runs nothing.
+they import it as ``common``. Importing it (or a script) runs nothing; it only puts ../src on
+``sys.path`` when tinylm is not installed.
 """
 from __future__ import annotations
 
