@@ -18,71 +18,27 @@ Data: ../shared/data (or $TINYLM_SHARED_DATA); GPT-2 files: $TIKTOKEN_CACHE_DIR 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import platform
 import resource
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-try:
-    import tinylm  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(ROOT / "src"))
+from common import SHARED, Meter, machine, machine_line, time_call
 
-SHARED = ROOT.parent / "shared"
+from tinylm.corpora import iter_chunks
+from tinylm.tokenizer.bpe import BPETokenizer, count_pretokens, merge_incremental, merge_naive
+
 DATA = Path(os.environ.get("TINYLM_SHARED_DATA", SHARED / "data"))
-os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
 EOT = "<|endoftext|>"
 STORIES = DATA / "tinystories" / "train-head-lowercase.txt"
-
-from tinylm.tokenizer.bpe import BPETokenizer, count_pretokens, iter_text_files, merge_incremental, merge_naive  # noqa: E402
-
-
-def timed(fn, repeat: int) -> tuple[float, float, object]:
-    """(median seconds, min seconds, last result) over ``repeat`` calls."""
-    times, out = [], None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), min(times), out
-
-
-class Meter:
-    """Wall time and CPU time (this process, its threads, and finished child processes) of
-    repeated calls. CPU time is the steadier figure on a machine other jobs are using."""
-
-    def __init__(self) -> None:
-        self.wall: list[float] = []
-        self.cpu: list[float] = []
-
-    def __call__(self, fn):
-        c0, t0 = _cpu(), time.perf_counter()
-        out = fn()
-        self.wall.append(time.perf_counter() - t0)
-        self.cpu.append(_cpu() - c0)
-        return out
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.wall)
-
-    def cell(self) -> str:
-        return f"{fmt(self.wall)}; CPU {statistics.median(self.cpu):.2f} s"
-
-
-def _cpu() -> float:
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
 
 
 def hf_train(path: Path, vocab_size: int):
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
     from tinylm.tokenizer.bpe import GPT2_PATTERN
     tok = Tokenizer(models.BPE())
     # the same pre-tokenization as ours: GPT-2's regex, then bytes as GPT-2's printable chars
@@ -98,24 +54,20 @@ def hf_train(path: Path, vocab_size: int):
 
 def memory_child(path: str, workers: int) -> None:
     """Run in a subprocess: train, then print max RSS of this process and of its workers."""
-    t = time.perf_counter()
-    tok = BPETokenizer.train(iter_text_files([path]), 4096, workers=workers)
-    dt = time.perf_counter() - t
+    trained = time_call(lambda: BPETokenizer.train(iter_chunks(path), 4096, workers=workers))
     me = _vm_hwm_mb()
     # a forked worker's max RSS counts the pages it shares with the main process
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(json.dumps({"main_mb": me, "worker_mb": kids, "seconds": dt, "vocab": tok.vocab_size}))
+    print(json.dumps({"main_mb": me, "worker_mb": kids, "seconds": trained.wall, "vocab": trained.result.vocab_size}))
 
 
 def _vm_hwm_mb() -> float:
     """This process's peak resident memory. /proc's VmHWM starts afresh at exec, unlike
     ru_maxrss, which a subprocess inherits from the (large) benchmark process that forked it."""
-    try:
-        for line in open("/proc/self/status"):
+    with contextlib.suppress(OSError), open("/proc/self/status") as status:
+        for line in status:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
-    except OSError:
-        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
@@ -125,22 +77,23 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--memory-child", nargs=2, metavar=("PATH", "WORKERS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
     if args.memory_child:
         memory_child(args.memory_child[0], int(args.memory_child[1]))
         return
     if not STORIES.is_file():
         sys.exit(f"{STORIES} not found: set TINYLM_SHARED_DATA to the shared data folder")
     r = args.repeat
-    res: dict = {"machine": machine(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
-                 "repeat": r}
+    res: dict = {"machine": machine("tokenizers", "tiktoken"),
+                 "command": " ".join([Path(sys.executable).name, *sys.argv]), "repeat": r}
     rows: list[tuple[str, str, str]] = []
 
     # 1. 4.2 MB to vocab 4096: ours vs HF (interleaved so load changes hit all alike)
     ours2, ours1, hf, hf1 = Meter(), Meter(), Meter(), Meter()
     hft = None
     for _ in range(r):
-        tok = ours2(lambda: BPETokenizer.train(iter_text_files([STORIES]), 4096))
-        tok1 = ours1(lambda: BPETokenizer.train(iter_text_files([STORIES]), 4096, workers=1))
+        tok = ours2(lambda: BPETokenizer.train(iter_chunks(STORIES), 4096))
+        tok1 = ours1(lambda: BPETokenizer.train(iter_chunks(STORIES), 4096, workers=1))
         try:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
             hft = hf(lambda: hf_train(STORIES, 4096))
@@ -212,12 +165,13 @@ def main() -> None:
                          f"tinylm / tiktoken time = {ours.median / theirs.median:.2f} (goal <= 1.10)"))
             res["encode_mb_s"][name] = {"tinylm": smb / ours.median, "tiktoken": smb / theirs.median}
         fresh = BPETokenizer.from_tiktoken(enc)
-        tr, _, c = timed(lambda: fresh.encode_reference(sample), 1)  # cold cache: the first call
-        assert c == b
+        reference = time_call(lambda: fresh.encode_reference(sample))  # cold cache: the first call
+        tr = reference.wall
+        assert reference.result == b
         rows.append((f"encode {smb:.1f} MB with GPT-2 ranks: tinylm pure-Python reference", f"{smb / tr:.2f} MB/s",
                      "cold cache, identical ids"))
         res["encode_mb_s"]["reference"] = smb / tr
-    except Exception as e:  # noqa: BLE001 -- report and carry on
+    except Exception as e:  # report and carry on
         rows.append(("encode with GPT-2 ranks", "skipped", f"{type(e).__name__}: {e}"))
 
     # 5. peak memory of a training process (fresh interpreter)
@@ -225,14 +179,14 @@ def main() -> None:
         out = subprocess.run([sys.executable, __file__, "--memory-child", str(STORIES), str(w)],
                              capture_output=True, text=True, check=True).stdout
         m = json.loads(out.strip().splitlines()[-1])
-        rows.append((f"peak memory training {mb:.1f} MB -> 4096, {w} worker(s)",
-                     f"{m['main_mb']:.0f} MB", f"goal < 1 GB; workers' max RSS {m['worker_mb']:.0f} MB each (shared pages included)" if w > 1 else "goal < 1 GB"))
+        note = "goal < 1 GB"
+        if w > 1:
+            note += f"; workers' max RSS {m['worker_mb']:.0f} MB each (shared pages included)"
+        rows.append((f"peak memory training {mb:.1f} MB -> 4096, {w} worker(s)", f"{m['main_mb']:.0f} MB", note))
         res[f"peak_rss_mb_{w}_workers"] = m
 
     print(f"## BPE benchmarks ({res['machine']['date']})\n")
-    print(f"machine: {res['machine']['cpu']}, {res['machine']['cores']} cores, Python "
-          f"{res['machine']['python']}, tokenizers {res['machine']['tokenizers']}, tiktoken "
-          f"{res['machine']['tiktoken']}; load average at start {res['machine']['load']}")
+    print(f"machine: {machine_line(res['machine'])}")
     print(f"command: {res['command']}\n")
     width = max(len(x[0]) for x in rows)
     print(f"| {'what'.ljust(width)} | time / rate | note |")
@@ -251,29 +205,6 @@ def _hf_byte(c: str) -> int:
 
 
 _HF_BYTES: dict[str, int] = {}
-
-
-def fmt(times: list[float], best: float | None = None) -> str:
-    med = statistics.median(times)
-    best = min(times) if best is None else best
-    return f"{med:.2f} s" + (f" [{best:.2f}]" if len(times) > 1 or best != med else "")
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    versions = {}
-    for mod in ("tokenizers", "tiktoken"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except ImportError:
-            versions[mod] = "not installed"
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-            "date": time.strftime("%Y-%m-%d %H:%M %Z"), **versions}
 
 
 if __name__ == "__main__":

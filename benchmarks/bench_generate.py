@@ -47,22 +47,20 @@ import copy
 import datetime
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
-import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
+from common import machine, machine_line, time_call, wait_for_quiet
 
 from tinylm import checkpoint as ckpt
 from tinylm.config import ModelConfig, SampleConfig
-from tinylm.data import load_data_tokenizer, load_meta, read_shard
+from tinylm.data import load_data_tokenizer
+from tinylm.decode_report import validation_prompts
 from tinylm.generate import generate
 from tinylm.model import GPT
 
@@ -91,14 +89,16 @@ class Result:
 
 def forward_last(model: GPT, idx: torch.Tensor) -> torch.Tensor:
     """nanoGPT's inference forward: every block on the whole window, the head on the last position."""
-    T = idx.size(1)
+    B, T = idx.shape
+    pos = torch.arange(T, device=idx.device)
     x = model.wte(idx)  # (B, T, C)
     if model.wpe is not None:
-        x = x + model.wpe(torch.arange(T, device=idx.device))
-    rope = (model.rope_cos[:T], model.rope_sin[:T]) if model.wpe is None else None
+        x = x + model.wpe(pos)
+    x = x.view(B * T, -1)  # the blocks take the residual stream as a (B*T, C) matrix
+    rope = (model.rope_cos[pos], model.rope_sin[pos]) if model.wpe is None else None
     for block in model.blocks:
-        x = block(x, rope)
-    return model.lm_head(model.norm_f(x[:, -1:]))  # (B, 1, vocab)
+        x = block(x, B, rope)
+    return model.lm_head(model.norm_f(x.view(B, T, -1)[:, -1:]))  # (B, 1, vocab)
 
 
 @torch.inference_mode()
@@ -147,51 +147,21 @@ def make_hf_pair(n_layer: int, n_embd: int, n_head: int, vocab: int, context: in
     return hf, ours
 
 
-def timed(fn) -> tuple[float, float, object]:
-    c0, t0 = time.process_time(), time.perf_counter()
-    out = fn()
-    wall = time.perf_counter() - t0
-    return wall, (time.process_time() - c0) / wall, out
-
-
-def busy_elsewhere(seconds: float = 1.0) -> float:
-    """Share of the machine's CPU capacity used by other processes while this one sleeps.
-
-    The load average cannot tell: it counts this benchmark's own recent work too.
-    """
-    def busy_idle() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        idle = fields[3] + fields[4]  # idle + iowait
-        return sum(fields) - idle, idle
-    b0, i0 = busy_idle()
-    time.sleep(seconds)
-    b1, i1 = busy_idle()
-    return (b1 - b0) / max(1, (b1 - b0) + (i1 - i0))
-
-
-def wait_for_quiet(limit: float, log) -> None:
-    """On a shared machine: wait until other processes use less than ``limit`` of the CPU (0 = don't)."""
-    while limit:
-        busy = busy_elsewhere()
-        if busy <= limit:
-            return
-        log(f"  other processes use {busy:.0%} of the CPU (> {limit:.0%}); waiting 20 s")
-        time.sleep(20)
-
-
 def run_rounds(contenders: dict[str, tuple[Result, object]], rounds: int, log, wait_quiet: float = 0.0) -> dict:
     """Warm each contender up once, then ``rounds`` rounds of every contender in turn."""
     outputs = {}
     wait_for_quiet(wait_quiet, log)
     for name, (res, fn) in contenders.items():
-        res.warmup, _, outputs[name] = timed(fn)
+        warmup = time_call(fn)
+        res.warmup, outputs[name] = warmup.wall, warmup.result
         log(f"  warm-up {name}: {res.warmup:.2f} s")
     threads = torch.get_num_threads()
     for r in range(rounds):
         for name, (res, fn) in contenders.items():
             for attempt in range(4):
                 wait_for_quiet(wait_quiet, log)
-                wall, ratio, _ = timed(fn)
+                run = time_call(fn)
+                wall, ratio = run.wall, run.cpu_per_wall
                 # a run whose threads did not get the CPU (another job took a core) is repeated
                 if not wait_quiet or ratio >= 0.8 * threads or attempt == 3:
                     break
@@ -210,22 +180,6 @@ def agree(a: torch.Tensor, b: torch.Tensor, start: int) -> int:
     return min(firsts)
 
 
-def load_avg() -> float:
-    return os.getloadavg()[0]
-
-
-def machine() -> str:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}; Python {platform.python_version()}, torch {torch.__version__}"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, help="a trained run folder or checkpoint folder (part 1)")
@@ -240,7 +194,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--wait-quiet", type=float, default=0.0,
-                    help="before every round, wait until other processes use less than this share of the CPU (e.g. 0.1)")
+                    help="before every round, wait until other processes use less than this share of the CPU "
+                         "(e.g. 0.1)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
 
@@ -253,7 +208,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     log = partial(print, file=sys.stderr, flush=True)
     wait_for_quiet(args.wait_quiet, log)
-    start_load, date = load_avg(), subprocess.run(["date"], capture_output=True, text=True, check=False).stdout.strip()
+    info = machine("transformers")
+    start_load, date = info["loadavg"][0], info["date"]
     batches = [int(b) for b in args.batches.split(",")]
     N = args.new_tokens
     groups: list[list[Result]] = []  # tinylm contender(s), then the one they are compared with
@@ -266,9 +222,8 @@ def main() -> int:
     model.load_state_dict(ckpt.load_part(path, "model"))
     model.eval()
     m = cfg.model
-    shape = f"{m.n_layer}x{m.n_embd}, {m.n_head} heads, ctx {m.block_size}, vocab {m.vocab_size}, {m.pos}/{m.norm}/{m.mlp}"
-    meta = load_meta(cfg.data.dir)
-    val = np.asarray(read_shard(Path(cfg.data.dir) / meta["val"]["shards"][0]))
+    shape = (f"{m.n_layer}x{m.n_embd}, {m.n_head} heads, ctx {m.block_size}, vocab {m.vocab_size}, "
+             f"{m.pos}/{m.norm}/{m.mlp}")
     tok = load_data_tokenizer(cfg.data.dir)
     part1 = [(model, shape, B, "1 checkpoint") for B in batches]
     if not args.no_default_size:
@@ -279,8 +234,8 @@ def main() -> int:
                      f"{d.pos}/{d.norm}/{d.mlp}")
         part1.append((big, big_shape, 1, "1 default size, untrained"))
     for model, shape, B, part in part1:
-        starts = np.linspace(0, len(val) - args.prompt_tokens - 1, B).astype(int)
-        idx = torch.tensor(np.stack([val[s:s + args.prompt_tokens] for s in starts]).astype(np.int64))
+        prompts = validation_prompts(cfg.data.dir, B, args.prompt_tokens, continuation_tokens=1)
+        idx = torch.tensor([prompt for prompt, _ in prompts])
         log(f"part 1: {part} ({shape}), batch {B}")
         cache = Result(part, shape, B, "tinylm, KV cache", new_tokens=N)
         full = Result(part, shape, B, "full recompute (nanoGPT loop)", new_tokens=N)
@@ -328,13 +283,14 @@ def main() -> int:
             outs = run_rounds({a.contender: (a, partial(tinylm_generate, ours, idx, N)),
                                b.contender: (b, partial(hf_generate, hf, idx, N))}, args.rounds, log, args.wait_quiet)
             same = agree(outs[a.contender], outs[b.contender], args.prompt_tokens)
-            checks.append(f"part 2 {name}, batch {B}: {same} of {N} greedy tokens identical to HF's before the first difference")
+            checks.append(f"part 2 {name}, batch {B}: {same} of {N} greedy tokens identical to HF's "
+                          f"before the first difference")
             groups.append([a, b])
         del hf, ours
 
     # ---- the table
     cmd = "python " + " ".join(sys.argv)
-    print(f"- command: `{cmd}`\n- date: {date}\n- machine: {machine()}\n- torch threads: {args.threads}; "
+    print(f"- command: `{cmd}`\n- date: {date}\n- machine: {machine_line(info)}\n- torch threads: {args.threads}; "
           f"load average at start: {start_load:.2f}; {args.rounds} timed rounds after one warm-up\n")
     print("| part | model | batch | contender | median s [min-max] | tokens/s | CPU/wall | speed-up | runs redone |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -350,11 +306,11 @@ def main() -> int:
         print(f"- {c}")
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "command": cmd, "date": date, "machine": machine(), "threads": args.threads, "load_at_start": start_load,
-            "end_load": load_avg(), "checks": checks,
+            "command": cmd, "date": date, "machine": info, "threads": args.threads, "load_at_start": start_load,
+            "end_load": os.getloadavg()[0], "checks": checks,
             "results": [{**asdict(r), "median": r.median, "tokens_per_s": r.tokens_per_s} for g in groups for r in g]},
             indent=2))
-    log(f"load average at the end: {load_avg():.2f} ({datetime.datetime.now():%H:%M:%S})")
+    log(f"load average at the end: {os.getloadavg()[0]:.2f} ({datetime.datetime.now():%H:%M:%S})")
     return 0
 
 

@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-os.environ.setdefault("TINYLM_DATA_DIR", str(REPO.parent / "shared" / "data"))
+from common import REPO, machine, machine_line, time_call, use_shared_data
 
-from tinylm.config import build_config, to_toml  # noqa: E402
-from tinylm.diagnostics import crash_harness, logged_losses  # noqa: E402
+from tinylm.config import build_config, to_toml
+from tinylm.diagnostics import crash_harness, logged_losses
 
 PRESET = REPO / "configs" / "tinyshakespeare-char.toml"
 MODELS = {"small 0.8M": [],
@@ -42,9 +40,9 @@ OPTIONS = {"fp32 eager (baseline)": [], "torch.compile": ["--train.compile", "tr
 
 def config(out: Path, name: str, overrides: list[str]):
     # no time budget: a clock-driven LR would make runs differ by timing, not by what is measured
-    cfg = build_config(PRESET, overrides + ["--run.dir", str(out), "--run.name", name, "--run.progress", "false",
-                                            "--data.dir", str(out / "data"), "--train.eval_interval", "0",
-                                            "--train.time_budget", ""])
+    cfg = build_config(PRESET, [*overrides, "--run.dir", str(out), "--run.name", name, "--run.progress", "false",
+                                "--data.dir", str(out / "data"), "--train.eval_interval", "0",
+                                "--train.time_budget", ""])
     shutil.rmtree(cfg.run_dir, ignore_errors=True)
     return cfg
 
@@ -88,8 +86,8 @@ def part_options(out: Path) -> list[str]:
 
 def part_accum(out: Path) -> list[str]:
     common = ["--train.max_steps", "300", "--train.log_interval", "1", "--model.block_size", "128"]
-    full = config(out, "accum-16x1", common + ["--train.batch_size", "16"])
-    acc = config(out, "accum-4x4", common + ["--train.batch_size", "16", "--train.micro_batch_size", "4"])
+    full = config(out, "accum-16x1", [*common, "--train.batch_size", "16"])
+    acc = config(out, "accum-4x4", [*common, "--train.batch_size", "16", "--train.micro_batch_size", "4"])
     run_process(full)
     run_process(acc)
     a, b = logged_losses(full.run_dir), logged_losses(acc.run_dir)
@@ -113,9 +111,9 @@ def part_crash(out: Path) -> list[str]:
     ref = config(out, "crash-ref", common)
     run_process(ref)
     cfg = config(out, "crash", common)
-    t0 = time.time()
-    report = crash_harness(cfg, min_kills=6, seed=1)
-    return [f"crash harness: {report.kills} SIGKILLs survived in {time.time() - t0:.0f} s, steps lost per kill "
+    harness = time_call(partial(crash_harness, cfg, min_kills=6, seed=1))
+    report = harness.result
+    return [f"crash harness: {report.kills} SIGKILLs survived in {harness.wall:.0f} s, steps lost per kill "
             f"{report.lost_steps} (save interval 5), unreadable checkpoints {report.unreadable_checkpoints}, "
             f"max |loss difference| to the uninterrupted run {max_diff(ref, cfg)}"]
 
@@ -126,7 +124,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-loop"))
     args = ap.parse_args()
     out = Path(args.out)
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')} | load {os.getloadavg()[0]:.2f}", flush=True)
+    use_shared_data()
+    info = machine()
+    print(f"# {info['date']} | {machine_line(info)}", flush=True)
     parts = {"options": part_options, "accum": part_accum, "ddp": part_ddp, "crash": part_crash}
     for name in args.parts.split(","):
         for line in parts[name](out):

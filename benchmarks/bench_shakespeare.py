@@ -19,19 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
-import time
+from functools import partial
 from pathlib import Path
 
-import torch
+from common import REPO, machine, machine_line, time_call, use_shared_data
 
-REPO = Path(__file__).resolve().parents[1]
-os.environ.setdefault("TINYLM_DATA_DIR", str(REPO.parent / "shared" / "data"))
-
-from tinylm.config import build_config  # noqa: E402
-from tinylm.train import train  # noqa: E402
+from tinylm.config import build_config
+from tinylm.train import train
 
 NANOGPT_CPU = ["--model.block_size", "64", "--model.n_layer", "4", "--model.n_head", "4",
                "--model.n_embd", "128", "--train.batch_size", "12",
@@ -42,18 +37,18 @@ NANOGPT_CPU = ["--model.block_size", "64", "--model.n_layer", "4", "--model.n_he
 
 def run(name: str, overrides: list[str], out: Path) -> dict:
     cfg = build_config(REPO / "configs" / "tinyshakespeare-char.toml",
-                       overrides + ["--run.dir", str(out), "--run.name", name, "--run.progress", "false",
-                                    "--data.dir", str(out / "data")])
+                       [*overrides, "--run.dir", str(out), "--run.name", name, "--run.progress", "false",
+                        "--data.dir", str(out / "data")])
     shutil.rmtree(cfg.run_dir, ignore_errors=True)
-    t0 = time.time()
-    result = train(cfg)
+    training = time_call(partial(train, cfg))
+    result = training.result
     rows = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss" in r]
     data_ms = sum(r["data_ms"] for r in steps) / len(steps)
     compute_ms = sum(r["compute_ms"] for r in steps) / len(steps)
     tps = sorted(r["tokens_per_s"] for r in steps)[len(steps) // 2]
     return {"name": name, "val_loss": result.val_loss, "best_val_loss": result.best_val_loss,
-            "train_seconds": result.train_seconds, "wall_seconds": time.time() - t0,
+            "train_seconds": result.train_seconds, "wall_seconds": training.wall,
             "tokens_seen": result.tokens_seen, "median_tokens_per_s": tps,
             "data_share": data_ms / (data_ms + compute_ms),
             "evals": [(r["step"], round(r["val_loss"], 4)) for r in rows if "val_loss" in r]}
@@ -65,8 +60,9 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-shakespeare"))
     args = ap.parse_args()
     out = Path(args.out)
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
-          f"{platform.processor() or platform.machine()} | load {os.getloadavg()[0]:.2f}")
+    use_shared_data()
+    info = machine()
+    print(f"# {info['date']} | {machine_line(info)}")
     contenders = {"preset": [], "nanogpt": NANOGPT_CPU}
     results = [run(n, o, out) for n, o in contenders.items() if args.only in (None, n)]
     print("\n| contender | val loss (final) | best | train time | tokens seen | tok/s (median) | data wait |")

@@ -35,30 +35,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import SHARED, Meter, cpu_idle_pct, load_average, machine, machine_line, time_call, wait_for_quiet
 
-import tinylm
 from tinylm.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
 from tinylm.data import BatchLoader, prepare
 from tinylm.train import Trainer, autocast_context, cpu_has_fast_bf16, resolve_precision
 
-REPO = Path(__file__).resolve().parents[1]
 N_LAYER, N_EMBD, N_HEAD, BLOCK, BATCH = 4, 256, 4, 128, 32
 SEED = 1337
 DEVICE = torch.device("cpu")
@@ -69,7 +65,7 @@ DEVICE = torch.device("cpu")
 def shakespeare_path() -> Path:
     # the tests' variable, then the library's, then shared/data beside the repository
     env = os.environ.get("TINYLM_SHARED_DATA") or os.environ.get("TINYLM_DATA_DIR")
-    root = Path(env) if env else REPO.parent / "shared" / "data"
+    root = Path(env) if env else SHARED / "data"
     path = root / "tinyshakespeare" / "input.txt"
     if not path.is_file():
         sys.exit(f"tiny Shakespeare not found at {path}; set TINYLM_SHARED_DATA to the folder "
@@ -212,32 +208,31 @@ def gemm_floor_ms(vocab: int, reps: int = 5) -> float:
     for i, o in shapes:
         gemms += [(torch.randn(m, i), torch.randn(i, o)), (torch.randn(m, o), torch.randn(o, i)),
                   (torch.randn(o, m), torch.randn(m, i))]
-    times = []
-    for _ in range(reps + 1):  # the first pass warms up the allocator and the BLAS
-        t0 = time.perf_counter()
+    def all_gemms() -> None:
         for a, b in gemms:
             torch.mm(a, b)
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times[1:])
+
+    all_gemms()  # warms up the allocator and the BLAS
+    floor = Meter()
+    for _ in range(reps):
+        floor(all_gemms)
+    return 1000 * floor.median
 
 
 def timed_steps(c: Contender, batches, record: list[float] | None) -> None:
-    cpu0, wall0, loss = time.process_time(), time.perf_counter(), None
+    """One step per batch; with ``record``, each step's wall time is appended to it, and its wall and
+    CPU time added to the contender's (the loader's wait, timed apart, is in neither)."""
+    step = None
     for x, y in batches:
         if c.loader is not None and record is not None:
-            t0 = time.perf_counter()
-            c.loader.next_batch()  # timed apart; the step trains on the shared batch
-            c.data_s.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        loss = c.step(x, y)
-        dt = time.perf_counter() - t0
+            c.data_s.append(time_call(c.loader.next_batch).wall)  # the step trains on the shared batch
+        step = time_call(partial(c.step, x, y))
         if record is not None:
-            record.append(dt)
-    if loss is not None:
-        c.last_loss = float(loss)
-    if record is not None:
-        c.cpu_s += time.process_time() - cpu0
-        c.wall_s += time.perf_counter() - wall0
+            record.append(step.wall)
+            c.wall_s += step.wall
+            c.cpu_s += step.cpu
+    if step is not None:
+        c.last_loss = float(step.result)
 
 
 def run_setting(setup: Setup, vocab: int, ids: np.ndarray, args, log) -> dict:
@@ -255,19 +250,15 @@ def run_setting(setup: Setup, vocab: int, ids: np.ndarray, args, log) -> dict:
 
     warm = make_batches(ids, args.warmup, SEED)
     for c in contenders:
-        t0 = time.perf_counter()
-        timed_steps(c, warm[:1], None)  # the first step pays for torch.compile and allocations
-        c.first_step_s = time.perf_counter() - t0
+        # the first step pays for torch.compile and allocations
+        c.first_step_s = time_call(partial(timed_steps, c, warm[:1], None)).wall
         timed_steps(c, warm[1:], None)
         log(f"  warm-up {c.name}: first step {c.first_step_s:.2f}s")
 
     steps = args.steps
     if steps <= 0:  # auto: about --seconds of timed steps per contender, from tinylm's warm-up speed
-        probe = []
-        for batch in make_batches(ids, 2, SEED + 1):
-            t0 = time.perf_counter()
-            timed_steps(contenders[0], [batch], None)
-            probe.append(time.perf_counter() - t0)
+        probe = [time_call(partial(timed_steps, contenders[0], [batch], None)).wall
+                 for batch in make_batches(ids, 2, SEED + 1)]
         steps = max(args.rounds, round(args.seconds / min(probe)))
     per_round = math.ceil(steps / args.rounds)
     batches = make_batches(ids, per_round * args.rounds, SEED + 2)
@@ -356,50 +347,6 @@ def profile(setup: Setup, vocab: int, ids: np.ndarray, steps: int, log) -> dict:
 
 # --------------------------------------------------------------------------- report
 
-def cpu_idle_pct(seconds: float = 5.0) -> float:
-    """Share of all cores' time spent idle over the next ``seconds`` (Linux /proc/stat; else NaN)."""
-    def sample() -> tuple[int, int]:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
-    try:
-        t0, i0 = sample()
-        time.sleep(seconds)
-        t1, i1 = sample()
-    except OSError:
-        return math.nan
-    return 100.0 * (i1 - i0) / max(t1 - t0, 1)
-
-
-def machine() -> dict:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    flags = set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    info = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "avx512_bf16": "avx512_bf16" in flags, "amx": "amx_tile" in flags,
-            "cpu_has_fast_bf16": cpu_has_fast_bf16(),
-            "auto_precision": resolve_precision("auto", DEVICE),
-            "python": platform.python_version(), "torch": torch.__version__, "tinylm": tinylm.__version__
-            if hasattr(tinylm, "__version__") else "src", "loadavg": os.getloadavg()}
-    with contextlib.suppress(ImportError):
-        import transformers
-        info["transformers"] = transformers.__version__
-    with contextlib.suppress(Exception):
-        info["git"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                                     capture_output=True, text=True, check=True).stdout.strip()
-    return info
-
-
 def markdown(results: list[dict]) -> str:
     head = ("| vocab | contender | precision | median ms/step | tokens/s | x tinylm default | "
             "rounds (ms) | CPU/wall | notes |")
@@ -462,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.warmup < 1 or args.rounds < 1:
         p.error("--warmup and --rounds must be >= 1 (the first step pays for allocation and compilation)")
+    if not 0 <= args.wait_idle < 100:
+        p.error("--wait-idle is a percentage of idle CPU time, at least 0 and below 100")
     def log(*a) -> None:
         print(*a, flush=True)
 
@@ -476,22 +425,15 @@ def main(argv: list[str] | None = None) -> int:
                      "(or pass --no-peer to time tinylm alone)")
 
     idle = cpu_idle_pct()
-    if args.wait_idle:
-        deadline = time.time() + 3600
-        while idle < args.wait_idle and time.time() < deadline:
-            log(f"waiting: CPU {idle:.0f}% idle over the last 5 s (< {args.wait_idle:.0f}%)")
-            time.sleep(10)
-            idle = cpu_idle_pct()
-    info = machine()
-    info["cpu_idle_pct_at_start"] = idle
+    if args.wait_idle and idle < args.wait_idle:
+        busy = wait_for_quiet(1 - args.wait_idle / 100, log, sample_s=5, pause_s=10, timeout_s=3600)
+        idle = 100 * (1 - busy)
+    info = machine("transformers")
+    info.update(cpu_has_fast_bf16=cpu_has_fast_bf16(), auto_precision=resolve_precision("auto", DEVICE),
+                cpu_idle_pct_at_start=idle)
     log(f"# tinylm training throughput, {info['date']}")
-    log(f"machine: {info['cpu']}, {info['cores']} cores, torch threads {info['torch_threads']}, "
-        f"capability {info['cpu_capability']}, AVX512-BF16 {info['avx512_bf16']}, AMX {info['amx']} "
-        f"-> tinylm auto precision = {info['auto_precision']}")
-    log(f"software: python {info['python']}, torch {info['torch']}, transformers "
-        f"{info.get('transformers', '-')}, tinylm git {info.get('git', '?')}")
-    log(f"before start: CPU {idle:.0f}% idle over 5 s; load average "
-        f"{' '.join(f'{x:.2f}' for x in info['loadavg'])}")
+    log(f"machine: {machine_line(info)}")
+    log(f"tinylm auto precision = {info['auto_precision']}; before start: CPU {idle:.0f}% idle over 5 s")
     m = asdict(tinylm_model_config(0))
     log(f"shape: {N_LAYER} layers, width {N_EMBD}, {N_HEAD} heads, context {BLOCK}, batch {BATCH} "
         f"({BATCH * BLOCK} tokens/step); tinylm options: norm={m['norm']} bias={m['bias']} pos={m['pos']} "
@@ -527,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     for res in results:
         for line in ratios(res):
             log(line)
-    loads = [" ".join(f"{x:.2f}" for x in info[k]) for k in ("loadavg", "loadavg_end")]
+    loads = [load_average(info[k]) for k in ("loadavg", "loadavg_end")]
     log(f"\nCPU idle before start {idle:.0f}%; load average at start {loads[0]}, at end {loads[1]} "
         f"(this benchmark alone adds ~{info['torch_threads']}). CPU/wall = busy threads during timed "
         f"steps: well below {info['torch_threads']} means waiting for the CPU (or serial work)")

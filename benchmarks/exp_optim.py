@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -42,17 +43,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-os.environ.setdefault("TINYLM_DATA_DIR", str(REPO.parent / "shared" / "data"))
+from common import REPO, Meter, time_call, use_shared_data
 
-from tinylm.config import build_config  # noqa: E402
-from tinylm.data import ensure_prepared  # noqa: E402
-from tinylm.diagnostics import logged_losses  # noqa: E402
-from tinylm.plotting import pyplot  # noqa: E402
+from tinylm.config import build_config
+from tinylm.data import ensure_prepared
+from tinylm.diagnostics import logged_losses
+from tinylm.plotting import pyplot
 
 PRESET = REPO / "configs" / "optim-lab.toml"
 SEEDS = (0, 1, 2)
@@ -102,13 +102,14 @@ class Lab:
             shutil.rmtree(run)
         cmd = [sys.executable, "-m", "tinylm", "train", "--config", str(PRESET), *self.base,
                "--run.name", run.name, *overrides]
-        t0 = time.time()
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        training = time_call(partial(subprocess.run, cmd, env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True, check=False))
+        done = training.result
         if done.returncode:
             raise SystemExit(f"run failed: {' '.join(cmd)}\n{done.stderr[-2000:]}")
         (run / "overrides.txt").write_text(" ".join(overrides) + "\n")
-        print(f"  {time.time() - t0:5.0f}s  {' '.join(overrides)}  val {final_val(run):.4f}", flush=True)
+        print(f"  {training.wall:5.0f}s  {' '.join(overrides)}  val {final_val(run):.4f}", flush=True)
 
     def lr_find(self, name: str, overrides: list[str]) -> dict:
         out = self.out / f"lr-find-{name}"
@@ -128,7 +129,7 @@ def final_val(run: Path) -> float:
 def steps_to(run: Path, target: float) -> float:
     """First step at which val loss reaches ``target`` (linear between evaluations); inf if never."""
     vals = sorted(logged_losses(run, "val_loss").items())
-    for (s0, v0), (s1, v1) in zip(vals, vals[1:]):
+    for (s0, v0), (s1, v1) in itertools.pairwise(vals):
         if v1 <= target:
             return s1 if v0 <= target or v0 == v1 else s0 + (s1 - s0) * (v0 - target) / (v0 - v1)
     return math.inf
@@ -147,14 +148,14 @@ def lr_args(lr: float) -> list[str]:
 def part_sweep(lab: Lab, results: dict) -> None:
     finder = lab.lr_find("adamw", [])
     adamw = lab.runs([lr_args(lr) for lr in ADAMW_LRS])
-    best_adamw = min(zip(ADAMW_LRS, adamw), key=lambda t: final_val(t[1]))[0]
+    best_adamw = min(zip(ADAMW_LRS, adamw, strict=True), key=lambda t: final_val(t[1]))[0]
     finder_muon = lab.lr_find("muon", [*MUON, "--optim.lr", "0.02", "--optim.embed_lr", f"{best_adamw:g}"])
     muon = lab.runs([[*MUON, *lr_args(lr), "--optim.embed_lr", f"{best_adamw:g}"] for lr in MUON_LRS])
-    best_muon = min(zip(MUON_LRS, muon), key=lambda t: final_val(t[1]))[0]
+    best_muon = min(zip(MUON_LRS, muon, strict=True), key=lambda t: final_val(t[1]))[0]
     ratio = finder["suggested_lr"] / best_adamw
     results["sweep"] = {
-        "adamw": {f"{lr:g}": final_val(r) for lr, r in zip(ADAMW_LRS, adamw)}, "best_adamw_lr": best_adamw,
-        "muon": {f"{lr:g}": final_val(r) for lr, r in zip(MUON_LRS, muon)}, "best_muon_lr": best_muon,
+        "adamw": {f"{lr:g}": final_val(r) for lr, r in zip(ADAMW_LRS, adamw, strict=True)}, "best_adamw_lr": best_adamw,
+        "muon": {f"{lr:g}": final_val(r) for lr, r in zip(MUON_LRS, muon, strict=True)}, "best_muon_lr": best_muon,
         "lr_find_adamw": {k: finder[k] for k in ("divergence_lr", "suggested_lr", "divisor", "diverged")},
         "lr_find_muon": {k: finder_muon[k] for k in ("divergence_lr", "suggested_lr", "divisor", "diverged")},
         "finder_over_best": ratio, "finder_valid": 0.5 <= ratio <= 2.0}
@@ -175,8 +176,8 @@ def part_sweep_long(lab: Lab, results: dict) -> None:
     longer = ["--train.max_steps", "1500", "--optim.warmup_steps", "150"]
     lrs = ADAMW_LRS[1:5]
     runs = lab.runs([[*lr_args(lr), *longer] for lr in lrs], max_steps=1500)
-    finals = {f"{lr:g}": final_val(r) for lr, r in zip(lrs, runs)}
-    best = min(zip(lrs, runs), key=lambda t: final_val(t[1]))[0]
+    finals = {f"{lr:g}": final_val(r) for lr, r in zip(lrs, runs, strict=True)}
+    best = min(zip(lrs, runs, strict=True), key=lambda t: final_val(t[1]))[0]
     suggested = results["sweep"]["lr_find_adamw"]["suggested_lr"]
     results["sweep_long"] = {"final": finals, "best_lr": best, "finder_over_best": suggested / best}
     print("\n## AdamW sweep at 1500 steps (warmup 150, seed 0)\n\n| lr | " + " | ".join(finals) + " |\n|---|"
@@ -194,7 +195,7 @@ def part_muon(lab: Lab, results: dict) -> None:
     target = statistics.mean(final_val(r) for r in adamw)
     # per seed: the steps Muon needs to reach the val loss AdamW ends at with the same seed
     # (AdamW needs all of max_steps for it, by definition)
-    paired = [steps_to(m, final_val(a)) for a, m in zip(adamw, muon)]
+    paired = [steps_to(m, final_val(a)) for a, m in zip(adamw, muon, strict=True)]
     max_steps = lab.max_steps
     results["muon"] = {"adamw_lr": a_lr, "muon_lr": m_lr, "mean_target": target,
                        "final": {"AdamW": [final_val(r) for r in adamw], "Muon": [final_val(r) for r in muon]},
@@ -239,21 +240,19 @@ def part_step_cost(lab: Lab, results: dict, steps: int = 20, rounds: int = 3) ->
             cfg = build_config(PRESET, ["--data.dir", str(lab.data), "--run.dir", tmp, "--run.name", name,
                                         "--run.progress", "false", *extra])
             trainers[name] = Trainer(cfg, log=lambda *a, **k: None)
-        times: dict[str, list[float]] = {n: [] for n in trainers}
+        meters = {n: Meter() for n in trainers}
         for t in trainers.values():
             t.train_step(1.0)  # warm-up
         for _ in range(rounds):
             for name, t in trainers.items():
                 for _ in range(steps):
-                    t0 = time.perf_counter()
-                    t.train_step(1.0)
-                    times[name].append(time.perf_counter() - t0)
-    base = statistics.median(times["AdamW"])
-    results["step_cost"] = {n: 1000 * statistics.median(ts) for n, ts in times.items()}
+                    meters[name](partial(t.train_step, 1.0))
+    base = meters["AdamW"].median
+    results["step_cost"] = {n: 1000 * m.median for n, m in meters.items()}
     print(f"\n## Wall-clock per step ({torch.get_num_threads()} threads, median of {steps * rounds})\n\n"
           "| optimizer | ms/step | x AdamW |\n|---|---:|---:|")
-    for name, ts in times.items():
-        print(f"| {name} | {1000 * statistics.median(ts):.1f} | {statistics.median(ts) / base:.2f} |")
+    for name, m in meters.items():
+        print(f"| {name} | {1000 * m.median:.1f} | {m.median / base:.2f} |")
 
 
 def part_schedule_plot(lab: Lab, results: dict) -> None:
@@ -304,8 +303,8 @@ def plot_curves(groups: dict[str, list[Path]], path: Path, title: str, target: f
     plt.close(fig)
 
 
-PARTS = {"sweep": part_sweep, "sweep-long": part_sweep_long, "muon": part_muon, "schedules": part_schedules, "step-cost": part_step_cost,
-         "schedule-plot": part_schedule_plot}
+PARTS = {"sweep": part_sweep, "sweep-long": part_sweep_long, "muon": part_muon, "schedules": part_schedules,
+         "step-cost": part_step_cost, "schedule-plot": part_schedule_plot}
 
 
 def main() -> None:
@@ -314,6 +313,7 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2, help="training processes at a time (one thread each)")
     p.add_argument("--out", default=str(REPO / "runs" / "exp-optim"))
     args = p.parse_args()
+    use_shared_data()
     lab = Lab(Path(args.out), args.jobs)
     lab.prepare()
     results_path = lab.out / "results.json"

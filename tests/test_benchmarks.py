@@ -1,0 +1,58 @@
+"""The benchmark scripts import, and importing them runs nothing; their shared helpers (benchmarks/common.py)."""
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import sys
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = sorted(p.stem for p in BENCHMARKS.glob("*.py") if p.stem != "common")
+
+
+@pytest.fixture
+def benchmarks(monkeypatch):
+    """Imports from benchmarks/ as ``python benchmarks/<script>.py`` sees them."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return importlib.import_module
+
+
+def test_every_script_is_found():
+    assert {"bench_bpe", "bench_generate", "bench_loop", "bench_shakespeare", "bench_train",
+            "exp_optim"} <= set(SCRIPTS)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_importing_a_script_runs_nothing(benchmarks, script):
+    before = dict(os.environ)
+    module = benchmarks(script)
+    assert callable(module.main)
+    assert dict(os.environ) == before  # the shared-data defaults are set by main, not by the import
+
+
+def test_machine_description(benchmarks):
+    common = benchmarks("common")
+    info = common.machine("pytest", "no_such_package")
+    assert info["cores"] == os.cpu_count()
+    assert info["packages"] == {"pytest": pytest.__version__, "no_such_package": "not installed"}
+    line = common.machine_line(info)
+    assert info["cpu"] in line and f"pytest {pytest.__version__}" in line and "\n" not in line
+
+
+def test_timers_and_cpu_sampling(benchmarks):
+    common = benchmarks("common")
+    timing = common.time_call(lambda: 42)
+    assert timing.result == 42 and timing.wall >= 0 and timing.cpu >= 0
+    meter = common.Meter()
+    assert [meter(partial(abs, -i)) for i in range(3)] == [0, 1, 2]
+    assert len(meter.wall) == len(meter.cpu) == 3 and meter.median == sorted(meter.wall)[1]
+    assert common.median_min([3.0, 1.0, 2.0]) == "2.00 s [1.00]"
+    assert common.median_min([2.0]) == "2.00 s"
+    if sys.platform == "linux":
+        assert 0 <= common.cpu_idle_pct(0.01) <= 100
+        assert 0 <= common.busy_elsewhere(0.01) <= 1
+    assert math.isnan(common.wait_for_quiet(0))  # 0: don't wait, don't measure
