@@ -17,7 +17,6 @@ Reads tiny Shakespeare from TINYLM_DATA_DIR (default ../shared/data beside the r
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess
@@ -29,6 +28,7 @@ from common import REPO, machine, machine_line, time_call, use_shared_data
 
 from tinylm.config import build_config, to_toml
 from tinylm.diagnostics import crash_harness, logged_losses
+from tinylm.tracking import read_metrics
 
 PRESET = REPO / "configs" / "tinyshakespeare-char.toml"
 MODELS = {"small 0.8M": [],
@@ -56,7 +56,7 @@ def run_process(cfg, *launcher: str) -> None:
 
 
 def records(cfg) -> list[dict]:
-    return [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    return read_metrics(cfg.run_dir)
 
 
 def max_diff(a, b) -> float:

@@ -26,6 +26,7 @@ from pathlib import Path
 from common import REPO, machine, machine_line, time_call, use_shared_data
 
 from tinylm.config import build_config
+from tinylm.tracking import read_metrics
 from tinylm.train import train
 
 NANOGPT_CPU = ["--model.block_size", "64", "--model.n_layer", "4", "--model.n_head", "4",
@@ -42,7 +43,7 @@ def run(name: str, overrides: list[str], out: Path) -> dict:
     shutil.rmtree(cfg.run_dir, ignore_errors=True)
     training = time_call(partial(train, cfg))
     result = training.result
-    rows = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(cfg.run_dir)
     steps = [r for r in rows if "loss" in r]
     data_ms = sum(r["data_ms"] for r in steps) / len(steps)
     compute_ms = sum(r["compute_ms"] for r in steps) / len(steps)

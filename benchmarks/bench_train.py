@@ -53,6 +53,7 @@ from common import SHARED, Meter, cpu_idle_pct, load_average, machine, machine_l
 
 from tinylm.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
 from tinylm.data import BatchLoader, prepare
+from tinylm.tracking import read_metrics
 from tinylm.train import Trainer, autocast_context, cpu_has_fast_bf16, resolve_precision
 
 N_LAYER, N_EMBD, N_HEAD, BLOCK, BATCH = 4, 256, 4, 128, 32
@@ -309,7 +310,7 @@ def loop_check(setup: Setup, steps: int, log) -> dict:
     cfg.sample.max_new_tokens = 1
     cfg.run.dir, cfg.run.name, cfg.run.progress = str(setup.runs), "loop-check", False
     train(cfg, log=lambda *a, **k: None)
-    lines = [json.loads(s) for s in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metrics(cfg.run_dir)
     logged = [m for m in lines if "tokens_per_s" in m][1:]  # the first window holds the warm-up
     if not logged:
         return {}
