@@ -1,9 +1,12 @@
 """Crash-safe file writing: a reader sees the old file or the complete new one, never half."""
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
+
+from .errors import TinyLMError
 
 
 def fsync_dir(path: Path) -> None:
@@ -45,3 +48,30 @@ def _umask() -> int:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_failure(e: BaseException, path: str | os.PathLike, then: str = "run the command again") -> TinyLMError:
+    """A failed write of ``path`` as one line for people; a full disk says so, and what to do ``then``.
+
+    ``torch.save`` reports a full disk as ``RuntimeError("... unexpected pos ...")`` whose context
+    is the ``OSError``, so the chain of causes is searched for it.
+    """
+    err: BaseException | None = e
+    while err is not None and not isinstance(err, OSError):
+        err = err.__cause__ or err.__context__
+    if err is None:
+        return TinyLMError(f"cannot write {path}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}")
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return TinyLMError(f"the disk is full: no space left to write {path}; free some space there and {then}")
+    return TinyLMError(f"cannot write {path}: {err.strerror or err}")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (signal 0 checks without signalling)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
