@@ -192,7 +192,8 @@ def small_disk(tmp_path):
     """A 2 MB tmpfs (needs root and mount); unmounted afterwards."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+                      check=False, capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         yield disk
@@ -360,6 +361,19 @@ def test_export_to_an_existing_folder_is_refused_and_leaves_no_temp_file(tmp_pat
     one_line_error(capsys, f"--out {out} is a folder")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["exported", "mine.txt"]
     assert (out / "mine.txt").read_text() == "keep"
+
+
+def test_export_on_a_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path, trained, capsys, monkeypatch):
+    import safetensors.torch
+
+    def full_disk(state, path, metadata=None):
+        open(path, "wb").write(b"partial")
+        raise Exception("Error while serializing: I/O error: No space left on device (os error 28)")
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    out = tmp_path / "model.safetensors"
+    assert main(["export", str(trained.run_dir), "--out", str(out)]) == 2
+    one_line_error(capsys, f"the disk is full: no space left to write {out}")
+    assert list(tmp_path.iterdir()) == []
 
 
 # --------------------------------------------------------------------------- item 11: a finished run

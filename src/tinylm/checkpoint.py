@@ -358,7 +358,7 @@ def export_safetensors(ckpt_dir: Path, out: Path) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         save_file(state, str(tmp), metadata=metadata)
         os.replace(tmp, out)
-    except OSError as e:
+    except Exception as e:  # OSError, or safetensors' own error around one (a full disk)
         tmp.unlink(missing_ok=True)
         raise write_failure(e, out) from None
     return len(state)

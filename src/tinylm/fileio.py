@@ -53,17 +53,19 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_failure(e: BaseException, path: str | os.PathLike, then: str = "run the command again") -> TinyLMError:
     """A failed write of ``path`` as one line for people; a full disk says so, and what to do ``then``.
 
-    ``torch.save`` reports a full disk as ``RuntimeError("... unexpected pos ...")`` whose context
-    is the ``OSError``, so the chain of causes is searched for it.
+    Libraries hide the ``OSError`` of a full disk: ``torch.save`` raises ``RuntimeError("... unexpected
+    pos ...")`` with the OSError as its context, safetensors an error whose message holds the OS's.
     """
     err: BaseException | None = e
     while err is not None and not isinstance(err, OSError):
         err = err.__cause__ or err.__context__
-    if err is None:
-        return TinyLMError(f"cannot write {path}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}")
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+    if err is not None:
+        full, reason = err.errno in (errno.ENOSPC, errno.EDQUOT), err.strerror or str(err)
+    else:
+        full, reason = os.strerror(errno.ENOSPC) in str(e), (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if full:
         return TinyLMError(f"the disk is full: no space left to write {path}; free some space there and {then}")
-    return TinyLMError(f"cannot write {path}: {err.strerror or err}")
+    return TinyLMError(f"cannot write {path}: {reason}")
 
 
 def pid_alive(pid: int) -> bool:

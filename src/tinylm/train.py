@@ -276,7 +276,7 @@ class Trainer:
                               f"{self.meta['vocab_size']} ids; use 0 to take it from the data")
         self.tok = load_data_tokenizer(cfg.data.dir)
         # every checkpoint keeps this copy: the data folder may be prepared again with another tokenizer
-        self.tok_file = (Path(cfg.data.dir) / self.meta["tokenizer_file"]).read_bytes()
+        self.tokenizer_bytes = (Path(cfg.data.dir) / self.meta["tokenizer_file"]).read_bytes()
 
         seed_everything(cfg.train.seed)
         self.raw_model = GPT(cfg.model).to(self.device)
@@ -306,7 +306,7 @@ class Trainer:
     # ----------------------------------------------------------------- state
 
     def _load(self, path: Path, parts: dict[str, dict]) -> None:
-        """Continue from checkpoint ``path``, whose loaded ``parts`` are {"model": ..., "optimizer": ..., "trainer": ...}."""
+        """Continue from checkpoint ``path``; ``parts`` are its loaded model, optimizer and trainer states."""
         ckpt.check_compatible(ckpt.checkpoint_config(path), self.cfg, path)
         state, model_state, optim_state = parts["trainer"], parts["model"], parts["optimizer"]
         if state["world_size"] != self.d.world_size:
@@ -358,7 +358,7 @@ class Trainer:
             {"model": model_state, "optimizer": optim_state, "trainer": trainer_state},
             {"tokens_seen": self.tokens_seen, "val_loss": None, "best_val_loss": self.best_val,
              "config": self.cfg.to_dict(), "data_meta": self.meta},
-            files={ckpt.TOKENIZER: self.tok_file}, keep_last=self.cfg.train.keep_last)
+            files={ckpt.TOKENIZER: self.tokenizer_bytes}, keep_last=self.cfg.train.keep_last)
 
     # ----------------------------------------------------------------- steps
 
