@@ -1,21 +1,27 @@
 """Checkpoints: one directory per saved step, completed by an atomic rename.
 
     runs/<name>/checkpoints/
-      step_000500/        model.pt  optimizer.pt  trainer.pt  meta.json
+      step_000500/        model.pt  optimizer.pt  trainer.pt  tokenizer.txt  meta.json
       last -> step_000500 (symlink, replaced atomically)
       best -> step_000250
 
 A step directory is written under a temporary name, every file fsynced, then renamed: a crash
 leaves either no directory or a complete one. Loading uses ``torch.load(weights_only=True)``,
-which never executes pickled code.
+which never executes pickled code. The run folder itself is locked (``<run>/.lock``) by the one
+process training in it.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pickle
 import platform
+import re
 import shutil
+import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,10 +29,14 @@ import torch
 from . import __version__
 from .config import Config, from_dict
 from .errors import TinyLMError
-from .fileio import fsync_dir, write_text_atomic
+from .fileio import fsync_dir, pid_alive, write_failure, write_text_atomic
+from .tokenizer import Tokenizer, load_tokenizer
 
 META = "meta.json"
-TENSOR_FILES = ("model.pt", "optimizer.pt", "trainer.pt")
+PARTS = ("model", "optimizer", "trainer")
+TENSOR_FILES = tuple(f"{part}.pt" for part in PARTS)
+TOKENIZER = "tokenizer.txt"  # the checkpoint's own copy: the data folder's may be prepared again later
+LOCK = ".lock"
 
 
 def _step_name(step: int) -> str:
@@ -42,25 +52,40 @@ def _point(root: Path, link: str, target: str) -> None:
     os.replace(tmp, root / link)
 
 
-def save_checkpoint(root: Path, step: int, parts: dict[str, dict], meta: dict, *, keep_last: int = 1) -> Path:
-    """Write ``parts`` ({"model": state, "optimizer": state, "trainer": state}) and ``meta`` as
-    ``root/step_NNNNNN``, point ``last`` at it, and keep the newest ``keep_last`` step directories
-    plus the one ``best`` points to. Returns the step directory."""
-    root.mkdir(parents=True, exist_ok=True)
+def save_checkpoint(root: Path, step: int, parts: dict[str, dict], meta: dict, *, files: dict[str, bytes] | None = None,
+                    keep_last: int = 1) -> Path:
+    """Write ``parts`` ({"model": state, "optimizer": state, "trainer": state}), ``files`` (name -> bytes,
+    e.g. the tokenizer) and ``meta`` as ``root/step_NNNNNN``, point ``last`` at it, and keep the newest
+    ``keep_last`` complete step directories plus the one ``best`` points to. Returns the step directory.
+
+    A failed write (a full disk) removes the temporary folder and leaves every earlier checkpoint as it was.
+    """
     name = _step_name(step)
     tmp = root / f".tmp-{name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for key, state in parts.items():
-        with open(tmp / f"{key}.pt", "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
     meta = {**meta, "step": step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "versions": {"tinylm": __version__, "torch": torch.__version__,
                          "python": platform.python_version()}}
-    write_text_atomic(tmp / META, json.dumps(meta, indent=2) + "\n")
-    fsync_dir(tmp)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for key, state in parts.items():
+            with open(tmp / f"{key}.pt", "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+        for file_name, data in (files or {}).items():
+            with open(tmp / file_name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        write_text_atomic(tmp / META, json.dumps(meta, indent=2) + "\n")
+        fsync_dir(tmp)
+    except (OSError, RuntimeError) as e:  # torch.save wraps a full disk in a RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        last = (root / "last").resolve().name if (root / "last").exists() else None
+        kept = f"the last checkpoint, {last}, is intact" if last else "no checkpoint was saved yet"
+        raise write_failure(e, f"checkpoint {root / name}", then=f"continue with --resume ({kept})") from None
     final = root / name
     if final.exists():  # the same step saved again (e.g. the final save right after a periodic one)
         old = root / f".old-{name}-{os.getpid()}"
@@ -82,25 +107,53 @@ def record_eval(step_dir: Path, val_loss: float, *, is_best: bool, keep_last: in
     meta["val_loss"] = val_loss
     if is_best:
         meta["best_val_loss"] = val_loss
-    write_text_atomic(step_dir / META, json.dumps(meta, indent=2) + "\n")
+    try:
+        write_text_atomic(step_dir / META, json.dumps(meta, indent=2) + "\n")
+    except OSError as e:
+        raise write_failure(e, step_dir / META, then="continue with --resume") from None
     if is_best:
         _point(step_dir.parent, "best", step_dir.name)
         fsync_dir(step_dir.parent)
         _prune(step_dir.parent, keep_last)
 
 
+def step_dirs(root: Path) -> list[Path]:
+    """The step folders under ``root`` (a run's checkpoints folder), oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.name.startswith("step_") and p.is_dir() and not p.is_symlink())
+
+
+def _is_complete(step_dir: Path) -> bool:
+    """A cheap check, without loading tensors: meta.json reads and no tensor file is missing or empty."""
+    try:
+        read_meta(step_dir)
+    except TinyLMError:
+        return False
+    return all((step_dir / f).is_file() and (step_dir / f).stat().st_size > 0 for f in TENSOR_FILES)
+
+
 def _prune(root: Path, keep_last: int) -> None:
-    steps = sorted(p for p in root.iterdir() if p.name.startswith("step_") and p.is_dir()
-                   and not p.is_symlink())
-    keep = {p.name for p in steps[-keep_last:]}
+    """Keep the newest ``keep_last`` complete checkpoints and those ``last`` and ``best`` point to.
+
+    A damaged one is removed only when a complete one is newer: a damaged newest checkpoint is left
+    for a person to look at (resume skips it, and a save of the same step replaces it). Leftovers of a
+    killed save are removed only when they are this process's or their process is gone.
+    """
+    steps = step_dirs(root)
+    complete = [p for p in steps if _is_complete(p)]
+    keep = {p.name for p in complete[-keep_last:]}
     for link in ("last", "best"):
         if (root / link).is_symlink():
             keep.add(os.readlink(root / link))
+    newest_complete = complete[-1].name if complete else ""
     for p in steps:
-        if p.name not in keep:
+        if p.name not in keep and (p in complete or p.name < newest_complete):
             shutil.rmtree(p)
-    for p in [*root.glob(".tmp-step_*"), *root.glob(".old-step_*")]:  # leftovers of a killed save
-        shutil.rmtree(p, ignore_errors=True)
+    for p in [*root.glob(".tmp-step_*"), *root.glob(".old-step_*")]:
+        pid = re.search(r"-(\d+)$", p.name)
+        if pid and (int(pid.group(1)) == os.getpid() or not pid_alive(int(pid.group(1)))):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def find_checkpoint(path: str | Path, which: str = "last") -> Path | None:
@@ -113,17 +166,40 @@ def find_checkpoint(path: str | Path, which: str = "last") -> Path | None:
 
 
 def resolve_checkpoint(path: str | Path, which: str = "last") -> Path:
+    """:func:`find_checkpoint`, or an error that says what is there instead (nothing, a damaged checkpoint)."""
     found = find_checkpoint(path, which)
-    if found is None:
-        if not Path(path).exists():
-            raise TinyLMError(f"{path} does not exist; give a run folder (runs/<name>) or a checkpoint folder")
-        raise TinyLMError(f"no checkpoint found in {path} (looked for {which}/{META} and "
-                          f"checkpoints/{which}/{META}); has the run saved one yet?")
-    return found
+    if found is not None:
+        return found
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        raise TinyLMError(f"{path} does not exist; give a run folder (runs/<name>) or a checkpoint folder")
+    other = "use another checkpoint (--checkpoint best, or a step folder under checkpoints/)"
+    for candidate in (path, path / which, path / "checkpoints" / which):
+        if candidate.is_symlink() and not candidate.exists():
+            raise TinyLMError(f"{candidate} points to {os.readlink(candidate)}, which is missing; {other}")
+        if candidate.is_dir() and any((candidate / f).exists() for f in TENSOR_FILES):
+            raise TinyLMError(f"checkpoint {candidate} has no {META}: it is incomplete (a save cut short, or "
+                              f"files removed); {other}")
+    raise TinyLMError(f"no checkpoint found in {path} (looked for {which}/{META} and "
+                      f"checkpoints/{which}/{META}); has the run saved one yet?")
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's message on one line (torch's span several; some, like EOFError's, are empty)."""
+    return " ".join(line.strip() for line in str(e).splitlines() if line.strip())[:300] or type(e).__name__
 
 
 def read_meta(ckpt: Path) -> dict:
-    return json.loads((ckpt / META).read_text(encoding="utf-8"))
+    path = ckpt / META
+    if not path.is_file():
+        raise TinyLMError(f"checkpoint {ckpt} has no {META}: it is incomplete (a save cut short, or files removed)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise TinyLMError(f"checkpoint {ckpt}: {META} is corrupt ({_first_line(e)}); use another checkpoint") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) or "step" not in meta:
+        raise TinyLMError(f"checkpoint {ckpt}: {META} lacks its step or config; use another checkpoint")
+    return meta
 
 
 def load_part(ckpt: Path, part: str, map_location: str | torch.device = "cpu") -> dict:
@@ -133,12 +209,112 @@ def load_part(ckpt: Path, part: str, map_location: str | torch.device = "cpu") -
         raise TinyLMError(f"checkpoint {ckpt} is missing {path.name}; it is incomplete or not a tinylm checkpoint")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # the unpickler refuses code objects; a truncated file fails too
-        raise TinyLMError(f"cannot load {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    except pickle.UnpicklingError as e:  # weights_only refuses code objects and unknown classes
+        raise TinyLMError(f"cannot load {path}: {type(e).__name__}: {_first_line(e)}") from None
+    except Exception as e:  # EOFError, OSError, RuntimeError: an empty, truncated or corrupt file
+        size = path.stat().st_size
+        what = "is empty (0 bytes)" if size == 0 else f"is truncated or corrupt ({size:,} bytes: {_first_line(e)})"
+        raise TinyLMError(f"cannot load {path}: the file {what}; the checkpoint is damaged, use another one") from None
+
+
+def load_parts(ckpt: Path) -> dict[str, dict]:
+    """model, optimizer and trainer states, on the CPU (``load_state_dict`` moves them to the device)."""
+    return {part: load_part(ckpt, part) for part in PARTS}
+
+
+def load_state(target: torch.nn.Module | torch.optim.Optimizer, state: dict, ckpt: Path, part: str) -> None:
+    """``target.load_state_dict(state)``, a mismatch (tensors of another shape) said in one line."""
+    try:
+        target.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise TinyLMError(f"checkpoint {ckpt}: {part}.pt does not fit the model its {META} describes "
+                          f"({_first_line(e)}); its files come from different runs: use another checkpoint") from None
+
+
+def load_latest(root: Path, log: Callable[[str], None] = print) -> tuple[Path, dict[str, dict]] | None:
+    """The newest checkpoint under ``root`` that loads, with its parts; None when ``root`` holds none at all.
+
+    A damaged newer one (meta.json missing or corrupt, a truncated .pt file, a dangling ``last``) is
+    skipped and named in the log. When none loads this stops with an error instead of starting again
+    from step 0, whose first save would prune the damaged ones.
+    """
+    last = root / "last"
+    steps = step_dirs(root)
+    if not steps and not last.is_symlink():
+        return None
+    if last.is_symlink() and not last.exists():
+        log(f"resume: {last} points to {os.readlink(last)}, which is missing")
+    damaged = []
+    for path in reversed(steps):
+        try:
+            read_meta(path)
+            parts = load_parts(path)
+        except TinyLMError as e:
+            damaged.append(path.name)
+            log(f"resume: skipping {path.name}: {e}")
+            continue
+        if damaged:
+            log(f"resume: {', '.join(damaged)} cannot be loaded; resuming from {path.name}, the newest that can")
+        return path, parts
+    raise TinyLMError(f"no checkpoint in {root} can be loaded ({', '.join(damaged) or 'none left'}); it is not "
+                      f"safe to start again from step 0 here: move {root.parent} aside (or choose another "
+                      f"--run.name) and train without --resume")
 
 
 def checkpoint_config(ckpt: Path) -> Config:
     return from_dict(read_meta(ckpt)["config"])
+
+
+def _tokenizer_file(ckpt: Path) -> Path:
+    """The checkpoint's own tokenizer file; checkpoints saved before there was one use their data folder's."""
+    if (ckpt / TOKENIZER).is_file():
+        return ckpt / TOKENIZER
+    from .data import load_meta
+    data_dir = Path(checkpoint_config(ckpt).data.dir)
+    return data_dir / load_meta(data_dir)["tokenizer_file"]
+
+
+def checkpoint_tokenizer(ckpt: Path) -> Tokenizer:
+    """The tokenizer a checkpoint was trained with (not whatever its data folder holds now)."""
+    path = _tokenizer_file(ckpt)
+    try:
+        return load_tokenizer(path)
+    except (ValueError, KeyError, IndexError) as e:  # a damaged file: bad JSON, bad UTF-8, short lines
+        raise TinyLMError(f"tokenizer file {path} is corrupt ({_first_line(e)}); use another checkpoint") from None
+
+
+class RunLock:
+    """An exclusive OS lock on ``<run>/.lock`` while a process trains in the run folder.
+
+    ``flock`` belongs to the open file, so the kernel drops it when the process ends, crash or
+    SIGKILL included: a run folder is never left locked. The file names the holder for the
+    process that is refused.
+    """
+
+    def __init__(self, run_dir: Path):
+        path = run_dir / LOCK
+        try:
+            self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise write_failure(e, path) from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(self._fd, 300).decode("utf-8", "replace").strip() or "another process"
+            self.release()
+            raise TinyLMError(f"run folder {run_dir} is in use by {holder}; wait for it to end (or stop it), "
+                              f"or choose another --run.name") from None
+        try:  # who holds it, for the message above; the lock works without it (e.g. on a full disk)
+            os.ftruncate(self._fd, 0)
+            os.write(self._fd, f"tinylm pid {os.getpid()} on {socket.gethostname()} since "
+                               f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
+        except OSError:
+            pass
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 # keys that must agree between a checkpoint and the run that loads it
@@ -161,18 +337,28 @@ def check_compatible(saved: Config, current: Config, ckpt: Path) -> None:
 
 
 def export_safetensors(ckpt_dir: Path, out: Path) -> int:
-    """Model weights alone as safetensors (a tied head is stored once, as wte.weight).
+    """Model weights alone as safetensors (a tied head is stored once, as wte.weight), with the config and
+    the checkpoint's tokenizer file in the metadata (``tinylm_config``, ``tinylm_tokenizer``).
 
     Returns the number of tensors written; the file appears complete or not at all.
     """
     from safetensors.torch import save_file
+    if out.is_dir():
+        raise TinyLMError(f"--out {out} is a folder; give a file name, e.g. --out {out / 'model.safetensors'}")
     state = load_part(ckpt_dir, "model")
     cfg = checkpoint_config(ckpt_dir)
     if cfg.model.tie_embeddings:
         state.pop("lm_head.weight", None)  # the same tensor as wte.weight
     state = {k: v.contiguous() for k, v in state.items()}
-    tmp = out.with_name(f".{out.name}.tmp")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(tmp), metadata={"format": "pt", "tinylm_config": json.dumps(cfg.to_dict())})
-    os.replace(tmp, out)
+    checkpoint_tokenizer(ckpt_dir)  # refuse a damaged one before writing anything
+    metadata = {"format": "pt", "tinylm_config": json.dumps(cfg.to_dict()),
+                "tinylm_tokenizer": _tokenizer_file(ckpt_dir).read_text(encoding="utf-8")}
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(tmp), metadata=metadata)
+        os.replace(tmp, out)
+    except Exception as e:  # OSError, or safetensors' own error around one (a full disk)
+        tmp.unlink(missing_ok=True)
+        raise write_failure(e, out) from None
     return len(state)

@@ -57,14 +57,13 @@ def cmd_lr_find(args, extra) -> int:
 
 def _load_for_inference(run: str, which: str):
     from . import checkpoint as ckpt
-    from .data import load_data_tokenizer
     from .model import GPT
     path = ckpt.resolve_checkpoint(run, which)
     cfg = ckpt.checkpoint_config(path)
     model = GPT(cfg.model)
-    model.load_state_dict(ckpt.load_part(path, "model"))
+    ckpt.load_state(model, ckpt.load_part(path, "model"), path, "model")
     model.eval()
-    return path, cfg, model, load_data_tokenizer(cfg.data.dir)
+    return path, cfg, model, ckpt.checkpoint_tokenizer(path)
 
 
 # sample flags -> [sample] keys; which strategies use each (None: all)

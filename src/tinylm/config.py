@@ -456,8 +456,10 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     need(s.strategy != "beam" or s.num_samples <= s.num_beams,
          f"--sample.num_samples {s.num_samples} > --sample.num_beams {s.num_beams}: beam search returns "
          f"at most one sequence per beam; raise --sample.num_beams or lower --sample.num_samples")
-    need(cfg.run.name.strip() != "" and "/" not in cfg.run.name,
-         f"--run.name {cfg.run.name!r} must be a non-empty folder name without '/'")
+    # one plain folder name: "..", "." or a path would put the run's files outside (or on top of) --run.dir
+    need(cfg.run.name.strip() not in ("", ".", "..") and not set(cfg.run.name) & {"/", "\\", "\0"},
+         f"--run.name {cfg.run.name!r} must be one plain folder name (not empty, '.' or '..', no '/' or '\\'), "
+         f"e.g. --run.name my-run; put the parent folder in --run.dir")
 
 
 def parse_duration(text: str) -> float | None:

@@ -1,9 +1,12 @@
 """Crash-safe file writing: a reader sees the old file or the complete new one, never half."""
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
+
+from .errors import TinyLMError
 
 
 def fsync_dir(path: Path) -> None:
@@ -45,3 +48,32 @@ def _umask() -> int:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_failure(e: BaseException, path: str | os.PathLike, then: str = "run the command again") -> TinyLMError:
+    """A failed write of ``path`` as one line for people; a full disk says so, and what to do ``then``.
+
+    Libraries hide the ``OSError`` of a full disk: ``torch.save`` raises ``RuntimeError("... unexpected
+    pos ...")`` with the OSError as its context, safetensors an error whose message holds the OS's.
+    """
+    err: BaseException | None = e
+    while err is not None and not isinstance(err, OSError):
+        err = err.__cause__ or err.__context__
+    if err is not None:
+        full, reason = err.errno in (errno.ENOSPC, errno.EDQUOT), err.strerror or str(err)
+    else:
+        full, reason = os.strerror(errno.ENOSPC) in str(e), (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if full:
+        return TinyLMError(f"the disk is full: no space left to write {path}; free some space there and {then}")
+    return TinyLMError(f"cannot write {path}: {reason}")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (signal 0 checks without signalling)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True

@@ -26,7 +26,7 @@ from .accounting import peak_flops, peak_memory_mb
 from .config import Config, grad_accum_steps, micro_batch_size, parse_duration, to_toml, validate
 from .data import BatchLoader, TokenWindows, ensure_prepared, eval_batches, load_data_tokenizer
 from .errors import TinyLMError
-from .fileio import write_text_atomic
+from .fileio import write_failure, write_text_atomic
 from .generate import sample_text
 from .model import GPT
 from .optim import build_optimizer, lr_scale, momentum_at, set_schedule
@@ -190,17 +190,29 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def _prepare_run_dir(cfg: Config, resume: bool) -> Path | None:
-    """Create the run folder, or find the checkpoint to resume from. Returns that checkpoint.
+def _prepare_run_dir(cfg: Config, resume: bool, log) -> tuple[ckpt.RunLock, tuple[Path, dict] | None]:
+    """Create and lock the run folder; under ``--resume`` also load its newest readable checkpoint.
 
     ``--resume`` on a run that died before its first checkpoint starts it again from step 0.
     """
     run_dir = cfg.run_dir
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        raise TinyLMError(f"run folder {run_dir} already exists; pass --resume to continue it, "
-                          f"or choose another --run.name")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return ckpt.find_checkpoint(run_dir / "checkpoints") if resume else None
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        file = next((p for p in (run_dir, *run_dir.parents) if p.exists() and not p.is_dir()), run_dir)
+        raise TinyLMError(f"{file} is a file, not a folder; --run.dir {cfg.run.dir} --run.name {cfg.run.name} "
+                          f"must name a folder: choose another --run.dir") from None
+    except OSError as e:
+        raise write_failure(e, run_dir) from None
+    lock = ckpt.RunLock(run_dir)
+    try:
+        if not resume and any(p.name != ckpt.LOCK for p in run_dir.iterdir()):
+            raise TinyLMError(f"run folder {run_dir} already exists; pass --resume to continue it, "
+                              f"or choose another --run.name")
+        return lock, ckpt.load_latest(run_dir / "checkpoints", log) if resume else None
+    except BaseException:
+        lock.release()
+        raise
 
 
 def _wrap_distributed(model: torch.nn.Module, cfg: Config, d: Dist, device: torch.device) -> torch.nn.Module:
@@ -225,6 +237,20 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, *, resume: bool = False, log=print):
+        self._lock: ckpt.RunLock | None = None  # the run folder's, held by rank 0 until close()
+        try:
+            self._setup(cfg, resume, log)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Unlock the run folder (:meth:`run` does it when it ends; the OS does it if the process dies)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _setup(self, cfg: Config, resume: bool, log) -> None:
         self.cfg = cfg
         self.d = d = init_distributed(cfg.train.device)
         validate(cfg, d.world_size)
@@ -234,6 +260,17 @@ class Trainer:
         self.device = resolve_device(cfg.train.device, d.local_rank)
         self.precision = resolve_precision(cfg.train.precision, self.device)
         self.time_budget = parse_duration(cfg.train.time_budget)
+
+        # the run folder before the data: locking it and loading a checkpoint are quick, preparing may not be
+        found = None  # (checkpoint, its loaded parts), found by rank 0
+        if d.is_main:
+            self._lock, found = _prepare_run_dir(cfg, resume, self.log)
+        resume_from = found[0] if found else None
+        if d.world_size > 1:
+            box = [str(resume_from) if resume_from else None]
+            dist.broadcast_object_list(box, src=0)
+            resume_from = Path(box[0]) if box[0] else None
+        self.run_dir = cfg.run_dir
 
         # data first: the model's vocab size comes from it (rank 0 prepares, the others wait)
         if d.is_main:
@@ -248,13 +285,8 @@ class Trainer:
             raise TinyLMError(f"--model.vocab_size {cfg.model.vocab_size} is smaller than the tokenizer's "
                               f"{self.meta['vocab_size']} ids; use 0 to take it from the data")
         self.tok = load_data_tokenizer(cfg.data.dir)
-
-        resume_from = _prepare_run_dir(cfg, resume) if d.is_main else None
-        if d.world_size > 1:
-            box = [str(resume_from) if resume_from else None]
-            dist.broadcast_object_list(box, src=0)
-            resume_from = Path(box[0]) if box[0] else None
-        self.run_dir = cfg.run_dir
+        # every checkpoint keeps this copy: the data folder may be prepared again with another tokenizer
+        self.tokenizer_bytes = (Path(cfg.data.dir) / self.meta["tokenizer_file"]).read_bytes()
 
         seed_everything(cfg.train.seed)
         self.raw_model = GPT(cfg.model).to(self.device)
@@ -273,7 +305,7 @@ class Trainer:
         self.step, self.tokens_seen, self.best_val = 0, 0, math.inf
         self.elapsed_before = 0.0  # training seconds of earlier sessions of this run (for the time budget)
         if resume_from is not None:
-            self._load(resume_from)
+            self._load(resume_from, found[1] if found else ckpt.load_parts(resume_from))
         if cfg.train.compile:
             self.model = torch.compile(self.model)
         self.tokens_per_step = cfg.train.batch_size * cfg.model.block_size
@@ -284,14 +316,13 @@ class Trainer:
 
     # ----------------------------------------------------------------- state
 
-    def _load(self, path: Path) -> None:
+    def _load(self, path: Path, parts: dict[str, dict]) -> None:
+        """Continue from checkpoint ``path``; ``parts`` are its loaded model, optimizer and trainer states."""
         ckpt.check_compatible(ckpt.checkpoint_config(path), self.cfg, path)
-        state = ckpt.load_part(path, "trainer")
+        state, model_state, optim_state = parts["trainer"], parts["model"], parts["optimizer"]
         if state["world_size"] != self.d.world_size:
             raise TinyLMError(f"checkpoint {path} was written by {state['world_size']} process(es), this run has "
                               f"{self.d.world_size}; resume with the same --nproc_per_node")
-        model_state = ckpt.load_part(path, "model", self.device)
-        optim_state = ckpt.load_part(path, "optimizer", self.device)
         # loading replaces each group's settings with the saved ones; the config is the source of
         # truth for hyperparameters (peak LRs, decay, betas), the checkpoint for the optimizer's state
         settings = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
@@ -302,8 +333,8 @@ class Trainer:
             set_model_state_dict(self.raw_model, model_state, options=opts)
             set_optimizer_state_dict(self.raw_model, self.optimizer, optim_state, options=opts)
         else:
-            self.raw_model.load_state_dict(model_state)
-            self.optimizer.load_state_dict(optim_state)
+            ckpt.load_state(self.raw_model, model_state, path, "model")
+            ckpt.load_state(self.optimizer, optim_state, path, "optimizer")
         for group, own in zip(self.optimizer.param_groups, settings):
             group.update(own)
         self.loader.load_state_dict(state["loader"])
@@ -338,7 +369,7 @@ class Trainer:
             {"model": model_state, "optimizer": optim_state, "trainer": trainer_state},
             {"tokens_seen": self.tokens_seen, "val_loss": None, "best_val_loss": self.best_val,
              "config": self.cfg.to_dict(), "data_meta": self.meta},
-            keep_last=self.cfg.train.keep_last)
+            files={ckpt.TOKENIZER: self.tokenizer_bytes}, keep_last=self.cfg.train.keep_last)
 
     # ----------------------------------------------------------------- steps
 
@@ -472,7 +503,10 @@ class Trainer:
     def _describe(self) -> None:
         m, cfg = self.raw_model, self.cfg
         if self.d.is_main:
-            write_text_atomic(self.run_dir / "config.toml", to_toml(cfg))
+            try:
+                write_text_atomic(self.run_dir / "config.toml", to_toml(cfg))
+            except OSError as e:
+                raise write_failure(e, self.run_dir / "config.toml") from None
         self.log(f"model: {m.num_params() / 1e6:.2f}M parameters ({m.num_params(non_embedding=True) / 1e6:.2f}M "
                  f"non-embedding), {m.flops_per_token() / 1e6:.1f} MFLOP/token; device {self.device}, precision "
                  f"{self.precision}, {self.d.world_size} process(es){' FSDP' if cfg.train.fsdp else ''}, "
@@ -484,6 +518,24 @@ class Trainer:
             self.log(f"initial loss {init_loss:.4f} (ln(vocab) = {math.log(cfg.model.vocab_size):.4f})")
 
     def run(self) -> TrainResult:
+        """Train to the end, then unlock the run folder."""
+        try:
+            if self.step >= self.cfg.train.max_steps:
+                return self._already_done()
+            return self._run()
+        finally:
+            self.close()
+
+    def _already_done(self) -> TrainResult:
+        """A resumed run with no steps left: say so and write nothing (no metrics, sample or checkpoint)."""
+        max_steps = self.cfg.train.max_steps
+        self.log(f"run {self.run_dir} is already at step {self.step} (--train.max_steps {max_steps}): nothing to "
+                 f"do; to train further, resume with a higher --train.max_steps, e.g. --train.max_steps "
+                 f"{2 * self.step}")
+        return TrainResult(self.run_dir, self.step, math.nan, math.nan, self.best_val, self.tokens_seen,
+                           self.elapsed_before, False)
+
+    def _run(self) -> TrainResult:
         cfg, d = self.cfg, self.d
         self._describe()
         peak = peak_flops(self.device, self.precision)

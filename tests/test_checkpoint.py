@@ -1,0 +1,388 @@
+"""Checkpoints and run folders under damage, full disks and concurrency: nothing lost, nothing silent.
+
+Every refusal is checked for its one-line message and for leaving every file as it was.
+"""
+import errno
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tinylm import checkpoint as ckpt
+from tinylm.cli import main
+from tinylm.diagnostics import logged_losses
+from tinylm.errors import TinyLMError
+from tinylm.model import GPT
+from tinylm.train import Trainer, train
+
+from conftest import cli_args, tiny_config
+
+STEPS = {"train.max_steps": 20, "train.eval_interval": 10, "train.save_interval": 5, "train.keep_last": 3}
+
+
+def quiet(*a, **k):
+    pass
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, text_200k):
+    """A finished 20-step run with checkpoints at steps 10, 15 and 20 (copy it before changing it)."""
+    cfg = tiny_config(tmp_path_factory.mktemp("trained"), text_200k, **STEPS)
+    train(cfg, log=quiet)
+    return cfg
+
+
+def copy_run(trained, tmp_path, text_200k, **overrides):
+    """The trained run copied to tmp_path (sharing its data folder), and its config."""
+    cfg = tiny_config(tmp_path, text_200k, **{**STEPS, "data.dir": trained.data.dir, **overrides})
+    shutil.copytree(trained.run_dir, cfg.run_dir, symlinks=True)
+    return cfg
+
+
+def snapshot(folder):
+    """Every file's content hash (and every link's target) under ``folder``; the lock file aside."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.name == ckpt.LOCK:
+            continue
+        if p.is_symlink():
+            out[str(p.relative_to(folder))] = "-> " + os.readlink(p)
+        elif p.is_file():
+            out[str(p.relative_to(folder))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def one_line_error(capsys, *needles):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("tinylm: error: "), err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def truncate(path, n=None):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2 if n is None else n])
+
+
+DAMAGE = {
+    "meta_missing": lambda step: (step / "meta.json").unlink(),
+    "meta_corrupt": lambda step: truncate(step / "meta.json", 40),
+    "model_truncated": lambda step: truncate(step / "model.pt"),
+    "trainer_truncated": lambda step: truncate(step / "trainer.pt"),
+    "model_empty": lambda step: truncate(step / "model.pt", 0),
+    "last_dangling": lambda step: shutil.rmtree(step),
+}
+
+
+# --------------------------------------------------------------------------- item 2: resume falls back
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_resume_skips_a_damaged_newest_checkpoint_and_says_so(tmp_path, text_200k, trained, damage):
+    cfg = copy_run(trained, tmp_path, text_200k, **{"train.max_steps": 30})
+    root = cfg.run_dir / "checkpoints"
+    DAMAGE[damage](root / "step_000020")
+    lines = []
+    trainer = Trainer(cfg, resume=True, log=lines.append)
+    trainer.close()
+    assert trainer.step == 15
+    log = "\n".join(lines)
+    assert "resumed from" in log and "step_000015" in log
+    assert ("points to step_000020, which is missing" if damage == "last_dangling"
+            else "skipping step_000020") in log
+
+
+def test_resume_after_a_damaged_checkpoint_prunes_nothing_it_needs(tmp_path, text_200k, trained):
+    """Resumed from step 15 past a damaged step 20, the run saves step 18: steps 10 and 15 stay as they
+    were, the damaged step 20 is left alone (nothing newer is complete), and `last` is step 18."""
+    cfg = copy_run(trained, tmp_path, text_200k, **{"train.max_steps": 18})
+    root = cfg.run_dir / "checkpoints"
+    (root / "step_000020" / "meta.json").unlink()
+    before = snapshot(root)
+    result = train(cfg, resume=True, log=quiet)
+    assert result.step == 18
+    after = snapshot(root)
+    for name in ("step_000010", "step_000015", "step_000020"):
+        assert {k: v for k, v in after.items() if k.startswith(name)} == \
+               {k: v for k, v in before.items() if k.startswith(name)}
+    assert os.readlink(root / "last") == "step_000018"
+
+
+def test_resume_with_no_readable_checkpoint_stops_and_names_the_folder(tmp_path, text_200k, trained, capsys):
+    cfg = copy_run(trained, tmp_path, text_200k, **{"train.max_steps": 30})
+    root = cfg.run_dir / "checkpoints"
+    for step in ckpt.step_dirs(root):
+        truncate(step / "trainer.pt")
+    before = snapshot(cfg.run_dir)
+    assert main(["train", *cli_args(cfg), "--resume"]) == 2
+    one_line_error(capsys, f"no checkpoint in {root} can be loaded", "step_000020", "--resume")
+    assert snapshot(cfg.run_dir) == before
+
+
+def test_resume_of_a_run_that_never_saved_starts_at_step_0(tmp_path, text_200k):
+    """`make demo` resumes a run folder that may not exist yet, or died before its first save."""
+    cfg = tiny_config(tmp_path, text_200k)
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "metrics.jsonl").write_text("")
+    trainer = Trainer(cfg, resume=True, log=quiet)
+    trainer.close()
+    assert trainer.step == 0
+
+
+def _fake_checkpoint(root, step, *, meta=True):
+    d = root / f"step_{step:06d}"
+    d.mkdir(parents=True)
+    for name in ckpt.TENSOR_FILES:
+        (d / name).write_bytes(b"tensors")
+    if meta:
+        (d / "meta.json").write_text(json.dumps({"step": step, "config": {}}))
+    return d
+
+
+def test_prune_counts_only_complete_checkpoints_and_only_its_own_leftovers(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step in (10, 15):
+        _fake_checkpoint(root, step)
+    _fake_checkpoint(root, 20, meta=False)  # damaged, newer than the next save
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    mine, alive, gone = (root / f".tmp-step_000005-{pid}" for pid in (os.getpid(), 1, dead.pid))
+    for p in (mine, alive, gone):
+        p.mkdir()
+    ckpt.save_checkpoint(root, 16, {part: {"w": torch.zeros(2)} for part in ckpt.PARTS}, {"config": {}}, keep_last=2)
+    left = sorted(p.name for p in root.iterdir())
+    # the damaged step 20 neither counts as one of the 2 kept nor is removed; step 10 is the one pruned
+    assert left == [".tmp-step_000005-1", "last", "step_000015", "step_000016", "step_000020"]
+
+
+# --------------------------------------------------------------------------- item 3: a full disk
+
+def _full_disk_save(obj, f, *args, **kwargs):
+    """What torch.save does on a full disk: some bytes written, then a RuntimeError over the OSError."""
+    f.write(b"PK partial")
+    try:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+
+def test_a_failed_save_removes_its_temp_folder_and_keeps_the_last_checkpoint(tmp_path, text_200k, trained, capsys,
+                                                                              monkeypatch):
+    cfg = copy_run(trained, tmp_path, text_200k, **{"train.max_steps": 25})
+    root = cfg.run_dir / "checkpoints"
+    before = snapshot(root)
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", _full_disk_save)
+        assert main(["train", *cli_args(cfg), "--resume"]) == 2
+    one_line_error(capsys, "the disk is full", str(root / "step_000025"), "step_000020, is intact", "--resume")
+    assert snapshot(root) == before  # no temporary folder left, nothing else touched
+    assert main(["train", *cli_args(cfg), "--resume"]) == 0  # once there is space again
+    assert ckpt.read_meta(ckpt.resolve_checkpoint(cfg.run_dir))["step"] == 25
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB tmpfs (needs root and mount); unmounted afterwards."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+                      check=False, capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def _fill(disk, leave: int):
+    """Write a ballast file until only ``leave`` bytes are free (0: until a write fails)."""
+    with open(disk / "ballast", "wb", buffering=0) as f:
+        try:
+            while (free := os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize) > leave:
+                f.write(b"\0" * min(free - leave, 1 << 16))
+        except OSError:  # the disk is full
+            pass
+
+
+def test_full_tmpfs_save_fails_cleanly_and_resume_works_once_space_is_freed(tmp_path, text_200k, small_disk, capsys):
+    cfg = tiny_config(tmp_path, text_200k, **{"run.dir": str(small_disk), "train.max_steps": 10,
+                                              "train.eval_interval": 0})
+    train(cfg, log=quiet)
+    root = cfg.run_dir / "checkpoints"
+    good = snapshot(root)
+    _fill(small_disk, leave=64 * 1024)  # room for the logs, not for a checkpoint
+    args = [*cli_args(cfg), "--train.max_steps", "20", "--resume"]
+    assert main(["train", *args]) == 2
+    one_line_error(capsys, "the disk is full", str(root / "step_000020"), "step_000010, is intact")
+    assert snapshot(root) == good and not list(root.glob(".tmp-*"))
+
+    (small_disk / "ballast").unlink()
+    _fill(small_disk, leave=0)  # now not even config.toml fits
+    assert main(["train", *args]) == 2
+    one_line_error(capsys, "the disk is full", "config.toml")
+    assert snapshot(root) == good
+
+    (small_disk / "ballast").unlink()
+    assert main(["train", *args]) == 0
+    assert ckpt.read_meta(ckpt.resolve_checkpoint(cfg.run_dir))["step"] == 20
+
+
+# --------------------------------------------------------------------------- item 4: one process per run folder
+
+def test_a_second_train_on_a_running_run_folder_is_refused_naming_the_holder(tmp_path, text_200k, capsys):
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 10**6, "train.eval_interval": 0,
+                                              "train.save_interval": 5})
+    proc = subprocess.Popen([sys.executable, "-m", "tinylm", "train", *cli_args(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not logged_losses(cfg.run_dir):
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+        for extra in ([], ["--resume"]):
+            assert main(["train", *cli_args(cfg), *extra]) == 2
+            one_line_error(capsys, f"run folder {cfg.run_dir} is in use by tinylm pid {proc.pid}", "--run.name")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    ckpt.RunLock(cfg.run_dir).release()  # the kernel dropped the lock of the killed process
+
+
+def test_the_run_lock_is_released_when_training_ends(tmp_path, text_200k):
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 3, "train.eval_interval": 0})
+    train(cfg, log=quiet)
+    ckpt.RunLock(cfg.run_dir).release()
+    with pytest.raises(TinyLMError, match="already exists"):  # a failed start unlocks too
+        Trainer(cfg, log=quiet)
+    ckpt.RunLock(cfg.run_dir).release()
+
+
+# --------------------------------------------------------------------------- item 5: run.name is one folder name
+
+@pytest.mark.parametrize("name", ["..", ".", "", " ", "a/b", "../x", "/tmp/x", "a\\b"])
+def test_run_name_must_be_one_plain_folder_name(tmp_path, text_200k, capsys, name):
+    cfg = tiny_config(tmp_path, text_200k)
+    (tmp_path / "runs").mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["train", *cli_args(cfg), "--run.name", name]) == 2
+    one_line_error(capsys, "--run.name", "one plain folder name")
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+# --------------------------------------------------------------------------- item 6: a checkpoint's own tokenizer
+
+def test_sample_decodes_with_the_checkpoints_tokenizer_after_the_data_is_prepared_again(tmp_path, text_200k,
+                                                                                           capsys):
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 30, "train.eval_interval": 0})
+    train(cfg, log=quiet)
+    capsys.readouterr()
+    step = ckpt.resolve_checkpoint(cfg.run_dir)
+    assert (step / ckpt.TOKENIZER).read_bytes() == (tmp_path / "data" / "tokenizer.txt").read_bytes()
+    sample = ["sample", str(cfg.run_dir), "--strategy", "greedy", "--max-new-tokens", "40", "--prompt", "the "]
+    assert main(sample) == 0
+    expected = capsys.readouterr().out
+
+    other = tmp_path / "other.txt"  # a dozen other characters: every id means something else now
+    other.write_text("xyz0123456789\n" * 5000)
+    assert main(["prepare", "--force", "--data.corpus", str(other), "--data.dir", str(tmp_path / "data"),
+                 "--data.tokenizer", "char", "--run.progress", "false"]) == 0
+    assert (tmp_path / "data" / "tokenizer.txt").read_bytes() != (step / ckpt.TOKENIZER).read_bytes()
+    capsys.readouterr()
+    assert main(sample) == 0
+    assert capsys.readouterr().out == expected
+
+    out = tmp_path / "model.safetensors"  # export carries the same tokenizer file
+    assert main(["export", str(cfg.run_dir), "--out", str(out)]) == 0
+    from safetensors import safe_open
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata()["tinylm_tokenizer"] == (step / ckpt.TOKENIZER).read_text()
+
+
+def test_a_checkpoint_without_its_own_tokenizer_uses_the_data_folders(tmp_path, text_200k, trained, capsys):
+    cfg = copy_run(trained, tmp_path, text_200k)
+    sample = ["sample", str(cfg.run_dir), "--strategy", "greedy", "--max-new-tokens", "20"]
+    assert main(sample) == 0
+    expected = capsys.readouterr().out
+    (ckpt.resolve_checkpoint(cfg.run_dir) / ckpt.TOKENIZER).unlink()  # as saved by an older tinylm
+    assert main(sample) == 0
+    assert capsys.readouterr().out == expected
+
+
+# --------------------------------------------------------------------------- item 10: one line, nothing touched
+
+def _other_shape_model(step):
+    cfg = ckpt.checkpoint_config(step)
+    cfg.model.n_embd = 48
+    torch.save(GPT(cfg.model).state_dict(), step / "model.pt")
+
+
+SAMPLE_DAMAGE = {
+    "model_empty": (lambda step: truncate(step / "model.pt", 0), "model.pt: the file is empty (0 bytes)"),
+    "model_truncated": (lambda step: truncate(step / "model.pt"), "model.pt: the file is truncated or corrupt"),
+    "model_other_shape": (_other_shape_model, "model.pt does not fit the model its meta.json describes"),
+    "meta_corrupt": (lambda step: truncate(step / "meta.json", 40), "meta.json is corrupt"),
+    "tokenizer_corrupt": (lambda step: truncate(step / ckpt.TOKENIZER, 30), "tokenizer.txt is corrupt"),
+    "meta_missing": (lambda step: (step / "meta.json").unlink(), "has no meta.json: it is incomplete"),
+    "last_dangling": (shutil.rmtree, "points to step_000020, which is missing"),
+}
+
+
+@pytest.mark.parametrize("damage", SAMPLE_DAMAGE)
+def test_sample_on_a_damaged_checkpoint_is_one_line(tmp_path, text_200k, trained, capsys, damage):
+    cfg = copy_run(trained, tmp_path, text_200k)
+    make, message = SAMPLE_DAMAGE[damage]
+    make(cfg.run_dir / "checkpoints" / "step_000020")
+    before = snapshot(cfg.run_dir)
+    assert main(["sample", str(cfg.run_dir), "--max-new-tokens", "5"]) == 2
+    one_line_error(capsys, message)
+    assert snapshot(cfg.run_dir) == before
+
+
+def test_run_dir_that_is_a_file_is_refused(tmp_path, text_200k, capsys):
+    cfg = tiny_config(tmp_path, text_200k)
+    (tmp_path / "runs").write_text("my notes\n")
+    assert main(["train", *cli_args(cfg)]) == 2
+    one_line_error(capsys, f"{tmp_path / 'runs'} is a file, not a folder", "--run.dir")
+    assert (tmp_path / "runs").read_text() == "my notes\n"
+
+
+def test_export_to_an_existing_folder_is_refused_and_leaves_no_temp_file(tmp_path, text_200k, trained, capsys):
+    out = tmp_path / "exported"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    assert main(["export", str(trained.run_dir), "--out", str(out)]) == 2
+    one_line_error(capsys, f"--out {out} is a folder")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["exported", "mine.txt"]
+    assert (out / "mine.txt").read_text() == "keep"
+
+
+def test_export_on_a_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path, trained, capsys, monkeypatch):
+    import safetensors.torch
+
+    def full_disk(state, path, metadata=None):
+        open(path, "wb").write(b"partial")
+        raise Exception("Error while serializing: I/O error: No space left on device (os error 28)")
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    out = tmp_path / "model.safetensors"
+    assert main(["export", str(trained.run_dir), "--out", str(out)]) == 2
+    one_line_error(capsys, f"the disk is full: no space left to write {out}")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- item 11: a finished run
+
+def test_resume_of_a_finished_run_says_so_and_writes_nothing(tmp_path, text_200k, trained, capsys):
+    cfg = copy_run(trained, tmp_path, text_200k)
+    before = snapshot(cfg.run_dir)
+    assert main(["train", *cli_args(cfg), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "already at step 20 (--train.max_steps 20)" in out and "--train.max_steps 40" in out
+    assert "nan" not in out and "tok/s" not in out
+    assert snapshot(cfg.run_dir) == before
