@@ -88,3 +88,19 @@ def cli_args(cfg: Config) -> list[str]:
     """A config as dotted overrides, for tests that start `tinylm train` as a child process."""
     return [item for section in ("model", "data", "optim", "train", "run")
             for k, v in vars(getattr(cfg, section)).items() for item in (f"--{section}.{k}", str(v))]
+
+
+# How close two runs that should compute the same thing (accumulation vs one batch, DDP or FSDP vs
+# one process) must stay. fp32: rounding only, over every step. bf16: each product is rounded to
+# 8 bits, and at the tests' high LR (1e-2) the two runs' rounding differences grow step by step
+# (measured over 4 seeds on this suite's tiny model: <= 1.3e-4 up to step 5, up to 3e-2 by step
+# 10), so bf16 compares the first 5 steps, where a real bug (a wrong average, a missed sync)
+# already shows as a difference of 1e-2 or more.
+EQUIVALENCE_BOUND = {"fp32": 1e-4, "bf16": 2e-3}
+EQUIVALENCE_STEPS = {"fp32": None, "bf16": 5}
+
+
+def max_loss_difference(a: dict[int, float], b: dict[int, float], precision: str) -> float:
+    """The largest |loss difference| of two runs over the steps compared at ``precision``."""
+    last = EQUIVALENCE_STEPS[precision] or max(a)
+    return max(abs(a[s] - b[s]) for s in a if s <= last)

@@ -328,7 +328,7 @@ SAMPLE_DAMAGE = {
     "model_truncated": (lambda step: truncate(step / "model.pt"), "model.pt: the file is truncated or corrupt"),
     "model_other_shape": (_other_shape_model, "model.pt does not fit the model its meta.json describes"),
     "meta_corrupt": (lambda step: truncate(step / "meta.json", 40), "meta.json is corrupt"),
-    "tokenizer_corrupt": (lambda step: truncate(step / ckpt.TOKENIZER, 30), "tokenizer.txt is corrupt"),
+    "tokenizer_corrupt": (lambda step: truncate(step / ckpt.TOKENIZER, 30), "tokenizer file is corrupted"),
     "meta_missing": (lambda step: (step / "meta.json").unlink(), "has no meta.json: it is incomplete"),
     "last_dangling": (shutil.rmtree, "points to step_000020, which is missing"),
 }

@@ -16,7 +16,7 @@ from tinylm.diagnostics import logged_losses
 from tinylm.errors import TinyLMError
 from tinylm.train import Trainer, resolve_precision, train
 
-from conftest import cli_args, tiny_config
+from conftest import EQUIVALENCE_BOUND, cli_args, max_loss_difference, tiny_config
 
 
 def test_train_resume_sample(tmp_path, text_200k, capsys):
@@ -67,11 +67,6 @@ def test_resume_is_bit_exact(tmp_path, text_200k, optimizer):
     assert max(abs(a[s] - b[s]) for s in a) == 0.0
 
 
-# the largest loss difference an equivalence check allows at each precision: fp32 rounding, or
-# bf16's 8-bit mantissa (relative error 2^-9 per rounding) through a few dozen steps
-EQUIVALENCE_BOUND = {"fp32": 1e-4, "bf16": 3e-3}
-
-
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_gradient_accumulation_matches_full_batch(tmp_path, text_200k, precision):
     opts = {"train.max_steps": 10, "train.log_interval": 1, "train.precision": precision}
@@ -81,7 +76,7 @@ def test_gradient_accumulation_matches_full_batch(tmp_path, text_200k, precision
     train(acc, log=lambda *a: None)
     a, b = logged_losses(one.run_dir), logged_losses(acc.run_dir)
     assert sorted(a) == sorted(b) == list(range(1, 11))
-    assert max(abs(a[s] - b[s]) for s in a) < EQUIVALENCE_BOUND[precision]
+    assert max_loss_difference(a, b, precision) < EQUIVALENCE_BOUND[precision]
 
 
 def test_existing_run_folder_is_refused(tmp_path, text_200k):

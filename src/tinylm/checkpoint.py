@@ -276,11 +276,7 @@ def _tokenizer_file(ckpt: Path) -> Path:
 
 def checkpoint_tokenizer(ckpt: Path) -> Tokenizer:
     """The tokenizer a checkpoint was trained with (not whatever its data folder holds now)."""
-    path = _tokenizer_file(ckpt)
-    try:
-        return load_tokenizer(path)
-    except (ValueError, KeyError, IndexError) as e:  # a damaged file: bad JSON, bad UTF-8, short lines
-        raise TinyLMError(f"tokenizer file {path} is corrupt ({_first_line(e)}); use another checkpoint") from None
+    return load_tokenizer(_tokenizer_file(ckpt), fix="use another checkpoint (each holds its own tokenizer.txt)")
 
 
 class RunLock:

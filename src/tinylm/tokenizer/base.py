@@ -72,8 +72,12 @@ def register(cls: type[Tokenizer]) -> type[Tokenizer]:
     return cls
 
 
-def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """Read a tokenizer file written by :meth:`Tokenizer.save`."""
+DATA_FOLDER_FIX = "restore it, or re-create it (`tinylm prepare --force` remakes a data folder's)"
+
+
+def load_tokenizer(path: str | os.PathLike, fix: str = DATA_FOLDER_FIX) -> Tokenizer:
+    """Read a tokenizer file written by :meth:`Tokenizer.save`; ``fix`` ends the message when the
+    file is damaged (a checkpoint's tokenizer has another remedy than a data folder's)."""
     path = Path(path)
     if not path.is_file():
         raise TinyLMError(f"tokenizer file {path} does not exist; run `tinylm prepare` or "
@@ -81,8 +85,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise TinyLMError(f"{path} is not a tinylm tokenizer file (byte {e.start} is not UTF-8 text); restore "
-                          f"it, or re-create it (`tinylm prepare --force` remakes a data folder's)") from None
+        raise TinyLMError(f"{path} is not a tinylm tokenizer file (byte {e.start} is not UTF-8 text); {fix}") from None
     header, _, body = text.partition("\n")
     parts = header.split()
     if len(parts) != 2 or not parts[0].startswith("tinylm-"):
@@ -98,4 +101,4 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     try:
         return cls.from_text(body)
     except TinyLMError as e:  # the class knows what is wrong, only the caller knows which file
-        raise TinyLMError(f"{path}: {e}") from None
+        raise TinyLMError(f"{path}: {e}; {fix}") from None

@@ -860,8 +860,7 @@ class BPETokenizer(Tokenizer):
             return cls(merges, json.loads(head["special_tokens"]), json.loads(head["pattern"]),
                        byte_ids, json.loads(head.get("name", '""')))
         except (KeyError, ValueError, TypeError) as e:
-            raise TinyLMError(f"the BPE tokenizer file is corrupted ({type(e).__name__}: {e}); "
-                              f"re-create it with `tinylm tokenizer train` or restore it") from None
+            raise TinyLMError(f"the BPE tokenizer file is corrupted ({type(e).__name__}: {e})") from None
 
     def save(self, path: str | os.PathLike, vocab_listing: bool = True) -> None:
         """Write the tokenizer file, and beside it ``<stem>.vocab.txt`` (one line per token)."""

@@ -88,5 +88,4 @@ class CharTokenizer(Tokenizer):
                 raise TypeError('expected {"chars": "<characters>", "special_tokens": [...]}')
             return cls(d["chars"], d["special_tokens"])
         except (ValueError, AttributeError, TypeError) as e:  # truncated, binary or edited
-            raise TinyLMError(f"the character tokenizer file is corrupted ({type(e).__name__}: {e}); "
-                              f"restore it, or re-create it with `tinylm prepare --force`") from None
+            raise TinyLMError(f"the character tokenizer file is corrupted ({type(e).__name__}: {e})") from None
