@@ -40,7 +40,8 @@ os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
 EOT = "<|endoftext|>"
 STORIES = DATA / "tinystories" / "train-head-lowercase.txt"
 
-from tinylm.tokenizer.bpe import BPETokenizer, count_pretokens, iter_text_files, merge_incremental, merge_naive  # noqa: E402
+from tinylm.corpora import iter_chunks  # noqa: E402
+from tinylm.tokenizer.bpe import BPETokenizer, count_pretokens, merge_incremental, merge_naive  # noqa: E402
 
 
 def timed(fn, repeat: int) -> tuple[float, float, object]:
@@ -99,7 +100,7 @@ def hf_train(path: Path, vocab_size: int):
 def memory_child(path: str, workers: int) -> None:
     """Run in a subprocess: train, then print max RSS of this process and of its workers."""
     t = time.perf_counter()
-    tok = BPETokenizer.train(iter_text_files([path]), 4096, workers=workers)
+    tok = BPETokenizer.train(iter_chunks(Path(path)), 4096, workers=workers)
     dt = time.perf_counter() - t
     me = _vm_hwm_mb()
     # a forked worker's max RSS counts the pages it shares with the main process
@@ -139,8 +140,8 @@ def main() -> None:
     ours2, ours1, hf, hf1 = Meter(), Meter(), Meter(), Meter()
     hft = None
     for _ in range(r):
-        tok = ours2(lambda: BPETokenizer.train(iter_text_files([STORIES]), 4096))
-        tok1 = ours1(lambda: BPETokenizer.train(iter_text_files([STORIES]), 4096, workers=1))
+        tok = ours2(lambda: BPETokenizer.train(iter_chunks(STORIES), 4096))
+        tok1 = ours1(lambda: BPETokenizer.train(iter_chunks(STORIES), 4096, workers=1))
         try:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
             hft = hf(lambda: hf_train(STORIES, 4096))

@@ -372,6 +372,52 @@ def test_generate_text_streams_exactly_the_final_text(char_tok):
             assert not any(s in t for s in stop)
 
 
+class _CountingBytes:
+    """A byte-level tokenizer (no merges: every multi-byte character spans several tokens) that
+    records how many ids each decode_bytes call gets."""
+
+    def __init__(self):
+        from tinylm.tokenizer.bpe import BPETokenizer
+        self.tok, self.calls = BPETokenizer([]), []
+        self.eot_id = None
+
+    def decode_bytes(self, ids):
+        self.calls.append(len(ids))
+        return self.tok.decode_bytes(ids)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+def test_text_stream_decodes_each_token_once_and_never_splits_a_character():
+    from tinylm.generate import _TextStream
+    tok = _CountingBytes()
+    text = "héllo ✓ wörld 🙂 end"
+    ids = tok.encode(text)
+    assert len(ids) > len(text)  # some characters are split across tokens
+    pieces: list[str] = []
+    stream = _TextStream(tok, pieces.append, hold=0)
+    for t in ids:
+        stream.push(t)
+    assert "".join(pieces) == text and "\ufffd" not in "".join(pieces)
+    assert tok.calls == [1] * len(ids)  # one new token per call: linear, not quadratic
+
+
+def test_generate_text_streams_exactly_the_final_text_with_byte_tokens():
+    """Random bytes from an untrained model, split characters and invalid UTF-8 included: the streamed
+    pieces join to the full decode."""
+    from tinylm.tokenizer.bpe import BPETokenizer
+    tok = BPETokenizer([])
+    model = GPT(ModelConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
+    for stop in ([], ["\xe9"], ["ab", "\n\n"]):
+        pieces: dict[int, list[str]] = {}
+        out = generate_text(model, tok, ["caf\xe9 ", "\u2713"], cfg(strategy="sample", temperature=2.0, num_samples=2,
+                                                                   max_new_tokens=80),
+                            seed=5, stop_strings=stop, on_text=lambda r, p: pieces.setdefault(r, []).append(p))
+        texts = [c.text for per_prompt in out for c in per_prompt]
+        assert ["".join(pieces.get(r, [])) for r in range(4)] == texts
+
+
 def test_sample_text_is_the_first_sample_of_its_config(char_tok):
     model = GPT(ModelConfig(vocab_size=char_tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
     for s in (SampleConfig(prompt="the ", max_new_tokens=20, strategy="top_p", top_p=0.9, num_samples=3),
@@ -390,6 +436,20 @@ def test_token_scores_match_a_plain_forward_and_handle_long_text():
     long_lp, long_ent = token_scores(model, prompt, list(range(40)))  # 43 tokens through a 16-token context
     assert long_lp.shape == (40,) and torch.isfinite(long_lp).all() and torch.isfinite(long_ent).all()
     torch.testing.assert_close(long_lp[:13], token_scores(model, prompt, list(range(13)))[0])
+
+
+def test_token_scores_refuses_an_empty_prompt_and_restores_training_mode():
+    model = tiny().train()
+    with pytest.raises(TinyLMError, match="at least one token"):
+        token_scores(model, [], [1, 2, 3])
+    assert model.training
+
+    def broken(*a, **k):
+        raise RuntimeError("out of memory")
+    model.forward = broken
+    with pytest.raises(RuntimeError):
+        token_scores(model, [1], [2, 3])
+    assert model.training  # restored although the forward pass failed
 
 
 def test_diversity_metrics():
