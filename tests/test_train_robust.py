@@ -247,6 +247,32 @@ def test_sigkill_at_random_moments_loses_at_most_one_save_interval(tmp_path, tex
     assert max(abs(a[s] - b[s]) for s in a) == 0.0  # (c) the same curve, bit for bit
 
 
+def test_crash_harness_kills_a_round_past_its_timeout(tmp_path, text_200k, monkeypatch):
+    children = []
+
+    class Recorded(subprocess.Popen):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            children.append(self)
+
+    monkeypatch.setattr(subprocess, "Popen", Recorded)
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 10**9, "train.eval_interval": 0})  # never ends
+    with pytest.raises(TinyLMError, match="ran past 2 s and was killed"):
+        crash_harness(cfg, min_kills=0, round_timeout=2)
+    assert len(children) == 1 and children[0].returncode == -signal.SIGKILL
+
+
+@pytest.mark.slow
+def test_crash_harness_drains_a_chatty_child(tmp_path, text_200k, monkeypatch):
+    """A child writing far more to stderr than a pipe holds (here Python's import trace, ~0.5 MB
+    for torch alone) runs to its end: the harness never leaves it blocked on a full pipe."""
+    monkeypatch.setenv("PYTHONVERBOSE", "1")
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 12, "train.log_interval": 1, "train.eval_interval": 0,
+                                              "train.save_interval": 3, "train.threads": 1})
+    report = crash_harness(cfg, min_kills=1, round_timeout=300)
+    assert report.kills == 1 and report.returncode == 0
+
+
 def test_sigterm_saves_and_exits(tmp_path, text_200k):
     cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 10**6, "train.eval_interval": 0})
     proc = subprocess.Popen([sys.executable, "-m", "tinylm", "train", *cli_args(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
