@@ -217,6 +217,22 @@ def test_tensorboard_and_wandb_offline(tmp_path, text_200k, monkeypatch):
     assert {"loss", "val_loss", "lr", "tokens_per_s"} <= set(acc.Tags()["scalars"])
 
 
+def test_wandb_sessions_of_one_run_share_one_wandb_run(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from tinylm.tracking import WandbSink
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    ids = []
+    for step in (1, 2):  # a run, then its --resume
+        sink = WandbSink("tinylm", "tiny", {}, tmp_path)
+        sink.log({"step": step, "loss": 1.0})
+        sink.close()
+        ids.append(sink.run.id)
+    assert ids[0] == ids[1] == (tmp_path / "wandb_id").read_text().strip()
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(ids[0] in r.name for r in runs)  # offline-run-<time>-<id>[-1]
+
+
 def test_export_safetensors(tmp_path, text_200k, capsys):
     from safetensors.torch import load_file
     cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 4, "train.eval_interval": 0})
