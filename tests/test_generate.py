@@ -535,3 +535,30 @@ def test_decode_report_writes_table_and_samples(trained_run, tmp_path, capsys):
     assert md.count("### Prompt") == 2
     assert main(["decode-report", str(trained_run), "--strategies", "nucleus"]) == 2
     assert "unknown strategy 'nucleus'" in capsys.readouterr().err
+
+
+def test_decode_report_rows_start_from_the_runs_sample_settings(trained_run, tmp_path, capsys):
+    """The run asks for min_p 0.05; the command line for temperature 0.5 and a repetition penalty:
+    every row decodes with them, under its own strategy."""
+    from tinylm.cli import main
+    assert main(["decode-report", str(trained_run), "--n", "1", "--prompts", "1", "--prompt-tokens", "8",
+                 "--max-new-tokens", "8", "--out", str(tmp_path), "--strategies", "greedy,top_k,min_p,beam",
+                 "--sample.temperature", "0.5", "--sample.repetition_penalty", "1.3"]) == 0
+    md = (tmp_path / "decode_report.md").read_text()
+    assert "| greedy | repetition_penalty 1.3 |" in md
+    assert "| top_k | temperature 0.5, top_k 200, repetition_penalty 1.3 |" in md  # the run's top_k (the default)
+    assert "| min_p | temperature 0.5, min_p 0.05, repetition_penalty 1.3 |" in md
+    assert "| beam | num_beams 4, length_penalty 1.0, early_stopping True, repetition_penalty 1.3 |" in md
+    capsys.readouterr()
+
+
+def test_report_variants_change_only_the_strategy_and_the_knobs_it_needs():
+    from tinylm.decode_report import make_variants
+    base = SampleConfig(temperature=0.7, top_k=0, top_p=0.95, num_beams=1, presence_penalty=0.5, num_samples=3)
+    rows = {v.name: v.cfg for v in make_variants(["sample", "top_k", "top_p", "beam"], [("hot", {"temperature": "1.5"})],
+                                                 base)}
+    assert rows["top_k"] == replace(base, strategy="top_k", top_k=40, num_samples=1)  # off in the run: the standard k
+    assert rows["top_p"] == replace(base, strategy="top_p", num_samples=1)  # the run's own 0.95
+    assert rows["beam"] == replace(base, strategy="beam", num_beams=4, num_samples=1)
+    assert rows["sample"] == replace(base, strategy="sample", num_samples=1)
+    assert rows["hot"] == replace(base, temperature=1.5, num_samples=1)

@@ -101,14 +101,8 @@ def _sample_settings(cfg, args, extra: list[str]) -> None:
 
 def _describe_sample(s) -> str:
     """``strategy top_p (temperature 0.8, top_p 0.9)``: the settings that matter for s.strategy."""
-    keys = {"greedy": [], "sample": ["temperature", "top_k", "top_p", "min_p"], "top_k": ["temperature", "top_k"],
-            "top_p": ["temperature", "top_p"], "min_p": ["temperature", "min_p"],
-            "beam": ["num_beams", "length_penalty", "early_stopping"],
-            "contrastive": ["contrastive_k", "contrastive_alpha"]}[s.strategy]
-    off = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0, "frequency_penalty": 0.0,
-           "presence_penalty": 0.0, "no_repeat_ngram": 0}
-    keys += ["repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram"]
-    shown = [f"{k} {getattr(s, k)}" for k in keys if k not in off or getattr(s, k) != off[k]]
+    from .generate import describe_settings
+    shown = describe_settings(s)
     return f"strategy {s.strategy}" + (f" ({', '.join(shown)})" if shown else "")
 
 
@@ -366,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run", help="run folder (runs/<name>) or a checkpoint folder")
     sp.add_argument("--checkpoint", default="last", choices=("last", "best"))
     sp.add_argument("--strategies", default="greedy,beam,sample,top_k,top_p,min_p,contrastive",
-                    help="comma-separated rows of the report (each at a standard setting, see docs/generation.md)")
+                    help="comma-separated rows of the report (each with the run's [sample] settings and "
+                         "--sample.* overrides under that strategy, see docs/generation.md)")
     sp.add_argument("--variant", action="append", metavar="NAME:KEY=VALUE,...",
                     help="an extra row, e.g. hot:strategy=sample,temperature=1.5 (repeatable)")
     sp.add_argument("--n", type=int, default=5, help="samples per prompt for the sampling strategies")
