@@ -515,6 +515,38 @@ def test_cli_sample_compile_setting_compiles_the_decode_step(trained_run, capsys
     capsys.readouterr()
 
 
+def test_cli_sample_moves_the_model_to_the_device(trained_run, capsys, monkeypatch):
+    """--device, else the run's train.device, goes through resolve_device, and the model goes there."""
+    from tinylm import generate, train
+    from tinylm.cli import main
+    from tinylm.generate import Completion
+    asked, used = [], []
+
+    def resolve(name, local_rank=0, flag="--train.device"):
+        asked.append((name, flag))
+        return torch.device("meta")  # nowhere a model would be by accident
+
+    def fake_generate_text(model, tok, prompts, s, **kw):
+        used.append(next(model.parameters()).device)
+        return [[Completion([], "length", text="")]]
+
+    monkeypatch.setattr(train, "resolve_device", resolve)
+    monkeypatch.setattr(generate, "generate_text", fake_generate_text)
+    assert main(["sample", str(trained_run), "--device", "cpu"]) == 0
+    assert main(["sample", str(trained_run)]) == 0
+    assert asked == [("cpu", "--device"), ("auto", "--device")]  # the second: the run's train.device
+    assert used == [torch.device("meta")] * 2
+    capsys.readouterr()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_sample_on_cuda_without_cuda_is_one_line(trained_run, capsys):
+    from tinylm.cli import main
+    assert main(["sample", str(trained_run), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda: no CUDA device is available; use --device cpu" in err and "Traceback" not in err
+
+
 def test_training_samples_follow_the_sample_config(trained_run):
     """samples.md at the last evaluation holds what `tinylm sample` gives from that checkpoint."""
     from tinylm.cli import _load_for_inference

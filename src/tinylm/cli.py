@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 
@@ -67,6 +68,12 @@ def _load_for_inference(run: str, which: str):
     return path, cfg, model, load_data_tokenizer(cfg.data.dir)
 
 
+def _to_device(model, cfg, args):
+    """The model on --device, by default the run's train.device (auto: a GPU when there is one)."""
+    from .train import resolve_device
+    return model.to(resolve_device(args.device or cfg.train.device, flag="--device"))
+
+
 # sample flags -> [sample] keys; which strategies use each (None: all)
 SAMPLE_FLAGS = {"prompt": None, "max_new_tokens": None, "strategy": None, "num_samples": None,
                 "temperature": ("sample", "top_k", "top_p", "min_p"), "top_k": ("sample", "top_k"),
@@ -112,6 +119,7 @@ def cmd_sample(args, extra) -> int:
     from .generate import SAMPLING, generate_text
     path, cfg, model, tok = _load_for_inference(args.run, args.checkpoint)
     _sample_settings(cfg, args, extra)
+    model = _to_device(model, cfg, args)
     s = cfg.sample
     seed = cfg.train.seed if args.seed is None else args.seed
     stops = args.stop or []
@@ -154,6 +162,7 @@ def cmd_decode_report(args, extra) -> int:
     from .decode_report import decode_report, parse_variant
     path, cfg, model, tok = _load_for_inference(args.run, args.checkpoint)
     _sample_settings(cfg, args, extra)
+    model = _to_device(model, cfg, args)
     out = Path(args.out) if args.out else (path.parent.parent if path.parent.name == "checkpoints" else path)
     md = decode_report(model, tok, cfg, out, strategies=[x for x in args.strategies.split(",") if x],
                        extra_variants=[parse_variant(v) for v in args.variant or []], n=args.n,
@@ -297,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     def with_config(name: str, help: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=f"{help} {OVERRIDES_HELP}.")
         sp.add_argument("--config", help="TOML preset, e.g. configs/shakespeare-char.toml")
+        sp.set_defaults(overrides=True)
         return sp
 
     sp = with_config("prepare", "Tokenize a corpus into train/val token shards.")
@@ -325,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
         sp.add_argument("run", help="run folder (runs/<name>) or a checkpoint folder")
         sp.add_argument("--checkpoint", default="last", choices=("last", "best"))
-        sp.set_defaults(func=func)
+        sp.set_defaults(func=func, overrides=name == "sample")  # sample takes --sample.* settings
         if name == "info":
             sp.add_argument("--json", action="store_true", help="print JSON")
         if name == "export":
@@ -349,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--n", "--num-samples", dest="num_samples", type=int,
                         help="samples (sample i uses seed + i); for beam search the n best beams")
     sample.add_argument("--seed", type=int, help="default: the run's train.seed")
+    sample.add_argument("--device", help="cpu | cuda | cuda:N | mps | auto (default: the run's train.device)")
     sample.add_argument("--stop", action="append", metavar="TEXT",
                         help="stop when the text contains TEXT (repeatable; e.g. --stop $'\\n\\n')")
 
@@ -369,15 +380,52 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--prompt-tokens", type=int, default=64, help="tokens per prompt")
     sp.add_argument("--max-new-tokens", type=int, help="default: the run's sample.max_new_tokens")
     sp.add_argument("--seed", type=int, help="default: the run's train.seed")
+    sp.add_argument("--device", help="cpu | cuda | cuda:N | mps | auto (default: the run's train.device)")
     sp.add_argument("--out", help="folder for decode_report.md/.png (default: the run folder)")
-    sp.set_defaults(func=cmd_decode_report)
+    sp.set_defaults(func=cmd_decode_report, overrides=True)  # --sample.* settings
     return p
+
+
+def _command_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The (sub)parser of the command that was given, e.g. the one of `tinylm tokenizer encode`."""
+    for name in ("command", "tokenizer_command"):
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is None or getattr(args, name, None) is None:
+            break
+        parser = sub.choices[getattr(args, name)]
+    return parser
+
+
+def _check_unknown(parser: argparse.ArgumentParser, extra: list[str], overrides: bool) -> None:
+    """Refuse what a command does not know, naming the nearest flags it does know.
+
+    ``overrides``: the command takes config overrides (``--section.key value``), checked later by
+    the config itself; every other flag, and any stray word, is refused here.
+    """
+    from .config import all_keys
+    flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
+    known = flags + (["--" + k for k in all_keys()] if overrides else [])
+    i = 0
+    while i < len(extra):
+        arg = extra[i]
+        name = arg.split("=", 1)[0]
+        if overrides and name.startswith("--") and "." in name:
+            i += 1 if "=" in arg else 2  # an override and its value
+            continue
+        if not name.startswith("-"):
+            raise TinyLMError(f"`{parser.prog}` does not take the argument {arg!r}; see `{parser.prog} --help`")
+        near = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(near)}?" if near else f"its flags are {', '.join(flags)}"
+        if "." in name and not overrides:
+            hint = f"config overrides do not apply to `{parser.prog}`; {hint}"
+        raise TinyLMError(f"`{parser.prog}` has no flag {name}; {hint}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     try:
+        _check_unknown(_command_parser(parser, args), extra, getattr(args, "overrides", False))
         return args.func(args, extra)
     except TinyLMError as e:
         print(f"tinylm: error: {e}", file=sys.stderr)

@@ -35,7 +35,8 @@ from .tracking import ConsoleSink, JSONLSink, TensorBoardSink, Tracker, WandbSin
 
 # --------------------------------------------------------------------------- device and precision
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0, flag: str = "--train.device") -> torch.device:
+    """auto -> this process's CUDA device, else MPS, else the CPU; ``flag`` is the option named in errors."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank)
@@ -43,7 +44,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TinyLMError(f"--train.device {name}: no CUDA device is available; use --train.device cpu")
+        raise TinyLMError(f"{flag} {name}: no CUDA device is available; use {flag} cpu")
     return torch.device(name)
 
 
