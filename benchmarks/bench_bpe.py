@@ -40,7 +40,7 @@ os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED / "tiktoken_cache"))
 EOT = "<|endoftext|>"
 STORIES = DATA / "tinystories" / "train-head-lowercase.txt"
 
-from tinylm.corpora import iter_chunks  # noqa: E402
+from tinylm.corpora import iter_chunks
 from tinylm.tokenizer.bpe import BPETokenizer, count_pretokens, merge_incremental, merge_naive  # noqa: E402
 
 

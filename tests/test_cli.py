@@ -51,7 +51,8 @@ def test_config_command(capsys):
      "`tinylm info` has no flag --sample.temperature; config overrides do not apply to `tinylm info`"),
     (["info", "RUN", "extra"], "`tinylm info` does not take the argument 'extra'"),
     (["export", "RUN", "--out", "OUT", "--fomat", "x"], "`tinylm export` has no flag --fomat; did you mean --out?"),
-    (["tokenizer", "encode", "gpt2", "--txt", "hi"], "`tinylm tokenizer encode` has no flag --txt; did you mean --text?"),
+    (["tokenizer", "encode", "gpt2", "--txt", "hi"],
+     "`tinylm tokenizer encode` has no flag --txt; did you mean --text?"),
     (["tokenizer", "decode", "gpt2", "--idz", "1"], "`tinylm tokenizer decode` has no flag --idz; did you mean --ids?"),
     (["tokenizer", "train", "--corpus", "x", "--vocab-size", "300", "--out", "OUT", "--workrs", "2"],
      "`tinylm tokenizer train` has no flag --workrs; did you mean --workers"),
@@ -59,7 +60,8 @@ def test_config_command(capsys):
     (["train", "--lr", "1e-3"], "`tinylm train` has no flag --lr; did you mean --optim.lr"),
     (["train", "--optim.lr", "1e-3", "--froce"], "`tinylm train` has no flag --froce"),
     (["sample", "RUN", "--tempreature", "1"], "`tinylm sample` has no flag --tempreature; did you mean --temperature"),
-    (["decode-report", "RUN", "--strategy", "greedy"], "`tinylm decode-report` has no flag --strategy; did you mean --strategies"),
+    (["decode-report", "RUN", "--strategy", "greedy"],
+     "`tinylm decode-report` has no flag --strategy; did you mean --strategies"),
 ])
 def test_every_command_refuses_an_unknown_flag_naming_the_nearest(tmp_path, capsys, argv, message):
     argv = [str(tmp_path / a) if a in ("RUN", "OUT") else a for a in argv]

@@ -413,7 +413,7 @@ def test_generate_text_streams_exactly_the_final_text_with_byte_tokens():
         pieces: dict[int, list[str]] = {}
         out = generate_text(model, tok, ["caf\xe9 ", "\u2713"], cfg(strategy="sample", temperature=2.0, num_samples=2,
                                                                    max_new_tokens=80),
-                            seed=5, stop_strings=stop, on_text=lambda r, p: pieces.setdefault(r, []).append(p))
+                            seed=5, stop_strings=stop, on_text=lambda r, p, got=pieces: got.setdefault(r, []).append(p))
         texts = [c.text for per_prompt in out for c in per_prompt]
         assert ["".join(pieces.get(r, [])) for r in range(4)] == texts
 
@@ -587,8 +587,8 @@ def test_decode_report_rows_start_from_the_runs_sample_settings(trained_run, tmp
 def test_report_variants_change_only_the_strategy_and_the_knobs_it_needs():
     from tinylm.decode_report import make_variants
     base = SampleConfig(temperature=0.7, top_k=0, top_p=0.95, num_beams=1, presence_penalty=0.5, num_samples=3)
-    rows = {v.name: v.cfg for v in make_variants(["sample", "top_k", "top_p", "beam"], [("hot", {"temperature": "1.5"})],
-                                                 base)}
+    named, custom = ["sample", "top_k", "top_p", "beam"], [("hot", {"temperature": "1.5"})]
+    rows = {v.name: v.cfg for v in make_variants(named, custom, base)}
     assert rows["top_k"] == replace(base, strategy="top_k", top_k=40, num_samples=1)  # off in the run: the standard k
     assert rows["top_p"] == replace(base, strategy="top_p", num_samples=1)  # the run's own 0.95
     assert rows["beam"] == replace(base, strategy="beam", num_beams=4, num_samples=1)

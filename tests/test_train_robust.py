@@ -155,10 +155,12 @@ def test_metrics_have_accounting_fields(tmp_path, text_200k):
 
 
 @pytest.mark.parametrize("name, precision, peak", [
-    ("NVIDIA H100 80GB HBM3", "bf16", 989e12), ("NVIDIA H100 PCIe", "bf16", 756e12), ("NVIDIA H100 PCIe", "fp32", 51e12),
+    ("NVIDIA H100 80GB HBM3", "bf16", 989e12), ("NVIDIA H100 PCIe", "bf16", 756e12),
+    ("NVIDIA H100 PCIe", "fp32", 51e12),
     ("NVIDIA H100 NVL", "bf16", 835e12), ("NVIDIA H200", "bf16", 989e12), ("NVIDIA B200", "bf16", 2250e12),
     ("NVIDIA L4", "bf16", 121e12), ("NVIDIA L40", "bf16", 181e12), ("NVIDIA L40S", "bf16", 362e12),
-    ("NVIDIA A10", "bf16", 125e12), ("NVIDIA A100-SXM4-80GB", "bf16", 312e12), ("NVIDIA A100 80GB PCIe", "fp32", 19.5e12),
+    ("NVIDIA A10", "bf16", 125e12), ("NVIDIA A100-SXM4-80GB", "bf16", 312e12),
+    ("NVIDIA A100 80GB PCIe", "fp32", 19.5e12),
     ("NVIDIA GeForce RTX 4090", "fp16", 165e12), ("Tesla T4", "fp16", 65e12), ("NVIDIA GeForce GTX 1080", "bf16", None),
 ])
 def test_gpu_peak_table_takes_the_most_specific_whole_name(name, precision, peak):

@@ -33,6 +33,7 @@ from .config import Config, SampleConfig, set_value, validate
 from .errors import TinyLMError
 from .fileio import write_text_atomic
 from .generate import (
+    KNOB_OFF,
     SAMPLING,
     Completion,
     describe_settings,
@@ -58,7 +59,6 @@ DEFAULT_VARIANTS: dict[str, dict] = {
     "min_p": {"min_p": 0.1},
     "contrastive": {"contrastive_k": 4, "contrastive_alpha": 0.6},
 }
-KNOB_OFF = {"num_beams": 1, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "contrastive_k": 1, "contrastive_alpha": 0.0}
 
 
 @dataclass

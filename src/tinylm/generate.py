@@ -599,17 +599,21 @@ def encode_prompt(tok: Tokenizer, prompt: str) -> list[int]:
     return [tok.eot_id if tok.eot_id is not None else 0]
 
 
+# the value that turns each [sample] knob off (for beam and contrastive search: makes them greedy)
+KNOB_OFF = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0, "frequency_penalty": 0.0,
+            "presence_penalty": 0.0, "no_repeat_ngram": 0, "num_beams": 1, "contrastive_k": 1,
+            "contrastive_alpha": 0.0}
+
+
 def describe_settings(s: SampleConfig) -> list[str]:
-    """The settings that matter for ``s.strategy``, with the penalties that are on:
-    ``["temperature 0.8", "top_p 0.9"]`` for top_p sampling."""
+    """The settings that matter for ``s.strategy``, those that are on: ``["temperature 0.8", "top_p 0.9"]``
+    for top_p sampling."""
     keys = {"greedy": [], "sample": ["temperature", "top_k", "top_p", "min_p"], "top_k": ["temperature", "top_k"],
             "top_p": ["temperature", "top_p"], "min_p": ["temperature", "min_p"],
             "beam": ["num_beams", "length_penalty", "early_stopping"],
             "contrastive": ["contrastive_k", "contrastive_alpha"]}[s.strategy]
-    off = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0, "frequency_penalty": 0.0,
-           "presence_penalty": 0.0, "no_repeat_ngram": 0}
     keys += ["repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram"]
-    return [f"{k} {getattr(s, k)}" for k in keys if k not in off or getattr(s, k) != off[k]]
+    return [f"{k} {getattr(s, k)}" for k in keys if k not in KNOB_OFF or getattr(s, k) != KNOB_OFF[k]]
 
 
 def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
