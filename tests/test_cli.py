@@ -43,3 +43,36 @@ def test_config_command(capsys):
     assert "n_layer = 3" in capsys.readouterr().out
     assert main(["config", "--keys"]) == 0
     assert "--optim.lr (default 0.001): Peak learning rate of the hidden weight matrices" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["info", "RUN", "--jsn"], "`tinylm info` has no flag --jsn; did you mean --json?"),
+    (["info", "RUN", "--sample.temperature", "1"],
+     "`tinylm info` has no flag --sample.temperature; config overrides do not apply to `tinylm info`"),
+    (["info", "RUN", "extra"], "`tinylm info` does not take the argument 'extra'"),
+    (["export", "RUN", "--out", "OUT", "--fomat", "x"], "`tinylm export` has no flag --fomat; did you mean --out?"),
+    (["tokenizer", "encode", "gpt2", "--txt", "hi"],
+     "`tinylm tokenizer encode` has no flag --txt; did you mean --text?"),
+    (["tokenizer", "decode", "gpt2", "--idz", "1"], "`tinylm tokenizer decode` has no flag --idz; did you mean --ids?"),
+    (["tokenizer", "train", "--corpus", "x", "--vocab-size", "300", "--out", "OUT", "--workrs", "2"],
+     "`tinylm tokenizer train` has no flag --workrs; did you mean --workers"),
+    (["tokenizer", "stats", "--corpus", "x", "--widht", "8"], "`tinylm tokenizer stats` has no flag --widht"),
+    (["train", "--lr", "1e-3"], "`tinylm train` has no flag --lr; did you mean --optim.lr"),
+    (["train", "--optim.lr", "1e-3", "--froce"], "`tinylm train` has no flag --froce"),
+    (["sample", "RUN", "--tempreature", "1"], "`tinylm sample` has no flag --tempreature; did you mean --temperature"),
+    (["decode-report", "RUN", "--strategy", "greedy"],
+     "`tinylm decode-report` has no flag --strategy; did you mean --strategies"),
+])
+def test_every_command_refuses_an_unknown_flag_naming_the_nearest(tmp_path, capsys, argv, message):
+    argv = [str(tmp_path / a) if a in ("RUN", "OUT") else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # refused before anything was read or written
+
+
+def test_commands_with_config_overrides_still_take_them(capsys):
+    assert main(["config", "--optim.lr", "3e-4", "--model.n_layer=3"]) == 0
+    assert "lr = 0.0003" in capsys.readouterr().out
+    assert main(["config", "--optim.lrr", "3e-4"]) == 2  # the config's own check, with its suggestions
+    assert "unknown config key --optim.lrr; did you mean --optim.lr" in capsys.readouterr().err

@@ -374,6 +374,52 @@ def test_generate_text_streams_exactly_the_final_text(char_tok):
             assert not any(s in t for s in stop)
 
 
+class _CountingBytes:
+    """A byte-level tokenizer (no merges: every multi-byte character spans several tokens) that
+    records how many ids each decode_bytes call gets."""
+
+    def __init__(self):
+        from tinylm.tokenizer.bpe import BPETokenizer
+        self.tok, self.calls = BPETokenizer([]), []
+        self.eot_id = None
+
+    def decode_bytes(self, ids):
+        self.calls.append(len(ids))
+        return self.tok.decode_bytes(ids)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+def test_text_stream_decodes_each_token_once_and_never_splits_a_character():
+    from tinylm.generate import _TextStream
+    tok = _CountingBytes()
+    text = "héllo ✓ wörld 🙂 end"
+    ids = tok.encode(text)
+    assert len(ids) > len(text)  # some characters are split across tokens
+    pieces: list[str] = []
+    stream = _TextStream(tok, pieces.append, hold=0)
+    for t in ids:
+        stream.push(t)
+    assert "".join(pieces) == text and "\ufffd" not in "".join(pieces)
+    assert tok.calls == [1] * len(ids)  # one new token per call: linear, not quadratic
+
+
+def test_generate_text_streams_exactly_the_final_text_with_byte_tokens():
+    """Random bytes from an untrained model, split characters and invalid UTF-8 included: the streamed
+    pieces join to the full decode."""
+    from tinylm.tokenizer.bpe import BPETokenizer
+    tok = BPETokenizer([])
+    model = GPT(ModelConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
+    for stop in ([], ["\xe9"], ["ab", "\n\n"]):
+        pieces: dict[int, list[str]] = {}
+        out = generate_text(model, tok, ["caf\xe9 ", "\u2713"], cfg(strategy="sample", temperature=2.0, num_samples=2,
+                                                                   max_new_tokens=80),
+                            seed=5, stop_strings=stop, on_text=lambda r, p, got=pieces: got.setdefault(r, []).append(p))
+        texts = [c.text for per_prompt in out for c in per_prompt]
+        assert ["".join(pieces.get(r, [])) for r in range(4)] == texts
+
+
 def test_sample_text_is_the_first_sample_of_its_config(char_tok):
     model = GPT(ModelConfig(vocab_size=char_tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
     for s in (SampleConfig(prompt="the ", max_new_tokens=20, strategy="top_p", top_p=0.9, num_samples=3),
@@ -392,6 +438,20 @@ def test_token_scores_match_a_plain_forward_and_handle_long_text():
     long_lp, long_ent = token_scores(model, prompt, list(range(40)))  # 43 tokens through a 16-token context
     assert long_lp.shape == (40,) and torch.isfinite(long_lp).all() and torch.isfinite(long_ent).all()
     torch.testing.assert_close(long_lp[:13], token_scores(model, prompt, list(range(13)))[0])
+
+
+def test_token_scores_refuses_an_empty_prompt_and_restores_training_mode():
+    model = tiny().train()
+    with pytest.raises(TinyLMError, match="at least one token"):
+        token_scores(model, [], [1, 2, 3])
+    assert model.training
+
+    def broken(*a, **k):
+        raise RuntimeError("out of memory")
+    model.forward = broken
+    with pytest.raises(RuntimeError):
+        token_scores(model, [1], [2, 3])
+    assert model.training  # restored although the forward pass failed
 
 
 def test_diversity_metrics():
@@ -457,6 +517,38 @@ def test_cli_sample_compile_setting_compiles_the_decode_step(trained_run, capsys
     capsys.readouterr()
 
 
+def test_cli_sample_moves_the_model_to_the_device(trained_run, capsys, monkeypatch):
+    """--device, else the run's train.device, goes through resolve_device, and the model goes there."""
+    from tinylm import generate, train
+    from tinylm.cli import main
+    from tinylm.generate import Completion
+    asked, used = [], []
+
+    def resolve(name, local_rank=0, flag="--train.device"):
+        asked.append((name, flag))
+        return torch.device("meta")  # nowhere a model would be by accident
+
+    def fake_generate_text(model, tok, prompts, s, **kw):
+        used.append(next(model.parameters()).device)
+        return [[Completion([], "length", text="")]]
+
+    monkeypatch.setattr(train, "resolve_device", resolve)
+    monkeypatch.setattr(generate, "generate_text", fake_generate_text)
+    assert main(["sample", str(trained_run), "--device", "cpu"]) == 0
+    assert main(["sample", str(trained_run)]) == 0
+    assert asked == [("cpu", "--device"), ("auto", "--device")]  # the second: the run's train.device
+    assert used == [torch.device("meta")] * 2
+    capsys.readouterr()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_sample_on_cuda_without_cuda_is_one_line(trained_run, capsys):
+    from tinylm.cli import main
+    assert main(["sample", str(trained_run), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda: no CUDA device is available; use --device cpu" in err and "Traceback" not in err
+
+
 def test_training_samples_follow_the_sample_config(trained_run):
     """samples.md at the last evaluation holds what `tinylm sample` gives from that checkpoint."""
     from tinylm.cli import _load_for_inference
@@ -477,3 +569,30 @@ def test_decode_report_writes_table_and_samples(trained_run, tmp_path, capsys):
     assert md.count("### Prompt") == 2
     assert main(["decode-report", str(trained_run), "--strategies", "nucleus"]) == 2
     assert "unknown strategy 'nucleus'" in capsys.readouterr().err
+
+
+def test_decode_report_rows_start_from_the_runs_sample_settings(trained_run, tmp_path, capsys):
+    """The run asks for min_p 0.05; the command line for temperature 0.5 and a repetition penalty:
+    every row decodes with them, under its own strategy."""
+    from tinylm.cli import main
+    assert main(["decode-report", str(trained_run), "--n", "1", "--prompts", "1", "--prompt-tokens", "8",
+                 "--max-new-tokens", "8", "--out", str(tmp_path), "--strategies", "greedy,top_k,min_p,beam",
+                 "--sample.temperature", "0.5", "--sample.repetition_penalty", "1.3"]) == 0
+    md = (tmp_path / "decode_report.md").read_text()
+    assert "| greedy | repetition_penalty 1.3 |" in md
+    assert "| top_k | temperature 0.5, top_k 200, repetition_penalty 1.3 |" in md  # the run's top_k (the default)
+    assert "| min_p | temperature 0.5, min_p 0.05, repetition_penalty 1.3 |" in md
+    assert "| beam | num_beams 4, length_penalty 1.0, early_stopping True, repetition_penalty 1.3 |" in md
+    capsys.readouterr()
+
+
+def test_report_variants_change_only_the_strategy_and_the_knobs_it_needs():
+    from tinylm.decode_report import make_variants
+    base = SampleConfig(temperature=0.7, top_k=0, top_p=0.95, num_beams=1, presence_penalty=0.5, num_samples=3)
+    named, custom = ["sample", "top_k", "top_p", "beam"], [("hot", {"temperature": "1.5"})]
+    rows = {v.name: v.cfg for v in make_variants(named, custom, base)}
+    assert rows["top_k"] == replace(base, strategy="top_k", top_k=40, num_samples=1)  # off in the run: the standard k
+    assert rows["top_p"] == replace(base, strategy="top_p", num_samples=1)  # the run's own 0.95
+    assert rows["beam"] == replace(base, strategy="beam", num_beams=4, num_samples=1)
+    assert rows["sample"] == replace(base, strategy="sample", num_samples=1)
+    assert rows["hot"] == replace(base, temperature=1.5, num_samples=1)

@@ -211,6 +211,17 @@ def test_lr_find_cli_writes_results_and_leaves_the_run_alone(tmp_path, text_200k
     assert "needs at least 10 steps" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("divisor", ["0", "-2", "nan"])
+def test_lr_find_refuses_a_divisor_that_is_not_positive(tmp_path, text_200k, capsys, divisor):
+    cfg = tiny_config(tmp_path, text_200k)
+    code = main(["lr-find", "--divisor", divisor, "--data.corpus", str(text_200k), "--data.dir", str(tmp_path / "data"),
+                 "--run.dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"--divisor > 0 (got {float(divisor)})" in err
+    assert not (tmp_path / "data").exists() and not cfg.run_dir.parent.exists()  # refused before any work
+
+
 def test_orthogonalize_a_batch_equals_one_by_one():
     gs = torch.randn(3, 40, 24, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(orthogonalize(gs), torch.stack([orthogonalize(g) for g in gs]), rtol=1e-4, atol=1e-5)

@@ -14,7 +14,7 @@ from tinylm import checkpoint as ckpt
 from tinylm.cli import main
 from tinylm.diagnostics import logged_losses
 from tinylm.errors import TinyLMError
-from tinylm.train import Trainer, resolve_precision, train
+from tinylm.train import Trainer, build_model, resolve_precision, train
 
 from conftest import EQUIVALENCE_BOUND, cli_args, max_loss_difference, tiny_config
 
@@ -155,6 +155,42 @@ def test_cli_errors_are_one_line_messages(tmp_path, capsys):
     assert "missing.txt" in capsys.readouterr().err
     assert main(["sample", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _tree(root):
+    """Every file under root with its bytes: to show a refusal changed nothing."""
+    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_unencodable_sample_prompt_is_refused_before_step_1(tmp_path, text_200k, capsys):
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 4, "train.eval_interval": 0})
+    bad = ["--sample.prompt", "ROMEO Ω→"]  # a character vocabulary of English text has neither
+    assert main(["train", *cli_args(cfg), *bad]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "--sample.prompt 'ROMEO Ω→' has characters ['Ω', '→']" in err and "--data.tokenizer bpe" in err
+    # refused before step 1: the run folder holds nothing but its lock (which a new start ignores)
+    assert [p.name for p in cfg.run_dir.iterdir()] == [ckpt.LOCK]
+    # a run trained with a good prompt, resumed with the bad one: refused the same way, nothing touched
+    assert main(["train", *cli_args(cfg)]) == 0
+    capsys.readouterr()
+    before = _tree(cfg.run_dir)
+    assert main(["train", *cli_args(cfg), "--train.max_steps", "8", "--resume", *bad]) == 2
+    assert "--sample.prompt 'ROMEO Ω→' has characters" in capsys.readouterr().err
+    assert _tree(cfg.run_dir) == before
+
+
+def test_every_process_initializes_alike_and_draws_its_own_dropout(tmp_path, text_200k):
+    cfg = tiny_config(tmp_path, text_200k, **{"model.vocab_size": 50, "model.dropout": 0.5})
+    masks, weights = [], []
+    for rank in (0, 1, 0):
+        model = build_model(cfg, rank, torch.device("cpu"))
+        weights.append(model.state_dict())
+        masks.append(torch.nn.functional.dropout(torch.ones(1000), 0.5))
+    for a, b in zip(weights[0].values(), weights[1].values()):
+        assert torch.equal(a, b)
+    assert not torch.equal(masks[0], masks[1])  # rank 1 drops other units than rank 0
+    assert torch.equal(masks[0], masks[2])  # and each rank's stream is reproducible
 
 
 def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path, text_200k):

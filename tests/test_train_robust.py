@@ -173,6 +173,56 @@ def test_metrics_have_accounting_fields(tmp_path, text_200k):
     assert row["tokens_seen"] == 10 * 8 * 32
 
 
+@pytest.mark.parametrize("name, precision, peak", [
+    ("NVIDIA H100 80GB HBM3", "bf16", 989e12), ("NVIDIA H100 PCIe", "bf16", 756e12),
+    ("NVIDIA H100 PCIe", "fp32", 51e12),
+    ("NVIDIA H100 NVL", "bf16", 835e12), ("NVIDIA H200", "bf16", 989e12), ("NVIDIA B200", "bf16", 2250e12),
+    ("NVIDIA L4", "bf16", 121e12), ("NVIDIA L40", "bf16", 181e12), ("NVIDIA L40S", "bf16", 362e12),
+    ("NVIDIA A10", "bf16", 125e12), ("NVIDIA A100-SXM4-80GB", "bf16", 312e12),
+    ("NVIDIA A100 80GB PCIe", "fp32", 19.5e12),
+    ("NVIDIA GeForce RTX 4090", "fp16", 165e12), ("Tesla T4", "fp16", 65e12), ("NVIDIA GeForce GTX 1080", "bf16", None),
+])
+def test_gpu_peak_table_takes_the_most_specific_whole_name(name, precision, peak):
+    from tinylm.accounting import gpu_peak_flops
+    assert gpu_peak_flops(name, precision) == peak
+
+
+def test_mfu_divides_global_throughput_by_every_device():
+    from tinylm.accounting import mfu
+    assert mfu(1000, 6e6, 1e10) == pytest.approx(0.6)
+    assert mfu(1000, 6e6, 1e10, world_size=2) == pytest.approx(0.3)  # 2 devices did those tokens
+    assert mfu(1000, 6e6, None) is None
+
+
+def test_throughput_leaves_out_evaluation_and_saving(tmp_path, text_200k, monkeypatch):
+    """On a clock the test controls (a step takes 1 s, a save 50 s, an evaluation 100 s), every logged
+    tokens/s, MFU and ETA is that of the steps alone, though evaluations fall between log lines."""
+    monkeypatch.setattr("tinylm.train.peak_flops", lambda device, precision: 1e12)
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 12, "train.log_interval": 5,
+                                              "train.eval_interval": 3, "train.save_interval": 2})
+    trainer = Trainer(cfg, log=quiet)
+    now = [0.0]
+
+    def taking(seconds, fn):
+        def timed(*a, **k):
+            now[0] += seconds
+            return fn(*a, **k)
+        return timed
+
+    trainer.clock = lambda: now[0]
+    trainer.train_step = taking(1.0, trainer.train_step)
+    trainer.save = taking(50.0, trainer.save)
+    trainer._eval_point = taking(100.0, trainer._eval_point)
+    trainer.run()
+    rows = [r for r in records(cfg.run_dir) if "tokens_per_s" in r]
+    assert [r["step"] for r in rows] == [5, 10, 12]
+    tokens_per_step, flops = 8 * 32, trainer.raw_model.flops_per_token()
+    for r in rows:
+        assert r["tokens_per_s"] == pytest.approx(tokens_per_step)
+        assert r["mfu"] == pytest.approx(tokens_per_step * flops / 1e12)
+        assert r["eta_s"] == pytest.approx(12 - r["step"])
+
+
 def test_tensorboard_and_wandb_offline(tmp_path, text_200k, monkeypatch):
     pytest.importorskip("tensorboard")
     pytest.importorskip("wandb")
@@ -186,6 +236,22 @@ def test_tensorboard_and_wandb_offline(tmp_path, text_200k, monkeypatch):
     acc = EventAccumulator(str(cfg.run_dir / "tb"))
     acc.Reload()
     assert {"loss", "val_loss", "lr", "tokens_per_s"} <= set(acc.Tags()["scalars"])
+
+
+def test_wandb_sessions_of_one_run_share_one_wandb_run(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from tinylm.tracking import WandbSink
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    ids = []
+    for step in (1, 2):  # a run, then its --resume
+        sink = WandbSink("tinylm", "tiny", {}, tmp_path)
+        sink.log({"step": step, "loss": 1.0})
+        sink.close()
+        ids.append(sink.run.id)
+    assert ids[0] == ids[1] == (tmp_path / "wandb_id").read_text().strip()
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(ids[0] in r.name for r in runs)  # offline-run-<time>-<id>[-1]
 
 
 def test_export_safetensors(tmp_path, text_200k, capsys):
@@ -216,6 +282,32 @@ def test_sigkill_at_random_moments_loses_at_most_one_save_interval(tmp_path, tex
     a, b = logged_losses(ref.run_dir), logged_losses(cfg.run_dir)
     assert sorted(a) == sorted(b) == list(range(1, 61))
     assert max(abs(a[s] - b[s]) for s in a) == 0.0  # (c) the same curve, bit for bit
+
+
+def test_crash_harness_kills_a_round_past_its_timeout(tmp_path, text_200k, monkeypatch):
+    children = []
+
+    class Recorded(subprocess.Popen):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            children.append(self)
+
+    monkeypatch.setattr(subprocess, "Popen", Recorded)
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 10**9, "train.eval_interval": 0})  # never ends
+    with pytest.raises(TinyLMError, match="ran past 2 s and was killed"):
+        crash_harness(cfg, min_kills=0, round_timeout=2)
+    assert len(children) == 1 and children[0].returncode == -signal.SIGKILL
+
+
+@pytest.mark.slow
+def test_crash_harness_drains_a_chatty_child(tmp_path, text_200k, monkeypatch):
+    """A child writing far more to stderr than a pipe holds (here Python's import trace, ~0.5 MB
+    for torch alone) runs to its end: the harness never leaves it blocked on a full pipe."""
+    monkeypatch.setenv("PYTHONVERBOSE", "1")
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 12, "train.log_interval": 1, "train.eval_interval": 0,
+                                              "train.save_interval": 3, "train.threads": 1})
+    report = crash_harness(cfg, min_kills=1, round_timeout=300)
+    assert report.kills == 1 and report.returncode == 0
 
 
 def test_sigterm_saves_and_exits(tmp_path, text_200k):

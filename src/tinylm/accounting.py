@@ -7,23 +7,86 @@ matmul probe and cached, because CPUs differ too much for a table (this project'
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import re
 import resource
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
 from .fileio import write_text_atomic
 
-# dense peak FLOP/s by GPU name fragment: (bf16/fp16 tensor cores, fp32 without TF32)
-GPU_PEAKS: dict[str, tuple[float, float]] = {
-    "H100": (989e12, 67e12), "A100": (312e12, 19.5e12), "A10G": (125e12, 31e12), "A10": (125e12, 31e12),
-    "L40S": (362e12, 91.6e12), "L4": (121e12, 30e12), "4090": (165e12, 82.6e12), "3090": (71e12, 35.6e12),
-    "V100": (125e12, 15.7e12), "T4": (65e12, 8.1e12),
-}
+# Datasheet dense peak FLOP/s (bf16/fp16 tensor cores without sparsity, fp32 without TF32), by a
+# pattern of the name torch reports ("NVIDIA H100 PCIe", "NVIDIA H100 80GB HBM3", "NVIDIA L40S").
+# Most specific first, matched on word boundaries: "L4" must not take an L40's figures, nor "A10" an A100's.
+GPU_PEAKS: list[tuple[str, tuple[float, float]]] = [
+    (r"H100\b.*\bPCIe", (756e12, 51e12)), (r"H100\b.*\bNVL", (835e12, 60e12)), (r"H100", (989e12, 67e12)),
+    (r"H200", (989e12, 67e12)), (r"B200", (2250e12, 80e12)), (r"A100", (312e12, 19.5e12)),
+    (r"A10G", (125e12, 31e12)), (r"A10", (125e12, 31e12)), (r"L40S", (362e12, 91.6e12)),
+    (r"L40", (181e12, 90.5e12)), (r"L4", (121e12, 30e12)), (r"4090", (165e12, 82.6e12)),
+    (r"3090", (71e12, 35.6e12)), (r"V100", (125e12, 15.7e12)), (r"T4", (65e12, 8.1e12)),
+]
+
+
+def gpu_peak_flops(name: str, precision: str) -> float | None:
+    """The table's figure for a GPU name, or None for an unlisted GPU.
+
+    ``gpu_peak_flops("NVIDIA L4", "bf16") -> 121e12``; ``gpu_peak_flops("NVIDIA L40", "bf16") -> 181e12``.
+    """
+    for pattern, (half, single) in GPU_PEAKS:
+        if re.search(rf"\b{pattern}\b", name):
+            return single if precision == "fp32" else half
+    return None
+
+
+def mfu(tokens_per_s: float, flops_per_token: float, peak: float | None, world_size: int = 1) -> float | None:
+    """Model FLOPs utilization: achieved FLOP/s over the peak of every device that achieved them.
+
+    ``tokens_per_s`` counts the tokens of all ``world_size`` processes (the global batch), and ``peak``
+    is one device's: ``mfu(1000, 6e6, 1e10, world_size=2) -> 0.3``. None when the peak is unknown.
+    """
+    return tokens_per_s * flops_per_token / (peak * world_size) if peak else None
+
+
+class ThroughputWindow:
+    """Training steps and their seconds since the last log line, on a clock that stops while paused.
+
+    Evaluation and checkpoints run between steps and are not training speed: the loop pauses the
+    window around them, so a window's steps and seconds always belong together, whatever the log,
+    eval and save intervals. ``clock`` is injectable so tests control time.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
+        self.restart()
+
+    def restart(self) -> None:
+        self.start, self.paused_s = self.clock(), 0.0
+        self.steps, self.data_s, self.compute_s = 0, 0.0, 0.0
+
+    def add(self, data_s: float, compute_s: float) -> None:
+        """One training step, with its data-loading and compute seconds."""
+        self.steps += 1
+        self.data_s += data_s
+        self.compute_s += compute_s
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        t0 = self.clock()
+        try:
+            yield
+        finally:
+            self.paused_s += self.clock() - t0
+
+    @property
+    def seconds(self) -> float:
+        """Training seconds of this window (wall time since restart, less the paused time)."""
+        return self.clock() - self.start - self.paused_s
 
 
 def _cache_file() -> Path:
@@ -81,10 +144,7 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
     if device.type == "cpu":
         return cpu_peak_flops(torch.bfloat16 if precision == "bf16" else torch.float32)
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for fragment, (half, single) in GPU_PEAKS.items():
-            if fragment in name:
-                return single if precision == "fp32" else half
+        return gpu_peak_flops(torch.cuda.get_device_name(device), precision)
     return None
 
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 
@@ -66,6 +67,12 @@ def _load_for_inference(run: str, which: str):
     return path, cfg, model, ckpt.checkpoint_tokenizer(path)
 
 
+def _to_device(model, cfg, args):
+    """The model on --device, by default the run's train.device (auto: a GPU when there is one)."""
+    from .train import resolve_device
+    return model.to(resolve_device(args.device or cfg.train.device, flag="--device"))
+
+
 # sample flags -> [sample] keys; which strategies use each (None: all)
 SAMPLE_FLAGS = {"prompt": None, "max_new_tokens": None, "strategy": None, "num_samples": None,
                 "temperature": ("sample", "top_k", "top_p", "min_p"), "top_k": ("sample", "top_k"),
@@ -100,14 +107,8 @@ def _sample_settings(cfg, args, extra: list[str]) -> None:
 
 def _describe_sample(s) -> str:
     """``strategy top_p (temperature 0.8, top_p 0.9)``: the settings that matter for s.strategy."""
-    keys = {"greedy": [], "sample": ["temperature", "top_k", "top_p", "min_p"], "top_k": ["temperature", "top_k"],
-            "top_p": ["temperature", "top_p"], "min_p": ["temperature", "min_p"],
-            "beam": ["num_beams", "length_penalty", "early_stopping"],
-            "contrastive": ["contrastive_k", "contrastive_alpha"]}[s.strategy]
-    off = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0, "frequency_penalty": 0.0,
-           "presence_penalty": 0.0, "no_repeat_ngram": 0}
-    keys += ["repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram"]
-    shown = [f"{k} {getattr(s, k)}" for k in keys if k not in off or getattr(s, k) != off[k]]
+    from .generate import describe_settings
+    shown = describe_settings(s)
     return f"strategy {s.strategy}" + (f" ({', '.join(shown)})" if shown else "")
 
 
@@ -117,6 +118,7 @@ def cmd_sample(args, extra) -> int:
     from .generate import SAMPLING, generate_text
     path, cfg, model, tok = _load_for_inference(args.run, args.checkpoint)
     _sample_settings(cfg, args, extra)
+    model = _to_device(model, cfg, args)
     s = cfg.sample
     seed = cfg.train.seed if args.seed is None else args.seed
     stops = args.stop or []
@@ -159,6 +161,7 @@ def cmd_decode_report(args, extra) -> int:
     from .decode_report import decode_report, parse_variant
     path, cfg, model, tok = _load_for_inference(args.run, args.checkpoint)
     _sample_settings(cfg, args, extra)
+    model = _to_device(model, cfg, args)
     out = Path(args.out) if args.out else (path.parent.parent if path.parent.name == "checkpoints" else path)
     md = decode_report(model, tok, cfg, out, strategies=[x for x in args.strategies.split(",") if x],
                        extra_variants=[parse_variant(v) for v in args.variant or []], n=args.n,
@@ -302,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     def with_config(name: str, help: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=f"{help} {OVERRIDES_HELP}.")
         sp.add_argument("--config", help="TOML preset, e.g. configs/shakespeare-char.toml")
+        sp.set_defaults(overrides=True)
         return sp
 
     sp = with_config("prepare", "Tokenize a corpus into train/val token shards.")
@@ -331,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
         sp.add_argument("run", help="run folder (runs/<name>) or a checkpoint folder")
         sp.add_argument("--checkpoint", default="last", choices=("last", "best"))
-        sp.set_defaults(func=func)
+        sp.set_defaults(func=func, overrides=name == "sample")  # sample takes --sample.* settings
         if name == "info":
             sp.add_argument("--json", action="store_true", help="print JSON")
         if name == "export":
@@ -355,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--n", "--num-samples", dest="num_samples", type=int,
                         help="samples (sample i uses seed + i); for beam search the n best beams")
     sample.add_argument("--seed", type=int, help="default: the run's train.seed")
+    sample.add_argument("--device", help="cpu | cuda | cuda:N | mps | auto (default: the run's train.device)")
     sample.add_argument("--stop", action="append", metavar="TEXT",
                         help="stop when the text contains TEXT (repeatable; e.g. --stop $'\\n\\n')")
 
@@ -366,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run", help="run folder (runs/<name>) or a checkpoint folder")
     sp.add_argument("--checkpoint", default="last", choices=("last", "best"))
     sp.add_argument("--strategies", default="greedy,beam,sample,top_k,top_p,min_p,contrastive",
-                    help="comma-separated rows of the report (each at a standard setting, see docs/generation.md)")
+                    help="comma-separated rows of the report (each with the run's [sample] settings and "
+                         "--sample.* overrides under that strategy, see docs/generation.md)")
     sp.add_argument("--variant", action="append", metavar="NAME:KEY=VALUE,...",
                     help="an extra row, e.g. hot:strategy=sample,temperature=1.5 (repeatable)")
     sp.add_argument("--n", type=int, default=5, help="samples per prompt for the sampling strategies")
@@ -374,15 +380,52 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--prompt-tokens", type=int, default=64, help="tokens per prompt")
     sp.add_argument("--max-new-tokens", type=int, help="default: the run's sample.max_new_tokens")
     sp.add_argument("--seed", type=int, help="default: the run's train.seed")
+    sp.add_argument("--device", help="cpu | cuda | cuda:N | mps | auto (default: the run's train.device)")
     sp.add_argument("--out", help="folder for decode_report.md/.png (default: the run folder)")
-    sp.set_defaults(func=cmd_decode_report)
+    sp.set_defaults(func=cmd_decode_report, overrides=True)  # --sample.* settings
     return p
+
+
+def _command_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The (sub)parser of the command that was given, e.g. the one of `tinylm tokenizer encode`."""
+    for name in ("command", "tokenizer_command"):
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is None or getattr(args, name, None) is None:
+            break
+        parser = sub.choices[getattr(args, name)]
+    return parser
+
+
+def _check_unknown(parser: argparse.ArgumentParser, extra: list[str], overrides: bool) -> None:
+    """Refuse what a command does not know, naming the nearest flags it does know.
+
+    ``overrides``: the command takes config overrides (``--section.key value``), checked later by
+    the config itself; every other flag, and any stray word, is refused here.
+    """
+    from .config import all_keys
+    flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
+    known = flags + (["--" + k for k in all_keys()] if overrides else [])
+    i = 0
+    while i < len(extra):
+        arg = extra[i]
+        name = arg.split("=", 1)[0]
+        if overrides and name.startswith("--") and "." in name:
+            i += 1 if "=" in arg else 2  # an override and its value
+            continue
+        if not name.startswith("-"):
+            raise TinyLMError(f"`{parser.prog}` does not take the argument {arg!r}; see `{parser.prog} --help`")
+        near = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(near)}?" if near else f"its flags are {', '.join(flags)}"
+        if "." in name and not overrides:
+            hint = f"config overrides do not apply to `{parser.prog}`; {hint}"
+        raise TinyLMError(f"`{parser.prog}` has no flag {name}; {hint}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     try:
+        _check_unknown(_command_parser(parser, args), extra, getattr(args, "overrides", False))
         return args.func(args, extra)
     except TinyLMError as e:
         print(f"tinylm: error: {e}", file=sys.stderr)

@@ -33,8 +33,10 @@ from .config import Config, SampleConfig, set_value, validate
 from .errors import TinyLMError
 from .fileio import write_text_atomic
 from .generate import (
+    KNOB_OFF,
     SAMPLING,
     Completion,
+    describe_settings,
     distinct_n,
     generate,
     ngrams,
@@ -45,16 +47,17 @@ from .model import GPT
 from .plotting import pyplot
 from .tokenizer import Tokenizer
 
-# The strategies compared by default, each at a setting from its paper or common practice.
-# Sampling rows use temperature 1, so a row's difference from `sample` is its filter alone.
+# The strategies compared by default. Each row decodes with the run's [sample] settings (and the
+# --sample.* overrides) under its own strategy; a knob the strategy needs is set to the value here
+# (from its paper or common practice) only where the run's value turns that strategy off.
 DEFAULT_VARIANTS: dict[str, dict] = {
-    "greedy": {"strategy": "greedy"},
-    "beam": {"strategy": "beam", "num_beams": 4, "length_penalty": 1.0},
-    "sample": {"strategy": "sample", "temperature": 1.0, "top_k": 0},
-    "top_k": {"strategy": "top_k", "temperature": 1.0, "top_k": 40},
-    "top_p": {"strategy": "top_p", "temperature": 1.0, "top_p": 0.9},
-    "min_p": {"strategy": "min_p", "temperature": 1.0, "min_p": 0.1},
-    "contrastive": {"strategy": "contrastive", "contrastive_k": 4, "contrastive_alpha": 0.6},
+    "greedy": {},
+    "beam": {"num_beams": 4},
+    "sample": {},
+    "top_k": {"top_k": 40},
+    "top_p": {"top_p": 0.9},
+    "min_p": {"min_p": 0.1},
+    "contrastive": {"contrastive_k": 4, "contrastive_alpha": 0.6},
 }
 
 
@@ -62,7 +65,6 @@ DEFAULT_VARIANTS: dict[str, dict] = {
 class Variant:
     """One row of the report: a name and the complete settings it decodes with."""
     name: str
-    settings: dict  # the keys that differ from SampleConfig's defaults, for the table
     cfg: SampleConfig
 
 
@@ -81,22 +83,23 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     return name, settings
 
 
-def make_variants(names: Sequence[str], extra: Sequence[tuple[str, dict]], max_new_tokens: int) -> list[Variant]:
-    """Named default variants plus custom ones, each a validated SampleConfig."""
-    out = []
+def make_variants(names: Sequence[str], extra: Sequence[tuple[str, dict]], base: SampleConfig) -> list[Variant]:
+    """Named default variants plus custom ones, each a validated SampleConfig that starts from ``base``
+    (the run's settings): a named row changes the strategy, and a knob it needs only where ``base``
+    has it off; a custom row changes exactly the keys it names."""
     for name in names:
         if name not in DEFAULT_VARIANTS:
             raise TinyLMError(f"unknown strategy {name!r} for the report; choose from {', '.join(DEFAULT_VARIANTS)} "
                               f"or add your own with --variant NAME:key=value,...")
-    for name, settings in [(n, DEFAULT_VARIANTS[n]) for n in names] + list(extra):
-        cfg = Config()
-        cfg.sample.max_new_tokens = max_new_tokens
+    rows = [(name, {"strategy": name, **{k: v for k, v in DEFAULT_VARIANTS[name].items()
+                                         if getattr(base, k) == KNOB_OFF[k]}}) for name in names]
+    out = []
+    for name, settings in rows + list(extra):
+        cfg = Config(sample=replace(base, num_samples=1))  # the report asks for its own number of samples
         for key, value in settings.items():
             set_value(cfg, f"sample.{key}", value)
-        cfg.sample.num_samples = 1  # the report asks for its own number of samples
         validate(cfg)
-        shown = {k: getattr(cfg.sample, k) for k in settings if k != "strategy"}
-        out.append(Variant(name, shown, cfg.sample))
+        out.append(Variant(name, cfg.sample))
     return out
 
 
@@ -181,7 +184,7 @@ def run_report(model: GPT, tok: Tokenizer, pairs: list[tuple[list[int], list[int
         results: list[list[Completion]] = generate(model, prompts, cfg, seed=seed, eot_id=tok.eot_id)
         seconds = time.perf_counter() - t0
         n_tokens = sum(len(c.tokens) for per_prompt in results for c in per_prompt)
-        row = Row(v.name, ", ".join(f"{k}={val}" for k, val in v.settings.items()) or "-",
+        row = Row(v.name, ", ".join(describe_settings(v.cfg)) or "-",
                   [[tok.decode(c.tokens) for c in per_prompt] for per_prompt in results])
         row.tokens_per_s = n_tokens / seconds if seconds > 0 else math.nan
         for per_prompt in results:
@@ -277,7 +280,7 @@ def decode_report(model: GPT, tok: Tokenizer, cfg: Config, out_dir: str | Path, 
     """
     if n < 1 or n_prompts < 1 or prompt_tokens < 1 or max_new_tokens < 1:
         raise TinyLMError("--n, --prompts, --prompt-tokens and --max-new-tokens must all be >= 1")
-    variants = make_variants(strategies, extra_variants, max_new_tokens)
+    variants = make_variants(strategies, extra_variants, replace(cfg.sample, max_new_tokens=max_new_tokens))
     try:
         pairs = validation_prompts(cfg.data.dir, n_prompts, min(prompt_tokens, model.cfg.block_size), max_new_tokens)
         source = (f"{n_prompts} windows of {prompt_tokens} tokens at evenly spaced offsets of the validation split "

@@ -20,6 +20,7 @@ i of ``num_samples = 5`` is exactly what a lone call with ``seed + i`` gives.
 """
 from __future__ import annotations
 
+import codecs
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -598,6 +599,23 @@ def encode_prompt(tok: Tokenizer, prompt: str) -> list[int]:
     return [tok.eot_id if tok.eot_id is not None else 0]
 
 
+# the value that turns each [sample] knob off (for beam and contrastive search: makes them greedy)
+KNOB_OFF = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0, "frequency_penalty": 0.0,
+            "presence_penalty": 0.0, "no_repeat_ngram": 0, "num_beams": 1, "contrastive_k": 1,
+            "contrastive_alpha": 0.0}
+
+
+def describe_settings(s: SampleConfig) -> list[str]:
+    """The settings that matter for ``s.strategy``, those that are on: ``["temperature 0.8", "top_p 0.9"]``
+    for top_p sampling."""
+    keys = {"greedy": [], "sample": ["temperature", "top_k", "top_p", "min_p"], "top_k": ["temperature", "top_k"],
+            "top_p": ["temperature", "top_p"], "min_p": ["temperature", "min_p"],
+            "beam": ["num_beams", "length_penalty", "early_stopping"],
+            "contrastive": ["contrastive_k", "contrastive_alpha"]}[s.strategy]
+    keys += ["repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram"]
+    return [f"{k} {getattr(s, k)}" for k in keys if k not in KNOB_OFF or getattr(s, k) != KNOB_OFF[k]]
+
+
 def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
     """The text before the first stop string: ``cut_at_stop("to be\\n\\nor", ["\\n\\n"]) -> "to be"``."""
     cuts = [text.find(s) for s in stop_strings if s and s in text]
@@ -607,23 +625,24 @@ def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
 class _TextStream:
     """Turns one row's tokens into text pieces as they arrive, for printing as they come.
 
-    Holds back an unfinished UTF-8 character (a byte-level token can be part of one: it decodes
-    to U+FFFD until the rest arrives) and the last m-1 characters, m the longest stop string, so
-    no part of a stop string is ever shown.
+    Decodes each new token alone (work per token stays constant however long the text grows):
+    its bytes go through an incremental UTF-8 decoder, which holds back an unfinished character
+    (a byte-level token can be part of one) until the rest arrives. Also holds back the last m-1
+    characters, m the longest stop string, so no part of a stop string is ever shown.
     """
 
-    def __init__(self, decode: Callable[[list[int]], str], emit: Callable[[str], None], hold: int):
-        self.decode, self.emit, self.hold = decode, emit, hold
-        self.ids: list[int] = []
+    def __init__(self, tok: Tokenizer, emit: Callable[[str], None], hold: int):
+        self.tok, self.emit, self.hold = tok, emit, hold
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.pending = ""  # decoded text not emitted yet
         self.sent = 0  # characters already emitted
 
     def push(self, t: int) -> None:
-        self.ids.append(t)
-        text = self.decode(self.ids)
-        safe = len(text) - self.hold - (1 if text.endswith("\ufffd") else 0)
-        if safe > self.sent:
-            self.emit(text[self.sent:safe])
-            self.sent = safe
+        self.pending += self.utf8.decode(self.tok.decode_bytes([t]))
+        safe = len(self.pending) - self.hold
+        if safe > 0:
+            self.emit(self.pending[:safe])
+            self.pending, self.sent = self.pending[safe:], self.sent + safe
 
     def finish(self, final_text: str) -> None:
         if len(final_text) > self.sent:
@@ -647,7 +666,7 @@ def generate_text(model: GPT, tok: Tokenizer, prompts: Sequence[str], s: SampleC
     n = s.num_samples if s.strategy in SAMPLING else 1
     streams = None
     if on_text is not None and s.strategy != "beam":
-        streams = [_TextStream(tok.decode, (lambda piece, r=r: on_text(r, piece)), hold)
+        streams = [_TextStream(tok, (lambda piece, r=r: on_text(r, piece)), hold)
                    for r in range(len(prompts) * n)]
     results = generate(model, ids, s, seed=seed, eot_id=tok.eot_id, stop_strings=stop_strings, decode=tok.decode,
                        on_token=(lambda r, t: streams[r].push(t)) if streams else None)
@@ -686,24 +705,28 @@ def token_scores(model: GPT, prompt: Sequence[int], tokens: Sequence[int]) -> tu
     in windows that move by half the context, so each token is scored with at least
     block_size / 2 tokens before it (or all of them, near the start).
     """
+    _need(len(prompt) > 0, "token_scores needs a prompt of at least one token: the first token is predicted from "
+                           "it (for an empty text use encode_prompt(tok, ''), the end-of-text token)")
     seq = torch.tensor(list(prompt) + list(tokens), dtype=torch.long, device=model.wte.weight.device)
     N, n0, block = len(seq), len(prompt), model.cfg.block_size
     logp_out, ent_out = [], []
     was_training = model.training
     model.eval()
-    i0 = n0  # first target position not scored yet
-    while i0 < N:
-        w = max(0, min(i0 - max(1, block // 2), N - 1 - block))  # window start
-        e = min(N - 1, w + block)  # inputs seq[w:e] predict targets seq[w+1:e+1]
-        logits, _ = model(seq[None, w:e])  # (1, e-w, V)
-        logp = torch.log_softmax(logits[0].float(), dim=-1)  # (e-w, V)
-        first = i0 - w - 1  # row of logp that predicts target i0
-        targets = seq[i0:e + 1]
-        logp = logp[first:]
-        logp_out.append(logp.gather(1, targets[:, None])[:, 0])
-        ent_out.append(-(logp.exp() * logp).sum(-1))
-        i0 = e + 1
-    model.train(was_training)
+    try:
+        i0 = n0  # first target position not scored yet
+        while i0 < N:
+            w = max(0, min(i0 - max(1, block // 2), N - 1 - block))  # window start
+            e = min(N - 1, w + block)  # inputs seq[w:e] predict targets seq[w+1:e+1]
+            logits, _ = model(seq[None, w:e])  # (1, e-w, V)
+            logp = torch.log_softmax(logits[0].float(), dim=-1)  # (e-w, V)
+            first = i0 - w - 1  # row of logp that predicts target i0
+            targets = seq[i0:e + 1]
+            logp = logp[first:]
+            logp_out.append(logp.gather(1, targets[:, None])[:, 0])
+            ent_out.append(-(logp.exp() * logp).sum(-1))
+            i0 = e + 1
+    finally:
+        model.train(was_training)
     if not logp_out:
         empty = torch.zeros(0)
         return empty, empty

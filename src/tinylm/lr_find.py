@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -40,6 +41,9 @@ def lr_find(cfg: Config, *, start: float = 1e-5, end: float = 1.0, steps: int = 
         raise TinyLMError(f"lr-find needs 0 < --start < --end (got {start}, {end})")
     if steps < 10:
         raise TinyLMError(f"lr-find needs at least 10 steps to see a curve (got --steps {steps})")
+    if not 0 < divisor < math.inf:
+        raise TinyLMError(f"lr-find needs --divisor > 0 (got {divisor}): the suggested LR is the divergence LR "
+                          f"divided by it; 4-10 is usual")
     out = Path(out) if out else cfg.run_dir.with_name(f"{cfg.run.name}-lr-find")
     scratch = copy.deepcopy(cfg)
     scratch.optim.warmup_steps = 0  # the sweep itself is the warmup

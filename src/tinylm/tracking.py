@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
 from .errors import TinyLMError
+from .fileio import write_text_atomic
 
 
 METRICS_FILE = "metrics.jsonl"  # in the run folder
@@ -104,14 +106,22 @@ class TensorBoardSink:
 
 
 class WandbSink:
-    """Weights & Biases; ``WANDB_MODE=offline`` writes a local run to sync later."""
+    """Weights & Biases; ``WANDB_MODE=offline`` writes a local run to sync later.
+
+    The W&B run id is kept in ``<run>/wandb_id``, so a resumed run goes on logging to the same W&B run.
+    """
 
     def __init__(self, project: str, name: str, config: dict, run_dir: Path):
         try:
             import wandb
         except ImportError:
             raise TinyLMError("--run.wandb needs the wandb package: pip install 'tinylm[track]'") from None
-        self.run = wandb.init(project=project, name=name, config=config, dir=str(run_dir), resume="allow")
+        id_file = run_dir / "wandb_id"
+        run_id = id_file.read_text(encoding="utf-8").strip() if id_file.is_file() else ""
+        if not run_id:
+            run_id = secrets.token_hex(8)  # W&B accepts any id of letters and digits
+            write_text_atomic(id_file, run_id + "\n")
+        self.run = wandb.init(project=project, name=name, config=config, dir=str(run_dir), id=run_id, resume="allow")
 
     def log(self, record: dict) -> None:
         self.run.log({k: v for k, v in record.items() if k != "step" and not isinstance(v, str)},

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint as ckpt
-from .accounting import peak_flops, peak_memory_mb
+from .accounting import ThroughputWindow, mfu, peak_flops, peak_memory_mb
 from .config import Config, grad_accum_steps, micro_batch_size, parse_duration, to_toml, validate
 from .data import BatchLoader, TokenWindows, ensure_prepared, eval_batches, load_data_tokenizer
 from .errors import TinyLMError
@@ -35,7 +35,8 @@ from .tracking import METRICS_FILE, ConsoleSink, JSONLSink, TensorBoardSink, Tra
 
 # --------------------------------------------------------------------------- device and precision
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0, flag: str = "--train.device") -> torch.device:
+    """auto -> this process's CUDA device, else MPS, else the CPU; ``flag`` is the option named in errors."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank)
@@ -43,7 +44,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TinyLMError(f"--train.device {name}: no CUDA device is available; use --train.device cpu")
+        raise TinyLMError(f"{flag} {name}: no CUDA device is available; use {flag} cpu")
     return torch.device(name)
 
 
@@ -150,6 +151,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def build_model(cfg: Config, rank: int, device: torch.device) -> GPT:
+    """The model, initialized alike in every process (``train.seed``); then every random stream is
+    reseeded with seed + rank, so that each DDP process draws its own dropout masks.
+
+    (The batch loader has its own generator, the same in every process: they must agree on the
+    global batch they share.)
+    """
+    seed_everything(cfg.train.seed)
+    model = GPT(cfg.model).to(device)
+    seed_everything(cfg.train.seed + rank)
+    return model
+
+
 # --------------------------------------------------------------------------- the loop
 
 @dataclass
@@ -188,6 +202,22 @@ class _StopFlag:
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+def _check_prompt(tok, prompt: str, data_dir: str) -> None:
+    """Refuse a sample prompt the tokenizer cannot encode, naming the characters it lacks."""
+    def encodes(text: str) -> bool:
+        try:
+            tok.encode(text)
+            return True
+        except TinyLMError:
+            return False
+
+    if not encodes(prompt):
+        missing = [c for c in dict.fromkeys(prompt) if not encodes(c)]
+        raise TinyLMError(f"--sample.prompt {prompt!r} has characters {missing!r} that the tokenizer of {data_dir} "
+                          f"cannot encode; leave them out of --sample.prompt, or use --data.tokenizer bpe, "
+                          f"which encodes any text")
 
 
 def _prepare_run_dir(cfg: Config, resume: bool, log) -> tuple[ckpt.RunLock, tuple[Path, dict] | None]:
@@ -235,6 +265,8 @@ class Trainer:
     is one optimizer step with accumulation, :meth:`evaluate` the fixed validation set,
     :meth:`save` a checkpoint.
     """
+
+    clock = staticmethod(time.perf_counter)  # the loop's seconds (time budget, tokens/s, ETA); tests replace it
 
     def __init__(self, cfg: Config, *, resume: bool = False, log=print):
         self._lock: ckpt.RunLock | None = None  # the run folder's, held by rank 0 until close()
@@ -287,9 +319,9 @@ class Trainer:
         self.tok = load_data_tokenizer(cfg.data.dir)
         # every checkpoint keeps this copy: the data folder may be prepared again with another tokenizer
         self.tokenizer_bytes = (Path(cfg.data.dir) / self.meta["tokenizer_file"]).read_bytes()
+        _check_prompt(self.tok, cfg.sample.prompt, cfg.data.dir)  # else the first evaluation fails, and each resume
 
-        seed_everything(cfg.train.seed)
-        self.raw_model = GPT(cfg.model).to(self.device)
+        self.raw_model = build_model(cfg, d.rank, self.device)
         self.raw_model.activation_checkpointing = cfg.train.activation_checkpointing
         self.model = _wrap_distributed(self.raw_model, cfg, d, self.device)
         self.optimizer = build_optimizer(self.raw_model, cfg.optim, self.device.type,
@@ -312,7 +344,6 @@ class Trainer:
         self.recent_losses: list[float] = []  # for loss-spike detection
         self.skips_in_a_row = 0
         self.tracker: Tracker | None = None
-        self.clock = time.perf_counter  # seconds; a test swaps in a fake clock to check time-driven logic
 
     # ----------------------------------------------------------------- state
 
@@ -339,7 +370,8 @@ class Trainer:
             group.update(own)
         self.loader.load_state_dict(state["loader"])
         self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]] * self.d.world_size  # older: one
+        set_rng_state(rngs[self.d.rank])
         self.step, self.tokens_seen, self.best_val = state["step"], state["tokens_seen"], state["best_val_loss"]
         self.elapsed_before = state["elapsed_s"]
         self.log(f"resumed from {path} at step {self.step}")
@@ -359,11 +391,15 @@ class Trainer:
         return self._write_checkpoint(*self._full_states(), elapsed)
 
     def _write_checkpoint(self, model_state: dict, optim_state: dict, elapsed: float) -> Path | None:
+        rng = [rng_state()]  # every process's streams (each draws its own dropout masks), gathered to rank 0
+        if self.d.world_size > 1:
+            mine, rng = rng[0], [None] * self.d.world_size if self.d.is_main else None
+            dist.gather_object(mine, rng, dst=0)
         if not self.d.is_main:
             return None
         trainer_state = {"step": self.step, "tokens_seen": self.tokens_seen, "best_val_loss": self.best_val,
                          "elapsed_s": elapsed, "world_size": self.d.world_size, "loader": self.loader.state_dict(),
-                         "scaler": self.scaler.state_dict(), "rng": rng_state()}
+                         "scaler": self.scaler.state_dict(), "rng": rng}
         return ckpt.save_checkpoint(
             self.run_dir / "checkpoints", self.step,
             {"model": model_state, "optimizer": optim_state, "trainer": trainer_state},
@@ -545,7 +581,7 @@ class Trainer:
         val_loss, loss_val, stopped = math.nan, math.nan, False
         save_every = cfg.train.save_interval or cfg.train.eval_interval
         t_start = self.clock()
-        win_t, win_steps, win_data, win_compute = t_start, 0, 0.0, 0.0
+        window = ThroughputWindow(self.clock)
 
         def elapsed() -> float:
             return self.elapsed_before + self.clock() - t_start
@@ -563,40 +599,37 @@ class Trainer:
                     if first:  # the first compiled step includes compilation: report it apart
                         self.tracker_event(self.step, "compiled", f"first step incl. torch.compile: "
                                            f"{stats['compute_s']:.1f}s", compile_s=stats["compute_s"])
-                        win_t = self.clock()
+                        window.restart()
                     else:
-                        win_steps += 1
-                        win_data += stats["data_s"]
-                        win_compute += stats["compute_s"]
+                        window.add(stats["data_s"], stats["compute_s"])
                     loss_now = float(stats["loss"])
                     if not stats["skipped"]:
                         self._check_spike(loss_now)
                     if self.step % cfg.train.log_interval == 0 or self.step == cfg.train.max_steps:
                         loss_val = float(_all_mean(stats["loss"].clone(), d))
-                        now = self.clock()
-                        n = max(win_steps, 1)
-                        tps = win_steps * self.tokens_per_step / max(now - win_t, 1e-9)
-                        data_ms, compute_ms = 1000 * win_data / n, 1000 * win_compute / n
+                        seconds, n = max(window.seconds, 1e-9), max(window.steps, 1)
+                        tps = window.steps * self.tokens_per_step / seconds  # global: tokens of every process
+                        data_ms, compute_ms = 1000 * window.data_s / n, 1000 * window.compute_s / n
                         if self.tracker is not None:
-                            remaining = (cfg.train.max_steps - self.step) * (now - win_t) / n
+                            remaining = (cfg.train.max_steps - self.step) * seconds / n
                             if self.time_budget:
                                 remaining = min(remaining, self.time_budget - elapsed())
                             self.tracker.log({
                                 "step": self.step, "loss": loss_val, "lr": scale * cfg.optim.lr, "grad_norm": float(stats["grad_norm"]),
                                 "tokens_per_s": tps, "data_ms": data_ms, "compute_ms": compute_ms,
-                                "mfu": tps * flops_per_token * d.world_size / peak if peak else None,
+                                "mfu": mfu(tps, flops_per_token, peak, d.world_size),
                                 "peak_mem_mb": peak_memory_mb(self.device), "tokens_seen": self.tokens_seen,
                                 "elapsed_s": elapsed(), "eta_s": max(remaining, 0.0)})
                             if data_ms > 0.1 * compute_ms:
                                 self.tracker_event(self.step, "slow_data", f"data loading takes {data_ms:.1f} ms "
                                                    f"per step, over 10% of compute ({compute_ms:.1f} ms)")
-                        win_t, win_steps, win_data, win_compute = now, 0, 0.0, 0.0
+                        window.restart()
                     if self.step < cfg.train.max_steps:
-                        if cfg.train.eval_interval and self.step % cfg.train.eval_interval == 0:
-                            val_loss = self._eval_point(elapsed())
-                            win_t = self.clock()  # evaluation is not training throughput
-                        elif save_every and self.step % save_every == 0:
-                            self.save(elapsed())
+                        with window.paused():  # evaluation and saving are not training throughput
+                            if cfg.train.eval_interval and self.step % cfg.train.eval_interval == 0:
+                                val_loss = self._eval_point(elapsed())
+                            elif save_every and self.step % save_every == 0:
+                                self.save(elapsed())
                     if stop.requested:
                         stopped = True
                         break

@@ -39,6 +39,11 @@ class Tokenizer(ABC):
     def decode(self, ids: Iterable[int]) -> str:
         """Ids -> text (ids that do not form valid UTF-8 are replaced by U+FFFD)."""
 
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """Ids -> UTF-8 bytes. A byte-level tokenizer overrides this: its tokens can split a
+        character, so the bytes of a few tokens need not be valid UTF-8 on their own."""
+        return self.decode(ids).encode("utf-8")
+
     @abstractmethod
     def to_text(self) -> str:
         """The file body after the header line (see :meth:`save`)."""
