@@ -23,8 +23,14 @@ PIECES = ["'s", "'ll", "'re", "'ve", "'m", "'d", "'t", "'LL", " ", "  ", "   ", 
           "½", "hello", "Hello", " world", " don't", "😀", "👋🏽", "🇫🇷", "👨‍👩‍👧", "日本語", "中文",
           "한국어", "é", "e\u0301", "a\u0308\u0323", "ﬁ", "—", "...", "?!", EOT, "<|", "ß", "İ", "Ω",
           "ǅ", "\\", "\x00", "\x7f", "\U0001d54f", "عربى", "עברית", "देवनागरी"]
-texts = st.one_of(st.text(max_size=80),
-                  st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=4)), max_size=30).map("".join))
+# Characters Unicode has assigned (Python's tables). The fast path's regex (tiktoken, Rust) and the
+# reference's (the `regex` package) carry Unicode tables of different versions, and disagree on
+# whether a newly assigned code point is a letter: U+1DF90 splits "'s" off in one and not in the
+# other. That is the libraries' data, not the BPE; every character assigned long enough is fuzzed.
+# (Surrogates, Cs, are left out as st.text's default does.)
+chars = st.characters(exclude_categories=("Cn", "Cs"))
+texts = st.one_of(st.text(chars, max_size=80),
+                  st.lists(st.one_of(st.sampled_from(PIECES), st.text(chars, max_size=4)), max_size=30).map("".join))
 
 
 @pytest.fixture(scope="module")

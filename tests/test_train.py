@@ -169,8 +169,7 @@ def test_unencodable_sample_prompt_is_refused_before_step_1(tmp_path, text_200k,
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "--sample.prompt 'ROMEO Ω→' has characters ['Ω', '→']" in err and "--data.tokenizer bpe" in err
-    # refused before step 1: the run folder holds nothing but its lock (which a new start ignores)
-    assert [p.name for p in cfg.run_dir.iterdir()] == [ckpt.LOCK]
+    assert not cfg.run_dir.exists()  # refused before step 1, and before anything was left behind
     # a run trained with a good prompt, resumed with the bad one: refused the same way, nothing touched
     assert main(["train", *cli_args(cfg)]) == 0
     capsys.readouterr()

@@ -8,6 +8,7 @@ synchronized only on the last micro-step, and only rank 0 logs and saves.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -270,11 +271,25 @@ class Trainer:
 
     def __init__(self, cfg: Config, *, resume: bool = False, log=print):
         self._lock: ckpt.RunLock | None = None  # the run folder's, held by rank 0 until close()
+        # the folders this start creates (the run folder first): a refused start removes them again
+        self._new_dirs = list(itertools.takewhile(lambda p: not p.exists(), (cfg.run_dir, *cfg.run_dir.parents)))
         try:
             self._setup(cfg, resume, log)
         except BaseException:
             self.close()
+            self._remove_new_dirs()
             raise
+
+    def _remove_new_dirs(self) -> None:
+        """Leave no trace of a start refused before training: its lock file, then each folder it
+        made, as long as nothing else was written there."""
+        try:
+            if self._new_dirs:
+                (self._new_dirs[0] / ckpt.LOCK).unlink(missing_ok=True)
+            for folder in self._new_dirs:
+                folder.rmdir()
+        except OSError:  # not empty (something else was written), or never made: keep the rest
+            pass
 
     def close(self) -> None:
         """Unlock the run folder (:meth:`run` does it when it ends; the OS does it if the process dies)."""
