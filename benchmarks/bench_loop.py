@@ -1,6 +1,7 @@
 """Evidence for the production training loop, on tiny Shakespeare at character level.
 
-    .venv/bin/python benchmarks/bench_loop.py [--parts options,accum,ddp,crash] [--out runs/bench-loop]
+    .venv/bin/python benchmarks/bench_loop.py [--parts options,accum,ddp,crash,concurrency,fulldisk]
+                                              [--out runs/bench-loop]
 
 * ``options``: step time (median compute ms per step) and peak memory with each of
   torch.compile / activation checkpointing / bf16 autocast on, against the fp32 eager baseline,
@@ -11,12 +12,18 @@
 * ``crash``: SIGKILL at random moments (>= 5 kills), resume each time: kills survived, steps lost
   per kill, unreadable checkpoints, and the max loss difference to the uninterrupted run
   (the resume-exactness figure).
+* ``concurrency``: two ``tinylm train`` started at once on one run folder, several rounds: how many
+  were refused, whether every checkpoint loads, and whether any step was logged twice.
+* ``fulldisk``: a run folder on a small tmpfs (needs root and ``mount``), filled so the next
+  checkpoint cannot fit: the exit code and message, temporary folders left, whether the last
+  checkpoint loads, and, once space is freed, resume vs the uninterrupted run.
 
 Reads tiny Shakespeare from TINYLM_DATA_DIR (default ../shared/data beside the repository).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -26,8 +33,10 @@ from pathlib import Path
 
 from common import REPO, machine, machine_line, time_call, use_shared_data
 
+from tinylm import checkpoint as ckpt
 from tinylm.config import build_config, to_toml
 from tinylm.diagnostics import crash_harness, logged_losses
+from tinylm.errors import TinyLMError
 from tinylm.tracking import read_metrics
 
 PRESET = REPO / "configs" / "tinyshakespeare-char.toml"
@@ -47,12 +56,16 @@ def config(out: Path, name: str, overrides: list[str]):
     return cfg
 
 
-def run_process(cfg, *launcher: str) -> None:
+def train_command(cfg, *launcher: str) -> list[str]:
+    """``tinylm train`` for cfg, through a preset written beside its run folder."""
     preset = cfg.run_dir.parent / f"{cfg.run.name}.toml"
     preset.parent.mkdir(parents=True, exist_ok=True)
     preset.write_text(to_toml(cfg))
-    cmd = [*(launcher or (sys.executable,)), "-m", "tinylm", "train", "--config", str(preset)]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return [*(launcher or (sys.executable,)), "-m", "tinylm", "train", "--config", str(preset)]
+
+
+def run_process(cfg, *launcher: str) -> None:
+    subprocess.run(train_command(cfg, *launcher), check=True, stdout=subprocess.DEVNULL)
 
 
 def records(cfg) -> list[dict]:
@@ -118,16 +131,85 @@ def part_crash(out: Path) -> list[str]:
             f"max |loss difference| to the uninterrupted run {max_diff(ref, cfg)}"]
 
 
+def unreadable(run_dir: Path) -> int:
+    """How many of a run's step folders fail to load completely."""
+    bad = 0
+    for step in sorted((run_dir / "checkpoints").glob("step_*")):
+        try:
+            ckpt.read_meta(step)
+            for part in ("model", "optimizer", "trainer"):
+                ckpt.load_part(step, part)
+        except TinyLMError:
+            bad += 1
+    return bad
+
+
+def part_concurrency(out: Path, rounds: int = 5) -> list[str]:
+    common = ["--train.max_steps", "40", "--train.log_interval", "1", "--train.save_interval", "5",
+              "--model.block_size", "64", "--train.batch_size", "16"]
+    refused = completed = bad = twice = 0
+    for r in range(rounds):
+        cfg = config(out, f"together-{r}", common)
+        cmd = train_command(cfg)
+        procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        for p in procs:
+            _, err = p.communicate(timeout=600)
+            if p.returncode == 2 and ("in use by" in err or "already exists" in err):
+                refused += 1
+            elif p.returncode == 0:
+                completed += 1
+        bad += unreadable(cfg.run_dir)
+        steps = [m["step"] for m in records(cfg) if "loss" in m]
+        twice += len(steps) - len(set(steps))
+    return [f"concurrency: {rounds} rounds of 2 `tinylm train` started together on one run folder: "
+            f"{completed} completed, {refused} refused (naming the holder), unreadable checkpoints {bad}, "
+            f"steps logged twice {twice}"]
+
+
+def part_fulldisk(out: Path) -> list[str]:
+    disk = out / "small-disk"
+    disk.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True).returncode:
+        return ["fulldisk: skipped (cannot mount a tmpfs here: needs root)"]
+    try:
+        common = ["--train.log_interval", "1", "--train.save_interval", "5", "--model.block_size", "64",
+                  "--train.batch_size", "16", "--model.n_layer", "2", "--model.n_embd", "64", "--model.n_head", "2"]
+        ref = config(out, "disk-ref", [*common, "--train.max_steps", "40"])
+        run_process(ref)
+        cfg = config(disk, "full", [*common, "--train.max_steps", "20"])
+        run_process(cfg)
+        ballast = disk / "ballast"
+        with open(ballast, "wb") as f:  # leave 64 KB: room for the logs, not for a checkpoint
+            while (free := os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize) > 64 << 10:
+                f.write(b"\0" * min(free - (64 << 10), 1 << 20))
+        cfg.train.max_steps = 40
+        full = subprocess.run([*train_command(cfg), "--resume"], capture_output=True, text=True)
+        message = full.stderr.strip().splitlines()[-1] if full.stderr.strip() else ""
+        temps = len(list((cfg.run_dir / "checkpoints").glob(".tmp-*")))
+        last = ckpt.read_meta(ckpt.resolve_checkpoint(cfg.run_dir))["step"]
+        bad = unreadable(cfg.run_dir)
+        ballast.unlink()
+        again = subprocess.run([*train_command(cfg), "--resume"], capture_output=True, text=True)
+        return [f"full disk: exit {full.returncode}, {len(full.stderr.strip().splitlines())} line(s) on stderr "
+                f"({message[:90]}...), temporary folders left {temps}, last checkpoint step {last}, unreadable "
+                f"checkpoints {bad}; after freeing space, --resume exit {again.returncode}, max |loss difference| "
+                f"to the uninterrupted run {max_diff(ref, cfg)}"]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--parts", default="options,accum,ddp,crash")
+    ap.add_argument("--parts", default="options,accum,ddp,crash,concurrency,fulldisk")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-loop"))
     args = ap.parse_args()
     out = Path(args.out)
     use_shared_data()
     info = machine()
     print(f"# {info['date']} | {machine_line(info)}", flush=True)
-    parts = {"options": part_options, "accum": part_accum, "ddp": part_ddp, "crash": part_crash}
+    parts = {"options": part_options, "accum": part_accum, "ddp": part_ddp, "crash": part_crash,
+             "concurrency": part_concurrency, "fulldisk": part_fulldisk}
     for name in args.parts.split(","):
         for line in parts[name](out):
             print(line, flush=True)

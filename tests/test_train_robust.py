@@ -187,6 +187,15 @@ def test_gpu_peak_table_takes_the_most_specific_whole_name(name, precision, peak
     assert gpu_peak_flops(name, precision) == peak
 
 
+def test_the_cpu_peak_probe_leaves_the_random_state_alone():
+    """The probe runs once per machine, inside whichever run comes first: had it drawn from the
+    global stream, that run's dropout masks would differ from an identical later run's."""
+    from tinylm.accounting import measure_cpu_peak
+    before = torch.get_rng_state()
+    assert measure_cpu_peak(torch.float32, trials=1, seconds=0.01, n=64) > 0
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_mfu_divides_global_throughput_by_every_device():
     from tinylm.accounting import mfu
     assert mfu(1000, 6e6, 1e10) == pytest.approx(0.6)

@@ -109,7 +109,8 @@ def measure_cpu_peak(dtype: torch.dtype, trials: int = 5, seconds: float = 0.2, 
     The best of several short trials: a moment of contention from another process lowers one
     trial, not the peak. (Delete the cache file to measure again.)
     """
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    g = torch.Generator().manual_seed(0)  # its own stream: probing must not move training's random state
+    a, b = torch.randn(n, n, dtype=dtype, generator=g), torch.randn(n, n, dtype=dtype, generator=g)
     a @ b  # warm up (thread pool, kernels)
     best = 0.0
     for _ in range(trials):
