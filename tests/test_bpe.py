@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import pickle
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,14 +17,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import shared_text
-from tinylm.errors import TinyLMError
 from tinylm.corpora import iter_chunks
+from tinylm.errors import TinyLMError
 from tinylm.tokenizer import load_tokenizer
 from tinylm.tokenizer.base import parse_ids
 from tinylm.tokenizer.bpe import BPETokenizer
 from tinylm.tokenizer.bpe_train import merge_incremental, merge_naive
 from tinylm.tokenizer.io import from_gpt2_files, to_hf_json
-from tinylm.tokenizer.pretokenize import CL100K_PATTERN, GPT2_PATTERN, count_pretokens, iter_blocks
+from tinylm.tokenizer.pretokenize import CL100K_PATTERN, GPT2_PATTERN, count_pretokens, iter_blocks, last_cut
 from tinylm.tokenizer.stats import format_token_stats, token_stats
 
 EOT = "<|endoftext|>"
@@ -141,6 +144,27 @@ def test_text_without_safe_cuts_is_still_cut():
     text = "x" * 5_000_000
     blocks = list(iter_blocks([text[i:i + 100_000] for i in range(0, len(text), 100_000)], block_chars=1000))
     assert len(blocks) > 1 and "".join(blocks) == text
+
+
+def test_safe_cuts_known_answers():
+    assert last_cut("one two thr", 0, 11) == 7  # before " thr"
+    assert last_cut("one two thr", 0, 11, at_spaces=False) == -1
+    assert last_cut("Citizen:\nBefore you", 0, 12, at_spaces=False) == 9  # after the "\n"
+    assert last_cut("proceed\r\nAll:", 0, 12, at_spaces=False) == 7  # before the "\r\n"
+    assert last_cut("proceed:\r\nAll:", 0, 12, at_spaces=False) == -1  # GPT-4 glues ":\r\n"
+    assert last_cut("a \nb", 0, 4, at_spaces=False) == -1  # "a \n" alone pre-tokenizes differently
+    assert last_cut("a \nb", 0, 4) == 1  # but "a| \nb" is a safe cut
+    assert last_cut("ab\n", 0, 3, at_spaces=False) == -1  # the next character is not read yet
+    assert last_cut(f"x{EOT[:5]} y", 0, 8, specials=[EOT]) == -1  # inside a possibly incomplete special
+    assert last_cut(f"x{EOT} y", 0, 15, specials=[EOT]) == 14
+
+
+def test_import_directions():
+    # corpora -> tokenizer, io -> bpe: never the other way (a cycle hides which module owns what)
+    code = ("import sys, tinylm.tokenizer.stats; "
+            "assert 'tinylm.corpora' not in sys.modules and 'tinylm.tokenizer.io' not in sys.modules")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
 def test_pretoken_counts_on_python_code():
