@@ -155,8 +155,8 @@ def test_safe_cuts_known_answers():
     assert last_cut("a \nb", 0, 4, at_spaces=False) == -1  # "a \n" alone pre-tokenizes differently
     assert last_cut("a \nb", 0, 4) == 1  # but "a| \nb" is a safe cut
     assert last_cut("ab\n", 0, 3, at_spaces=False) == -1  # the next character is not read yet
-    assert last_cut(f"x{EOT[:5]} y", 0, 8, specials=[EOT]) == -1  # inside a possibly incomplete special
-    assert last_cut(f"x{EOT} y", 0, 15, specials=[EOT]) == 14
+    assert last_cut("x<|a b", 0, 5, specials=["<|a b|>"]) == -1  # inside a special that may go on
+    assert last_cut("x<|a b|> y", 0, 9, specials=["<|a b|>"]) == 8  # not inside one, only after it
 
 
 def test_import_directions():
