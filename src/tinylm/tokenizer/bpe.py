@@ -173,7 +173,7 @@ class BPETokenizer(Tokenizer):
         all pairs per merge (for tests and benchmarks only).
 
         ``BPETokenizer.train(["ab ab abc"], 259, special_tokens=()).merges
-        -> [(97, 98), (32, 256), (257, 99)]``  (see the module docstring)
+        -> [(97, 98), (32, 256), (257, 99)]``  (worked by hand in :mod:`.bpe_train`)
         """
         specials = check_special_tokens(special_tokens)
         n_merges = vocab_size - 256 - len(specials)

@@ -64,9 +64,10 @@ def pair_counts(words: list[Word]) -> dict[tuple[int, int], int]:
 
 def merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     """Replace each occurrence of ``pair``, left to right: ``merge_pair([1, 2, 3, 1, 2], (1, 2), 4) -> [4, 3, 4]``"""
+    a, b = pair
     out, i = [], 0
     while i < len(ids):
-        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
+        if i + 1 < len(ids) and ids[i] == a and ids[i + 1] == b:
             out.append(new_id)
             i += 2
         else:
