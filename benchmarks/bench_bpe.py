@@ -29,7 +29,9 @@ from pathlib import Path
 from common import SHARED, Meter, machine, machine_line, time_call
 
 from tinylm.corpora import iter_chunks
-from tinylm.tokenizer.bpe import BPETokenizer, count_pretokens, merge_incremental, merge_naive
+from tinylm.tokenizer.bpe import BPETokenizer
+from tinylm.tokenizer.bpe_train import merge_incremental, merge_naive
+from tinylm.tokenizer.pretokenize import count_pretokens
 
 DATA = Path(os.environ.get("TINYLM_SHARED_DATA", SHARED / "data"))
 EOT = "<|endoftext|>"
@@ -39,7 +41,7 @@ STORIES = DATA / "tinystories" / "train-head-lowercase.txt"
 def hf_train(path: Path, vocab_size: int):
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from tinylm.tokenizer.bpe import GPT2_PATTERN
+    from tinylm.tokenizer.pretokenize import GPT2_PATTERN
     tok = Tokenizer(models.BPE())
     # the same pre-tokenization as ours: GPT-2's regex, then bytes as GPT-2's printable chars
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -149,10 +151,9 @@ def main() -> None:
         sample = (DATA / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8") + \
             (DATA / "tinystories" / "valid-head.txt").read_text(encoding="utf-8")
         smb = len(sample.encode()) / 1e6
-        gpt2.encode(sample[:1000]), enc.encode_ordinary(sample[:1000])  # warm up
+        gpt2.encode(sample[:1000]), enc.encode(sample[:1000], disallowed_special=())  # warm up
         calls = {  # the same call on both sides
             "encode(text)": (lambda: gpt2.encode(sample), lambda: enc.encode(sample, disallowed_special=())),
-            "encode_ordinary(text)": (lambda: gpt2.encode_ordinary(sample), lambda: enc.encode_ordinary(sample)),
         }
         res["encode_mb_s"] = {}
         for name, (ours_fn, theirs_fn) in calls.items():

@@ -3,23 +3,30 @@ special tokens, streaming, files and bad input. GPT-2 parity and interop: test_t
 from __future__ import annotations
 
 import collections
+import itertools
 import json
+import os
 import pickle
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import regex
+from conftest import shared_text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import shared_text
+from tinylm.corpora import iter_chunks
 from tinylm.errors import TinyLMError
 from tinylm.tokenizer import load_tokenizer
-from tinylm.tokenizer.bpe import (CL100K_PATTERN, GPT2_PATTERN, BPETokenizer, count_pretokens,
-                                  format_token_stats, iter_blocks, merge_incremental,
-                                  merge_naive, parse_ids, token_stats)
+from tinylm.tokenizer.base import parse_ids
+from tinylm.tokenizer.bpe import BPETokenizer
+from tinylm.tokenizer.bpe_train import merge_incremental, merge_naive
 from tinylm.tokenizer.io import from_gpt2_files, to_hf_json
+from tinylm.tokenizer.pretokenize import CL100K_PATTERN, GPT2_PATTERN, count_pretokens, iter_blocks, last_cut
+from tinylm.tokenizer.stats import format_token_stats, token_stats
 
 EOT = "<|endoftext|>"
 
@@ -140,6 +147,27 @@ def test_text_without_safe_cuts_is_still_cut():
     assert len(blocks) > 1 and "".join(blocks) == text
 
 
+def test_safe_cuts_known_answers():
+    assert last_cut("one two thr", 0, 11) == 7  # before " thr"
+    assert last_cut("one two thr", 0, 11, at_spaces=False) == -1
+    assert last_cut("Citizen:\nBefore you", 0, 12, at_spaces=False) == 9  # after the "\n"
+    assert last_cut("proceed\r\nAll:", 0, 12, at_spaces=False) == 7  # before the "\r\n"
+    assert last_cut("proceed:\r\nAll:", 0, 12, at_spaces=False) == -1  # GPT-4 glues ":\r\n"
+    assert last_cut("a \nb", 0, 4, at_spaces=False) == -1  # "a \n" alone pre-tokenizes differently
+    assert last_cut("a \nb", 0, 4) == 1  # but "a| \nb" is a safe cut
+    assert last_cut("ab\n", 0, 3, at_spaces=False) == -1  # the next character is not read yet
+    assert last_cut("x<|a b", 0, 5, specials=["<|a b|>"]) == -1  # inside a special that may go on
+    assert last_cut("x<|a b|> y", 0, 9, specials=["<|a b|>"]) == 8  # not inside one, only after it
+
+
+def test_import_directions():
+    # corpora -> tokenizer, io -> bpe: never the other way (a cycle hides which module owns what)
+    code = ("import sys, tinylm.tokenizer.stats; "
+            "assert 'tinylm.corpora' not in sys.modules and 'tinylm.tokenizer.io' not in sys.modules")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
 def test_pretoken_counts_on_python_code():
     import sysconfig
     stdlib = Path(sysconfig.get_paths()["stdlib"])
@@ -178,7 +206,7 @@ def test_bytes_round_trip(stories_tok, data):
 @given(text=texts, cuts=st.lists(st.integers(0, 200), max_size=6))
 def test_streaming_encode_equals_encode(stories_tok, text, cuts):
     bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
-    chunks = [text[a:b] for a, b in zip(bounds, bounds[1:])]
+    chunks = [text[a:b] for a, b in itertools.pairwise(bounds)]
     for allowed in ("none", "all"):
         assert list(stories_tok.encode_iter(chunks, allowed)) == stories_tok.encode(text, allowed)
 
@@ -187,7 +215,7 @@ def test_streaming_a_file(stories_tok, tmp_path):
     text = shared_text("tinyshakespeare/input.txt", 300_000)
     path = tmp_path / "t.txt"
     path.write_text(text, encoding="utf-8")
-    assert list(stories_tok.encode_file(path)) == stories_tok.encode(text)
+    assert list(stories_tok.encode_iter(iter_chunks(path))) == stories_tok.encode(text)
 
 
 def test_special_token_semantics(stories_tok):
@@ -200,7 +228,6 @@ def test_special_token_semantics(stories_tok):
         stories_tok.encode(text, disallowed_special="all")
     with pytest.raises(TinyLMError, match="not special tokens"):
         stories_tok.encode(text, allowed_special={"<|nope|>"})
-    assert stories_tok.encode_ordinary(text) == stories_tok.encode(text)
 
 
 def test_decode_replaces_invalid_utf8_and_rejects_unknown_ids(stories_tok):
@@ -229,7 +256,7 @@ def test_save_load_round_trip(stories_tok, tmp_path):
     assert loaded.__getstate__() == stories_tok.__getstate__()
     assert path.read_text(encoding="utf-8").startswith("tinylm-bpe 1\npattern ")
     listing = (tmp_path / "tok.vocab.txt").read_text(encoding="utf-8")
-    a, b = stories_tok.merges[0]
+    a, _ = stories_tok.merges[0]
     assert "\n256\t" in listing and f"= {a} " in listing and "\tspecial" in listing
     text = "Once upon a time, there was a little dog."
     assert loaded.encode(text) == stories_tok.encode(text)

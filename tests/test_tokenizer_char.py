@@ -27,6 +27,8 @@ def test_special_tokens_after_chars_and_only_when_allowed():
     with pytest.raises(TinyLMError):  # 'e', 'n', ... are not characters of this vocabulary
         tok.encode("a<|endoftext|>b")
     assert tok.decode([eot]) == "<|endoftext|>"
+    with pytest.raises(TinyLMError, match="not special tokens"):  # the same rule as BPE's
+        tok.encode("ab", allowed_special={"<|nope|>"})
 
 
 def test_save_load_round_trip(tmp_path):

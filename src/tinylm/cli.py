@@ -246,7 +246,7 @@ def cmd_tok_encode(args, extra) -> int:
 
 
 def cmd_tok_decode(args, extra) -> int:
-    from .tokenizer.bpe import parse_ids
+    from .tokenizer.base import parse_ids
     tok = _load_any_tokenizer(args.tokenizer)
     sys.stdout.write(tok.decode(parse_ids(args.ids if args.ids is not None else sys.stdin.read())))
     return 0
@@ -256,7 +256,7 @@ def cmd_tok_stats(args, extra) -> int:
     import itertools
 
     from . import corpora
-    from .tokenizer.bpe import format_token_stats, token_stats
+    from .tokenizer.stats import format_token_stats, token_stats
     corpus = corpora.get_corpus(args.corpus)
     sample, n = [], 0
     for chunk in itertools.takewhile(lambda _: n < args.max_chars, corpora.iter_corpus(corpus)):

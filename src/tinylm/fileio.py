@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -70,6 +71,8 @@ def write_failure(e: BaseException, path: str | os.PathLike, then: str = "run th
 
 def pid_alive(pid: int) -> bool:
     """Whether a process with this id runs on this machine (signal 0 checks without signalling)."""
+    if os.name == "nt":  # os.kill there terminates the process instead of probing it
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -77,3 +80,30 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:  # it exists, under another user
         return True
     return True
+
+
+def scratch_sibling(path: Path, kind: str) -> Path:
+    """``data/x`` -> ``data/.x.<kind>-<pid>``: a hidden folder beside ``path`` for this process.
+
+    ``kind`` says what it is for: ``tmp`` (being built) or ``old`` (being replaced, see
+    :func:`replace_dir`); the pid lets a later run tell a killed process's leftovers from a live one's.
+    """
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
+
+
+def replace_dir(tmp: Path, final: Path, old: Path | None = None) -> None:
+    """Put the finished folder ``tmp`` in place of ``final`` (which need not exist), durably.
+
+    An existing ``final`` is renamed to ``old`` (default ``scratch_sibling(final, "old")``) and
+    removed only after ``tmp`` is in its place, so a crash never leaves a half-written folder at
+    ``final``: it holds the old or the new one (or, between the two renames, sits at ``old``).
+    """
+    if final.exists():
+        old = scratch_sibling(final, "old") if old is None else old
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+    fsync_dir(final.parent)

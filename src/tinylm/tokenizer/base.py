@@ -1,14 +1,19 @@
-"""The tokenizer interface every tokenizer in tinylm implements (char, BPE, GPT-2).
+"""The tokenizer interface (char, BPE, GPT-2): file header, registry, and the special-token rules they share.
 
 A tokenizer file is UTF-8 text whose first line is a header ``tinylm-<kind> <version>``;
 :func:`tinylm.tokenizer.load_tokenizer` reads that line and hands the file to the class
 registered for ``<kind>``. Everything after the header belongs to that class.
+
+Special tokens follow tiktoken's rules for every tokenizer: the ones in ``allowed_special`` become
+their ids, and the text of any other is encoded as ordinary text. Also here: the small helpers the
+tokenizer modules share (reading ids typed by a person, an optional progress bar).
 """
 from __future__ import annotations
 
 import os
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..errors import TinyLMError
@@ -50,7 +55,7 @@ class Tokenizer(ABC):
 
     @classmethod
     @abstractmethod
-    def from_text(cls, body: str) -> "Tokenizer":
+    def from_text(cls, body: str) -> Tokenizer:
         """Inverse of :meth:`to_text`."""
 
     format_version: int = 1
@@ -60,12 +65,83 @@ class Tokenizer(ABC):
         """Id of ``<|endoftext|>`` when the tokenizer has it (document separator), else None."""
         return self.special_tokens.get(ENDOFTEXT)
 
+    def allowed_specials(self, allowed_special: str | Iterable[str]) -> set[str]:
+        """``"all"`` / ``"none"`` / a set of special-token texts -> that set; an unknown name is an error."""
+        if allowed_special == "all":
+            return set(self.special_tokens)
+        if allowed_special == "none":
+            return set()
+        allowed = set(allowed_special)
+        unknown = allowed - set(self.special_tokens)
+        if unknown:
+            raise TinyLMError(f"allowed_special names {sorted(unknown)}, which are not special tokens "
+                              f"of this tokenizer (it has {sorted(self.special_tokens)})")
+        return allowed
+
+    def _encode_with_specials(self, text: str, allowed: set[str],
+                              encode_plain: Callable[[str], list[int]]) -> list[int]:
+        """The allowed special tokens in ``text`` become their ids, the text between them goes
+        through ``encode_plain``: ``"a<|endoftext|>b"`` -> ``encode_plain("a") + [eot] + encode_plain("b")``."""
+        splitter = special_splitter(allowed)
+        ids: list[int] = []
+        start = 0
+        for m in (splitter.finditer(text) if splitter else ()):
+            ids += encode_plain(text[start:m.start()])
+            ids.append(self.special_tokens[m.group()])
+            start = m.end()
+        ids += encode_plain(text[start:])
+        return ids
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the tokenizer file atomically (temp file in the same folder, then rename)."""
         write_text_atomic(Path(path), f"tinylm-{self.kind} {self.format_version}\n" + self.to_text())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, special={list(self.special_tokens)})"
+
+
+def check_special_tokens(special_tokens: Iterable[str]) -> list[str]:
+    """The special tokens as a list; an empty, non-string or repeated one is an error."""
+    specials = list(special_tokens)
+    for s in specials:
+        if not isinstance(s, str) or not s:
+            raise TinyLMError(f"special token {s!r} must be a non-empty string; remove it from "
+                              f"--special-tokens")
+    dup = sorted({s for s in specials if specials.count(s) > 1})
+    if dup:
+        raise TinyLMError(f"special tokens {dup} are listed more than once; list each once")
+    return specials
+
+
+def special_splitter(specials: Iterable[str]) -> re.Pattern | None:
+    """Regex matching any of ``specials``, longest first (so "<|a|>x" beats "<|a|>"); None for none."""
+    specials = sorted(set(specials), key=lambda s: (-len(s), s))
+    return re.compile("|".join(map(re.escape, specials))) if specials else None
+
+
+def parse_ids(text: str) -> list[int]:
+    """``tinylm tokenizer decode`` input: ``"15496, 995"`` or ``"[15496 995]"`` -> [15496, 995]."""
+    try:
+        return [int(x) for x in re.split(r"[\s,]+", text.strip().strip("[]").strip()) if x]
+    except ValueError:
+        raise TinyLMError(f"cannot read token ids from {text[:60]!r}; give integers separated "
+                          f"by spaces or commas") from None
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(enabled: bool, **kw):
+    """A tqdm bar, or a stand-in with the same two methods when nothing is shown."""
+    if not enabled:
+        return _NoBar()  # importing tqdm costs ~0.1 s; skip it when nothing is shown
+    from tqdm.auto import tqdm
+    return tqdm(**kw)
 
 
 _REGISTRY: dict[str, type[Tokenizer]] = {}

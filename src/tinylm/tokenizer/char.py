@@ -7,7 +7,6 @@ is an error that names the character (train on a text that contains it, or use B
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 
 from ..errors import TinyLMError
@@ -28,7 +27,7 @@ class CharTokenizer(Tokenizer):
         self._id_to_text = self.chars + list(self.special_tokens)
 
     @classmethod
-    def train(cls, texts: Iterable[str], special_tokens: Iterable[str] = ()) -> "CharTokenizer":
+    def train(cls, texts: Iterable[str], special_tokens: Iterable[str] = ()) -> CharTokenizer:
         """Collect the character set of a stream of text chunks.
 
         ``CharTokenizer.train(["hello", "world"]).chars -> ['d', 'e', 'h', 'l', 'o', 'r', 'w']``
@@ -45,10 +44,9 @@ class CharTokenizer(Tokenizer):
         return len(self._id_to_text)
 
     def encode(self, text: str, allowed_special: str | set[str] = "none") -> list[int]:
-        allowed = set(self.special_tokens) if allowed_special == "all" else (
-            set() if allowed_special == "none" else set(allowed_special))
+        allowed = self.allowed_specials(allowed_special)
         if allowed:
-            return self._encode_with_specials(text, allowed)
+            return self._encode_with_specials(text, allowed, self._encode_plain)
         return self._encode_plain(text)
 
     def _encode_plain(self, text: str) -> list[int]:
@@ -61,17 +59,6 @@ class CharTokenizer(Tokenizer):
                               f"({len(self.chars)} chars); retrain the tokenizer on text that "
                               f"contains them or use --data.tokenizer bpe") from None
 
-    def _encode_with_specials(self, text: str, allowed: set[str]) -> list[int]:
-        # longest first, so a special token that contains another wins
-        pattern = "|".join(re.escape(s) for s in sorted(allowed, key=len, reverse=True))
-        ids: list[int] = []
-        for i, part in enumerate(re.split(f"({pattern})", text)):
-            if i % 2:  # odd parts are the captured special tokens
-                ids.append(self.special_tokens[part])
-            elif part:
-                ids += self._encode_plain(part)
-        return ids
-
     def decode(self, ids: Iterable[int]) -> str:
         table = self._id_to_text
         return "".join(table[i] if 0 <= i < len(table) else "\ufffd" for i in ids)
@@ -81,7 +68,7 @@ class CharTokenizer(Tokenizer):
                           ensure_ascii=False, indent=1) + "\n"
 
     @classmethod
-    def from_text(cls, body: str) -> "CharTokenizer":
+    def from_text(cls, body: str) -> CharTokenizer:
         try:
             d = json.loads(body)
             if not (isinstance(d.get("chars"), str) and isinstance(d.get("special_tokens"), list)):

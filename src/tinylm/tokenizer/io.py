@@ -1,10 +1,12 @@
-"""BPE interop: tiktoken encodings and ranks files, GPT-2's release files, Hugging Face JSON.
+"""BPE interop files: tiktoken ranks files, GPT-2's release files, Hugging Face ``tokenizer.json``.
 
-Our own file format lives with the class (:meth:`BPETokenizer.to_text`); this module converts
-to and from the formats other tools use:
+Our own file format lives with the class (:meth:`BPETokenizer.to_text`), and so does the
+conversion to and from a live tiktoken encoding (``BPETokenizer.from_tiktoken("gpt2")``,
+``from_ranks``, ``to_tiktoken()``), since tiktoken runs our fast path. This module reads and
+writes the files other tools use:
 
-- tiktoken: ``from_tiktoken("gpt2")``, ``save_tiktoken_ranks`` / ``load_tiktoken_ranks`` (the
-  ``<base64 token> <rank>`` lines of ``*.tiktoken`` files) and ``BPETokenizer.to_tiktoken()``.
+- tiktoken: ``save_tiktoken_ranks`` / ``load_tiktoken_ranks`` (the ``<base64 token> <rank>``
+  lines of ``*.tiktoken`` files).
 - GPT-2's original ``encoder.json`` + ``vocab.bpe``: ``from_gpt2_files``.
 - Hugging Face ``tokenizers``: ``to_hf_json`` / ``save_hf`` write a ``tokenizer.json`` that
   ``tokenizers.Tokenizer.from_file`` loads and that encodes like ``encode(allowed_special="all")``.
@@ -15,16 +17,15 @@ import base64
 import json
 import os
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any
 
 from ..errors import TinyLMError
 from ..fileio import write_text_atomic
-from .bpe import BPETokenizer, PATTERNS
+from .bpe import BPETokenizer
 
 
-@lru_cache(maxsize=None)
+@cache
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character table (used by ``encoder.json``, ``vocab.bpe`` and
     Hugging Face's ByteLevel). Printable Latin-1 bytes map to themselves, the other 68 bytes to
@@ -42,75 +43,6 @@ def bytes_to_unicode() -> dict[int, str]:
 def _to_unicode(token: bytes) -> str:
     table = bytes_to_unicode()
     return "".join(table[b] for b in token)
-
-
-def recover_merges(ranks: Mapping[bytes, int]) -> tuple[list[int], list[tuple[int, int]]]:
-    """Tiktoken ranks -> (byte_ids, merges) in our terms.
-
-    Ranks store only the tokens; the pair each one was made from is found by running BPE on the
-    token's bytes with only the lower-ranked tokens: it must stop at exactly two parts.
-    ``recover_merges({b"a": 0, ..., b"ab": 256, b"abc": 257})`` gives merges
-    ``[(id(a), id(b)), (256, id(c))]``.
-    """
-    n = len(ranks)
-    by_rank: list[bytes | None] = [None] * n
-    for t, r in ranks.items():
-        if not (isinstance(r, int) and 0 <= r < n) or by_rank[r] is not None:
-            raise TinyLMError(f"tiktoken ranks must be the distinct ids 0..{n - 1}; rank {r!r} of "
-                              f"{t!r} is not (is this a tiktoken ranks file?)")
-        by_rank[r] = t
-    if sorted(len(t) for t in by_rank[:256]) != [1] * 256 or len({t for t in by_rank[:256]}) != 256:
-        raise TinyLMError("the first 256 ranks must be the 256 single bytes; these ranks are not a "
-                          "byte-level BPE vocabulary")
-    byte_ids = [0] * 256
-    for r in range(256):
-        byte_ids[by_rank[r][0]] = r
-    merges: list[tuple[int, int]] = []
-    for r in range(256, n):
-        t = by_rank[r]
-        parts = [t[i:i + 1] for i in range(len(t))]
-        while len(parts) > 2:
-            best_i, best = -1, r
-            for i in range(len(parts) - 1):
-                q = ranks.get(parts[i] + parts[i + 1])
-                if q is not None and q < best:
-                    best_i, best = i, q
-            if best_i < 0:
-                break
-            parts[best_i:best_i + 2] = [parts[best_i] + parts[best_i + 1]]
-        if len(parts) != 2:
-            raise TinyLMError(f"token {t!r} (rank {r}) cannot be made by merging two lower-ranked "
-                              f"tokens; these ranks are not a BPE vocabulary")
-        merges.append((ranks[parts[0]], ranks[parts[1]]))
-    return byte_ids, merges
-
-
-def from_ranks(ranks: Mapping[bytes, int], special_tokens: Mapping[str, int] | Sequence[str] = (),
-               pattern: str = "gpt2", name: str = "") -> BPETokenizer:
-    """A BPETokenizer from tiktoken-style ranks (token bytes -> id, dense from 0)."""
-    byte_ids, merges = recover_merges(ranks)
-    return BPETokenizer(merges, special_tokens, pattern, byte_ids, name)
-
-
-def from_tiktoken(encoding: Any = "gpt2") -> BPETokenizer:
-    """``from_tiktoken("gpt2")``: GPT-2's tokenizer in our class (50,000 merges + ``<|endoftext|>``).
-
-    Takes a tiktoken encoding name or a ``tiktoken.Encoding``. Without network access set
-    ``TIKTOKEN_CACHE_DIR`` to a folder holding tiktoken's cached files.
-    """
-    import tiktoken
-    if isinstance(encoding, str):
-        try:
-            enc = tiktoken.get_encoding(encoding)
-        except Exception as e:
-            raise TinyLMError(f"cannot load tiktoken's {encoding!r} encoding ({type(e).__name__}: {e}); "
-                              f"without internet set TIKTOKEN_CACHE_DIR to a folder with tiktoken's "
-                              f"cached files") from None
-    else:
-        enc = encoding
-    pattern = enc._pat_str
-    name = next((k for k, v in PATTERNS.items() if v == pattern), None)
-    return from_ranks(enc._mergeable_ranks, dict(enc._special_tokens), name or pattern, enc.name)
 
 
 def from_gpt2_files(encoder_json: str | os.PathLike, vocab_bpe: str | os.PathLike,
@@ -167,7 +99,7 @@ def load_tiktoken_ranks(path: str | os.PathLike, special_tokens: Mapping[str, in
                 ranks[base64.b64decode(token, validate=True)] = int(rank)
     except (OSError, ValueError) as e:
         raise TinyLMError(f"{path} is not a tiktoken ranks file ({type(e).__name__}: {e})") from None
-    return from_ranks(ranks, special_tokens, pattern, Path(path).stem)
+    return BPETokenizer.from_ranks(ranks, special_tokens, pattern, Path(path).stem)
 
 
 def to_hf_json(tok: BPETokenizer) -> dict:

@@ -1,0 +1,29 @@
+"""Crash-safe writing helpers: atomic files and swapping a finished folder into place."""
+import os
+
+from tinylm.fileio import replace_dir, scratch_sibling, write_text_atomic
+
+
+def test_replace_dir_swaps_in_the_new_folder_and_removes_the_old(tmp_path):
+    final = tmp_path / "data"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    tmp = scratch_sibling(final, "tmp")
+    assert tmp == tmp_path / f".data.tmp-{os.getpid()}"
+    tmp.mkdir()
+    write_text_atomic(tmp / "new.txt", "new")
+    replace_dir(tmp, final)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no scratch or .old- folder left
+    assert sorted(p.name for p in final.iterdir()) == ["new.txt"]
+
+
+def test_replace_dir_makes_the_parent_and_takes_a_named_old_sibling(tmp_path):
+    tmp = tmp_path / ".tmp-step"
+    tmp.mkdir()
+    replace_dir(tmp, tmp_path / "a" / "b")
+    assert (tmp_path / "a" / "b").is_dir() and not tmp.exists()
+    again = tmp_path / ".tmp-step"
+    again.mkdir()
+    (again / "x").write_text("x")
+    replace_dir(again, tmp_path / "a" / "b", old=tmp_path / "a" / ".old-b")
+    assert os.listdir(tmp_path / "a") == ["b"] and os.listdir(tmp_path / "a" / "b") == ["x"]
