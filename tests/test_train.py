@@ -158,8 +158,9 @@ def test_cli_errors_are_one_line_messages(tmp_path, capsys):
 
 
 def _tree(root):
-    """Every file under root with its bytes: to show a refusal changed nothing."""
-    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file under root with its bytes, to show a refusal changed nothing (but the run lock's
+    line naming its latest holder)."""
+    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ckpt.LOCK}
 
 
 def test_unencodable_sample_prompt_is_refused_before_step_1(tmp_path, text_200k, capsys):
