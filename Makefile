@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 SHARED ?= $(abspath ../shared)
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 setup: $(BIN)/.setup-done
 
@@ -22,9 +22,13 @@ demo: setup
 	$(BIN)/tinylm train --config configs/shakespeare-char.toml --resume
 	$(BIN)/tinylm sample runs/shakespeare-char --max-new-tokens 400
 
-# the whole test suite, slow tests included (what CI runs)
-test: setup
+# the whole test suite, slow tests included, after the linter (what CI runs)
+test: lint
 	TINYLM_SHARED_DATA=$(SHARED)/data TIKTOKEN_CACHE_DIR=$(SHARED)/tiktoken_cache $(BIN)/python -m pytest -q
+
+# ruff with the rules in pyproject.toml, over everything that is code
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
 
 test-fast: setup
 	TINYLM_SHARED_DATA=$(SHARED)/data TIKTOKEN_CACHE_DIR=$(SHARED)/tiktoken_cache $(BIN)/python -m pytest -q -m "not slow"

@@ -57,10 +57,7 @@ def stdlib_text(n_chars: int = 1_000_000) -> str:
 @pytest.fixture(scope="session")
 def text_200k(tmp_path_factory) -> Path:
     """A ~200 KB real text file: tiny Shakespeare's head, or stdlib source without ../shared."""
-    if TINYSHAKESPEARE.is_file():
-        text = TINYSHAKESPEARE.read_text(encoding="utf-8")[:200_000]
-    else:
-        text = stdlib_text(200_000)
+    text = TINYSHAKESPEARE.read_text(encoding="utf-8")[:200_000] if TINYSHAKESPEARE.is_file() else stdlib_text(200_000)
     path = tmp_path_factory.mktemp("corpus") / "text.txt"
     path.write_text(text, encoding="utf-8")
     return path

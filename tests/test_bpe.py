@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import regex
-from conftest import shared_text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +26,8 @@ from tinylm.tokenizer.bpe_train import merge_incremental, merge_naive
 from tinylm.tokenizer.io import from_gpt2_files, to_hf_json
 from tinylm.tokenizer.pretokenize import CL100K_PATTERN, GPT2_PATTERN, count_pretokens, iter_blocks, last_cut
 from tinylm.tokenizer.stats import format_token_stats, token_stats
+
+from conftest import shared_text
 
 EOT = "<|endoftext|>"
 

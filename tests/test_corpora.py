@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import regex
-from conftest import SHARED_DATA as SHARED
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +26,8 @@ from tinylm import corpora, shakespeare
 from tinylm import download as download_module
 from tinylm.corpora import Corpus, data_dir, download, get_corpus, iter_chunks
 from tinylm.errors import TinyLMError
+
+from conftest import SHARED_DATA as SHARED
 
 needs_shared = pytest.mark.skipif(
     not (SHARED / "tinyshakespeare" / "input.txt").is_file(),

@@ -8,12 +8,22 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli_args, tiny_config
 from tinylm.cli import main
 from tinylm.config import DataConfig
-from tinylm.data import (BatchLoader, TokenWindows, ensure_prepared, eval_batches, load_data_tokenizer,
-                         load_meta, prepare, read_shard, write_shard)
+from tinylm.data import (
+    BatchLoader,
+    TokenWindows,
+    ensure_prepared,
+    eval_batches,
+    load_data_tokenizer,
+    load_meta,
+    prepare,
+    read_shard,
+    write_shard,
+)
 from tinylm.errors import TinyLMError
+
+from conftest import cli_args, tiny_config
 
 
 def test_shard_round_trip_and_header(tmp_path):
@@ -113,7 +123,7 @@ def test_non_utf8_corpus_strict_then_replace(tmp_path):
 
 def test_corpus_shorter_than_a_window(tmp_path):
     cfg = _prepared(tmp_path, "to be or not to be, that is the question\n" * 3)
-    with pytest.raises(TinyLMError, match="too few for one window of --model.block_size 64"):
+    with pytest.raises(TinyLMError, match=r"too few for one window of --model\.block_size 64"):
         TokenWindows(cfg.dir, "val", 64)
 
 
@@ -152,7 +162,7 @@ def test_loader_state_restores_the_exact_stream(windows):
         b.load_state_dict(state)
         for e in expected:
             assert torch.equal(b.next_batch()[0], e)
-    with pytest.raises(TinyLMError, match="--data.sampling"):
+    with pytest.raises(TinyLMError, match=r"--data\.sampling"):
         BatchLoader(windows, 8, mode="random", seed=5).load_state_dict(BatchLoader(windows, 8).state_dict())
 
 
@@ -168,7 +178,7 @@ def test_ranks_split_the_global_batch(windows):
 def test_eval_batches_are_fixed(windows):
     a = [x for x, _ in eval_batches(windows, 4, 3)]
     b = [x for x, _ in eval_batches(windows, 4, 3)]
-    assert len(a) == 3 and all(torch.equal(p, q) for p, q in zip(a, b))
+    assert len(a) == 3 and all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
 
 
 # --------------------------------------------------------------------------- documents and end-of-text

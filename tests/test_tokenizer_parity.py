@@ -9,11 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import shared_text, stdlib_text  # noqa: E402  (conftest also points TIKTOKEN_CACHE_DIR)
-from tinylm.errors import TinyLMError  # noqa: E402
-from tinylm.tokenizer.bpe import BPETokenizer  # noqa: E402
-from tinylm.tokenizer.io import (from_gpt2_files, load_tiktoken_ranks, save_hf,  # noqa: E402
-                                 save_tiktoken_ranks, to_hf_tokenizer)
+from tinylm.errors import TinyLMError
+from tinylm.tokenizer.bpe import BPETokenizer
+from tinylm.tokenizer.io import from_gpt2_files, load_tiktoken_ranks, save_hf, save_tiktoken_ranks, to_hf_tokenizer
+
+from conftest import shared_text, stdlib_text
 
 tiktoken = pytest.importorskip("tiktoken")
 EOT = "<|endoftext|>"
@@ -87,7 +87,8 @@ def test_gpt2_parity_fuzz(gpt2, gpt2_enc, text):
 def test_gpt2_from_release_files(gpt2):
     cache = Path(os.environ.get("TIKTOKEN_CACHE_DIR", ""))
     # tiktoken caches GPT-2's encoder.json and vocab.bpe under these names (sha1 of their URLs)
-    enc_json, vocab_bpe = cache / "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6", cache / "6d1cbeee0f20b3d9449abfede4726ed8212e3aee"
+    enc_json = cache / "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6"
+    vocab_bpe = cache / "6d1cbeee0f20b3d9449abfede4726ed8212e3aee"
     if not (enc_json.is_file() and vocab_bpe.is_file()):
         pytest.skip("GPT-2's encoder.json / vocab.bpe are not in TIKTOKEN_CACHE_DIR")
     tok = from_gpt2_files(enc_json, vocab_bpe)

@@ -133,10 +133,8 @@ def cpu_peak_flops(dtype: torch.dtype) -> float:
         cache = {}
     if key not in cache:
         cache[key] = measure_cpu_peak(dtype)
-        try:
+        with contextlib.suppress(OSError):  # a read-only home is no reason to fail a run
             write_text_atomic(path, json.dumps(cache, indent=1))
-        except OSError:  # a read-only home is no reason to fail a run
-            pass
     return cache[key]
 
 

@@ -17,7 +17,8 @@ from .tracking import METRICS_FILE, read_metrics
 
 
 def logged_losses(run_dir: Path, key: str = "loss") -> dict[int, float]:
-    """``key`` (training loss, or e.g. val_loss) per step from metrics.jsonl; after a resume, re-done steps replace earlier lines."""
+    """``key`` (training loss, or e.g. val_loss) per step from metrics.jsonl; after a resume,
+    re-done steps replace earlier lines."""
     return {r["step"]: r[key] for r in read_metrics(run_dir) if key in r}
 
 

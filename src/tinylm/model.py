@@ -71,7 +71,8 @@ class KVCache:
 
     def _split_layers(self) -> None:
         # views made once: indexing self.kv at every step costs time
-        self.layers = [(self.kv[i, 0], self.kv[i, 1]) for i in range(self.kv.size(0))]  # keys, values (B, nh, max_len, hs)
+        # keys, values: each (B, nh, max_len, hs)
+        self.layers = [(self.kv[i, 0], self.kv[i, 1]) for i in range(self.kv.size(0))]
 
     @property
     def max_len(self) -> int:
@@ -263,7 +264,7 @@ class GPT(nn.Module):
         """
         B, T = idx.shape
         if cache is None:
-            if T > self.cfg.block_size:
+            if self.cfg.block_size < T:
                 raise ValueError(f"sequence of {T} tokens exceeds the context length {self.cfg.block_size}")
             pos, mask = torch.arange(T, device=idx.device), "causal"  # (T,)
         else:

@@ -179,7 +179,7 @@ class Muon(_GroupwiseOptimizer):
             # matrices of one shape (the same projection in every block) orthogonalize together:
             # one batched matmul per iteration instead of one per matrix
             updates = orthogonalize(torch.stack([u for _, u in items]), group["ns_steps"], self.ns_dtype)
-            for (p, _), update in zip(items, updates):
+            for (p, _), update in zip(items, updates, strict=True):
                 p.mul_(1 - lr * group["weight_decay"])
                 p.add_(update, alpha=-lr * max(1.0, rows / cols) ** 0.5)
 

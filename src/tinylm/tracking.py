@@ -16,7 +16,6 @@ from tqdm import tqdm
 from .errors import TinyLMError
 from .fileio import write_text_atomic
 
-
 METRICS_FILE = "metrics.jsonl"  # in the run folder
 
 
@@ -39,7 +38,7 @@ class JSONLSink:
     """Append one JSON object per record to ``metrics.jsonl`` (flushed, so a crash loses nothing logged)."""
 
     def __init__(self, path: Path):
-        self.f = open(path, "a", encoding="utf-8")
+        self.f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the run's life, closed by close()
 
     def log(self, record: dict) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
