@@ -12,12 +12,24 @@ import pytest
 import torch
 
 from tinylm.config import ModelConfig, SampleConfig
+from tinylm.decode_report import distinct_n, repetition_rate, token_scores
 from tinylm.errors import TinyLMError
-from tinylm.generate import (PAD, FrequencyPenalty, MinP, NoRepeatNGram, PresencePenalty, RepetitionPenalty,
-                             Temperature, TopK, TopP, banned_by_ngrams, build_processors,
-                             cut_at_stop, distinct_n, generate, generate_text, repetition_rate, sample_text,
-                             token_counts, token_scores)
+from tinylm.generate import cut_at_stop, generate, generate_text, sample_text
 from tinylm.model import GPT
+from tinylm.sampling import (
+    PAD,
+    FrequencyPenalty,
+    MinP,
+    NoRepeatNGram,
+    PresencePenalty,
+    RepetitionPenalty,
+    Temperature,
+    TopK,
+    TopP,
+    banned_by_ngrams,
+    build_processors,
+    token_counts,
+)
 
 VARIANTS = {"learned": dict(), "rope": dict(pos="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True),
             "bias-untied": dict(mlp="relu2", bias=True, tie_embeddings=False)}
@@ -63,7 +75,7 @@ def test_cached_logits_equal_full_recompute(kind):
     model(x[:, :11], cache=cache)  # prefill 11 tokens
     first = model.lm_head(cache.hidden)  # (3, 11, V): every position's logits, not only the last
     steps = [model(x[:, t:t + 1], cache=cache)[0] for t in range(11, 30)]  # then one at a time
-    torch.testing.assert_close(torch.cat([first] + steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat([first, *steps], dim=1), full, atol=1e-5, rtol=1e-5)
     assert cache.length == 30
 
 
@@ -78,7 +90,7 @@ def test_left_padded_rows_see_what_they_would_see_alone(kind):
     model(idx[:, :12], cache=cache, valid=valid[:, :12])
     first = model.lm_head(cache.hidden)  # (2, 12, V)
     steps = [model(idx[:, t:t + 1], cache=cache)[0] for t in range(12, 20)]
-    got = torch.cat([first] + steps, dim=1)  # (2, 20, V)
+    got = torch.cat([first, *steps], dim=1)  # (2, 20, V)
     torch.testing.assert_close(got[0], model(a)[0][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got[1, 6:], model(b)[0][0], atol=1e-5, rtol=1e-5)
     assert torch.isfinite(got).all(), "padding queries must not produce NaN"
@@ -146,8 +158,8 @@ def test_no_repeat_ngram_in_generation():
     model = tiny()
     for strategy in ("greedy", "beam", "contrastive", "sample"):
         out = generate(model, [[1, 2, 3]], cfg(strategy=strategy, no_repeat_ngram=2, max_new_tokens=40))[0][0]
-        seq = [1, 2, 3] + out.tokens
-        bigrams = list(zip(seq, seq[1:]))
+        seq = [1, 2, 3, *out.tokens]
+        bigrams = list(itertools.pairwise(seq))
         assert len(bigrams) == len(set(bigrams)), strategy
 
 
@@ -156,7 +168,7 @@ def test_processor_parameters_are_validated():
                       (RepetitionPenalty, 0.0), (NoRepeatNGram, 0), (FrequencyPenalty, math.inf)):
         with pytest.raises(TinyLMError):
             make(bad)
-    with pytest.raises(TinyLMError, match="--sample.top_p"):
+    with pytest.raises(TinyLMError, match=r"--sample\.top_p"):
         generate(tiny(), [[1]], cfg(top_p=2.0))
     with pytest.raises(TinyLMError, match="num_beams"):
         generate(tiny(), [[1]], cfg(strategy="beam", num_beams=2, num_samples=3))
@@ -179,7 +191,7 @@ def test_higher_temperature_gives_higher_entropy():
         return -(logp.exp() * logp).sum(-1)
 
     temps = [0.25, 0.5, 1.0, 2.0, 4.0]
-    for lo, hi in zip(temps, temps[1:]):
+    for lo, hi in itertools.pairwise(temps):
         assert (entropy(hi) > entropy(lo)).all()
     assert (entropy(100.0) <= math.log(V) + 1e-5).all()
 
@@ -367,7 +379,7 @@ def test_generate_text_streams_exactly_the_final_text(char_tok):
         pieces: dict[int, list[str]] = {}
         out = generate_text(model, char_tok, ["the ", "a"], cfg(strategy="sample", temperature=1.5, num_samples=2,
                                                                    max_new_tokens=60),
-                            seed=3, stop_strings=stop, on_text=lambda r, p: pieces.setdefault(r, []).append(p))
+                            seed=3, stop_strings=stop, on_text=lambda r, p, got=pieces: got.setdefault(r, []).append(p))
         texts = [c.text for per_prompt in out for c in per_prompt]
         assert ["".join(pieces.get(r, [])) for r in range(4)] == texts
         for t in texts:
@@ -455,10 +467,10 @@ def test_token_scores_refuses_an_empty_prompt_and_restores_training_mode():
 
 
 def test_diversity_metrics():
-    assert distinct_n("a b a b".split(), 2) == pytest.approx(2 / 3)
-    assert distinct_n("a b c".split(), 1) == 1.0 and distinct_n(["a"], 2) == 1.0
-    assert repetition_rate("a b c a b c".split(), 2) == pytest.approx(0.4)
-    assert repetition_rate("the the the the the the".split(), 4) == pytest.approx(2 / 3)
+    assert distinct_n(["a", "b", "a", "b"], 2) == pytest.approx(2 / 3)
+    assert distinct_n(["a", "b", "c"], 1) == 1.0 and distinct_n(["a"], 2) == 1.0
+    assert repetition_rate(["a", "b", "c", "a", "b", "c"], 2) == pytest.approx(0.4)
+    assert repetition_rate(["the", "the", "the", "the", "the", "the"], 4) == pytest.approx(2 / 3)
 
 
 # --------------------------------------------------------------------------- CLI and report
@@ -468,6 +480,7 @@ def trained_run(tmp_path_factory, text_200k):
     """A run trained for a few steps on real text: enough for the CLI and the report. Its
     [sample] section asks for min-p sampling, which the trainer's samples must follow."""
     from conftest import tiny_config
+
     from tinylm.train import train
     tmp = tmp_path_factory.mktemp("gen-run")
     c = tiny_config(tmp, text_200k, **{"train.max_steps": 20, "train.eval_interval": 20,

@@ -73,56 +73,27 @@ def _to_device(model, cfg, args):
     return model.to(resolve_device(args.device or cfg.train.device, flag="--device"))
 
 
-# sample flags -> [sample] keys; which strategies use each (None: all)
-SAMPLE_FLAGS = {"prompt": None, "max_new_tokens": None, "strategy": None, "num_samples": None,
-                "temperature": ("sample", "top_k", "top_p", "min_p"), "top_k": ("sample", "top_k"),
-                "top_p": ("sample", "top_p"), "min_p": ("sample", "min_p"), "num_beams": ("beam",),
-                "repetition_penalty": None}
-
-
 def _sample_settings(cfg, args, extra: list[str]) -> None:
-    """The run's [sample] settings < --sample.key overrides < the named flags; then validated."""
-    from .config import parse_overrides, set_value, validate
-    for key, value in parse_overrides(extra):
-        if not key.startswith("sample."):
-            raise TinyLMError(f"--{key} cannot change here: the checkpoint fixes the model and data; "
-                              f"only --sample.* settings apply when generating")
-        set_value(cfg, key, value)
-    for name in SAMPLE_FLAGS:
-        if getattr(args, name, None) is not None:
-            setattr(cfg.sample, name, getattr(args, name))
-    strategy = cfg.sample.strategy
-    for name, used_by in SAMPLE_FLAGS.items():
-        if getattr(args, name, None) is not None and used_by and strategy not in used_by:
-            flag = "--" + name.replace("_", "-")
-            raise TinyLMError(f"{flag} does nothing with --strategy {strategy} (it is used by "
-                              f"{', '.join(used_by)}); drop it, or use --strategy sample to combine filters")
-    for name, off in (("top_k", 0), ("top_p", 1.0), ("min_p", 0.0)):  # say it with this command's flags
-        if strategy == name and getattr(cfg.sample, name) == off:
-            flag = "--" + name.replace("_", "-")
-            raise TinyLMError(f"--strategy {name} needs {flag} (e.g. {flag} {dict(top_k=50, top_p=0.9, min_p=0.05)[name]}); "
-                              f"the run's sample.{name} is {off}, which turns it off")
-    validate(cfg)
+    """A flag whose name is a [sample] key (--top-p: top_p) sets that setting; see generate.sample_settings."""
+    from dataclasses import fields
 
-
-def _describe_sample(s) -> str:
-    """``strategy top_p (temperature 0.8, top_p 0.9)``: the settings that matter for s.strategy."""
-    from .generate import describe_settings
-    shown = describe_settings(s)
-    return f"strategy {s.strategy}" + (f" ({', '.join(shown)})" if shown else "")
+    from .generate import sample_settings
+    keys = {f.name for f in fields(cfg.sample)}
+    sample_settings(cfg, extra, {k: v for k, v in vars(args).items() if k in keys})
 
 
 def cmd_sample(args, extra) -> int:
     from dataclasses import replace
 
-    from .generate import SAMPLING, generate_text
+    from .generate import generate_text
+    from .strategies import SAMPLING, describe_strategy
     path, cfg, model, tok = _load_for_inference(args.run, args.checkpoint)
     _sample_settings(cfg, args, extra)
     model = _to_device(model, cfg, args)
     s = cfg.sample
     seed = cfg.train.seed if args.seed is None else args.seed
     stops = args.stop or []
-    print(f"tinylm: {path.name}, {_describe_sample(s)}, seed {seed}", file=sys.stderr)
+    print(f"tinylm: {path.name}, {describe_strategy(s)}, seed {seed}", file=sys.stderr)
     if s.compile:
         model.compile_decoding()  # compiled at the first generated token
 
@@ -162,14 +133,14 @@ def cmd_decode_report(args, extra) -> int:
     path, cfg, model, tok = _load_for_inference(args.run, args.checkpoint)
     _sample_settings(cfg, args, extra)
     model = _to_device(model, cfg, args)
-    out = Path(args.out) if args.out else (path.parent.parent if path.parent.name == "checkpoints" else path)
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path
+    out = Path(args.out) if args.out else run_dir
     md = decode_report(model, tok, cfg, out, strategies=[x for x in args.strategies.split(",") if x],
                        extra_variants=[parse_variant(v) for v in args.variant or []], n=args.n,
                        n_prompts=args.prompts, prompt_tokens=args.prompt_tokens,
                        max_new_tokens=args.max_new_tokens or cfg.sample.max_new_tokens,
                        seed=cfg.train.seed if args.seed is None else args.seed,
-                       title=f"Decoding report: {path.parent.parent.name if path.parent.name == 'checkpoints' else path.name} "
-                             f"({path.name})",
+                       title=f"Decoding report: {run_dir.name} ({path.name})",
                        log=lambda msg: print(msg, file=sys.stderr))
     print(f"wrote {md}" + (f" and {md.with_suffix('.png')}" if md.with_suffix(".png").is_file() else ""))
     return 0
@@ -298,7 +269,7 @@ def _add_tokenizer_commands(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import STRATEGIES
+    from .strategies import STRATEGIES
     p = argparse.ArgumentParser(prog="tinylm", description="Train small language models from raw text.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -346,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "[sample] settings; any of them can be changed with --sample.KEY VALUE "
                           "(see `tinylm config --keys`).")
     sample.add_argument("--prompt", help="text to continue (default: the run's sample.prompt)")
-    sample.add_argument("--strategy", choices=STRATEGIES,
+    sample.add_argument("--strategy", choices=tuple(STRATEGIES),
                         help="greedy | sample (temperature + every filter that is on) | top_k | top_p | min_p "
                              "(temperature + that filter) | beam | contrastive")
     sample.add_argument("--max-new-tokens", type=int)
@@ -370,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "decode_report.md (+ .png with matplotlib).")
     sp.add_argument("run", help="run folder (runs/<name>) or a checkpoint folder")
     sp.add_argument("--checkpoint", default="last", choices=("last", "best"))
-    sp.add_argument("--strategies", default="greedy,beam,sample,top_k,top_p,min_p,contrastive",
+    sp.add_argument("--strategies", default=",".join(STRATEGIES),
                     help="comma-separated rows of the report (each with the run's [sample] settings and "
                          "--sample.* overrides under that strategy, see docs/generation.md)")
     sp.add_argument("--variant", action="append", metavar="NAME:KEY=VALUE,...",

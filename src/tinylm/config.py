@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import TinyLMError
+from .strategies import check_sample
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -88,7 +89,8 @@ class OptimConfig:
     scalar_lr: float = 0.0
     """Peak learning rate of norms, biases and other vectors; 0 = embed_lr (or lr when that is 0)."""
     schedule: str = "cosine"
-    """LR schedule after warmup: constant | cosine (to min_lr_ratio) | wsd (stable, then decay over decay_frac) | cosine_warmdown (cosine, then linear to 0 over decay_frac)."""
+    """LR schedule after warmup: constant | cosine (to min_lr_ratio) | wsd (stable, then decay over decay_frac)
+    | cosine_warmdown (cosine, then linear to 0 over decay_frac)."""
     warmup_steps: int = 100
     """Linear warmup steps from 0 to the peak; 0 turns warmup off."""
     min_lr_ratio: float = 0.1
@@ -140,7 +142,8 @@ class TrainConfig:
     log_interval: int = 10
     """Write a metrics line every this many steps."""
     precision: str = "auto"
-    """fp32 | bf16 (autocast) | fp16 (autocast + GradScaler, CUDA only) | auto (bf16 where the hardware is fast at it)."""
+    """fp32 | bf16 (autocast) | fp16 (autocast + GradScaler, CUDA only) | auto (bf16 where the hardware is fast
+    at it)."""
     device: str = "auto"
     """cpu | cuda | cuda:N | mps | auto."""
     seed: int = 1337
@@ -156,7 +159,8 @@ class TrainConfig:
     keep_last: int = 1
     """Step checkpoints kept besides the best one (the newest k)."""
     nonfinite: str = "skip"
-    """On a NaN/inf loss or gradient: skip (drop the update; stop after max_skips in a row) | halt (save a diagnostic bundle and stop)."""
+    """On a NaN/inf loss or gradient: skip (drop the update; stop after max_skips in a row) | halt (save a
+    diagnostic bundle and stop)."""
     max_skips: int = 5
     """Consecutive non-finite steps tolerated by nonfinite = skip."""
     spike_factor: float = 3.0
@@ -167,9 +171,6 @@ class TrainConfig:
     """Shard parameters, gradients and optimizer state with FSDP2 (fully_shard) under torchrun instead of DDP."""
 
 
-STRATEGIES = ("greedy", "sample", "top_k", "top_p", "min_p", "beam", "contrastive")
-
-
 @dataclass
 class SampleConfig:
     prompt: str = "\n"
@@ -177,7 +178,8 @@ class SampleConfig:
     max_new_tokens: int = 300
     """Tokens generated per sample (fewer if an end-of-text token or a stop string comes first)."""
     strategy: str = "sample"
-    """greedy | sample (temperature + every filter below that is on) | top_k | top_p | min_p (temperature + that one filter) | beam | contrastive."""
+    """greedy | sample (temperature + every filter below that is on) | top_k | top_p | min_p (temperature + that
+    one filter) | beam | contrastive; which settings each reads: tinylm/strategies.py."""
     temperature: float = 0.8
     """Softmax temperature (> 0) for the sampling strategies; lower is more conservative."""
     top_k: int = 200
@@ -187,7 +189,8 @@ class SampleConfig:
     min_p: float = 0.0
     """Drop tokens less likely than min_p x the most likely token's probability; 0 turns it off."""
     repetition_penalty: float = 1.0
-    """CTRL penalty on tokens already in the text (positive logits / r, negative x r), every strategy; 1 turns it off."""
+    """CTRL penalty on tokens already in the text (positive logits / r, negative x r), every strategy; 1 turns it
+    off."""
     frequency_penalty: float = 0.0
     """Subtract this x (times the token occurred so far) from its logit, every strategy; 0 turns it off."""
     presence_penalty: float = 0.0
@@ -203,13 +206,15 @@ class SampleConfig:
     contrastive_k: int = 4
     """Candidate tokens per step for strategy = contrastive."""
     contrastive_alpha: float = 0.6
-    """Contrastive search: score = (1 - alpha) x probability - alpha x max cosine similarity to the context; 0 = greedy."""
+    """Contrastive search: score = (1 - alpha) x probability - alpha x max cosine similarity to the context;
+    0 = greedy."""
     overflow: str = "slide"
     """At the context length: slide (keep the newest 3/4 of the context, re-read it, go on) | stop."""
     num_samples: int = 1
     """Samples per prompt for `tinylm sample`, sample i with seed + i (beam: the n best beams)."""
     compile: bool = False
-    """`tinylm sample`: torch.compile the one-token decode step (pays 15-60 s once; ~1.5x more tokens/s at batch 1 on CPU)."""
+    """`tinylm sample`: torch.compile the one-token decode step (pays 15-60 s once; ~1.5x more tokens/s at batch 1
+    on CPU)."""
 
 
 @dataclass
@@ -283,9 +288,8 @@ def _convert(key: str, value, typ):
                 return float(value)
             except ValueError:
                 pass
-    elif typ is str:
-        if isinstance(value, str):
-            return value
+    elif typ is str and isinstance(value, str):
+        return value
     tname = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}[typ]
     raise TinyLMError(f"--{key} expects {tname}, got {value!r}")
 
@@ -389,8 +393,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         value = getattr(getattr(cfg, sec), name)
         need(value in allowed, f"--{key} {value!r} is not one of {', '.join(allowed)}")
     for key in ("model.block_size", "model.n_layer", "model.n_head", "model.n_embd",
-                "train.max_steps", "train.batch_size", "train.eval_batches", "train.log_interval",
-                "sample.max_new_tokens"):
+                "train.max_steps", "train.batch_size", "train.eval_batches", "train.log_interval"):
         sec, name = key.split(".")
         need(getattr(getattr(cfg, sec), name) > 0, f"--{key} must be positive")
     need(m.n_embd % m.n_head == 0,
@@ -436,26 +439,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     need(micro > 0 and t.batch_size % (micro * world_size) == 0,
          f"--train.batch_size {t.batch_size} is not divisible by --train.micro_batch_size {micro} "
          f"x {world_size} process(es); pick a micro-batch that divides the batch")
-    need(s.temperature > 0 and math.isfinite(s.temperature), f"--sample.temperature {s.temperature} must be > 0")
-    need(s.top_k >= 0, "--sample.top_k must be >= 0 (0 = off)")
-    need(s.strategy in STRATEGIES, f"--sample.strategy {s.strategy!r} is not one of {', '.join(STRATEGIES)}")
-    need(s.overflow in ("slide", "stop"), f"--sample.overflow {s.overflow!r} is not one of slide, stop")
-    need(0 < s.top_p <= 1, f"--sample.top_p {s.top_p} must be in (0, 1] (1 = off)")
-    need(0 <= s.min_p < 1, f"--sample.min_p {s.min_p} must be in [0, 1) (0 = off)")
-    need(s.repetition_penalty > 0, f"--sample.repetition_penalty {s.repetition_penalty} must be > 0 (1 = off)")
-    need(math.isfinite(s.frequency_penalty) and math.isfinite(s.presence_penalty),
-         "--sample.frequency_penalty and --sample.presence_penalty must be finite numbers (0 = off)")
-    need(s.no_repeat_ngram >= 0, "--sample.no_repeat_ngram must be >= 0 (0 = off)")
-    for key in ("num_samples", "num_beams", "contrastive_k"):
-        need(getattr(s, key) >= 1, f"--sample.{key} must be >= 1")
-    need(0 <= s.contrastive_alpha <= 1, f"--sample.contrastive_alpha {s.contrastive_alpha} must be in [0, 1]")
-    need(math.isfinite(s.length_penalty), "--sample.length_penalty must be a finite number")
-    need(s.strategy != "top_k" or s.top_k > 0, "--sample.strategy top_k needs --sample.top_k > 0, e.g. 50")
-    need(s.strategy != "top_p" or s.top_p < 1, "--sample.strategy top_p needs --sample.top_p below 1, e.g. 0.9")
-    need(s.strategy != "min_p" or s.min_p > 0, "--sample.strategy min_p needs --sample.min_p above 0, e.g. 0.05")
-    need(s.strategy != "beam" or s.num_samples <= s.num_beams,
-         f"--sample.num_samples {s.num_samples} > --sample.num_beams {s.num_beams}: beam search returns "
-         f"at most one sequence per beam; raise --sample.num_beams or lower --sample.num_samples")
+    check_sample(s)
     # one plain folder name: "..", "." or a path would put the run's files outside (or on top of) --run.dir
     need(cfg.run.name.strip() not in ("", ".", "..") and not set(cfg.run.name) & {"/", "\\", "\0"},
          f"--run.name {cfg.run.name!r} must be one plain folder name (not empty, '.' or '..', no '/' or '\\'), "
@@ -501,15 +485,16 @@ def describe_keys() -> str:
     """Every key with its default and docstring (for `tinylm config --keys`)."""
     import ast
     import inspect
+    import itertools
 
     out = []
     for section in SECTIONS:
         cls = type(getattr(Config(), section))
         docs: dict[str, str] = {}
         body = ast.parse(inspect.getsource(cls)).body[0].body
-        for node, nxt in zip(body, body[1:]):
+        for node, nxt in itertools.pairwise(body):
             if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr):
-                docs[node.target.id] = str(nxt.value.value)
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())  # a docstring may wrap
         for f in dataclasses.fields(cls):
             out.append(f"--{section}.{f.name} (default {json.dumps(f.default)}): {docs.get(f.name, '')}")
     return "\n".join(out)

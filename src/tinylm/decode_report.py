@@ -18,6 +18,9 @@ so the numbers compare across tokenizers):
 * entropy: the model's next-token entropy (nats, temperature 1) along the generated tokens;
 * perplexity: exp of the mean negative log-likelihood the model gives the generated tokens;
 * length in tokens, and generation speed (all prompts x samples in one batch).
+
+The measures are here too: :func:`token_scores` (the model's log-probability and entropy at each
+generated token), :func:`distinct_n` and :func:`repetition_rate`.
 """
 from __future__ import annotations
 
@@ -28,37 +31,79 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .config import Config, SampleConfig, set_value, validate
 from .errors import TinyLMError
 from .fileio import write_text_atomic
-from .generate import (
-    KNOB_OFF,
-    SAMPLING,
-    Completion,
-    describe_settings,
-    distinct_n,
-    generate,
-    ngrams,
-    repetition_rate,
-    token_scores,
-)
+from .generate import Completion, encode_prompt, generate
 from .model import GPT
 from .plotting import pyplot
+from .strategies import SAMPLING, STRATEGIES, describe_settings, is_off
 from .tokenizer import Tokenizer
 
-# The strategies compared by default. Each row decodes with the run's [sample] settings (and the
-# --sample.* overrides) under its own strategy; a knob the strategy needs is set to the value here
-# (from its paper or common practice) only where the run's value turns that strategy off.
-DEFAULT_VARIANTS: dict[str, dict] = {
-    "greedy": {},
-    "beam": {"num_beams": 4},
-    "sample": {},
-    "top_k": {"top_k": 40},
-    "top_p": {"top_p": 0.9},
-    "min_p": {"min_p": 0.1},
-    "contrastive": {"contrastive_k": 4, "contrastive_alpha": 0.6},
-}
+
+@torch.inference_mode()
+def token_scores(model: GPT, prompt: Sequence[int], tokens: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's own view of a continuation, at temperature 1 and without filters.
+
+    Returns the log-probability (T,) of each of the T tokens given everything before it, and the
+    entropy (T,) in nats of the model's next-token distribution at that point. The model's
+    perplexity of the text is ``exp(-logprob.mean())``. A sequence longer than the context is read
+    in windows that move by half the context, so each token is scored with at least
+    block_size / 2 tokens before it (or all of them, near the start).
+    """
+    if not prompt:
+        raise TinyLMError("token_scores needs a prompt of at least one token: the first token is predicted from "
+                          "it (for an empty text use encode_prompt(tok, ''), the end-of-text token)")
+    seq = torch.tensor(list(prompt) + list(tokens), dtype=torch.long, device=model.wte.weight.device)
+    N, n0, block = len(seq), len(prompt), model.cfg.block_size
+    logp_out, ent_out = [], []
+    was_training = model.training
+    model.eval()
+    try:
+        i0 = n0  # first target position not scored yet
+        while i0 < N:
+            w = max(0, min(i0 - max(1, block // 2), N - 1 - block))  # window start
+            e = min(N - 1, w + block)  # inputs seq[w:e] predict targets seq[w+1:e+1]
+            logits, _ = model(seq[None, w:e])  # (1, e-w, V)
+            logp = torch.log_softmax(logits[0].float(), dim=-1)  # (e-w, V)
+            first = i0 - w - 1  # row of logp that predicts target i0
+            targets = seq[i0:e + 1]
+            logp = logp[first:]
+            logp_out.append(logp.gather(1, targets[:, None])[:, 0])
+            ent_out.append(-(logp.exp() * logp).sum(-1))
+            i0 = e + 1
+    finally:
+        model.train(was_training)
+    if not logp_out:
+        empty = torch.zeros(0)
+        return empty, empty
+    return torch.cat(logp_out).cpu(), torch.cat(ent_out).cpu()
+
+
+def ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    """``ngrams(["a", "b", "c"], 2) -> [("a", "b"), ("b", "c")]``"""
+    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+
+
+def distinct_n(words: Sequence[str], n: int) -> float:
+    """Distinct n-grams / n-grams in one text (Li et al., 2016): 1 = no n-gram repeats.
+
+    ``distinct_n("a b a b".split(), 2) -> 2/3`` (ab, ba, ab). A text too short to have an
+    n-gram gives 1.0.
+    """
+    grams = ngrams(words, n)
+    return len(set(grams)) / len(grams) if grams else 1.0
+
+
+def repetition_rate(words: Sequence[str], n: int = 4) -> float:
+    """Share of n-grams that repeat an earlier n-gram of the same text: 0 = none, near 1 = a loop.
+
+    This is rep-n of Welleck et al. (2019) and Su et al. (2022), i.e. 1 - distinct_n:
+    ``repetition_rate("a b c a b c".split(), 2) -> 0.4`` (of ab bc ca ab bc, two repeat).
+    """
+    return 1.0 - distinct_n(words, n)
 
 
 @dataclass
@@ -84,15 +129,16 @@ def parse_variant(spec: str) -> tuple[str, dict]:
 
 
 def make_variants(names: Sequence[str], extra: Sequence[tuple[str, dict]], base: SampleConfig) -> list[Variant]:
-    """Named default variants plus custom ones, each a validated SampleConfig that starts from ``base``
-    (the run's settings): a named row changes the strategy, and a knob it needs only where ``base``
-    has it off; a custom row changes exactly the keys it names."""
+    """One row per named strategy plus the custom ones, each a validated SampleConfig that starts from
+    ``base`` (the run's settings, with the --sample.* overrides): a named row changes the strategy,
+    and a setting the strategy needs (``Strategy.needs``: its common value) only where ``base`` has it
+    off; a custom row changes exactly the keys it names."""
     for name in names:
-        if name not in DEFAULT_VARIANTS:
-            raise TinyLMError(f"unknown strategy {name!r} for the report; choose from {', '.join(DEFAULT_VARIANTS)} "
+        if name not in STRATEGIES:
+            raise TinyLMError(f"unknown strategy {name!r} for the report; choose from {', '.join(STRATEGIES)} "
                               f"or add your own with --variant NAME:key=value,...")
-    rows = [(name, {"strategy": name, **{k: v for k, v in DEFAULT_VARIANTS[name].items()
-                                         if getattr(base, k) == KNOB_OFF[k]}}) for name in names]
+    rows = [(name, {"strategy": name, **{k: v for k, v in STRATEGIES[name].needs.items()
+                                         if is_off(k, getattr(base, k))}}) for name in names]
     out = []
     for name, settings in rows + list(extra):
         cfg = Config(sample=replace(base, num_samples=1))  # the report asks for its own number of samples
@@ -148,7 +194,7 @@ def measure(model: GPT, row: Row, prompts: list[list[int]],
         pooled.append(len(set(grams)) / len(grams) if grams else 1.0)
     row.across = float(np.mean(pooled))
     logps, ents, lengths = [], [], []
-    for prompt, per_prompt in zip(prompts, completions):
+    for prompt, per_prompt in zip(prompts, completions, strict=True):
         for tokens in per_prompt:
             lengths.append(len(tokens))
             if tokens:
@@ -184,7 +230,7 @@ def run_report(model: GPT, tok: Tokenizer, pairs: list[tuple[list[int], list[int
         results: list[list[Completion]] = generate(model, prompts, cfg, seed=seed, eot_id=tok.eot_id)
         seconds = time.perf_counter() - t0
         n_tokens = sum(len(c.tokens) for per_prompt in results for c in per_prompt)
-        row = Row(v.name, ", ".join(describe_settings(v.cfg)) or "-",
+        row = Row(v.name, describe_settings(v.cfg) or "-",
                   [[tok.decode(c.tokens) for c in per_prompt] for per_prompt in results])
         row.tokens_per_s = n_tokens / seconds if seconds > 0 else math.nan
         for per_prompt in results:
@@ -259,7 +305,8 @@ def render_markdown(rows: list[Row], *, title: str, setup: list[str], prompts_te
     if any(set(s) - {"length"} for s in stops.values()):
         out += ["Why samples ended: " + "; ".join(f"{k}: " + ", ".join(f"{reason} {c}" for reason, c in v.items())
                                                    for k, v in stops.items()), ""]
-    out += ["## Samples", "", f"The first sample of each strategy for each prompt (up to {sample_chars} characters).", ""]
+    out += ["## Samples", "",
+            f"The first sample of each strategy for each prompt (up to {sample_chars} characters).", ""]
     for i, prompt in enumerate(prompts_text):
         out += [f"### Prompt {i + 1}", "", _fence(prompt), ""]
         for r in rows:
@@ -270,7 +317,7 @@ def render_markdown(rows: list[Row], *, title: str, setup: list[str], prompts_te
 
 
 def decode_report(model: GPT, tok: Tokenizer, cfg: Config, out_dir: str | Path, *,
-                  strategies: Sequence[str] = tuple(DEFAULT_VARIANTS), extra_variants: Sequence[tuple[str, dict]] = (),
+                  strategies: Sequence[str] = tuple(STRATEGIES), extra_variants: Sequence[tuple[str, dict]] = (),
                   n: int = 5, n_prompts: int = 4, prompt_tokens: int = 64, max_new_tokens: int = 200,
                   seed: int = 0, title: str = "Decoding report", log: Callable[[str], None] = print) -> Path:
     """Write ``decode_report.md`` (and ``decode_report.png`` when matplotlib is installed) to out_dir.
@@ -286,7 +333,6 @@ def decode_report(model: GPT, tok: Tokenizer, cfg: Config, out_dir: str | Path, 
         source = (f"{n_prompts} windows of {prompt_tokens} tokens at evenly spaced offsets of the validation split "
                   f"of `{cfg.data.dir}`; the reference row is the {max_new_tokens} tokens that followed each")
     except TinyLMError as e:
-        from .generate import encode_prompt
         log(f"decode-report: no validation prompts ({e}); using sample.prompt {cfg.sample.prompt!r}")
         pairs = [(encode_prompt(tok, cfg.sample.prompt), None)]
         source = f"the run's sample.prompt {cfg.sample.prompt!r} (no validation split found)"

@@ -1,19 +1,11 @@
-"""Decoding: from next-token logits to text, over a KV cache.
+"""Decoding: greedy, sampling, beam and contrastive search over a KV cache, from token ids or from text.
 
-Three layers, each usable on its own:
-
-1. **Logits processors**, pure functions ``(logits (B, V), ids (B, L)) -> logits (B, V)``:
-   :class:`Temperature`, :class:`TopK`, :class:`TopP`, :class:`MinP`, :class:`RepetitionPenalty`,
-   :class:`FrequencyPenalty`, :class:`PresencePenalty`, :class:`NoRepeatNGram`. Each checks its
-   parameter when it is made; :func:`apply_processors` applies a list in order, and
-   :func:`build_processors` makes the list a :class:`~tinylm.config.SampleConfig` asks for.
-   ``ids`` holds every token so far, prompt included, with :data:`PAD` where a row is left-padded.
-2. **Strategies**: :func:`generate` continues a batch of token-id prompts by greedy decoding,
-   sampling (``sample``, ``top_k``, ``top_p``, ``min_p``), beam search or contrastive search. Each
-   prompt is read once into the model's KV cache, then each step costs one position per row.
-3. **Text**: :func:`generate_text` (encode, generate, decode, stream, stop strings),
-   :func:`sample_text` (one sample as a config asks; what the trainer writes), and the measurements of the decode
-   report: :func:`token_scores`, :func:`distinct_n`, :func:`repetition_rate`.
+:func:`generate` continues a batch of token-id prompts with the strategy a
+:class:`~tinylm.config.SampleConfig` names (which settings each reads: :mod:`tinylm.strategies`;
+the logits processors: :mod:`tinylm.sampling`). Each prompt is read once into the model's KV cache,
+then each step costs one position per row. :func:`generate_text` adds encoding, decoding, streaming
+and stop strings; :func:`sample_text` is one sample as a config asks (what the trainer writes);
+:func:`sample_settings` is a run's [sample] settings with a command's changes.
 
 Reproducible: batch row r samples with its own ``torch.Generator`` seeded ``seed + r``, so sample
 i of ``num_samples = 5`` is exactly what a lone call with ``seed + i`` gives.
@@ -21,238 +13,23 @@ i of ``num_samples = 5`` is exactly what a lone call with ``seed + i`` gives.
 from __future__ import annotations
 
 import codecs
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
-from .config import Config, SampleConfig, validate
+from .config import Config, SampleConfig, parse_overrides, set_value, validate
 from .errors import TinyLMError
 from .model import GPT
+from .sampling import PAD, apply_processors, build_processors
+from .strategies import SAMPLING, check_sample
 from .tokenizer import Tokenizer
-
-PAD = -1  # the id processors see where a row is left-padded; never a real token
-SAMPLING = ("sample", "top_k", "top_p", "min_p")  # strategies that draw from a distribution
-
-Processor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits (B, V), ids (B, L)) -> (B, V)
 
 
 def _need(cond: bool, msg: str) -> None:
     if not cond:
         raise TinyLMError(msg)
-
-
-# --------------------------------------------------------------------------- logits processors
-
-def token_counts(ids: torch.Tensor, vocab_size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """How often each token occurs in each row: (B, L) ids -> (B, V); PAD is not counted.
-
-    ``token_counts(torch.tensor([[PAD, 2, 2, 0]]), 3) -> [[1., 0., 2.]]``
-    """
-    real = (ids >= 0).to(dtype)  # (B, L)
-    counts = torch.zeros(ids.size(0), vocab_size, dtype=dtype, device=ids.device)
-    return counts.scatter_add_(1, ids.clamp(min=0), real)
-
-
-def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the k largest logits per row, set the rest to -inf (k = 0 or >= vocab: unchanged)."""
-    if k <= 0 or k >= logits.size(-1):
-        return logits
-    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (B, 1) the k-th largest
-    return logits.masked_fill(logits < kth, float("-inf"))
-
-
-def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Keep the fewest most likely tokens whose probabilities sum to >= p (Holtzman et al., 2020).
-
-    Probabilities [0.5, 0.3, 0.2] with p = 0.7 keep the first two (0.5 < 0.7 <= 0.8). p >= 1
-    returns the logits untouched, so ``top_p = 1`` is exactly plain sampling.
-    """
-    if p >= 1.0:
-        return logits
-    sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V) each
-    probs = sorted_logits.softmax(dim=-1)
-    before = probs.cumsum(dim=-1) - probs  # (B, V) mass of the strictly more likely tokens
-    drop_sorted = before >= p  # the most likely token always stays: nothing comes before it
-    drop = drop_sorted.scatter(-1, order, drop_sorted)  # (B, V) back in vocabulary order
-    return logits.masked_fill(drop, float("-inf"))
-
-
-def min_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Drop tokens less likely than p x the most likely token (Nguyen et al., 2024).
-
-    Probabilities [0.6, 0.3, 0.1] with p = 0.2: the bar is 0.12, so 0.1 goes. Unlike top-p, the
-    bar follows the model's confidence: a sure model keeps few tokens, an unsure one many.
-    """
-    if p <= 0.0:
-        return logits
-    probs = logits.softmax(dim=-1)  # (B, V)
-    bar = p * probs.max(dim=-1, keepdim=True).values  # (B, 1)
-    return logits.masked_fill(probs < bar, float("-inf"))
-
-
-def banned_by_ngrams(ids: torch.Tensor, n: int, vocab_size: int) -> torch.Tensor:
-    """Tokens that would complete an n-gram already in the row: (B, L) ids -> (B, V) bool.
-
-    ids [[1, 2, 3, 1, 2]], n = 3: the last two tokens (1, 2) began (1, 2, 3) before, so 3 is banned.
-    """
-    B, L = ids.shape
-    banned = torch.zeros(B, vocab_size, dtype=torch.long, device=ids.device)
-    if n == 1:
-        return token_counts(ids, vocab_size) > 0
-    if L < n:
-        return banned.bool()
-    grams = ids.unfold(1, n, 1)  # (B, L-n+1, n) every n-gram so far
-    tail = ids[:, L - n + 1:]  # (B, n-1) the next token would complete an n-gram starting with these
-    hit = (grams[:, :, :-1] == tail[:, None, :]).all(-1) & (grams >= 0).all(-1)  # (B, L-n+1)
-    # scatter_add, not scatter: several n-grams may name the same token, and any hit must win
-    banned.scatter_add_(1, grams[:, :, -1].clamp(min=0), hit.long())
-    return banned > 0
-
-
-@dataclass(frozen=True)
-class Temperature:
-    """logits / t: t < 1 sharpens the distribution, t > 1 flattens it.
-
-    ``softmax([2, 0] / 0.5) = [0.98, 0.02]``, ``softmax([2, 0] / 2) = [0.73, 0.27]``.
-    """
-    t: float
-
-    def __post_init__(self):
-        _need(self.t > 0 and math.isfinite(self.t), f"temperature {self.t} must be > 0 (--temperature)")
-
-    def __call__(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return logits / self.t
-
-
-@dataclass(frozen=True)
-class TopK:
-    """Keep the k most likely tokens (Fan et al., 2018); see :func:`top_k_filter`."""
-    k: int
-
-    def __post_init__(self):
-        _need(self.k >= 1, f"top_k {self.k} must be >= 1 (--top-k; 0 in a config turns it off)")
-
-    def __call__(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return top_k_filter(logits, self.k)
-
-
-@dataclass(frozen=True)
-class TopP:
-    """Nucleus sampling; see :func:`top_p_filter`."""
-    p: float
-
-    def __post_init__(self):
-        _need(0 < self.p <= 1, f"top_p {self.p} must be in (0, 1] (--top-p; 1 turns it off)")
-
-    def __call__(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return top_p_filter(logits, self.p)
-
-
-@dataclass(frozen=True)
-class MinP:
-    """Keep tokens at least p x as likely as the most likely one; see :func:`min_p_filter`."""
-    p: float
-
-    def __post_init__(self):
-        _need(0 <= self.p < 1, f"min_p {self.p} must be in [0, 1) (--min-p; 0 turns it off)")
-
-    def __call__(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return min_p_filter(logits, self.p)
-
-
-@dataclass(frozen=True)
-class RepetitionPenalty:
-    """CTRL's penalty (Keskar et al., 2019) on every token already in the row, prompt included.
-
-    A positive logit is divided by r and a negative one multiplied by r, so for r > 1 a seen
-    token always becomes less likely: logits [2, -1] with token 0 and 1 seen, r = 2 -> [1, -2].
-    """
-    r: float
-
-    def __post_init__(self):
-        _need(self.r > 0 and math.isfinite(self.r),
-              f"repetition_penalty {self.r} must be > 0 (--repetition-penalty; 1 turns it off, > 1 penalizes)")
-
-    def __call__(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        seen = token_counts(ids, logits.size(-1)) > 0  # (B, V)
-        penalized = torch.where(logits > 0, logits / self.r, logits * self.r)
-        return torch.where(seen, penalized, logits)
-
-
-@dataclass(frozen=True)
-class FrequencyPenalty:
-    """logit -= f x (times the token occurred in the row so far); OpenAI's frequency penalty."""
-    f: float
-
-    def __post_init__(self):
-        _need(math.isfinite(self.f), f"frequency_penalty {self.f} must be a finite number (0 turns it off)")
-
-    def __call__(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return logits - self.f * token_counts(ids, logits.size(-1), logits.dtype)
-
-
-@dataclass(frozen=True)
-class PresencePenalty:
-    """logit -= p for every token that occurred in the row so far; OpenAI's presence penalty."""
-    p: float
-
-    def __post_init__(self):
-        _need(math.isfinite(self.p), f"presence_penalty {self.p} must be a finite number (0 turns it off)")
-
-    def __call__(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return logits - self.p * (token_counts(ids, logits.size(-1), logits.dtype) > 0).to(logits.dtype)
-
-
-@dataclass(frozen=True)
-class NoRepeatNGram:
-    """Forbid any token that would repeat an n-gram of the row; see :func:`banned_by_ngrams`."""
-    n: int
-
-    def __post_init__(self):
-        _need(self.n >= 1, f"no_repeat_ngram {self.n} must be >= 1 (0 in a config turns it off)")
-
-    def __call__(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return logits.masked_fill(banned_by_ngrams(ids, self.n, logits.size(-1)), float("-inf"))
-
-
-def apply_processors(logits: torch.Tensor, ids: torch.Tensor, processors: Sequence[Processor]) -> torch.Tensor:
-    """Run logits (B, V) through each processor in turn."""
-    for proc in processors:
-        logits = proc(logits, ids)
-    return logits
-
-
-def build_processors(s: SampleConfig) -> list[Processor]:
-    """The processors ``s`` asks for, in the order they apply.
-
-    Penalties first, on the model's raw logits, for every strategy. Then, for the sampling
-    strategies only, temperature and the filters: ``sample`` uses every filter that is on,
-    ``top_k`` / ``top_p`` / ``min_p`` use just their own. Greedy, beam and contrastive search take
-    no temperature or filters: those never change which token is most likely.
-
-    ``build_processors(SampleConfig(strategy="top_p", top_p=0.9))`` -> ``[Temperature(t=0.8), TopP(p=0.9)]``
-    """
-    procs: list[Processor] = []
-    if s.repetition_penalty != 1.0:
-        procs.append(RepetitionPenalty(s.repetition_penalty))
-    if s.frequency_penalty:
-        procs.append(FrequencyPenalty(s.frequency_penalty))
-    if s.presence_penalty:
-        procs.append(PresencePenalty(s.presence_penalty))
-    if s.no_repeat_ngram:
-        procs.append(NoRepeatNGram(s.no_repeat_ngram))
-    if s.strategy in SAMPLING:
-        procs.append(Temperature(s.temperature))
-        if s.top_k and s.strategy in ("sample", "top_k"):
-            procs.append(TopK(s.top_k))
-        if s.top_p < 1.0 and s.strategy in ("sample", "top_p"):
-            procs.append(TopP(s.top_p))
-        if s.min_p > 0.0 and s.strategy in ("sample", "min_p"):
-            procs.append(MinP(s.min_p))
-    return procs
 
 
 # --------------------------------------------------------------------------- the decoding state
@@ -312,14 +89,14 @@ class _Rows:
         the T slots are real (None: all).
         """
         sizes = n if isinstance(n, list) else [n] * len(self.tokens)
-        idx, valid = _left_pad([t[-k:] for t, k in zip(self.tokens, sizes)], self.device)
+        idx, valid = _left_pad([t[-k:] for t, k in zip(self.tokens, sizes, strict=True)], self.device)
         self.cache = self.model.new_cache(idx.size(0))
         logits, _ = self.model(idx, cache=self.cache, valid=valid)  # (B, 1, V)
         return logits[:, -1].float(), self.cache.hidden, valid
 
     def append(self, nxt: torch.Tensor, as_list: list[int]) -> None:
         """Add one token to every row: nxt (B,), and the same as Python ints."""
-        for row, t in zip(self.tokens, as_list):
+        for row, t in zip(self.tokens, as_list, strict=True):
             row.append(t)
         self.ids = torch.cat((self.ids, nxt[:, None]), dim=1)  # (B, L+1)
 
@@ -332,12 +109,16 @@ class _Rows:
         """Per row: can its context not take its ``appended`` tokens plus ``room`` more?"""
         return [n + appended + room > self.block for n in (in_cache or self.in_cache())]
 
+    def out_of_context(self, ended: list[str | None], appended: int, room: int) -> list[str | None]:
+        """``ended``, with "context" for each live row that is :meth:`used_up` (for overflow = stop)."""
+        return [e or ("context" if f else None) for e, f in zip(ended, self.used_up(appended, room), strict=True)]
+
     def slide(self, appended: int, room: int, keep: int):
         """Re-read into a new cache: rows whose context is used up keep their newest ``keep``
         tokens; the others re-read their current window plus the ``appended`` tokens."""
         in_cache = self.in_cache()
         full = self.used_up(appended, room, in_cache)
-        return self.read([keep if f else n + appended for n, f in zip(in_cache, full)])
+        return self.read([keep if f else n + appended for n, f in zip(in_cache, full, strict=True)])
 
     def advance(self, nxt: torch.Tensor) -> torch.Tensor:
         """Feed the tokens (B,) just appended; returns the next logits (B, V)."""
@@ -377,6 +158,15 @@ class _Stops:
                 return "stop"
         return None
 
+    def push_rows(self, new: list[list[int]], ended: list[str | None], chosen: list[int],
+                  on_token: Callable[[int, int], None] | None) -> None:
+        """:meth:`push` each row's chosen token unless the row has ended; note why rows end in ``ended``."""
+        for r, t in enumerate(chosen):
+            if ended[r] is None:
+                ended[r] = self.push(new[r], t)
+                if on_token is not None and ended[r] is None:  # an ending token may hold the stop string
+                    on_token(r, t)
+
 
 # --------------------------------------------------------------------------- strategies
 
@@ -399,7 +189,7 @@ def generate(model: GPT, prompts: Sequence[Sequence[int]], s: SampleConfig, *, s
     ``on_token(row, token)`` sees each token as it is chosen, except the one that ends a row (not
     in beam search, whose beams change until the end). Prompts of different lengths are left-padded in one batch.
     """
-    validate(Config(sample=s))  # the same checks, and messages, as a config file gets
+    check_sample(s)  # the same checks, and messages, as a config file gets
     _need(len(prompts) > 0, "generate needs at least one prompt")
     V, block = model.cfg.vocab_size, model.cfg.block_size
     _need(s.strategy != "contrastive" or block >= 2, "contrastive search needs a context of at least 2 tokens")
@@ -420,11 +210,8 @@ def generate(model: GPT, prompts: Sequence[Sequence[int]], s: SampleConfig, *, s
         rows = _Rows(model, [p for p in prompts for _ in range(n)])
         if s.strategy == "contrastive":
             flat = _contrastive(rows, s, procs, stops, on_token)
-        elif s.strategy == "greedy" or s.strategy in SAMPLING:
+        else:  # greedy or one of SAMPLING: check_sample knows no other strategy
             flat = _sample(rows, s, procs, stops, on_token, seed)
-        else:
-            raise TinyLMError(f"unknown strategy {s.strategy!r}; use one of greedy, {', '.join(SAMPLING)}, "
-                              f"beam, contrastive")
         return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
     finally:
         model.train(was_training)
@@ -446,16 +233,12 @@ def _sample(rows: _Rows, s: SampleConfig, procs, stops: _Stops, on_token, seed: 
             # one generator per row: row r draws the same numbers whatever else is in the batch
             nxt = torch.cat([torch.multinomial(probs[r], 1, generator=g) for r, g in enumerate(gens)])
         nxt_list = nxt.tolist()
-        for r, t in enumerate(nxt_list):
-            if ended[r] is None:
-                ended[r] = stops.push(new[r], t)
-                if on_token is not None and ended[r] is None:  # an ending token may hold the stop string
-                    on_token(r, t)
+        stops.push_rows(new, ended, nxt_list, on_token)
         if all(e is not None for e in ended) or step == s.max_new_tokens - 1:
             break
         rows.append(nxt, nxt_list)
         if rows.cache.full and s.overflow == "stop":
-            ended = [e or ("context" if f else None) for e, f in zip(ended, rows.used_up(appended=1, room=0))]
+            ended = rows.out_of_context(ended, appended=1, room=0)
             if all(e is not None for e in ended):
                 break
         logits = rows.advance(nxt)
@@ -474,13 +257,13 @@ def _contrastive(rows: _Rows, s: SampleConfig, procs, stops: _Stops, on_token) -
     logits, context, valid = rows.read(rows.block)  # (B, V), (B, T, C), (B, T) or None
     valid = torch.ones(context.shape[:2], dtype=torch.bool, device=rows.device) if valid is None else valid
     arange = torch.arange(B, device=rows.device)
-    for step in range(s.max_new_tokens):
+    for _ in range(s.max_new_tokens):
         probs = apply_processors(logits, rows.ids, procs).softmax(dim=-1)  # (B, V)
         p_top, cand = probs.topk(min(k, probs.size(-1)), dim=-1)  # (B, k) each, most likely first
         kk = cand.size(1)
         if rows.cache.full:
             if s.overflow == "stop":
-                ended = [e or ("context" if f else None) for e, f in zip(ended, rows.used_up(appended=0, room=1))]
+                ended = rows.out_of_context(ended, appended=0, room=1)
                 if all(e is not None for e in ended):
                     break
             # slide to keep - 1 tokens, so that with the candidate the window matches greedy's
@@ -502,11 +285,7 @@ def _contrastive(rows: _Rows, s: SampleConfig, procs, stops: _Stops, on_token) -
         nxt = cand[arange, best]  # (B,)
         nxt_list = nxt.tolist()
         rows.append(nxt, nxt_list)
-        for r, t in enumerate(nxt_list):
-            if ended[r] is None:
-                ended[r] = stops.push(new[r], t)
-                if on_token is not None and ended[r] is None:  # an ending token may hold the stop string
-                    on_token(r, t)
+        stops.push_rows(new, ended, nxt_list, on_token)
         if all(e is not None for e in ended):
             break
     return [Completion(new[r], ended[r] or "length") for r in range(B)]
@@ -538,29 +317,27 @@ def _beam_search(rows: _Rows, s: SampleConfig, procs, stops: _Stops) -> list[lis
         logp = torch.log_softmax(apply_processors(logits, rows.ids, procs), dim=-1)  # (P*W, V)
         total = torch.tensor(sums, device=rows.device).view(-1, 1) + logp  # (P*W, V) score of each extension
         top, flat = total.view(P, W * V).topk(min(2 * W, W * V), dim=1)  # (P, 2W) best extensions per prompt
-        src_rows, toks, new_sums, new_beams = [], [], [], []
-        for p, (tops, flats) in enumerate(zip(top.tolist(), flat.tolist())):
+        live: list[tuple[int, int, float, list[int]]] = []  # (source row, token, sum, tokens) per new beam row
+        for p, (tops, flats) in enumerate(zip(top.tolist(), flat.tolist(), strict=True)):
             kept = 0
-            for rank, (score, f) in enumerate(zip(tops, flats)):
+            for rank, (score, f) in enumerate(zip(tops, flats, strict=True)):
                 if done[p] or kept == W or score == neg_inf:
                     break
                 src, t = p * W + f // V, f % V
                 seq = list(beams[src])
                 reason = stops.push(seq, t)
                 if reason is None:
-                    src_rows.append(src), toks.append(t), new_sums.append(score), new_beams.append(seq)
+                    live.append((src, t, score, seq))
                     kept += 1
                 elif rank < W:  # an ending counts only if it is among the W best (as in HF)
                     finished[p].append((norm(score, len(seq) + (reason == "eot")), seq, reason))
-            while kept < W:  # prompt done, or too few live extensions: filler beams that never win
-                src_rows.append(p * W), toks.append(0), new_sums.append(neg_inf), new_beams.append([])
-                kept += 1
+            live += [(p * W, 0, neg_inf, []) for _ in range(W - kept)]  # done, or too few live: fillers never win
             if not done[p] and len(finished[p]) >= W:
                 worst = sorted(h[0] for h in finished[p])[-W]  # the W-th best finished score
-                best_live = max(new_sums[p * W:(p + 1) * W])
+                best_live = max(x[2] for x in live[p * W:(p + 1) * W])
                 done[p] = s.early_stopping or best_live == neg_inf or worst >= norm(best_live, step + 1)
+        src_rows, toks, new_sums, beams = (list(column) for column in zip(*live, strict=True))
         sums = [new_sums[p * W:(p + 1) * W] for p in range(P)]
-        beams = new_beams
         if all(done) or step == s.max_new_tokens - 1:
             break
         rows.select(src_rows)
@@ -597,23 +374,6 @@ def encode_prompt(tok: Tokenizer, prompt: str) -> list[int]:
     if ids:
         return ids
     return [tok.eot_id if tok.eot_id is not None else 0]
-
-
-# the value that turns each [sample] knob off (for beam and contrastive search: makes them greedy)
-KNOB_OFF = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0, "frequency_penalty": 0.0,
-            "presence_penalty": 0.0, "no_repeat_ngram": 0, "num_beams": 1, "contrastive_k": 1,
-            "contrastive_alpha": 0.0}
-
-
-def describe_settings(s: SampleConfig) -> list[str]:
-    """The settings that matter for ``s.strategy``, those that are on: ``["temperature 0.8", "top_p 0.9"]``
-    for top_p sampling."""
-    keys = {"greedy": [], "sample": ["temperature", "top_k", "top_p", "min_p"], "top_k": ["temperature", "top_k"],
-            "top_p": ["temperature", "top_p"], "min_p": ["temperature", "min_p"],
-            "beam": ["num_beams", "length_penalty", "early_stopping"],
-            "contrastive": ["contrastive_k", "contrastive_alpha"]}[s.strategy]
-    keys += ["repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram"]
-    return [f"{k} {getattr(s, k)}" for k in keys if k not in KNOB_OFF or getattr(s, k) != KNOB_OFF[k]]
 
 
 def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
@@ -693,65 +453,21 @@ def sample_text(model: GPT, tok: Tokenizer, s: SampleConfig, *, seed: int) -> st
     return s.prompt + generate_text(model, tok, [s.prompt], replace(s, num_samples=1), seed=seed)[0][0].text
 
 
-# --------------------------------------------------------------------------- measuring samples
+def sample_settings(cfg: Config, overrides: Sequence[str] = (), flags: Mapping[str, object] | None = None) -> None:
+    """Set a run's [sample] settings for one command: the run's < ``--sample.KEY`` overrides < ``flags``.
 
-@torch.inference_mode()
-def token_scores(model: GPT, prompt: Sequence[int], tokens: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's own view of a continuation, at temperature 1 and without filters.
-
-    Returns the log-probability (T,) of each of the T tokens given everything before it, and the
-    entropy (T,) in nats of the model's next-token distribution at that point. The model's
-    perplexity of the text is ``exp(-logprob.mean())``. A sequence longer than the context is read
-    in windows that move by half the context, so each token is scored with at least
-    block_size / 2 tokens before it (or all of them, near the start).
+    ``flags`` maps each [sample] setting the command has a flag of its own for to the flag's value,
+    None where it was not given: ``{"top_p": 0.9, "top_k": None}`` from ``--top-p 0.9``. Messages
+    name those flags, and each one given must be read by the strategy (``--top-k`` with ``--strategy
+    top_p`` is refused). Only [sample] settings change: the checkpoint fixes the model and the data.
     """
-    _need(len(prompt) > 0, "token_scores needs a prompt of at least one token: the first token is predicted from "
-                           "it (for an empty text use encode_prompt(tok, ''), the end-of-text token)")
-    seq = torch.tensor(list(prompt) + list(tokens), dtype=torch.long, device=model.wte.weight.device)
-    N, n0, block = len(seq), len(prompt), model.cfg.block_size
-    logp_out, ent_out = [], []
-    was_training = model.training
-    model.eval()
-    try:
-        i0 = n0  # first target position not scored yet
-        while i0 < N:
-            w = max(0, min(i0 - max(1, block // 2), N - 1 - block))  # window start
-            e = min(N - 1, w + block)  # inputs seq[w:e] predict targets seq[w+1:e+1]
-            logits, _ = model(seq[None, w:e])  # (1, e-w, V)
-            logp = torch.log_softmax(logits[0].float(), dim=-1)  # (e-w, V)
-            first = i0 - w - 1  # row of logp that predicts target i0
-            targets = seq[i0:e + 1]
-            logp = logp[first:]
-            logp_out.append(logp.gather(1, targets[:, None])[:, 0])
-            ent_out.append(-(logp.exp() * logp).sum(-1))
-            i0 = e + 1
-    finally:
-        model.train(was_training)
-    if not logp_out:
-        empty = torch.zeros(0)
-        return empty, empty
-    return torch.cat(logp_out).cpu(), torch.cat(ent_out).cpu()
-
-
-def ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    """``ngrams(["a", "b", "c"], 2) -> [("a", "b"), ("b", "c")]``"""
-    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
-
-
-def distinct_n(words: Sequence[str], n: int) -> float:
-    """Distinct n-grams / n-grams in one text (Li et al., 2016): 1 = no n-gram repeats.
-
-    ``distinct_n("a b a b".split(), 2) -> 2/3`` (ab, ba, ab). A text too short to have an
-    n-gram gives 1.0.
-    """
-    grams = ngrams(words, n)
-    return len(set(grams)) / len(grams) if grams else 1.0
-
-
-def repetition_rate(words: Sequence[str], n: int = 4) -> float:
-    """Share of n-grams that repeat an earlier n-gram of the same text: 0 = none, near 1 = a loop.
-
-    This is rep-n of Welleck et al. (2019) and Su et al. (2022), i.e. 1 - distinct_n:
-    ``repetition_rate("a b c a b c".split(), 2) -> 0.4`` (of ab bc ca ab bc, two repeat).
-    """
-    return 1.0 - distinct_n(words, n)
+    for key, value in parse_overrides(list(overrides)):
+        if not key.startswith("sample."):
+            raise TinyLMError(f"--{key} cannot change here: the checkpoint fixes the model and data; "
+                              f"only --sample.* settings apply when generating")
+        set_value(cfg, key, value)
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    for key, value in given.items():
+        setattr(cfg.sample, key, value)
+    check_sample(cfg.sample, flags or {}, given)  # first: its messages name the command's own flags
+    validate(cfg)
