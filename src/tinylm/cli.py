@@ -40,7 +40,8 @@ def cmd_prepare(args, extra) -> int:
 
 
 def cmd_train(args, extra) -> int:
-    from .train import shutdown_distributed, train
+    from .runtime import shutdown_distributed
+    from .train import train
     cfg = _config_from(args, extra)
     try:
         result = train(cfg, resume=args.resume)
@@ -54,23 +55,6 @@ def cmd_lr_find(args, extra) -> int:
     lr_find(_config_from(args, extra), start=args.start, end=args.end, steps=args.steps, out=args.out,
             divisor=args.divisor)
     return 0
-
-
-def _load_for_inference(run: str, which: str):
-    from . import checkpoint as ckpt
-    from .model import GPT
-    path = ckpt.resolve_checkpoint(run, which)
-    cfg = ckpt.checkpoint_config(path)
-    model = GPT(cfg.model)
-    ckpt.load_state(model, ckpt.load_part(path, "model"), path, "model")
-    model.eval()
-    return path, cfg, model, ckpt.checkpoint_tokenizer(path)
-
-
-def _to_device(model, cfg, args):
-    """The model on --device, by default the run's train.device (auto: a GPU when there is one)."""
-    from .train import resolve_device
-    return model.to(resolve_device(args.device or cfg.train.device, flag="--device"))
 
 
 # sample flags -> [sample] keys; which strategies use each (None: all)
@@ -115,10 +99,10 @@ def _describe_sample(s) -> str:
 def cmd_sample(args, extra) -> int:
     from dataclasses import replace
 
+    from .checkpoint import load_for_inference
     from .generate import SAMPLING, generate_text
-    path, cfg, model, tok = _load_for_inference(args.run, args.checkpoint)
+    path, cfg, model, tok = load_for_inference(args.run, args.checkpoint, device=args.device)
     _sample_settings(cfg, args, extra)
-    model = _to_device(model, cfg, args)
     s = cfg.sample
     seed = cfg.train.seed if args.seed is None else args.seed
     stops = args.stop or []
@@ -158,10 +142,10 @@ def cmd_sample(args, extra) -> int:
 def cmd_decode_report(args, extra) -> int:
     from pathlib import Path
 
+    from .checkpoint import load_for_inference
     from .decode_report import decode_report, parse_variant
-    path, cfg, model, tok = _load_for_inference(args.run, args.checkpoint)
+    path, cfg, model, tok = load_for_inference(args.run, args.checkpoint, device=args.device)
     _sample_settings(cfg, args, extra)
-    model = _to_device(model, cfg, args)
     out = Path(args.out) if args.out else (path.parent.parent if path.parent.name == "checkpoints" else path)
     md = decode_report(model, tok, cfg, out, strategies=[x for x in args.strategies.split(",") if x],
                        extra_variants=[parse_variant(v) for v in args.variant or []], n=args.n,

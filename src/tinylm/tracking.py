@@ -13,9 +13,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .config import Config
 from .errors import TinyLMError
 from .fileio import write_text_atomic
-
 
 METRICS_FILE = "metrics.jsonl"  # in the run folder
 
@@ -39,7 +39,7 @@ class JSONLSink:
     """Append one JSON object per record to ``metrics.jsonl`` (flushed, so a crash loses nothing logged)."""
 
     def __init__(self, path: Path):
-        self.f = open(path, "a", encoding="utf-8")
+        self.f = open(path, "a", encoding="utf-8")  # noqa: SIM115 -- open for the whole run, closed by close()
 
     def log(self, record: dict) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
@@ -144,3 +144,16 @@ class Tracker:
     def close(self) -> None:
         for s in self.sinks:
             s.close()
+
+
+def build_tracker(cfg: Config, run_dir: Path, step: int) -> Tracker:
+    """The sinks a training run logs to: metrics.jsonl and the console, plus TensorBoard and W&B when
+    enabled; ``step`` is where the run starts (the console's progress bar starts there too)."""
+    sinks = [JSONLSink(run_dir / METRICS_FILE),
+             ConsoleSink(cfg.train.max_steps, step, cfg.run.progress,
+                         plain_every=0 if cfg.train.eval_interval else 10 * cfg.train.log_interval)]
+    if cfg.run.tensorboard:
+        sinks.append(TensorBoardSink(run_dir / "tb"))
+    if cfg.run.wandb:
+        sinks.append(WandbSink(cfg.run.wandb_project, cfg.run.name, cfg.to_dict(), run_dir))
+    return Tracker(sinks)
