@@ -8,7 +8,8 @@
 A step directory is written under a temporary name, every file fsynced, then renamed: a crash
 leaves either no directory or a complete one. Loading uses ``torch.load(weights_only=True)``,
 which never executes pickled code. The run folder itself is locked (``<run>/.lock``) by the one
-process training in it.
+process training in it (:class:`RunFolder`). :func:`load_for_inference` is the one way to get a
+checkpoint's model, config and tokenizer ready to generate from.
 """
 from __future__ import annotations
 
@@ -387,6 +388,7 @@ class RunFolder:
                 folder.rmdir()
         except OSError:  # not empty (something else was written), or never made: keep the rest
             pass
+
 
 # keys that must agree between a checkpoint and the run that loads it
 ARCH_KEYS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp", "mlp_ratio", "norm",

@@ -120,7 +120,7 @@ class Trainer:
 
     def _setup_process(self, cfg: Config, log) -> None:
         """Join the process group, check the config against it, pick device and precision."""
-        self.cfg = cfg
+        self.cfg, self.run_dir = cfg, cfg.run_dir
         self.d = d = runtime.init_distributed(cfg.train.device)
         validate(cfg, d.world_size)
         self.log = log if d.is_main else (lambda *a, **k: None)
@@ -138,7 +138,6 @@ class Trainer:
         to start at step 0.
         """
         found = self.folder.open(self.cfg, resume, self.log) if self.d.is_main else None
-        self.run_dir = self.cfg.run_dir
         path = runtime.broadcast_from_main(str(found[0]) if found else None, self.d)
         if path is None:
             return None
