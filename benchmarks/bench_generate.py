@@ -55,14 +55,14 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from common import machine, machine_line, time_call, wait_for_quiet
 
-from tinylm import checkpoint as ckpt
+from tinylm.checkpoint import load_for_inference
 from tinylm.config import ModelConfig, SampleConfig
-from tinylm.data import load_data_tokenizer
 from tinylm.decode_report import validation_prompts
 from tinylm.generate import generate
 from tinylm.model import GPT
+
+from common import machine, machine_line, time_call, wait_for_quiet
 
 
 @dataclass
@@ -216,15 +216,10 @@ def main() -> int:
     checks: list[str] = []
 
     # ---- part 1: the trained checkpoint, cache vs full recompute
-    path = ckpt.resolve_checkpoint(args.run)
-    cfg = ckpt.checkpoint_config(path)
-    model = GPT(cfg.model)
-    model.load_state_dict(ckpt.load_part(path, "model"))
-    model.eval()
+    _, cfg, model, tok = load_for_inference(args.run, device="cpu")
     m = cfg.model
     shape = (f"{m.n_layer}x{m.n_embd}, {m.n_head} heads, ctx {m.block_size}, vocab {m.vocab_size}, "
              f"{m.pos}/{m.norm}/{m.mlp}")
-    tok = load_data_tokenizer(cfg.data.dir)
     part1 = [(model, shape, B, "1 checkpoint") for B in batches]
     if not args.no_default_size:
         torch.manual_seed(0)

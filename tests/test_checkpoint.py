@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,7 +171,7 @@ def _full_disk_save(obj, f, *args, **kwargs):
     try:
         raise OSError(errno.ENOSPC, "No space left on device")
     except OSError:
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from None
 
 
 def test_a_failed_save_removes_its_temp_folder_and_keeps_the_last_checkpoint(tmp_path, text_200k, trained, capsys,
@@ -367,7 +368,7 @@ def test_export_on_a_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path, tra
     import safetensors.torch
 
     def full_disk(state, path, metadata=None):
-        open(path, "wb").write(b"partial")
+        Path(path).write_bytes(b"partial")
         raise Exception("Error while serializing: I/O error: No space left on device (os error 28)")
     monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
     out = tmp_path / "model.safetensors"

@@ -3,8 +3,16 @@ from pathlib import Path
 import pytest
 
 from tinylm.cli import main
-from tinylm.config import (Config, build_config, from_dict, grad_accum_steps, load_toml, parse_overrides,
-                           to_toml, validate)
+from tinylm.config import (
+    Config,
+    build_config,
+    from_dict,
+    grad_accum_steps,
+    load_toml,
+    parse_overrides,
+    to_toml,
+    validate,
+)
 from tinylm.errors import TinyLMError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +31,7 @@ def test_overrides_are_converted_to_declared_types():
 def test_unknown_key_lists_near_matches():
     with pytest.raises(TinyLMError, match=r"unknown config key --optim.learning_rat.*--optim.lr|unknown"):
         build_config(None, ["--optim.learning_rat", "1"])
-    with pytest.raises(TinyLMError, match="did you mean --model.n_layer"):
+    with pytest.raises(TinyLMError, match=r"did you mean --model\.n_layer"):
         build_config(None, ["--model.n_layers", "4"])
 
 
@@ -49,9 +57,9 @@ def test_validation_messages_name_flags():
     cfg = build_config(None, ["--train.batch_size", "12"])
     with pytest.raises(TinyLMError, match="not divisible by 5 DDP processes"):
         validate(cfg, world_size=5)
-    with pytest.raises(TinyLMError, match="--data.vocab_size 100 is too small"):
+    with pytest.raises(TinyLMError, match=r"--data\.vocab_size 100 is too small"):
         build_config(None, ["--data.tokenizer", "bpe", "--data.vocab_size", "100"])
-    with pytest.raises(TinyLMError, match="--model.mlp 'tanh' is not one of gelu, swiglu, relu2"):
+    with pytest.raises(TinyLMError, match=r"--model\.mlp 'tanh' is not one of gelu, swiglu, relu2"):
         build_config(None, ["--model.mlp", "tanh"])
 
 

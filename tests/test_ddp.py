@@ -5,8 +5,9 @@ import sys
 
 import pytest
 
-from conftest import EQUIVALENCE_BOUND, cli_args, max_loss_difference, tiny_config
 from tinylm.diagnostics import logged_losses
+
+from conftest import EQUIVALENCE_BOUND, cli_args, max_loss_difference, tiny_config
 
 pytestmark = pytest.mark.slow
 

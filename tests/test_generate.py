@@ -479,9 +479,9 @@ def test_diversity_metrics():
 def trained_run(tmp_path_factory, text_200k):
     """A run trained for a few steps on real text: enough for the CLI and the report. Its
     [sample] section asks for min-p sampling, which the trainer's samples must follow."""
-    from conftest import tiny_config
-
     from tinylm.train import train
+
+    from conftest import tiny_config
     tmp = tmp_path_factory.mktemp("gen-run")
     c = tiny_config(tmp, text_200k, **{"train.max_steps": 20, "train.eval_interval": 20,
                                        "sample.strategy": "min_p", "sample.min_p": 0.05})
@@ -509,10 +509,10 @@ def test_cli_sample_strategies_and_errors(trained_run, capsys):
 
 def test_cli_sample_streams_the_same_text_as_the_library(trained_run, capsys):
     from tinylm import checkpoint as ckpt
-    from tinylm.cli import _load_for_inference, main
+    from tinylm.cli import main
     assert main(["sample", str(trained_run), "--max-new-tokens", "25", "--prompt", "an", "--seed", "9"]) == 0
     printed = capsys.readouterr().out.split("---\n", 1)[1]
-    _, c, model, tok = _load_for_inference(str(trained_run), "last")
+    _, c, model, tok = ckpt.load_for_inference(trained_run)
     expected = sample_text(model, tok, replace(c.sample, prompt="an", max_new_tokens=25), seed=9)
     assert printed == expected + "\n"
     assert ckpt.resolve_checkpoint(trained_run).name == "step_000020"
@@ -532,7 +532,7 @@ def test_cli_sample_compile_setting_compiles_the_decode_step(trained_run, capsys
 
 def test_cli_sample_moves_the_model_to_the_device(trained_run, capsys, monkeypatch):
     """--device, else the run's train.device, goes through resolve_device, and the model goes there."""
-    from tinylm import generate, train
+    from tinylm import checkpoint, generate
     from tinylm.cli import main
     from tinylm.generate import Completion
     asked, used = [], []
@@ -545,7 +545,7 @@ def test_cli_sample_moves_the_model_to_the_device(trained_run, capsys, monkeypat
         used.append(next(model.parameters()).device)
         return [[Completion([], "length", text="")]]
 
-    monkeypatch.setattr(train, "resolve_device", resolve)
+    monkeypatch.setattr(checkpoint, "resolve_device", resolve)
     monkeypatch.setattr(generate, "generate_text", fake_generate_text)
     assert main(["sample", str(trained_run), "--device", "cpu"]) == 0
     assert main(["sample", str(trained_run)]) == 0
@@ -564,8 +564,8 @@ def test_cli_sample_on_cuda_without_cuda_is_one_line(trained_run, capsys):
 
 def test_training_samples_follow_the_sample_config(trained_run):
     """samples.md at the last evaluation holds what `tinylm sample` gives from that checkpoint."""
-    from tinylm.cli import _load_for_inference
-    _, c, model, tok = _load_for_inference(str(trained_run), "last")
+    from tinylm.checkpoint import load_for_inference
+    _, c, model, tok = load_for_inference(trained_run)
     assert c.sample.strategy == "min_p"
     written = (trained_run / "samples.md").read_text().split("## step 20 ")[1].split("```\n")[1]
     assert written == sample_text(model, tok, c.sample, seed=c.train.seed) + "\n"

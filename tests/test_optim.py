@@ -1,10 +1,10 @@
 """Optimizers (AdamW, Muon, Lion), parameter groups, schedules and the LR range finder."""
+import itertools
 import json
 import math
 
 import pytest
 import torch
-from conftest import tiny_config
 
 from tinylm.cli import main
 from tinylm.config import Config, ModelConfig, OptimConfig, validate
@@ -22,6 +22,8 @@ from tinylm.optim import (
     param_groups,
 )
 from tinylm.train import train
+
+from conftest import tiny_config
 
 
 def tiny_gpt(**kw) -> GPT:
@@ -42,7 +44,8 @@ def test_param_groups_by_role():
     assert n == len(list(model.parameters()))  # every parameter exactly once
     assert [(groups[r]["peak_lr"], groups[r]["weight_decay"]) for r in ("matrices", "embeddings", "scalars")] == \
         [(1e-3, 0.1), (5e-3, 0.01), (2e-3, 0.0)]
-    assert [groups[r]["betas"] for r in ("matrices", "embeddings", "scalars")] == [(0.9, 0.95), (0.8, 0.99), (0.8, 0.99)]
+    betas = [groups[r]["betas"] for r in ("matrices", "embeddings", "scalars")]
+    assert betas == [(0.9, 0.95), (0.8, 0.99), (0.8, 0.99)]
     opt = build_optimizer(model, cfg, "cpu")  # torch's AdamW keeps each group's own betas
     assert [g["betas"] for g in opt.param_groups] == [(0.9, 0.95), (0.8, 0.99), (0.8, 0.99)]
     tied = {g["role"]: g for g in param_groups(tiny_gpt(), OptimConfig(lr=1e-3))}
@@ -66,7 +69,7 @@ def test_muon_adamw_part_matches_torch_adamw():
         g["muon"] = False
     run_steps(a, torch.optim.AdamW(param_groups(a, cfg), lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8))
     run_steps(b, Muon(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8))
-    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
 
 
@@ -95,14 +98,14 @@ def test_muon_step_is_scaled_orthogonal_update():
 
 
 def test_muon_misuse_is_a_clear_error():
-    with pytest.raises(TinyLMError, match="2-D weight matrices.*shape \\(8,\\)"):
+    with pytest.raises(TinyLMError, match=r"2-D weight matrices.*shape \(8,\)"):
         Muon([{"params": [torch.nn.Parameter(torch.zeros(8))], "muon": True}], lr=0.02)
     model = tiny_gpt()
     with pytest.raises(TinyLMError, match="'embeddings' group"):
         Muon([{"params": [model.wte.weight], "muon": True, "role": "embeddings"}], lr=0.02)
     cfg = Config()
     cfg.optim.name = "muon"
-    with pytest.raises(TinyLMError, match="--optim.embed_lr"):
+    with pytest.raises(TinyLMError, match=r"--optim\.embed_lr"):
         validate(cfg)
 
 
@@ -146,8 +149,9 @@ def test_schedules_warm_up_then_never_rise(name):
     cfg = sched(schedule=name)
     xs = [lr_scale(s, cfg, 110) for s in range(110)]
     assert xs[:10] == [(s + 1) / 10 for s in range(10)] and xs[9] == 1.0
-    assert all(a >= b - 1e-12 for a, b in zip(xs[10:], xs[11:]))
-    assert xs[-1] == pytest.approx({"constant": 1.0, "cosine": 0.1, "wsd": 0.1, "cosine_warmdown": 0.0}[name], abs=1e-12)
+    assert all(a >= b - 1e-12 for a, b in itertools.pairwise(xs[10:]))
+    floor = {"constant": 1.0, "cosine": 0.1, "wsd": 0.1, "cosine_warmdown": 0.0}[name]
+    assert xs[-1] == pytest.approx(floor, abs=1e-12)
 
 
 def test_wsd_is_stable_then_decays_with_its_shape():
@@ -187,7 +191,7 @@ def test_lr_find_result_on_a_known_curve():
     r = lr_find_result(lrs, losses, divisor=5)
     assert 1e-2 <= r["divergence_lr"] < 2e-2  # the smoothing lags a little behind the true minimum
     assert r["suggested_lr"] == pytest.approx(r["divergence_lr"] / 5) and r["diverged"]
-    cut = lr_find_result(lrs[:50], losses[:49] + [math.nan])
+    cut = lr_find_result(lrs[:50], [*losses[:49], math.nan])
     assert cut["diverged"] and len(cut["smoothed"]) == 49
     assert not diverged([4.0, 3.99, 4.01])  # noise before any progress is not divergence
     assert diverged([4.0, 3.0, 2.0, 2.6]) and not diverged([4.0, 3.0, 2.0, 2.4])

@@ -14,7 +14,8 @@ from tinylm import checkpoint as ckpt
 from tinylm.cli import main
 from tinylm.diagnostics import logged_losses
 from tinylm.errors import TinyLMError
-from tinylm.train import Trainer, build_model, resolve_precision, train
+from tinylm.runtime import resolve_precision
+from tinylm.train import Trainer, build_model, train
 
 from conftest import EQUIVALENCE_BOUND, cli_args, max_loss_difference, tiny_config
 
@@ -46,9 +47,10 @@ def test_train_resume_sample(tmp_path, text_200k, capsys):
     assert info["step"] == 80 and info["parameters"] > 0
 
 
-@pytest.mark.parametrize("optimizer", [{"optim.name": "adamw"},
-                                       {"optim.name": "muon", "optim.embed_lr": 1e-2, "optim.momentum_warmup_steps": 30},
-                                       {"optim.name": "lion", "optim.lr": 1e-3}], ids=["adamw", "muon", "lion"])
+@pytest.mark.parametrize("optimizer", [
+    {"optim.name": "adamw"},
+    {"optim.name": "muon", "optim.embed_lr": 1e-2, "optim.momentum_warmup_steps": 30},
+    {"optim.name": "lion", "optim.lr": 1e-3}], ids=["adamw", "muon", "lion"])
 def test_resume_is_bit_exact(tmp_path, text_200k, optimizer):
     """Stopping at step 20 and resuming gives the same loss at every later step, bit for bit.
 
@@ -187,7 +189,7 @@ def test_every_process_initializes_alike_and_draws_its_own_dropout(tmp_path, tex
         model = build_model(cfg, rank, torch.device("cpu"))
         weights.append(model.state_dict())
         masks.append(torch.nn.functional.dropout(torch.ones(1000), 0.5))
-    for a, b in zip(weights[0].values(), weights[1].values()):
+    for a, b in zip(weights[0].values(), weights[1].values(), strict=True):
         assert torch.equal(a, b)
     assert not torch.equal(masks[0], masks[1])  # rank 1 drops other units than rank 0
     assert torch.equal(masks[0], masks[2])  # and each rank's stream is reproducible
@@ -195,8 +197,8 @@ def test_every_process_initializes_alike_and_draws_its_own_dropout(tmp_path, tex
 
 def test_sigint_saves_a_checkpoint_and_exits_cleanly(tmp_path, text_200k):
     cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 100000, "train.eval_interval": 0})
-    proc = subprocess.Popen([sys.executable, "-m", "tinylm", "train", *cli_args(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen([sys.executable, "-m", "tinylm", "train", *cli_args(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.time() + 120
     while not (cfg.run_dir / "metrics.jsonl").exists() or not logged_losses(cfg.run_dir):
         assert proc.poll() is None, proc.stdout.read()

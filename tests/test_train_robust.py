@@ -16,7 +16,8 @@ from tinylm.config import ModelConfig
 from tinylm.diagnostics import crash_harness, logged_losses
 from tinylm.errors import TinyLMError
 from tinylm.model import GPT
-from tinylm.train import Trainer, autocast_context, train
+from tinylm.runtime import autocast_context
+from tinylm.train import Trainer, train
 
 from conftest import cli_args, tiny_config
 
@@ -65,7 +66,7 @@ def test_nonfinite_skip_drops_the_update_and_continues(tmp_path, text_200k):
     events = [r for r in records(cfg.run_dir) if r.get("event") == "nonfinite_skip"]
     assert [e["step"] for e in events] == [5]
     # the poisoned step changed nothing: the weights after step 5 are those before it
-    assert all(torch.equal(a, b) for a, b in zip(weights[5], weights[6]))
+    assert all(torch.equal(a, b) for a, b in zip(weights[5], weights[6], strict=True))
     assert all(torch.isfinite(p).all() for p in trainer.raw_model.parameters())
 
 
@@ -161,7 +162,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
         torch.manual_seed(1)
         model(x, y)[1].backward()
         grads.append([p.grad.clone() for p in model.parameters()])
-    for a, b in zip(*grads):
+    for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -321,7 +322,8 @@ def test_crash_harness_drains_a_chatty_child(tmp_path, text_200k, monkeypatch):
 
 def test_sigterm_saves_and_exits(tmp_path, text_200k):
     cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 10**6, "train.eval_interval": 0})
-    proc = subprocess.Popen([sys.executable, "-m", "tinylm", "train", *cli_args(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "tinylm", "train", *cli_args(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while not ((cfg.run_dir / "metrics.jsonl").exists() and logged_losses(cfg.run_dir)):
         assert proc.poll() is None and time.time() < deadline

@@ -88,6 +88,18 @@ class ThroughputWindow:
         """Training seconds of this window (wall time since restart, less the paused time)."""
         return self.clock() - self.start - self.paused_s
 
+    def record(self, tokens_per_step: int, flops_per_token: float, peak: float | None, world_size: int = 1) -> dict:
+        """The window's fields of a metrics record: tokens_per_s (of every process, when ``tokens_per_step``
+        is the global batch's), data_ms and compute_ms (mean per step), and :func:`mfu`."""
+        n = max(self.steps, 1)
+        tokens_per_s = self.steps * tokens_per_step / max(self.seconds, 1e-9)
+        return {"tokens_per_s": tokens_per_s, "data_ms": 1000 * self.data_s / n,
+                "compute_ms": 1000 * self.compute_s / n, "mfu": mfu(tokens_per_s, flops_per_token, peak, world_size)}
+
+    def eta(self, steps_left: int) -> float:
+        """Seconds that ``steps_left`` more steps take at the window's pace."""
+        return steps_left * max(self.seconds, 1e-9) / max(self.steps, 1)
+
 
 def _cache_file() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tinylm" / "cpu_peak.json"

@@ -8,11 +8,13 @@
 A step directory is written under a temporary name, every file fsynced, then renamed: a crash
 leaves either no directory or a complete one. Loading uses ``torch.load(weights_only=True)``,
 which never executes pickled code. The run folder itself is locked (``<run>/.lock``) by the one
-process training in it.
+process training in it (:class:`RunFolder`). :func:`load_for_inference` is the one way to get a
+checkpoint's model, config and tokenizer ready to generate from.
 """
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import os
 import pickle
@@ -23,13 +25,16 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from . import __version__
 from .config import Config, from_dict
 from .errors import TinyLMError
-from .fileio import fsync_dir, pid_alive, write_failure, write_text_atomic
+from .fileio import fsync_dir, pid_alive, replace_dir, write_failure, write_text_atomic
+from .model import GPT
+from .runtime import resolve_device
 from .tokenizer import Tokenizer, load_tokenizer
 
 META = "meta.json"
@@ -87,14 +92,9 @@ def save_checkpoint(root: Path, step: int, parts: dict[str, dict], meta: dict, *
         kept = f"the last checkpoint, {last}, is intact" if last else "no checkpoint was saved yet"
         raise write_failure(e, f"checkpoint {root / name}", then=f"continue with --resume ({kept})") from None
     final = root / name
-    if final.exists():  # the same step saved again (e.g. the final save right after a periodic one)
-        old = root / f".old-{name}-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
-    fsync_dir(root)
+    # the same step may be saved again (e.g. the final save right after a periodic one); the old
+    # folder's name is one _prune knows to clean up after a crash
+    replace_dir(tmp, final, old=root / f".old-{name}-{os.getpid()}")
     _point(root, "last", name)
     fsync_dir(root)
     _prune(root, keep_last)
@@ -279,6 +279,30 @@ def checkpoint_tokenizer(ckpt: Path) -> Tokenizer:
     return load_tokenizer(_tokenizer_file(ckpt), fix="use another checkpoint (each holds its own tokenizer.txt)")
 
 
+class Loaded(NamedTuple):
+    """A checkpoint ready to generate from; unpacks as ``path, cfg, model, tok``."""
+    path: Path  # the step folder
+    config: Config
+    model: GPT  # its weights loaded, in eval mode, on the device
+    tokenizer: Tokenizer  # the checkpoint's own
+
+
+def load_for_inference(path: str | Path, which: str = "last", device: str | None = None) -> Loaded:
+    """A run folder, its checkpoints folder or a step folder -> the model ready to generate from.
+
+    ``which`` is last or best (in a run folder); ``device`` a torch device name or auto, by default
+    the run's ``train.device``: ``load_for_inference("runs/shakespeare-char", device="cpu").model``.
+    """
+    step_dir = resolve_checkpoint(path, which)
+    cfg = checkpoint_config(step_dir)
+    model = GPT(cfg.model)
+    load_state(model, load_part(step_dir, "model"), step_dir, "model")
+    model.eval()
+    tok = checkpoint_tokenizer(step_dir)
+    model.to(resolve_device(device or cfg.train.device, flag="--device"))
+    return Loaded(step_dir, cfg, model, tok)
+
+
 class RunLock:
     """An exclusive OS lock on ``<run>/.lock`` while a process trains in the run folder.
 
@@ -313,6 +337,59 @@ class RunLock:
             self._fd = None
 
 
+class RunFolder:
+    """A training run's folder: made (with any missing parents) and locked by the process that
+    trains in it; :meth:`discard` leaves no trace of a start refused before training."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        # the folders this start creates (the run folder first): discard() removes them again
+        self.new_dirs = list(itertools.takewhile(lambda p: not p.exists(), (path, *path.parents)))
+        self.lock: RunLock | None = None
+
+    def open(self, cfg: Config, resume: bool, log: Callable[[str], None] = print) -> tuple[Path, dict] | None:
+        """Create and lock the folder; under ``--resume`` also load its newest readable checkpoint (see
+        :func:`load_latest`): (step folder, its parts). Without ``--resume`` a folder holding anything is refused.
+
+        ``--resume`` on a run that died before its first checkpoint starts it again from step 0.
+        """
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            file = next((p for p in (self.path, *self.path.parents) if p.exists() and not p.is_dir()), self.path)
+            raise TinyLMError(f"{file} is a file, not a folder; --run.dir {cfg.run.dir} --run.name {cfg.run.name} "
+                              f"must name a folder: choose another --run.dir") from None
+        except OSError as e:
+            raise write_failure(e, self.path) from None
+        self.lock = RunLock(self.path)
+        try:
+            if not resume and any(p.name != LOCK for p in self.path.iterdir()):
+                raise TinyLMError(f"run folder {self.path} already exists; pass --resume to continue it, "
+                                  f"or choose another --run.name")
+            return load_latest(self.path / "checkpoints", log) if resume else None
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Unlock the folder (the OS does it too if the process dies)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def discard(self) -> None:
+        """Unlock, then remove the lock file and each folder this start made, as long as nothing else
+        was written there."""
+        self.close()
+        try:
+            if self.new_dirs:
+                (self.new_dirs[0] / LOCK).unlink(missing_ok=True)
+            for folder in self.new_dirs:
+                folder.rmdir()
+        except OSError:  # not empty (something else was written), or never made: keep the rest
+            pass
+
+
 # keys that must agree between a checkpoint and the run that loads it
 ARCH_KEYS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp", "mlp_ratio", "norm",
              "pos", "rope_base", "qk_norm", "tie_embeddings", "bias")
@@ -328,7 +405,8 @@ def check_compatible(saved: Config, current: Config, ckpt: Path) -> None:
     if saved.optim.name != current.optim.name:  # the optimizer's saved state has another layout
         diffs.append(f"--optim.name: checkpoint {saved.optim.name!r}, this run {current.optim.name!r}")
     if diffs:
-        raise TinyLMError(f"checkpoint {ckpt} was made by a different model/data/optimizer setup:\n  " + "\n  ".join(diffs)
+        raise TinyLMError(f"checkpoint {ckpt} was made by a different model/data/optimizer setup:\n  "
+                          + "\n  ".join(diffs)
                           + "\nresume with the same settings, or start a new run with another --run.name")
 
 

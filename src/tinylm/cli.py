@@ -40,7 +40,8 @@ def cmd_prepare(args, extra) -> int:
 
 
 def cmd_train(args, extra) -> int:
-    from .train import shutdown_distributed, train
+    from .runtime import shutdown_distributed
+    from .train import train
     cfg = _config_from(args, extra)
     try:
         result = train(cfg, resume=args.resume)
@@ -56,23 +57,6 @@ def cmd_lr_find(args, extra) -> int:
     return 0
 
 
-def _load_for_inference(run: str, which: str):
-    from . import checkpoint as ckpt
-    from .model import GPT
-    path = ckpt.resolve_checkpoint(run, which)
-    cfg = ckpt.checkpoint_config(path)
-    model = GPT(cfg.model)
-    ckpt.load_state(model, ckpt.load_part(path, "model"), path, "model")
-    model.eval()
-    return path, cfg, model, ckpt.checkpoint_tokenizer(path)
-
-
-def _to_device(model, cfg, args):
-    """The model on --device, by default the run's train.device (auto: a GPU when there is one)."""
-    from .train import resolve_device
-    return model.to(resolve_device(args.device or cfg.train.device, flag="--device"))
-
-
 def _sample_settings(cfg, args, extra: list[str]) -> None:
     """A flag whose name is a [sample] key (--top-p: top_p) sets that setting; see generate.sample_settings."""
     from dataclasses import fields
@@ -85,11 +69,11 @@ def _sample_settings(cfg, args, extra: list[str]) -> None:
 def cmd_sample(args, extra) -> int:
     from dataclasses import replace
 
+    from .checkpoint import load_for_inference
     from .generate import generate_text
     from .strategies import SAMPLING, describe_strategy
-    path, cfg, model, tok = _load_for_inference(args.run, args.checkpoint)
+    path, cfg, model, tok = load_for_inference(args.run, args.checkpoint, device=args.device)
     _sample_settings(cfg, args, extra)
-    model = _to_device(model, cfg, args)
     s = cfg.sample
     seed = cfg.train.seed if args.seed is None else args.seed
     stops = args.stop or []
@@ -129,10 +113,10 @@ def cmd_sample(args, extra) -> int:
 def cmd_decode_report(args, extra) -> int:
     from pathlib import Path
 
+    from .checkpoint import load_for_inference
     from .decode_report import decode_report, parse_variant
-    path, cfg, model, tok = _load_for_inference(args.run, args.checkpoint)
+    path, cfg, model, tok = load_for_inference(args.run, args.checkpoint, device=args.device)
     _sample_settings(cfg, args, extra)
-    model = _to_device(model, cfg, args)
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path
     out = Path(args.out) if args.out else run_dir
     md = decode_report(model, tok, cfg, out, strategies=[x for x in args.strategies.split(",") if x],
@@ -224,15 +208,10 @@ def cmd_tok_decode(args, extra) -> int:
 
 
 def cmd_tok_stats(args, extra) -> int:
-    import itertools
-
     from . import corpora
     from .tokenizer.stats import format_token_stats, token_stats
-    corpus = corpora.get_corpus(args.corpus)
-    sample, n = [], 0
-    for chunk in itertools.takewhile(lambda _: n < args.max_chars, corpora.iter_corpus(corpus)):
-        sample.append(chunk)
-        n += len(chunk)
+    sample = corpora.head(corpora.get_corpus(args.corpus), args.max_chars)
+    n = sum(map(len, sample))
     sizes = [int(v) for v in args.vocab_sizes.split(",")]
     rows = token_stats(sample, sizes, args.width, progress=True)
     print(f"corpus {args.corpus}: {n:,} characters\n")

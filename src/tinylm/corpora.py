@@ -353,6 +353,18 @@ def iter_documents(corpus: Corpus, *, errors: str = "strict") -> Iterator[Iterat
         yield iter_chunks(path, errors=errors)
 
 
+def head(corpus: Corpus, max_chars: int) -> list[str]:
+    """The corpus's first chunks (see :func:`iter_corpus`), until they hold at least ``max_chars``
+    characters: a sample to study a tokenizer on without reading a large corpus whole."""
+    chunks, n = [], 0
+    for chunk in iter_corpus(corpus):
+        if n >= max_chars:
+            break
+        chunks.append(chunk)
+        n += len(chunk)
+    return chunks
+
+
 def iter_corpus(corpus: Corpus, *, errors: str = "strict", separator: str = "\n\n") -> Iterator[str]:
     """Every document's chunks in corpus order, ``separator`` between documents so no word joins
     two (pass ``"<|endoftext|>"`` to a BPE trainer, which never merges across it; ``""`` for none)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .config import Config
 from .errors import TinyLMError
 from .fileio import write_text_atomic
 
@@ -143,3 +144,16 @@ class Tracker:
     def close(self) -> None:
         for s in self.sinks:
             s.close()
+
+
+def build_tracker(cfg: Config, run_dir: Path, step: int) -> Tracker:
+    """The sinks a training run logs to: metrics.jsonl and the console, plus TensorBoard and W&B when
+    enabled; ``step`` is where the run starts (the console's progress bar starts there too)."""
+    sinks = [JSONLSink(run_dir / METRICS_FILE),
+             ConsoleSink(cfg.train.max_steps, step, cfg.run.progress,
+                         plain_every=0 if cfg.train.eval_interval else 10 * cfg.train.log_interval)]
+    if cfg.run.tensorboard:
+        sinks.append(TensorBoardSink(run_dir / "tb"))
+    if cfg.run.wandb:
+        sinks.append(WandbSink(cfg.run.wandb_project, cfg.run.name, cfg.to_dict(), run_dir))
+    return Tracker(sinks)

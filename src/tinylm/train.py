@@ -3,27 +3,23 @@
 One function, :func:`train`, used by the CLI, the tests and the benchmarks alike. Run it under
 ``torchrun --nproc_per_node N -m tinylm train ...`` for DistributedDataParallel (gloo on CPU,
 nccl on GPU): each process reads its own slice of every global batch, gradients are
-synchronized only on the last micro-step, and only rank 0 logs and saves.
+synchronized only on the last micro-step, and only rank 0 logs and saves. Which device,
+precision and process group a run gets, and its random streams, are :mod:`tinylm.runtime`'s.
 """
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import math
-import os
-import random
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.distributed as dist
 
 from . import checkpoint as ckpt
-from .accounting import ThroughputWindow, mfu, peak_flops, peak_memory_mb
+from . import runtime
+from .accounting import ThroughputWindow, peak_flops, peak_memory_mb
 from .config import Config, grad_accum_steps, micro_batch_size, parse_duration, to_toml, validate
 from .data import BatchLoader, TokenWindows, ensure_prepared, eval_batches, load_data_tokenizer
 from .errors import TinyLMError
@@ -31,125 +27,7 @@ from .fileio import write_failure, write_text_atomic
 from .generate import sample_text
 from .model import GPT
 from .optim import build_optimizer, lr_scale, momentum_at, set_schedule
-from .tracking import METRICS_FILE, ConsoleSink, JSONLSink, TensorBoardSink, Tracker, WandbSink
-
-
-# --------------------------------------------------------------------------- device and precision
-
-def resolve_device(name: str, local_rank: int = 0, flag: str = "--train.device") -> torch.device:
-    """auto -> this process's CUDA device, else MPS, else the CPU; ``flag`` is the option named in errors."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TinyLMError(f"{flag} {name}: no CUDA device is available; use {flag} cpu")
-    return torch.device(name)
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True when the CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated
-    and slower than fp32 (measured: 4x slower on an AVX512 Xeon without AVX512-BF16).
-
-    ``TINYLM_CPU_BF16=1`` or ``0`` overrides the detection (what `auto` picks), e.g. to try on one
-    machine what another kind of CPU would do.
-    """
-    forced = os.environ.get("TINYLM_CPU_BF16", "")
-    if forced in ("0", "1"):
-        return forced == "1"
-    if forced:
-        raise TinyLMError(f"TINYLM_CPU_BF16={forced!r}: use 1 (treat this CPU as having native bf16), "
-                          f"0 (as not having it), or unset it to detect")
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, p, lambda: False)() for p in probes)
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """auto -> bf16 where the hardware is fast at it, else fp32. fp16 needs CUDA."""
-    if name == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
-    if name == "fp16" and device.type != "cuda":
-        raise TinyLMError("--train.precision fp16 needs CUDA (it relies on a gradient scaler and fast "
-                          "fp16 kernels); on this device use bf16 or fp32")
-    return name
-
-
-def autocast_context(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-# --------------------------------------------------------------------------- distributed
-
-@dataclass
-class Dist:
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_name: str) -> Dist:
-    """Join the process group when launched by torchrun (RANK/WORLD_SIZE set), else single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and (device_name == "auto" or device_name.startswith("cuda"))
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    return Dist(rank, local_rank, world)
-
-
-def shutdown_distributed() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def _all_mean(x: torch.Tensor, d: Dist) -> torch.Tensor:
-    if d.world_size > 1:
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-        x /= d.world_size
-    return x
-
-
-# --------------------------------------------------------------------------- RNG state
-
-def rng_state() -> dict:
-    """Every random stream a training step can touch, as tensors and plain data (weights_only-safe)."""
-    np_state = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                       "has_gauss": int(np_state[3]), "gauss": float(np_state[4])}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+from .tracking import Tracker, build_tracker
 
 
 def build_model(cfg: Config, rank: int, device: torch.device) -> GPT:
@@ -159,9 +37,9 @@ def build_model(cfg: Config, rank: int, device: torch.device) -> GPT:
     (The batch loader has its own generator, the same in every process: they must agree on the
     global batch they share.)
     """
-    seed_everything(cfg.train.seed)
+    runtime.seed_everything(cfg.train.seed)
     model = GPT(cfg.model).to(device)
-    seed_everything(cfg.train.seed + rank)
+    runtime.seed_everything(cfg.train.seed + rank)
     return model
 
 
@@ -177,32 +55,6 @@ class TrainResult:
     tokens_seen: int
     train_seconds: float
     stopped_early: bool
-
-
-class _StopFlag:
-    """SIGINT / SIGTERM ask the loop to save and stop after the current step; a second
-    Ctrl-C interrupts at once."""
-
-    def __init__(self):
-        self.requested = False
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. called from a worker thread)
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def _check_prompt(tok, prompt: str, data_dir: str) -> None:
@@ -221,44 +73,6 @@ def _check_prompt(tok, prompt: str, data_dir: str) -> None:
                           f"which encodes any text")
 
 
-def _prepare_run_dir(cfg: Config, resume: bool, log) -> tuple[ckpt.RunLock, tuple[Path, dict] | None]:
-    """Create and lock the run folder; under ``--resume`` also load its newest readable checkpoint.
-
-    ``--resume`` on a run that died before its first checkpoint starts it again from step 0.
-    """
-    run_dir = cfg.run_dir
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        file = next((p for p in (run_dir, *run_dir.parents) if p.exists() and not p.is_dir()), run_dir)
-        raise TinyLMError(f"{file} is a file, not a folder; --run.dir {cfg.run.dir} --run.name {cfg.run.name} "
-                          f"must name a folder: choose another --run.dir") from None
-    except OSError as e:
-        raise write_failure(e, run_dir) from None
-    lock = ckpt.RunLock(run_dir)
-    try:
-        if not resume and any(p.name != ckpt.LOCK for p in run_dir.iterdir()):
-            raise TinyLMError(f"run folder {run_dir} already exists; pass --resume to continue it, "
-                              f"or choose another --run.name")
-        return lock, ckpt.load_latest(run_dir / "checkpoints", log) if resume else None
-    except BaseException:
-        lock.release()
-        raise
-
-
-def _wrap_distributed(model: torch.nn.Module, cfg: Config, d: Dist, device: torch.device) -> torch.nn.Module:
-    if d.world_size == 1:
-        return model
-    if cfg.train.fsdp:
-        from torch.distributed.fsdp import fully_shard
-        for block in model.blocks:  # shard block by block, then the rest (embeddings, head)
-            fully_shard(block)
-        fully_shard(model)
-        return model
-    return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[d.local_rank] if device.type == "cuda" else None)
-
-
 class Trainer:
     """One training run: set up from a config, then :meth:`run`.
 
@@ -270,60 +84,71 @@ class Trainer:
     clock = staticmethod(time.perf_counter)  # the loop's seconds (time budget, tokens/s, ETA); tests replace it
 
     def __init__(self, cfg: Config, *, resume: bool = False, log=print):
-        self._lock: ckpt.RunLock | None = None  # the run folder's, held by rank 0 until close()
-        # the folders this start creates (the run folder first): a refused start removes them again
-        self._new_dirs = list(itertools.takewhile(lambda p: not p.exists(), (cfg.run_dir, *cfg.run_dir.parents)))
+        self.folder = ckpt.RunFolder(cfg.run_dir)  # locked by rank 0 until close()
         try:
             self._setup(cfg, resume, log)
         except BaseException:
-            self.close()
-            self._remove_new_dirs()
+            self.folder.discard()
             raise
-
-    def _remove_new_dirs(self) -> None:
-        """Leave no trace of a start refused before training: its lock file, then each folder it
-        made, as long as nothing else was written there."""
-        try:
-            if self._new_dirs:
-                (self._new_dirs[0] / ckpt.LOCK).unlink(missing_ok=True)
-            for folder in self._new_dirs:
-                folder.rmdir()
-        except OSError:  # not empty (something else was written), or never made: keep the rest
-            pass
 
     def close(self) -> None:
         """Unlock the run folder (:meth:`run` does it when it ends; the OS does it if the process dies)."""
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        self.folder.close()
+
+    # ----------------------------------------------------------------- setup
 
     def _setup(self, cfg: Config, resume: bool, log) -> None:
-        self.cfg = cfg
-        self.d = d = init_distributed(cfg.train.device)
+        """Process, run folder, data, model, batches, then the checkpoint's state (in that order:
+        locking the run folder is quick and preparing data may not be; the model's vocab size comes
+        from the data; building the model seeds every random stream, resuming restores them)."""
+        self._setup_process(cfg, log)
+        resume_from = self._open_run_dir(resume)
+        self._setup_data()
+        self._setup_model()
+        self._setup_batches()
+        self.step, self.tokens_seen, self.best_val = 0, 0, math.inf
+        self.elapsed_before = 0.0  # training seconds of earlier sessions of this run (for the time budget)
+        if resume_from is not None:
+            path, parts = resume_from
+            self._load(path, parts if parts is not None else ckpt.load_parts(path))
+        if cfg.train.compile:
+            self.model = torch.compile(self.model)
+        self.tokens_per_step = cfg.train.batch_size * cfg.model.block_size
+        self.recent_losses: list[float] = []  # for loss-spike detection
+        self.skips_in_a_row = 0
+        self.tracker: Tracker | None = None
+
+    def _setup_process(self, cfg: Config, log) -> None:
+        """Join the process group, check the config against it, pick device and precision."""
+        self.cfg, self.run_dir = cfg, cfg.run_dir
+        self.d = d = runtime.init_distributed(cfg.train.device)
         validate(cfg, d.world_size)
         self.log = log if d.is_main else (lambda *a, **k: None)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
-        self.device = resolve_device(cfg.train.device, d.local_rank)
-        self.precision = resolve_precision(cfg.train.precision, self.device)
+        self.device = runtime.resolve_device(cfg.train.device, d.local_rank)
+        self.precision = runtime.resolve_precision(cfg.train.precision, self.device)
         self.time_budget = parse_duration(cfg.train.time_budget)
+        self.sharded = cfg.train.fsdp and d.world_size > 1  # FSDP: each process holds a shard of the weights
 
-        # the run folder before the data: locking it and loading a checkpoint are quick, preparing may not be
-        found = None  # (checkpoint, its loaded parts), found by rank 0
-        if d.is_main:
-            self._lock, found = _prepare_run_dir(cfg, resume, self.log)
-        resume_from = found[0] if found else None
-        if d.world_size > 1:
-            box = [str(resume_from) if resume_from else None]
-            dist.broadcast_object_list(box, src=0)
-            resume_from = Path(box[0]) if box[0] else None
-        self.run_dir = cfg.run_dir
+    def _open_run_dir(self, resume: bool) -> tuple[Path, dict[str, dict] | None] | None:
+        """Lock the run folder (rank 0); under ``--resume``, the checkpoint every process continues from.
 
-        # data first: the model's vocab size comes from it (rank 0 prepares, the others wait)
+        Returns (checkpoint, its parts as rank 0 loaded them; None in the other processes), or None
+        to start at step 0.
+        """
+        found = self.folder.open(self.cfg, resume, self.log) if self.d.is_main else None
+        path = runtime.broadcast_from_main(str(found[0]) if found else None, self.d)
+        if path is None:
+            return None
+        return Path(path), found[1] if found else None
+
+    def _setup_data(self) -> None:
+        """Prepare the data (rank 0; the others wait, then read it); the model's vocab size comes from it."""
+        cfg, d = self.cfg, self.d
         if d.is_main:
             self.meta = ensure_prepared(cfg.data, run_dir=cfg.run_dir, progress=cfg.run.progress, log=self.log)
-        if d.world_size > 1:
-            dist.barrier()
+        runtime.barrier(d)
         if not d.is_main:
             self.meta = ensure_prepared(cfg.data, run_dir=cfg.run_dir, progress=False, log=self.log)
         if cfg.model.vocab_size == 0:
@@ -336,12 +161,19 @@ class Trainer:
         self.tokenizer_bytes = (Path(cfg.data.dir) / self.meta["tokenizer_file"]).read_bytes()
         _check_prompt(self.tok, cfg.sample.prompt, cfg.data.dir)  # else the first evaluation fails, and each resume
 
-        self.raw_model = build_model(cfg, d.rank, self.device)
+    def _setup_model(self) -> None:
+        """The model (wrapped for DDP/FSDP), its optimizer, and the fp16 gradient scaler."""
+        cfg = self.cfg
+        self.raw_model = build_model(cfg, self.d.rank, self.device)
         self.raw_model.activation_checkpointing = cfg.train.activation_checkpointing
-        self.model = _wrap_distributed(self.raw_model, cfg, d, self.device)
+        self.model = runtime.wrap_distributed(self.raw_model, self.d, self.device, fsdp=cfg.train.fsdp)
         self.optimizer = build_optimizer(self.raw_model, cfg.optim, self.device.type,
                                          torch.bfloat16 if self.precision == "bf16" else torch.float32)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+    def _setup_batches(self) -> None:
+        """This process's training batches (micro-batch x accumulation) and its share of the validation set."""
+        cfg, d = self.cfg, self.d
         self.micro = micro_batch_size(cfg, d.world_size)
         self.accum = grad_accum_steps(cfg, d.world_size)
         windows = TokenWindows(cfg.data.dir, "train", cfg.model.block_size)
@@ -349,67 +181,47 @@ class Trainer:
                                   rank=d.rank, world_size=d.world_size, device=self.device)
         self.val_set = list(eval_batches(TokenWindows(cfg.data.dir, "val", cfg.model.block_size), self.micro,
                                          cfg.train.eval_batches, rank=d.rank, world_size=d.world_size))
-        self.step, self.tokens_seen, self.best_val = 0, 0, math.inf
-        self.elapsed_before = 0.0  # training seconds of earlier sessions of this run (for the time budget)
-        if resume_from is not None:
-            self._load(resume_from, found[1] if found else ckpt.load_parts(resume_from))
-        if cfg.train.compile:
-            self.model = torch.compile(self.model)
-        self.tokens_per_step = cfg.train.batch_size * cfg.model.block_size
-        self.recent_losses: list[float] = []  # for loss-spike detection
-        self.skips_in_a_row = 0
-        self.tracker: Tracker | None = None
 
     # ----------------------------------------------------------------- state
 
     def _load(self, path: Path, parts: dict[str, dict]) -> None:
         """Continue from checkpoint ``path``; ``parts`` are its loaded model, optimizer and trainer states."""
         ckpt.check_compatible(ckpt.checkpoint_config(path), self.cfg, path)
-        state, model_state, optim_state = parts["trainer"], parts["model"], parts["optimizer"]
+        state = parts["trainer"]
         if state["world_size"] != self.d.world_size:
             raise TinyLMError(f"checkpoint {path} was written by {state['world_size']} process(es), this run has "
                               f"{self.d.world_size}; resume with the same --nproc_per_node")
-        # loading replaces each group's settings with the saved ones; the config is the source of
-        # truth for hyperparameters (peak LRs, decay, betas), the checkpoint for the optimizer's state
-        settings = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
-        if self.cfg.train.fsdp and self.d.world_size > 1:  # full (unsharded) states -> this rank's shards
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                                 set_optimizer_state_dict)
-            opts = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(self.raw_model, model_state, options=opts)
-            set_optimizer_state_dict(self.raw_model, self.optimizer, optim_state, options=opts)
-        else:
-            ckpt.load_state(self.raw_model, model_state, path, "model")
-            ckpt.load_state(self.optimizer, optim_state, path, "optimizer")
-        for group, own in zip(self.optimizer.param_groups, settings):
-            group.update(own)
+        self._load_weights(path, parts["model"], parts["optimizer"])
         self.loader.load_state_dict(state["loader"])
         self.scaler.load_state_dict(state["scaler"])
         rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]] * self.d.world_size  # older: one
-        set_rng_state(rngs[self.d.rank])
+        runtime.set_rng_state(rngs[self.d.rank])
         self.step, self.tokens_seen, self.best_val = state["step"], state["tokens_seen"], state["best_val_loss"]
         self.elapsed_before = state["elapsed_s"]
         self.log(f"resumed from {path} at step {self.step}")
 
-    def _full_states(self) -> tuple[dict, dict]:
-        """Model and optimizer state dicts, unsharded (every process must call this under FSDP)."""
-        if self.cfg.train.fsdp and self.d.world_size > 1:
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                                 get_optimizer_state_dict)
-            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            return (get_model_state_dict(self.raw_model, options=opts),
-                    get_optimizer_state_dict(self.raw_model, self.optimizer, options=opts))
-        return self.raw_model.state_dict(), self.optimizer.state_dict()
+    def _load_weights(self, path: Path, model_state: dict, optim_state: dict) -> None:
+        """Model and optimizer state from a checkpoint; each group's hyperparameters from the config.
+
+        Loading replaces each group's settings with the saved ones; the config is the source of truth
+        for hyperparameters (peak LRs, decay, betas), the checkpoint for the optimizer's state.
+        """
+        settings = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        if self.sharded:
+            runtime.load_full_state_dicts(self.raw_model, self.optimizer, model_state, optim_state)
+        else:
+            ckpt.load_state(self.raw_model, model_state, path, "model")
+            ckpt.load_state(self.optimizer, optim_state, path, "optimizer")
+        for group, own in zip(self.optimizer.param_groups, settings, strict=True):
+            group.update(own)
 
     def save(self, elapsed: float) -> Path | None:
         """Checkpoint the current step (rank 0 writes). Written before evaluation, which could fail."""
-        return self._write_checkpoint(*self._full_states(), elapsed)
+        states = runtime.full_state_dicts(self.raw_model, self.optimizer, sharded=self.sharded)
+        return self._write_checkpoint(*states, elapsed)
 
     def _write_checkpoint(self, model_state: dict, optim_state: dict, elapsed: float) -> Path | None:
-        rng = [rng_state()]  # every process's streams (each draws its own dropout masks), gathered to rank 0
-        if self.d.world_size > 1:
-            mine, rng = rng[0], [None] * self.d.world_size if self.d.is_main else None
-            dist.gather_object(mine, rng, dst=0)
+        rng = runtime.gather_to_main(runtime.rng_state(), self.d)  # each process's: each draws its own dropout
         if not self.d.is_main:
             return None
         trainer_state = {"step": self.step, "tokens_seen": self.tokens_seen, "best_val_loss": self.best_val,
@@ -429,12 +241,12 @@ class Trainer:
         model = self.model
         model.eval()
         total = torch.zeros((), device=self.device)
-        with torch.no_grad(), autocast_context(self.precision, self.device):
+        with torch.no_grad(), runtime.autocast_context(self.precision, self.device):
             for x, y in self.val_set:
                 _, loss = model(x.to(self.device), y.to(self.device))
                 total += loss.float()
         model.train()
-        return float(_all_mean(total / max(len(self.val_set), 1), self.d))
+        return float(runtime.all_mean(total / max(len(self.val_set), 1), self.d))
 
     def train_step(self, lr_scale: float) -> dict:
         """One optimizer step at ``lr_scale`` x each group's peak LR: accumulate gradients, clip, update (or skip).
@@ -442,6 +254,20 @@ class Trainer:
         Returns the step's stats; ``loss`` and ``grad_norm`` are tensors (read them only when logging).
         """
         set_schedule(self.optimizer, lr_scale, momentum_at(self.step, self.cfg.optim))
+        loss_sum, last_batch, data_s, compute_s = self._accumulate_gradients()
+        t1 = self.clock()
+        grad_norm, skipped = self._clip_and_update(loss_sum, last_batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens_seen += self.tokens_per_step
+        return {"loss": loss_sum, "grad_norm": grad_norm, "skipped": skipped, "data_s": data_s,
+                "compute_s": compute_s + self.clock() - t1}
+
+    def _accumulate_gradients(self) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], float, float]:
+        """Forward and backward over ``accum`` micro-batches.
+
+        Returns (summed loss, the last batch, data-loading seconds, compute seconds).
+        """
         loss_sum = torch.zeros((), device=self.device)
         data_s = compute_s = 0.0
         for micro_step in range(self.accum):
@@ -453,13 +279,18 @@ class Trainer:
             # DDP: all-reduce gradients only once, on the last micro-step
             no_sync = getattr(self.model, "no_sync", None)
             with contextlib.nullcontext() if last or no_sync is None else no_sync():
-                with autocast_context(self.precision, self.device):
+                with runtime.autocast_context(self.precision, self.device):
                     _, loss = self.model(x, y)
                 loss = loss / self.accum  # .backward() sums gradients over micro-steps: average them
                 self.scaler.scale(loss).backward()
             loss_sum += loss.detach()
             compute_s += self.clock() - t1
-        t1 = self.clock()
+        return loss_sum, (x, y), data_s, compute_s
+
+    def _clip_and_update(self, loss_sum: torch.Tensor,
+                         batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, bool]:
+        """Clip the gradients and take the optimizer step, unless the loss or a gradient is not finite
+        (then halt or skip, as ``--train.nonfinite`` says). Returns (gradient norm, skipped)."""
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip)
@@ -467,21 +298,20 @@ class Trainer:
             grad_norm = grad_norm.full_tensor()
         finite = torch.isfinite(grad_norm) & torch.isfinite(loss_sum)
         if self.d.world_size > 1:  # every process must take the same decision
-            finite = _all_mean(finite.float(), self.d) == 1.0
+            finite = runtime.all_mean(finite.float(), self.d) == 1.0
         skipped = not bool(finite) and self.precision != "fp16"  # fp16: the GradScaler skips by itself
         if skipped:
-            self._on_nonfinite(x, y, loss_sum, grad_norm)
+            self._on_nonfinite(batch, loss_sum, grad_norm)
         else:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.skips_in_a_row = 0
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        self.tokens_seen += self.tokens_per_step
-        return {"loss": loss_sum, "grad_norm": grad_norm, "skipped": skipped, "data_s": data_s,
-                "compute_s": compute_s + self.clock() - t1}
+        return grad_norm, skipped
 
-    def _on_nonfinite(self, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+    def _on_nonfinite(self, batch: tuple[torch.Tensor, torch.Tensor], loss: torch.Tensor,
+                      grad_norm: torch.Tensor) -> None:
+        """Halt, leaving the batch and a report (which gradients went bad first); or count the skip,
+        and halt after ``--train.max_skips`` in a row."""
         step = self.step + 1
         if self.cfg.train.nonfinite == "halt":
             bad = [n for n, p in self.raw_model.named_parameters()
@@ -489,7 +319,7 @@ class Trainer:
             bundle = self.run_dir / f"nonfinite_step_{step:06d}"
             if self.d.is_main:
                 bundle.mkdir(parents=True, exist_ok=True)
-                torch.save({"x": x.cpu(), "y": y.cpu()}, bundle / "batch.pt")
+                torch.save({"x": batch[0].cpu(), "y": batch[1].cpu()}, bundle / "batch.pt")
                 write_text_atomic(bundle / "report.json", json.dumps(
                     {"step": step, "loss": float(loss), "grad_norm": float(grad_norm),
                      "nonfinite_grads_in_order": bad, "config": self.cfg.to_dict()}, indent=2))
@@ -516,42 +346,34 @@ class Trainer:
             if loss > k * median:
                 self.tracker_event(self.step, "loss_spike", f"loss spike {loss:.4f} > {k} x running median "
                                                             f"{median:.4f}", loss=loss, median=median)
-        self.recent_losses = (self.recent_losses + [loss])[-50:]
+        self.recent_losses = [*self.recent_losses, loss][-50:]
 
-    # ----------------------------------------------------------------- the run
-
-    def _make_tracker(self) -> Tracker | None:
-        if not self.d.is_main:
-            return None
-        cfg = self.cfg
-        sinks = [JSONLSink(self.run_dir / METRICS_FILE),
-                 ConsoleSink(cfg.train.max_steps, self.step, cfg.run.progress,
-                             plain_every=0 if cfg.train.eval_interval else 10 * cfg.train.log_interval)]
-        if cfg.run.tensorboard:
-            sinks.append(TensorBoardSink(self.run_dir / "tb"))
-        if cfg.run.wandb:
-            sinks.append(WandbSink(cfg.run.wandb_project, cfg.run.name, cfg.to_dict(), self.run_dir))
-        return Tracker(sinks)
+    # ----------------------------------------------------------------- evaluation points and logging
 
     def _eval_point(self, elapsed: float) -> float:
         """Save, evaluate, mark the best checkpoint, write a sample."""
-        model_state, optim_state = self._full_states()
+        model_state, optim_state = runtime.full_state_dicts(self.raw_model, self.optimizer, sharded=self.sharded)
         saved = self._write_checkpoint(model_state, optim_state, elapsed)
         val_loss = self.evaluate()
         self.best_val = min(self.best_val, val_loss)
         if self.d.is_main:
             ckpt.record_eval(saved, val_loss, is_best=val_loss <= self.best_val, keep_last=self.cfg.train.keep_last)
             self.tracker.log({"step": self.step, "val_loss": val_loss, "tokens_seen": self.tokens_seen})
-            sampler = self.raw_model
-            if self.cfg.train.fsdp and self.d.world_size > 1:  # sharded weights: sample from a full copy
-                sampler = GPT(self.cfg.model).to(self.device)
-                sampler.load_state_dict(model_state)
-            text = sample_text(sampler, self.tok, self.cfg.sample, seed=self.cfg.train.seed)  # as `tinylm sample` does
-            with open(self.run_dir / "samples.md", "a", encoding="utf-8") as f:
-                f.write(f"## step {self.step} (val loss {val_loss:.4f})\n\n```\n{text}\n```\n\n")
+            self._write_sample(model_state, val_loss)
         return val_loss
 
+    def _write_sample(self, model_state: dict, val_loss: float) -> None:
+        """Append to samples.md what `tinylm sample` would give from this step's checkpoint."""
+        sampler = self.raw_model
+        if self.sharded:  # sharded weights: sample from a full copy
+            sampler = GPT(self.cfg.model).to(self.device)
+            sampler.load_state_dict(model_state)
+        text = sample_text(sampler, self.tok, self.cfg.sample, seed=self.cfg.train.seed)
+        with open(self.run_dir / "samples.md", "a", encoding="utf-8") as f:
+            f.write(f"## step {self.step} (val loss {val_loss:.4f})\n\n```\n{text}\n```\n\n")
+
     def _describe(self) -> None:
+        """Write config.toml; log the model, the setup and (at step 0) the initial loss."""
         m, cfg = self.raw_model, self.cfg
         if self.d.is_main:
             try:
@@ -564,9 +386,37 @@ class Trainer:
                  f"micro-batch {self.micro} x {self.accum} accumulation")
         if self.step == 0:
             x, y = self.val_set[0]
-            with torch.no_grad(), autocast_context(self.precision, self.device):
-                init_loss = float(_all_mean(m(x.to(self.device), y.to(self.device))[1].float(), self.d))
+            with torch.no_grad(), runtime.autocast_context(self.precision, self.device):
+                init_loss = float(runtime.all_mean(m(x.to(self.device), y.to(self.device))[1].float(), self.d))
             self.log(f"initial loss {init_loss:.4f} (ln(vocab) = {math.log(cfg.model.vocab_size):.4f})")
+
+    def _log_step(self, stats: dict, scale: float) -> None:
+        """The loss averaged over processes; rank 0 logs it with the window's throughput. Starts a new window."""
+        self.train_loss = float(runtime.all_mean(stats["loss"].clone(), self.d))
+        if self.tracker is not None:
+            speed = self.window.record(self.tokens_per_step, self.raw_model.flops_per_token(), self.peak,
+                                       self.d.world_size)
+            self.tracker.log({"step": self.step, "loss": self.train_loss, "lr": scale * self.cfg.optim.lr,
+                              "grad_norm": float(stats["grad_norm"]), **speed,
+                              "peak_mem_mb": peak_memory_mb(self.device), "tokens_seen": self.tokens_seen,
+                              "elapsed_s": self._elapsed(), "eta_s": self._eta()})
+            if speed["data_ms"] > 0.1 * speed["compute_ms"]:
+                self.tracker_event(self.step, "slow_data", f"data loading takes {speed['data_ms']:.1f} ms per step, "
+                                   f"over 10% of compute ({speed['compute_ms']:.1f} ms)")
+        self.window.restart()
+
+    def _elapsed(self) -> float:
+        """Training seconds of this run, earlier sessions included."""
+        return self.elapsed_before + self.clock() - self.t_start
+
+    def _eta(self) -> float:
+        """Seconds left at the window's pace, or to the end of the time budget when that comes first."""
+        remaining = self.window.eta(self.cfg.train.max_steps - self.step)
+        if self.time_budget:
+            remaining = min(remaining, self.time_budget - self._elapsed())
+        return max(remaining, 0.0)
+
+    # ----------------------------------------------------------------- the run
 
     def run(self) -> TrainResult:
         """Train to the end, then unlock the run folder."""
@@ -587,78 +437,69 @@ class Trainer:
                            self.elapsed_before, False)
 
     def _run(self) -> TrainResult:
-        cfg, d = self.cfg, self.d
+        """Describe, train until done, evaluate (and save) a last time, report."""
         self._describe()
-        peak = peak_flops(self.device, self.precision)
-        flops_per_token = self.raw_model.flops_per_token()
-        self.tracker = self._make_tracker()
-        stats: dict = {}
-        val_loss, loss_val, stopped = math.nan, math.nan, False
-        save_every = cfg.train.save_interval or cfg.train.eval_interval
-        t_start = self.clock()
-        window = ThroughputWindow(self.clock)
-
-        def elapsed() -> float:
-            return self.elapsed_before + self.clock() - t_start
-
-        with _StopFlag() as stop:
+        self.peak = peak_flops(self.device, self.precision)  # for MFU; None when unknown
+        self.tracker = build_tracker(self.cfg, self.run_dir, self.step) if self.d.is_main else None
+        self.train_loss = math.nan  # the last logged one
+        self.t_start = self.clock()
+        self.window = ThroughputWindow(self.clock)
+        with runtime.StopSignal() as stop:
             try:
-                while self.step < cfg.train.max_steps:
-                    time_frac = elapsed() / self.time_budget if self.time_budget else None
-                    if time_frac is not None and time_frac >= 1.0:
-                        self.log(f"\ntime budget {cfg.train.time_budget} reached at step {self.step}")
-                        break
-                    scale = lr_scale(self.step, cfg.optim, cfg.train.max_steps, time_frac)
-                    first = self.step == 0 and cfg.train.compile
-                    stats = self.train_step(scale)
-                    if first:  # the first compiled step includes compilation: report it apart
-                        self.tracker_event(self.step, "compiled", f"first step incl. torch.compile: "
-                                           f"{stats['compute_s']:.1f}s", compile_s=stats["compute_s"])
-                        window.restart()
-                    else:
-                        window.add(stats["data_s"], stats["compute_s"])
-                    loss_now = float(stats["loss"])
-                    if not stats["skipped"]:
-                        self._check_spike(loss_now)
-                    if self.step % cfg.train.log_interval == 0 or self.step == cfg.train.max_steps:
-                        loss_val = float(_all_mean(stats["loss"].clone(), d))
-                        seconds, n = max(window.seconds, 1e-9), max(window.steps, 1)
-                        tps = window.steps * self.tokens_per_step / seconds  # global: tokens of every process
-                        data_ms, compute_ms = 1000 * window.data_s / n, 1000 * window.compute_s / n
-                        if self.tracker is not None:
-                            remaining = (cfg.train.max_steps - self.step) * seconds / n
-                            if self.time_budget:
-                                remaining = min(remaining, self.time_budget - elapsed())
-                            self.tracker.log({
-                                "step": self.step, "loss": loss_val, "lr": scale * cfg.optim.lr, "grad_norm": float(stats["grad_norm"]),
-                                "tokens_per_s": tps, "data_ms": data_ms, "compute_ms": compute_ms,
-                                "mfu": mfu(tps, flops_per_token, peak, d.world_size),
-                                "peak_mem_mb": peak_memory_mb(self.device), "tokens_seen": self.tokens_seen,
-                                "elapsed_s": elapsed(), "eta_s": max(remaining, 0.0)})
-                            if data_ms > 0.1 * compute_ms:
-                                self.tracker_event(self.step, "slow_data", f"data loading takes {data_ms:.1f} ms "
-                                                   f"per step, over 10% of compute ({compute_ms:.1f} ms)")
-                        window.restart()
-                    if self.step < cfg.train.max_steps:
-                        with window.paused():  # evaluation and saving are not training throughput
-                            if cfg.train.eval_interval and self.step % cfg.train.eval_interval == 0:
-                                val_loss = self._eval_point(elapsed())
-                            elif save_every and self.step % save_every == 0:
-                                self.save(elapsed())
-                    if stop.requested:
-                        stopped = True
-                        break
-                train_seconds = elapsed()
+                stopped = self._train_until_done(stop)
+                train_seconds = self._elapsed()
                 val_loss = self._eval_point(train_seconds)
                 if stopped:
                     self.log(f"\nstopped by signal at step {self.step}; checkpoint saved, continue with --resume")
             finally:
                 if self.tracker is not None:
                     self.tracker.close()
-        self.log(f"done: step {self.step}, train loss {loss_val:.4f}, val loss {val_loss:.4f} (best "
+        self.log(f"done: step {self.step}, train loss {self.train_loss:.4f}, val loss {val_loss:.4f} (best "
                  f"{self.best_val:.4f}), {self.tokens_seen:,} tokens, {train_seconds:.0f}s; run folder {self.run_dir}")
-        return TrainResult(self.run_dir, self.step, loss_val, val_loss, self.best_val, self.tokens_seen,
+        return TrainResult(self.run_dir, self.step, self.train_loss, val_loss, self.best_val, self.tokens_seen,
                            train_seconds, stopped)
+
+    def _train_until_done(self, stop: runtime.StopSignal) -> bool:
+        """Steps until ``max_steps`` or the time budget; True when a signal stopped it first."""
+        tc = self.cfg.train
+        while self.step < tc.max_steps:
+            time_frac = self._elapsed() / self.time_budget if self.time_budget else None
+            if time_frac is not None and time_frac >= 1.0:
+                self.log(f"\ntime budget {tc.time_budget} reached at step {self.step}")
+                return False
+            scale = lr_scale(self.step, self.cfg.optim, tc.max_steps, time_frac)
+            stats = self._timed_step(scale)
+            if self.step % tc.log_interval == 0 or self.step == tc.max_steps:
+                self._log_step(stats, scale)
+            if self.step < tc.max_steps:
+                with self.window.paused():  # evaluation and saving are not training throughput
+                    self._eval_or_save()
+            if stop.requested:
+                return True
+        return False
+
+    def _timed_step(self, scale: float) -> dict:
+        """:meth:`train_step`, counted in the throughput window and watched for loss spikes."""
+        first_compiled = self.step == 0 and self.cfg.train.compile
+        stats = self.train_step(scale)
+        if first_compiled:  # the first compiled step includes compilation: report it apart
+            self.tracker_event(self.step, "compiled", f"first step incl. torch.compile: {stats['compute_s']:.1f}s",
+                               compile_s=stats["compute_s"])
+            self.window.restart()
+        else:
+            self.window.add(stats["data_s"], stats["compute_s"])
+        if not stats["skipped"]:
+            self._check_spike(float(stats["loss"]))
+        return stats
+
+    def _eval_or_save(self) -> None:
+        """At an eval interval: save, then evaluate; at a save interval (default: the eval interval): save."""
+        tc = self.cfg.train
+        save_every = tc.save_interval or tc.eval_interval
+        if tc.eval_interval and self.step % tc.eval_interval == 0:
+            self._eval_point(self._elapsed())
+        elif save_every and self.step % save_every == 0:
+            self.save(self._elapsed())
 
 
 def train(cfg: Config, *, resume: bool = False, log=print) -> TrainResult:

@@ -1,0 +1,225 @@
+"""Where a process runs: its device, precision, place in a distributed job, random streams and stop signals.
+
+The training loop (``train.py``), the LR finder and inference loading ask this module which device
+and precision to use; under ``torchrun`` it joins the process group (gloo on CPU, nccl on GPU) and
+does the few collective operations the loop needs. Nothing here runs at import time.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .errors import TinyLMError
+
+# --------------------------------------------------------------------------- device and precision
+
+
+def resolve_device(name: str, local_rank: int = 0, flag: str = "--train.device") -> torch.device:
+    """auto -> this process's CUDA device, else MPS, else the CPU; ``flag`` is the option named in errors."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TinyLMError(f"{flag} {name}: no CUDA device is available; use {flag} cpu")
+    return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated
+    and slower than fp32 (measured: 4x slower on an AVX512 Xeon without AVX512-BF16).
+
+    ``TINYLM_CPU_BF16=1`` or ``0`` overrides the detection (what `auto` picks), e.g. to try on one
+    machine what another kind of CPU would do.
+    """
+    forced = os.environ.get("TINYLM_CPU_BF16", "")
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced:
+        raise TinyLMError(f"TINYLM_CPU_BF16={forced!r}: use 1 (treat this CPU as having native bf16), "
+                          f"0 (as not having it), or unset it to detect")
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, p, lambda: False)() for p in probes)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """auto -> bf16 where the hardware is fast at it, else fp32. fp16 needs CUDA."""
+    if name == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise TinyLMError("--train.precision fp16 needs CUDA (it relies on a gradient scaler and fast "
+                          "fp16 kernels); on this device use bf16 or fp32")
+    return name
+
+
+def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision for the forward pass: weights stay fp32, matmuls run in ``precision``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- distributed
+
+@dataclass
+class Dist:
+    """This process's place in the job: one process is ``Dist()`` (rank 0 of 1)."""
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> Dist:
+    """Join the process group when launched by torchrun (RANK/WORLD_SIZE set), else single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and (device_name == "auto" or device_name.startswith("cuda"))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    return Dist(rank, local_rank, world)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_mean(x: torch.Tensor, d: Dist) -> torch.Tensor:
+    """``x`` averaged over every process, in place (every process must call it)."""
+    if d.world_size > 1:
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        x /= d.world_size
+    return x
+
+
+def barrier(d: Dist) -> None:
+    """Wait until every process gets here (e.g. until rank 0 has prepared the data)."""
+    if d.world_size > 1:
+        dist.barrier()
+
+
+def broadcast_from_main(obj: Any, d: Dist) -> Any:
+    """Rank 0's ``obj`` (picklable), in every process."""
+    if d.world_size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_to_main(obj: Any, d: Dist) -> list | None:
+    """Every process's ``obj``, in rank order, on rank 0; None in the other processes."""
+    if d.world_size == 1:
+        return [obj]
+    gathered = [None] * d.world_size if d.is_main else None
+    dist.gather_object(obj, gathered, dst=0)
+    return gathered
+
+
+def wrap_distributed(model: torch.nn.Module, d: Dist, device: torch.device, *, fsdp: bool) -> torch.nn.Module:
+    """DDP (gradients all-reduced) or FSDP2 (parameters sharded) around ``model``; itself in one process."""
+    if d.world_size == 1:
+        return model
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+        for block in model.blocks:  # shard block by block, then the rest (embeddings, head)
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[d.local_rank] if device.type == "cuda" else None)
+
+
+def full_state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
+                     sharded: bool) -> tuple[dict, dict]:
+    """Model and optimizer state dicts, unsharded: under FSDP (``sharded``) every process must call this."""
+    if not sharded:
+        return model.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
+
+
+def load_full_state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_state: dict,
+                          optim_state: dict) -> None:
+    """Full (unsharded) states, as :func:`full_state_dicts` gives them -> this process's FSDP shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+    opts = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, model_state, options=opts)
+    set_optimizer_state_dict(model, optimizer, optim_state, options=opts)
+
+
+# --------------------------------------------------------------------------- stop signals
+
+class StopSignal:
+    """While entered, SIGINT / SIGTERM ask the loop to save and stop after the current step
+    (``requested`` becomes True); a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self) -> StopSignal:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread (e.g. called from a worker thread)
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+# --------------------------------------------------------------------------- RNG state
+
+def rng_state() -> dict:
+    """Every random stream a training step can touch, as tensors and plain data (weights_only-safe)."""
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                       "has_gauss": int(np_state[3]), "gauss": float(np_state[4])}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Put back every stream :func:`rng_state` saved."""
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
