@@ -45,8 +45,10 @@ def cmd_train(args, extra) -> int:
     cfg = _config_from(args, extra)
     try:
         result = train(cfg, resume=args.resume)
-    finally:
+    except BaseException:
         shutdown_distributed()
+        raise
+    shutdown_distributed(finished=True)
     return 130 if result.stopped_early else 0
 
 

@@ -100,8 +100,14 @@ def init_distributed(device_name: str) -> Dist:
     return Dist(rank, local_rank, world)
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(*, finished: bool = False) -> None:
+    """Leave the process group. After a run that ``finished`` on every process, first wait for all
+    of them: a process that tears down its gloo threads while its last message to another is still
+    in flight is aborted by C++ ("terminate called without an active exception", seen under load).
+    After an error there is no waiting: the others may never arrive."""
     if dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
