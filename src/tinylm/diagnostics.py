@@ -1,6 +1,7 @@
 """Diagnostics that check the training machinery itself, e.g. crash safety under SIGKILL."""
 from __future__ import annotations
 
+import json
 import random
 import signal
 import subprocess
@@ -10,10 +11,30 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from . import checkpoint as ckpt
 from .config import Config, to_toml
 from .errors import TinyLMError
+from .fileio import write_text_atomic
 from .tracking import METRICS_FILE, read_metrics
+
+
+def nonfinite_report(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], step: int,
+                     loss: torch.Tensor, grad_norm: torch.Tensor, cfg: Config, bundle: Path | None) -> list[str]:
+    """The parameters whose gradients went non-finite, in model order (the first is where to look).
+
+    With ``bundle`` (the main process), also leave there what reproduces the step: the batch
+    (``batch.pt``) and ``report.json`` (step, loss, grad norm, those parameters, the config).
+    """
+    bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    if bundle is not None:
+        bundle.mkdir(parents=True, exist_ok=True)
+        torch.save({"x": batch[0].cpu(), "y": batch[1].cpu()}, bundle / "batch.pt")
+        write_text_atomic(bundle / "report.json", json.dumps(
+            {"step": step, "loss": float(loss), "grad_norm": float(grad_norm), "nonfinite_grads_in_order": bad,
+             "config": cfg.to_dict()}, indent=2))
+    return bad
 
 
 def logged_losses(run_dir: Path, key: str = "loss") -> dict[int, float]:

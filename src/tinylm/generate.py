@@ -376,6 +376,23 @@ def encode_prompt(tok: Tokenizer, prompt: str) -> list[int]:
     return [tok.eot_id if tok.eot_id is not None else 0]
 
 
+def check_prompt(tok: Tokenizer, prompt: str, data_dir: str) -> None:
+    """Refuse a ``--sample.prompt`` the tokenizer cannot encode, naming the characters it lacks
+    (checked before training: else the first evaluation fails, and again at every resume)."""
+    def encodes(text: str) -> bool:
+        try:
+            tok.encode(text)
+            return True
+        except TinyLMError:
+            return False
+
+    if not encodes(prompt):
+        missing = [c for c in dict.fromkeys(prompt) if not encodes(c)]
+        raise TinyLMError(f"--sample.prompt {prompt!r} has characters {missing!r} that the tokenizer of {data_dir} "
+                          f"cannot encode; leave them out of --sample.prompt, or use --data.tokenizer bpe, "
+                          f"which encodes any text")
+
+
 def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
     """The text before the first stop string: ``cut_at_stop("to be\\n\\nor", ["\\n\\n"]) -> "to be"``."""
     cuts = [text.find(s) for s in stop_strings if s and s in text]

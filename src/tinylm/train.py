@@ -9,7 +9,6 @@ precision and process group a run gets, and its random streams, are :mod:`tinylm
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -22,9 +21,10 @@ from . import runtime
 from .accounting import ThroughputWindow, peak_flops, peak_memory_mb
 from .config import Config, grad_accum_steps, micro_batch_size, parse_duration, to_toml, validate
 from .data import BatchLoader, TokenWindows, ensure_prepared, eval_batches, load_data_tokenizer
+from .diagnostics import nonfinite_report
 from .errors import TinyLMError
 from .fileio import write_failure, write_text_atomic
-from .generate import sample_text
+from .generate import check_prompt, sample_text
 from .model import GPT
 from .optim import build_optimizer, lr_scale, momentum_at, set_schedule
 from .tracking import Tracker, build_tracker
@@ -55,22 +55,6 @@ class TrainResult:
     tokens_seen: int
     train_seconds: float
     stopped_early: bool
-
-
-def _check_prompt(tok, prompt: str, data_dir: str) -> None:
-    """Refuse a sample prompt the tokenizer cannot encode, naming the characters it lacks."""
-    def encodes(text: str) -> bool:
-        try:
-            tok.encode(text)
-            return True
-        except TinyLMError:
-            return False
-
-    if not encodes(prompt):
-        missing = [c for c in dict.fromkeys(prompt) if not encodes(c)]
-        raise TinyLMError(f"--sample.prompt {prompt!r} has characters {missing!r} that the tokenizer of {data_dir} "
-                          f"cannot encode; leave them out of --sample.prompt, or use --data.tokenizer bpe, "
-                          f"which encodes any text")
 
 
 class Trainer:
@@ -159,7 +143,7 @@ class Trainer:
         self.tok = load_data_tokenizer(cfg.data.dir)
         # every checkpoint keeps this copy: the data folder may be prepared again with another tokenizer
         self.tokenizer_bytes = (Path(cfg.data.dir) / self.meta["tokenizer_file"]).read_bytes()
-        _check_prompt(self.tok, cfg.sample.prompt, cfg.data.dir)  # else the first evaluation fails, and each resume
+        check_prompt(self.tok, cfg.sample.prompt, cfg.data.dir)  # else the first evaluation fails, and each resume
 
     def _setup_model(self) -> None:
         """The model (wrapped for DDP/FSDP), its optimizer, and the fp16 gradient scaler."""
@@ -314,15 +298,9 @@ class Trainer:
         and halt after ``--train.max_skips`` in a row."""
         step = self.step + 1
         if self.cfg.train.nonfinite == "halt":
-            bad = [n for n, p in self.raw_model.named_parameters()
-                   if p.grad is not None and not torch.isfinite(p.grad).all()]
             bundle = self.run_dir / f"nonfinite_step_{step:06d}"
-            if self.d.is_main:
-                bundle.mkdir(parents=True, exist_ok=True)
-                torch.save({"x": batch[0].cpu(), "y": batch[1].cpu()}, bundle / "batch.pt")
-                write_text_atomic(bundle / "report.json", json.dumps(
-                    {"step": step, "loss": float(loss), "grad_norm": float(grad_norm),
-                     "nonfinite_grads_in_order": bad, "config": self.cfg.to_dict()}, indent=2))
+            bad = nonfinite_report(self.raw_model, batch, step, loss, grad_norm, self.cfg,
+                                   bundle if self.d.is_main else None)
             raise TinyLMError(f"non-finite loss/gradient at step {step} (loss {float(loss)}, grad norm "
                               f"{float(grad_norm)}); first parameters with non-finite gradients: {bad[:5]}; "
                               f"batch and report saved in {bundle}. Lower --optim.lr, check the data, or use "
