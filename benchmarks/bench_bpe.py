@@ -26,12 +26,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from common import SHARED, Meter, machine, machine_line, time_call
+
 from tinylm.corpora import iter_chunks
 from tinylm.tokenizer.bpe import BPETokenizer
 from tinylm.tokenizer.bpe_train import merge_incremental, merge_naive
 from tinylm.tokenizer.pretokenize import count_pretokens
-
-from common import SHARED, Meter, machine, machine_line, time_call
 
 DATA = Path(os.environ.get("TINYLM_SHARED_DATA", SHARED / "data"))
 EOT = "<|endoftext|>"

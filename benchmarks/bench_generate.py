@@ -55,14 +55,13 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from common import machine, machine_line, time_call, wait_for_quiet
 
 from tinylm.checkpoint import load_for_inference
 from tinylm.config import ModelConfig, SampleConfig
 from tinylm.decode_report import validation_prompts
 from tinylm.generate import generate
 from tinylm.model import GPT
-
-from common import machine, machine_line, time_call, wait_for_quiet
 
 
 @dataclass

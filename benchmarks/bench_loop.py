@@ -31,13 +31,13 @@ import sys
 from functools import partial
 from pathlib import Path
 
+from common import REPO, machine, machine_line, time_call, use_shared_data
+
 from tinylm import checkpoint as ckpt
 from tinylm.config import build_config, to_toml
 from tinylm.diagnostics import crash_harness, logged_losses
 from tinylm.errors import TinyLMError
 from tinylm.tracking import read_metrics
-
-from common import REPO, machine, machine_line, time_call, use_shared_data
 
 PRESET = REPO / "configs" / "tinyshakespeare-char.toml"
 MODELS = {"small 0.8M": [],

@@ -23,11 +23,11 @@ import shutil
 from functools import partial
 from pathlib import Path
 
+from common import REPO, machine, machine_line, time_call, use_shared_data
+
 from tinylm.config import build_config
 from tinylm.tracking import read_metrics
 from tinylm.train import train
-
-from common import REPO, machine, machine_line, time_call, use_shared_data
 
 NANOGPT_CPU = ["--model.block_size", "64", "--model.n_layer", "4", "--model.n_head", "4",
                "--model.n_embd", "128", "--train.batch_size", "12",

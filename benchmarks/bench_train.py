@@ -49,14 +49,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import SHARED, Meter, cpu_idle_pct, load_average, machine, machine_line, time_call, wait_for_quiet
 
 from tinylm.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
 from tinylm.data import BatchLoader, prepare
 from tinylm.runtime import autocast_context, cpu_has_fast_bf16, resolve_precision
 from tinylm.tracking import read_metrics
 from tinylm.train import Trainer
-
-from common import SHARED, Meter, cpu_idle_pct, load_average, machine, machine_line, time_call, wait_for_quiet
 
 N_LAYER, N_EMBD, N_HEAD, BLOCK, BATCH = 4, 256, 4, 128, 32
 SEED = 1337

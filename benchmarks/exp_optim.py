@@ -47,12 +47,12 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
+from common import REPO, Meter, time_call, use_shared_data
+
 from tinylm.config import build_config
 from tinylm.data import ensure_prepared
 from tinylm.diagnostics import logged_losses
 from tinylm.plotting import pyplot
-
-from common import REPO, Meter, time_call, use_shared_data
 
 PRESET = REPO / "configs" / "optim-lab.toml"
 SEEDS = (0, 1, 2)
