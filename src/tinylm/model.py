@@ -44,6 +44,12 @@ def apply_rope(x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor) -> torch
     return torch.addcmul(x * cos2.to(x.dtype), x.roll(x.size(-1) // 2, dims=-1), sin2.to(x.dtype))
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """F.dropout, skipped outright when it would do nothing (generation calls it ~3 times a layer
+    per token, where even a no-op call costs measurable time: BENCHMARKS.md, decode step)."""
+    return F.dropout(x, p, True) if training and p > 0 else x
+
+
 class KVCache:
     """Keys and values of every layer for the tokens read so far (inference only).
 
@@ -175,7 +181,7 @@ class CausalSelfAttention(nn.Module):
                                            is_causal=isinstance(mask, str),
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B * T, C)  # (B*T, C): heads side by side again
-        return F.dropout(self.proj(y), self.dropout, self.training)
+        return dropout(self.proj(y), self.dropout, self.training)
 
 
 class MLP(nn.Module):
@@ -198,7 +204,7 @@ class MLP(nn.Module):
             h = F.relu(self.up(x)).square()
         else:
             h = F.gelu(self.up(x), approximate="tanh")
-        return F.dropout(self.down(h), self.dropout, self.training)
+        return dropout(self.down(h), self.dropout, self.training)
 
 
 class Block(nn.Module):
@@ -273,7 +279,7 @@ class GPT(nn.Module):
         if self.wpe is not None:
             x = x + self.wpe(pos)  # (T, C) broadcast over B, or (B, T, C)
         # the residual stream as a matrix: Linear layers multiply it without reshaping
-        x = F.dropout(x, self.cfg.dropout, self.training).view(B * T, -1)  # (B*T, C)
+        x = dropout(x, self.cfg.dropout, self.training).view(B * T, -1)  # (B*T, C)
         rope = None
         if self.wpe is None:
             rope = self.rope_cos[pos], self.rope_sin[pos]  # each (T, hs) or (B, T, hs)
