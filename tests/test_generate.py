@@ -532,7 +532,9 @@ def test_cli_sample_compile_setting_compiles_the_decode_step(trained_run, capsys
 
 def test_cli_sample_moves_the_model_to_the_device(trained_run, capsys, monkeypatch):
     """--device, else the run's train.device, goes through resolve_device, and the model goes there."""
-    from tinylm import checkpoint, generate
+    import importlib
+
+    from tinylm import checkpoint
     from tinylm.cli import main
     from tinylm.generate import Completion
     asked, used = [], []
@@ -546,7 +548,8 @@ def test_cli_sample_moves_the_model_to_the_device(trained_run, capsys, monkeypat
         return [[Completion([], "length", text="")]]
 
     monkeypatch.setattr(checkpoint, "resolve_device", resolve)
-    monkeypatch.setattr(generate, "generate_text", fake_generate_text)
+    # the module: the package's attribute tinylm.generate is the function of that name
+    monkeypatch.setattr(importlib.import_module("tinylm.generate"), "generate_text", fake_generate_text)
     assert main(["sample", str(trained_run), "--device", "cpu"]) == 0
     assert main(["sample", str(trained_run)]) == 0
     assert asked == [("cpu", "--device"), ("auto", "--device")]  # the second: the run's train.device

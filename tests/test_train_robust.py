@@ -207,7 +207,7 @@ def test_mfu_divides_global_throughput_by_every_device():
 def test_throughput_leaves_out_evaluation_and_saving(tmp_path, text_200k, monkeypatch):
     """On a clock the test controls (a step takes 1 s, a save 50 s, an evaluation 100 s), every logged
     tokens/s, MFU and ETA is that of the steps alone, though evaluations fall between log lines."""
-    monkeypatch.setattr("tinylm.train.peak_flops", lambda device, precision: 1e12)
+    monkeypatch.setattr(sys.modules["tinylm.train"], "peak_flops", lambda device, precision: 1e12)
     cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 12, "train.log_interval": 5,
                                               "train.eval_interval": 3, "train.save_interval": 2})
     trainer = Trainer(cfg, log=quiet)
