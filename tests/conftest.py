@@ -6,6 +6,7 @@ suite still runs; tests that need a specific shared file skip with a reason.
 """
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import sysconfig
@@ -101,3 +102,51 @@ def max_loss_difference(a: dict[int, float], b: dict[int, float], precision: str
     """The largest |loss difference| of two runs over the steps compared at ``precision``."""
     last = EQUIVALENCE_STEPS[precision] or max(a)
     return max(abs(a[s] - b[s]) for s in a if s <= last)
+
+
+def imported_modules(module: str) -> set[str]:
+    """Every module ``module`` imports at load time, transitively through tinylm's own modules, read
+    from the source (imports inside functions are on demand and not counted). The package's own
+    __init__, the public API facade that imports everything, is left out: this is about which
+    module depends on which. ``imported_modules("tinylm.config")`` -> {"tinylm.errors", "tomllib", ...}
+    """
+    src = REPO / "src"
+
+    def source(name: str) -> Path | None:
+        path = src.joinpath(*name.split("."))
+        for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+        return None
+
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        path = source(name)
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        nested = {id(n) for top in ast.walk(tree) if isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef))
+                  for n in ast.walk(top)}
+        for node in ast.walk(tree):
+            if id(node) in nested or not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                base = node.module or ""
+                if node.level:  # relative: from the module's package, up node.level - 1 levels
+                    parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join([*parts, base] if base else parts)
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            # importing a.b.c runs a.b's __init__ too
+            targets += [".".join(t.split(".")[:k]) for t in targets if t.startswith("tinylm.")
+                        for k in range(2, t.count(".") + 1)]
+            for t in targets:
+                ours = t.startswith("tinylm.")
+                if (ours and source(t) is None) or t == "tinylm" or t in seen:
+                    continue  # a name from a module rather than a module; the facade; done already
+                seen.add(t)
+                if ours:
+                    todo.append(t)
+    return seen

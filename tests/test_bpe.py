@@ -5,11 +5,8 @@ from __future__ import annotations
 import collections
 import itertools
 import json
-import os
 import pickle
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +24,7 @@ from tinylm.tokenizer.io import from_gpt2_files, to_hf_json
 from tinylm.tokenizer.pretokenize import CL100K_PATTERN, GPT2_PATTERN, count_pretokens, iter_blocks, last_cut
 from tinylm.tokenizer.stats import format_token_stats, token_stats
 
-from conftest import shared_text
+from conftest import imported_modules, shared_text
 
 EOT = "<|endoftext|>"
 
@@ -163,10 +160,9 @@ def test_safe_cuts_known_answers():
 
 def test_import_directions():
     # corpora -> tokenizer, io -> bpe: never the other way (a cycle hides which module owns what)
-    code = ("import sys, tinylm.tokenizer.stats; "
-            "assert 'tinylm.corpora' not in sys.modules and 'tinylm.tokenizer.io' not in sys.modules")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    assert not {"tinylm.corpora", "tinylm.tokenizer.io"} & imported_modules("tinylm.tokenizer.stats")
+    assert "tinylm.corpora" not in imported_modules("tinylm.tokenizer")
+    assert "tinylm.tokenizer.io" not in imported_modules("tinylm.tokenizer.bpe")
 
 
 def test_pretoken_counts_on_python_code():
