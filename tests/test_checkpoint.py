@@ -364,6 +364,20 @@ def test_export_to_an_existing_folder_is_refused_and_leaves_no_temp_file(tmp_pat
     assert (out / "mine.txt").read_text() == "keep"
 
 
+def test_export_replaces_only_its_own_export(tmp_path, trained, capsys):
+    """An existing file at --out is replaced only when tinylm exported it (a re-export)."""
+    mine = tmp_path / "model.safetensors"
+    mine.write_bytes(b"my own weights, not tinylm's")
+    assert main(["export", str(trained.run_dir), "--out", str(mine)]) == 2
+    one_line_error(capsys, f"--out {mine} exists and is not a tinylm export")
+    assert mine.read_bytes() == b"my own weights, not tinylm's" and sorted(tmp_path.iterdir()) == [mine]
+    ours = tmp_path / "ours.safetensors"
+    assert main(["export", str(trained.run_dir), "--out", str(ours)]) == 0
+    first = ours.read_bytes()
+    assert main(["export", str(trained.run_dir), "--out", str(ours)]) == 0  # a re-export replaces it
+    assert ours.read_bytes() == first and len(list(tmp_path.iterdir())) == 2
+
+
 def test_export_on_a_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path, trained, capsys, monkeypatch):
     import safetensors.torch
 

@@ -410,6 +410,18 @@ def check_compatible(saved: Config, current: Config, ckpt: Path) -> None:
                           + "\nresume with the same settings, or start a new run with another --run.name")
 
 
+def _is_tinylm_export(path: Path) -> bool:
+    """Did :func:`export_safetensors` write this file (safetensors whose metadata holds a tinylm config)?"""
+    from safetensors import safe_open
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return "tinylm_config" in (f.metadata() or {})
+    except Exception:  # not safetensors at all (any parse error): not ours
+        return False
+
+
 def export_safetensors(ckpt_dir: Path, out: Path) -> int:
     """Model weights alone as safetensors (a tied head is stored once, as wte.weight), with the config and
     the checkpoint's tokenizer file in the metadata (``tinylm_config``, ``tinylm_tokenizer``).
@@ -419,6 +431,9 @@ def export_safetensors(ckpt_dir: Path, out: Path) -> int:
     from safetensors.torch import save_file
     if out.is_dir():
         raise TinyLMError(f"--out {out} is a folder; give a file name, e.g. --out {out / 'model.safetensors'}")
+    if (out.exists() or out.is_symlink()) and not _is_tinylm_export(out):
+        raise TinyLMError(f"--out {out} exists and is not a tinylm export, so it is not replaced; choose another "
+                          f"--out, or move that file away")
     state = load_part(ckpt_dir, "model")
     cfg = checkpoint_config(ckpt_dir)
     if cfg.model.tie_embeddings:
