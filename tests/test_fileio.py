@@ -1,5 +1,8 @@
 """Crash-safe writing helpers: atomic files and swapping a finished folder into place."""
 import os
+from pathlib import Path
+
+import pytest
 
 from tinylm.fileio import replace_dir, scratch_sibling, write_text_atomic
 
@@ -27,3 +30,18 @@ def test_replace_dir_makes_the_parent_and_takes_a_named_old_sibling(tmp_path):
     (again / "x").write_text("x")
     replace_dir(again, tmp_path / "a" / "b", old=tmp_path / "a" / ".old-b")
     assert os.listdir(tmp_path / "a") == ["b"] and os.listdir(tmp_path / "a" / "b") == ["x"]
+
+
+def test_a_full_disk_while_logging_is_one_line():
+    """metrics.jsonl and samples.md are appended to during training: a full disk there (Linux's
+    /dev/full answers every write with ENOSPC) says so in one line, like a failed checkpoint."""
+    from tinylm.errors import TinyLMError
+    from tinylm.fileio import append_text
+    from tinylm.tracking import JSONLSink
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    with pytest.raises(TinyLMError, match=r"the disk is full: no space left to write /dev/full; .* --resume"):
+        append_text("/dev/full", "## step 10\n")
+    sink = JSONLSink(Path("/dev/full"))
+    with pytest.raises(TinyLMError, match="the disk is full: no space left to write /dev/full"):
+        sink.log({"step": 1, "loss": 2.0})

@@ -51,6 +51,16 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def append_text(path: str | os.PathLike, text: str, then: str = "continue with --resume") -> None:
+    """Append to a log file (samples.md), flushed; a failed write is one line (see write_failure)."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+    except OSError as e:
+        raise write_failure(e, path, then) from None
+
+
 def write_failure(e: BaseException, path: str | os.PathLike, then: str = "run the command again") -> TinyLMError:
     """A failed write of ``path`` as one line for people; a full disk says so, and what to do ``then``.
 

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from .config import Config
 from .errors import TinyLMError
-from .fileio import write_text_atomic
+from .fileio import write_failure, write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"  # in the run folder
 
@@ -39,12 +39,16 @@ class JSONLSink:
     """Append one JSON object per record to ``metrics.jsonl`` (flushed, so a crash loses nothing logged)."""
 
     def __init__(self, path: Path):
+        self.path = path
         self.f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the run's life, closed by close()
 
     def log(self, record: dict) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        self.f.write(json.dumps(clean) + "\n")
-        self.f.flush()
+        try:
+            self.f.write(json.dumps(clean) + "\n")
+            self.f.flush()
+        except OSError as e:  # a full disk: one line, and the checkpoints are intact for --resume
+            raise write_failure(e, self.path, "continue with --resume") from None
 
     def close(self) -> None:
         self.f.close()

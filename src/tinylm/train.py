@@ -23,7 +23,7 @@ from .config import Config, grad_accum_steps, micro_batch_size, parse_duration, 
 from .data import BatchLoader, TokenWindows, ensure_prepared, eval_batches, load_data_tokenizer
 from .diagnostics import nonfinite_report
 from .errors import TinyLMError
-from .fileio import write_failure, write_text_atomic
+from .fileio import append_text, write_failure, write_text_atomic
 from .generate import check_prompt, sample_text
 from .model import GPT
 from .optim import build_optimizer, lr_scale, momentum_at, set_schedule
@@ -347,8 +347,8 @@ class Trainer:
             sampler = GPT(self.cfg.model).to(self.device)
             sampler.load_state_dict(model_state)
         text = sample_text(sampler, self.tok, self.cfg.sample, seed=self.cfg.train.seed)
-        with open(self.run_dir / "samples.md", "a", encoding="utf-8") as f:
-            f.write(f"## step {self.step} (val loss {val_loss:.4f})\n\n```\n{text}\n```\n\n")
+        entry = f"## step {self.step} (val loss {val_loss:.4f})\n\n```\n{text}\n```\n\n"
+        append_text(self.run_dir / "samples.md", entry)
 
     def _describe(self) -> None:
         """Write config.toml; log the model, the setup and (at step 0) the initial loss."""
