@@ -366,6 +366,7 @@ def test_export_to_an_existing_folder_is_refused_and_leaves_no_temp_file(tmp_pat
 
 def test_export_replaces_only_its_own_export(tmp_path, trained, capsys):
     """An existing file at --out is replaced only when tinylm exported it (a re-export)."""
+    from safetensors.torch import load_file
     mine = tmp_path / "model.safetensors"
     mine.write_bytes(b"my own weights, not tinylm's")
     assert main(["export", str(trained.run_dir), "--out", str(mine)]) == 2
@@ -373,9 +374,12 @@ def test_export_replaces_only_its_own_export(tmp_path, trained, capsys):
     assert mine.read_bytes() == b"my own weights, not tinylm's" and sorted(tmp_path.iterdir()) == [mine]
     ours = tmp_path / "ours.safetensors"
     assert main(["export", str(trained.run_dir), "--out", str(ours)]) == 0
-    first = ours.read_bytes()
+    first = load_file(ours)
+    inode = ours.stat().st_ino  # the export writes a new file and renames it over the old one
     assert main(["export", str(trained.run_dir), "--out", str(ours)]) == 0  # a re-export replaces it
-    assert ours.read_bytes() == first and len(list(tmp_path.iterdir())) == 2
+    assert ours.stat().st_ino != inode and len(list(tmp_path.iterdir())) == 2
+    again = load_file(ours)
+    assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)
 
 
 def test_export_on_a_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path, trained, capsys, monkeypatch):
