@@ -373,17 +373,23 @@ def char_tok():
     return CharTokenizer("abcdefghijklmnopqrstuvwxyz .,\n:ABCDEFGHIJKLMNOPQRSTUVWXYZ!?;'-0123456789", ["<|endoftext|>"])
 
 
-def test_generate_text_streams_exactly_the_final_text(char_tok):
-    model = GPT(ModelConfig(vocab_size=char_tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
-    for stop in ([], ["e"], ["ab", "e "]):
+def _streams_join_to_the_final_text(model, tok, prompts, stops, temperature, max_new_tokens, seed) -> None:
+    """For each set of stop strings: the pieces streamed per row join to that row's final text,
+    which never holds a stop string."""
+    for stop in stops:
         pieces: dict[int, list[str]] = {}
-        out = generate_text(model, char_tok, ["the ", "a"], cfg(strategy="sample", temperature=1.5, num_samples=2,
-                                                                   max_new_tokens=60),
-                            seed=3, stop_strings=stop, on_text=lambda r, p, got=pieces: got.setdefault(r, []).append(p))
+        s = cfg(strategy="sample", temperature=temperature, num_samples=2, max_new_tokens=max_new_tokens)
+        out = generate_text(model, tok, prompts, s, seed=seed, stop_strings=stop,
+                            on_text=lambda r, p, got=pieces: got.setdefault(r, []).append(p))
         texts = [c.text for per_prompt in out for c in per_prompt]
         assert ["".join(pieces.get(r, [])) for r in range(4)] == texts
         for t in texts:
-            assert not any(s in t for s in stop)
+            assert not any(x in t for x in stop)
+
+
+def test_generate_text_streams_exactly_the_final_text(char_tok):
+    model = GPT(ModelConfig(vocab_size=char_tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
+    _streams_join_to_the_final_text(model, char_tok, ["the ", "a"], ([], ["e"], ["ab", "e "]), 1.5, 60, seed=3)
 
 
 class _CountingBytes:
@@ -423,13 +429,7 @@ def test_generate_text_streams_exactly_the_final_text_with_byte_tokens():
     from tinylm.tokenizer.bpe import BPETokenizer
     tok = BPETokenizer([])
     model = GPT(ModelConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
-    for stop in ([], ["\xe9"], ["ab", "\n\n"]):
-        pieces: dict[int, list[str]] = {}
-        out = generate_text(model, tok, ["caf\xe9 ", "\u2713"], cfg(strategy="sample", temperature=2.0, num_samples=2,
-                                                                   max_new_tokens=80),
-                            seed=5, stop_strings=stop, on_text=lambda r, p, got=pieces: got.setdefault(r, []).append(p))
-        texts = [c.text for per_prompt in out for c in per_prompt]
-        assert ["".join(pieces.get(r, [])) for r in range(4)] == texts
+    _streams_join_to_the_final_text(model, tok, ["caf\xe9 ", "\u2713"], ([], ["\xe9"], ["ab", "\n\n"]), 2.0, 80, seed=5)
 
 
 def test_sample_text_is_the_first_sample_of_its_config(char_tok):
