@@ -41,6 +41,7 @@ META = "meta.json"
 PARTS = ("model", "optimizer", "trainer")
 TENSOR_FILES = tuple(f"{part}.pt" for part in PARTS)
 TOKENIZER = "tokenizer.txt"  # the checkpoint's own copy: the data folder's may be prepared again later
+WEIGHTS_ONLY = "weights_only"  # meta.json flag: model.pt alone, no training state (a model `tinylm import` made)
 LOCK = ".lock"
 
 
@@ -127,10 +128,11 @@ def step_dirs(root: Path) -> list[Path]:
 def _is_complete(step_dir: Path) -> bool:
     """A cheap check, without loading tensors: meta.json reads and no tensor file is missing or empty."""
     try:
-        read_meta(step_dir)
+        meta = read_meta(step_dir)
     except TinyLMError:
         return False
-    return all((step_dir / f).is_file() and (step_dir / f).stat().st_size > 0 for f in TENSOR_FILES)
+    files = TENSOR_FILES[:1] if meta.get(WEIGHTS_ONLY) else TENSOR_FILES
+    return all((step_dir / f).is_file() and (step_dir / f).stat().st_size > 0 for f in files)
 
 
 def _prune(root: Path, keep_last: int) -> None:
@@ -247,12 +249,15 @@ def load_latest(root: Path, log: Callable[[str], None] = print) -> tuple[Path, d
     damaged = []
     for path in reversed(steps):
         try:
-            read_meta(path)
-            parts = load_parts(path)
+            weights_only = read_meta(path).get(WEIGHTS_ONLY)
+            parts = {} if weights_only else load_parts(path)
         except TinyLMError as e:
             damaged.append(path.name)
             log(f"resume: skipping {path.name}: {e}")
             continue
+        if weights_only:
+            raise TinyLMError(f"{root.parent} holds imported weights alone, with no training state to resume; "
+                              f"fine-tune them in a new run: --train.init_from {root.parent} --run.name NEW")
         if damaged:
             log(f"resume: {', '.join(damaged)} cannot be loaded; resuming from {path.name}, the newest that can")
         return path, parts
@@ -277,6 +282,34 @@ def _tokenizer_file(ckpt: Path) -> Path:
 def checkpoint_tokenizer(ckpt: Path) -> Tokenizer:
     """The tokenizer a checkpoint was trained with (not whatever its data folder holds now)."""
     return load_tokenizer(_tokenizer_file(ckpt), fix="use another checkpoint (each holds its own tokenizer.txt)")
+
+
+def save_weights(cfg: Config, state: dict, tokenizer: Tokenizer, source: str) -> Path:
+    """A new run folder ``cfg.run_dir`` holding weights alone (what `tinylm import` makes): one step-0
+    checkpoint with model.pt, the tokenizer and meta.json, beside config.toml. Sample, info, export and
+    eval read it like any run; ``--train.init_from`` fine-tunes from it. Returns the step folder.
+
+    A folder that exists and holds anything is refused (tinylm replaces only what it made).
+    """
+    from .config import to_toml
+    if cfg.run_dir.is_dir() and any(cfg.run_dir.iterdir()):  # refused before the lock file is made in it
+        raise TinyLMError(f"run folder {cfg.run_dir} already exists; choose another --out")
+    folder = RunFolder(cfg.run_dir)
+    try:
+        folder.open(cfg, resume=False)
+        step_dir = save_checkpoint(cfg.run_dir / "checkpoints", 0, {"model": state},
+                                   {"tokens_seen": 0, "val_loss": None, "best_val_loss": None,
+                                    "config": cfg.to_dict(), WEIGHTS_ONLY: True, "imported_from": source},
+                                   files={TOKENIZER: tokenizer.file_text().encode("utf-8")})
+        write_text_atomic(cfg.run_dir / "config.toml", to_toml(cfg))
+    except OSError as e:
+        folder.discard()
+        raise write_failure(e, cfg.run_dir) from None
+    except BaseException:
+        folder.discard()
+        raise
+    folder.close()
+    return step_dir
 
 
 class Loaded(NamedTuple):

@@ -6,6 +6,8 @@
     tinylm sample   runs/shakespeare-char [--prompt "ROMEO:"] [--strategy top_p --top-p 0.9] [--n 3]
     tinylm decode-report runs/shakespeare-char [--strategies greedy,top_p] [--n 5]
     tinylm info     runs/shakespeare-char
+    tinylm export   runs/shakespeare-char --out model.safetensors | --format hf --out hf/shakespeare
+    tinylm import   gpt2 --out runs/gpt2
     tinylm config   --config configs/shakespeare-char.toml [overrides] [--keys]
     tinylm tokenizer train --corpus tinystories --vocab-size 4096 --out tok.txt
     tinylm tokenizer encode|decode|stats ...
@@ -163,8 +165,33 @@ def cmd_export(args, extra) -> int:
 
     from . import checkpoint as ckpt
     path = ckpt.resolve_checkpoint(args.run, args.checkpoint)
+    if args.format == "hf":
+        from .interop.hf_export import export_hf
+        arch = export_hf(path, Path(args.out))
+        print(f"{args.out}: {arch} + tokenizer.json from {path}")
+        return 0
     n = ckpt.export_safetensors(path, Path(args.out))
     print(f"{args.out}: {n} tensors from {path}")
+    return 0
+
+
+def cmd_import(args, extra) -> int:
+    from pathlib import Path
+
+    from .checkpoint import save_weights
+    from .config import Config
+    from .interop.hf_import import import_gpt2
+    out = Path(args.out)
+    cfg = Config()
+    cfg.run.dir, cfg.run.name = str(out.parent), out.name
+    source = import_gpt2(args.source)
+    cfg.model = source.model
+    cfg.data.tokenizer = "gpt2" if getattr(source.tokenizer, "name", "") == "gpt2" else "bpe"
+    cfg.data.vocab_size = source.tokenizer.vocab_size
+    step_dir = save_weights(cfg, source.state, source.tokenizer, source.source)
+    m = cfg.model
+    print(f"{out}: GPT-2 from {source.source} ({m.n_layer} layers, width {m.n_embd}, vocab {m.vocab_size}) "
+          f"in {step_dir}")
     return 0
 
 
@@ -283,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, help, func in (("sample", "Generate text from a trained run.", cmd_sample),
                              ("info", "Show a run's or checkpoint's config, size and losses.", cmd_info),
-                             ("export", "Write a checkpoint's model weights alone as safetensors.", cmd_export)):
+                             ("export", "Write a checkpoint's weights as safetensors, or as a Hugging Face folder.",
+                              cmd_export)):
         sp = sub.add_parser(name, help=help, description=help)
         sp.add_argument("run", help="run folder (runs/<name>) or a checkpoint folder")
         sp.add_argument("--checkpoint", default="last", choices=("last", "best"))
@@ -291,7 +319,18 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "info":
             sp.add_argument("--json", action="store_true", help="print JSON")
         if name == "export":
-            sp.add_argument("--out", required=True, help="file to write, e.g. model.safetensors")
+            sp.add_argument("--out", required=True,
+                            help="safetensors: the file to write (model.safetensors); hf: the folder to write")
+            sp.add_argument("--format", choices=("safetensors", "hf"), default="safetensors",
+                            help="safetensors: the weights alone (default); hf: a folder transformers loads "
+                                 "(GPT2LMHeadModel or LlamaForCausalLM + tokenizer.json)")
+    sp = sub.add_parser("import", help="Make a run folder from a Hugging Face GPT-2 model (folder or hub name).",
+                        description="Make a run folder from a Hugging Face GPT-2 model: a local folder (config.json "
+                                    "+ model.safetensors or pytorch_model.bin) or a hub name such as gpt2 (needs "
+                                    "the hf extra). Sample, export or fine-tune it (--train.init_from RUN).")
+    sp.add_argument("source", help="a folder, or a hub name: gpt2, gpt2-medium, openai-community/gpt2-large, ...")
+    sp.add_argument("--out", required=True, help="the run folder to create, e.g. runs/gpt2")
+    sp.set_defaults(func=cmd_import, overrides=False)
     _add_tokenizer_commands(sub)
     sample = sub.choices["sample"]
     sample.description = ("Generate text from a trained run, streamed as it comes. Defaults come from the run's "

@@ -169,6 +169,9 @@ class TrainConfig:
     """Recompute each block's activations in the backward pass: less memory, ~30% more compute."""
     fsdp: bool = False
     """Shard parameters, gradients and optimizer state with FSDP2 (fully_shard) under torchrun instead of DDP."""
+    init_from: str = ""
+    """Start from these weights with a fresh optimizer: a run or checkpoint folder, a Hugging Face GPT-2 folder, or
+    a hub name (gpt2, gpt2-medium; needs the hf extra). The model takes its architecture; "" = random init."""
 
 
 @dataclass

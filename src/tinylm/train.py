@@ -88,7 +88,7 @@ class Trainer:
         self._setup_process(cfg, log)
         resume_from = self._open_run_dir(resume)
         self._setup_data()
-        self._setup_model()
+        self._setup_model(self._init_from(resume_from))
         self._setup_batches()
         self.step, self.tokens_seen, self.best_val = 0, 0, math.inf
         self.elapsed_before = 0.0  # training seconds of earlier sessions of this run (for the time budget)
@@ -145,10 +145,28 @@ class Trainer:
         self.tokenizer_bytes = (Path(cfg.data.dir) / self.meta["tokenizer_file"]).read_bytes()
         check_prompt(self.tok, cfg.sample.prompt, cfg.data.dir)  # else the first evaluation fails, and each resume
 
-    def _setup_model(self) -> None:
-        """The model (wrapped for DDP/FSDP), its optimizer, and the fp16 gradient scaler."""
+    def _init_from(self, resume_from) -> dict[str, torch.Tensor] | None:
+        """``--train.init_from``: take the source's architecture; return its weights to start from (None for a
+        random init, or on resume, whose checkpoint holds the weights and took the source's architecture)."""
+        spec = self.cfg.train.init_from
+        if not spec:
+            return None
+        from .interop.pretrained import adopt_architecture, load_pretrained, start_from
+        if resume_from is not None:
+            adopt_architecture(self.cfg.model, ckpt.checkpoint_config(resume_from[0]).model)
+            return None
+        source = load_pretrained(spec)
+        state = start_from(self.cfg, source, self.tok)
+        self.log(f"init_from {source.source}: its architecture and weights, a fresh optimizer")
+        return state
+
+    def _setup_model(self, init_state: dict[str, torch.Tensor] | None = None) -> None:
+        """The model (its first weights ``init_state`` when given; wrapped for DDP/FSDP), its optimizer, and the
+        fp16 gradient scaler."""
         cfg = self.cfg
         self.raw_model = build_model(cfg, self.d.rank, self.device)
+        if init_state is not None:
+            ckpt.load_state(self.raw_model, init_state, Path(cfg.train.init_from), "model")
         self.raw_model.activation_checkpointing = cfg.train.activation_checkpointing
         self.model = runtime.wrap_distributed(self.raw_model, self.d, self.device, fsdp=cfg.train.fsdp)
         self.optimizer = build_optimizer(self.raw_model, cfg.optim, self.device.type,

@@ -92,9 +92,22 @@ class Tokenizer(ABC):
         ids += encode_plain(text[start:])
         return ids
 
+    def file_text(self) -> str:
+        """The whole tokenizer file: the header line, then :meth:`to_text`."""
+        return f"tinylm-{self.kind} {self.format_version}\n" + self.to_text()
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the tokenizer file atomically (temp file in the same folder, then rename)."""
-        write_text_atomic(Path(path), f"tinylm-{self.kind} {self.format_version}\n" + self.to_text())
+        write_text_atomic(Path(path), self.file_text())
+
+    def same_ids(self, other: Tokenizer) -> bool:
+        """Do both tokenizers give every text the same ids (same kind and vocabulary; a name does not count)?"""
+        return type(self) is type(other) and self.to_text() == other.to_text()
+
+    def describe(self) -> str:
+        """One line for messages: ``bpe 'gpt2' (50257 ids)``, ``char (66 ids)``."""
+        name = getattr(self, "name", "")
+        return f"{self.kind}{f' {name!r}' if name else ''} ({self.vocab_size} ids)"
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, special={list(self.special_tokens)})"

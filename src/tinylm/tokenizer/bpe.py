@@ -337,6 +337,11 @@ class BPETokenizer(Tokenizer):
         """Ids -> text; byte sequences that are not valid UTF-8 become U+FFFD."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
+    def same_ids(self, other: Tokenizer) -> bool:
+        """Same merges, byte order, special tokens and split pattern (the name does not count)."""
+        return (isinstance(other, BPETokenizer) and (self.merges, self.byte_ids, self.special_tokens, self.pattern)
+                == (other.merges, other.byte_ids, other.special_tokens, other.pattern))
+
     # -- files ------------------------------------------------------------------------------
     def to_text(self) -> str:
         """The file body: readable header lines, then one merge per line.
@@ -420,6 +425,13 @@ class BPETokenizer(Tokenizer):
         """From tiktoken-style ranks (token bytes -> id, dense from 0); the merges are recovered."""
         byte_ids, merges = recover_merges(ranks)
         return cls(merges, special_tokens, pattern, byte_ids, name)
+
+    @classmethod
+    def from_files(cls, vocab: str | os.PathLike, merges: str | os.PathLike, pattern: str = "gpt2") -> BPETokenizer:
+        """GPT-2's ``vocab.json`` + ``merges.txt`` (Hugging Face's names; OpenAI's ``encoder.json`` +
+        ``vocab.bpe`` are the same files), with or without the ``#version`` header line."""
+        from .io import from_gpt2_files
+        return from_gpt2_files(vocab, merges, pattern)
 
     @classmethod
     def from_tiktoken(cls, encoding: Any = "gpt2") -> BPETokenizer:
