@@ -61,12 +61,12 @@ def test_prepare_char_split_is_the_tail_fraction(tmp_path, text_200k):
     cfg = _prepared(tmp_path, text)
     meta = load_meta(cfg.dir)
     tok = load_data_tokenizer(cfg.dir)
-    n = len(text)
+    n = len(text.strip()) + 1  # one document (a file; no markers), then its end-of-text id
     assert meta["total_tokens"] == n and meta["vocab_size"] == len(set(text)) + 1  # + <|endoftext|>
-    assert meta["train"]["tokens"] == int(n * 0.9)  # nanoGPT's split for char-level
+    assert meta["train"]["tokens"] == int(n * 0.9)  # nanoGPT's split for char-level: not moved to a document start
     train = read_shard(tmp_path / "prep" / meta["train"]["shards"][0])
     val = read_shard(tmp_path / "prep" / meta["val"]["shards"][0])
-    assert tok.decode(train.tolist()) + tok.decode(val.tolist()) == text
+    assert tok.decode(train.tolist()) + tok.decode(val.tolist()) == text.strip() + "<|endoftext|>"
     assert train.dtype == np.uint16
 
 
@@ -193,8 +193,8 @@ def test_char_corpus_without_a_newline_is_separated_by_end_of_text(tmp_path):
     tok = load_data_tokenizer(cfg.dir)
     assert tok.chars == ["a", "b", "c"] and tok.eot_id == 3 and meta["vocab_size"] == 4
     ids = read_shard(tmp_path / "prep" / meta["train"]["shards"][0]).tolist()
-    assert ids.count(tok.eot_id) == 1  # one separator between the two documents, none inside
-    assert tok.decode(ids) == "abcabcabc" * 20 + "<|endoftext|>" + "cbacba" * 20
+    assert ids.count(tok.eot_id) == 2  # one after each document, none inside
+    assert tok.decode(ids) == "abcabcabc" * 20 + "<|endoftext|>" + "cbacba" * 20 + "<|endoftext|>"
 
 
 # --------------------------------------------------------------------------- what prepare may replace

@@ -357,6 +357,19 @@ def test_stops_at_eot_and_stop_strings():
     assert cut_at_stop("to be\n\nor not", ["\n\n", "or"]) == "to be"
 
 
+@pytest.mark.parametrize("strategy", ["greedy", "sample", "beam"])
+def test_stop_at_eot_is_the_default_and_can_be_turned_off(strategy):
+    model = tiny()
+    s = cfg(strategy=strategy, max_new_tokens=30)
+    free = generate(model, [[1, 2, 3]], s)[0][0].tokens
+    eot = free[4]
+    assert SampleConfig().stop_at_eot
+    stopped = generate(model, [[1, 2, 3]], s, eot_id=eot, seed=0)[0][0]
+    assert stopped.stop_reason == "eot" and len(stopped.tokens) < 30
+    past = generate(model, [[1, 2, 3]], replace(s, stop_at_eot=False), eot_id=eot)[0][0]
+    assert past.stop_reason == "length" and past.tokens == free and eot in past.tokens
+
+
 def test_bad_prompts_are_refused():
     model = tiny()
     with pytest.raises(TinyLMError, match="empty"):

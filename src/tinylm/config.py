@@ -69,9 +69,17 @@ class DataConfig:
     dir: str = "data/shakespeare-char"
     """Folder of prepared shards + meta.json + tokenizer; `tinylm prepare` writes it."""
     val_fraction: float = 0.1
-    """Share of tokens held out for validation: the last val_fraction of the token stream."""
+    """Share of tokens held out for validation: the last val_fraction of the token stream, from the start of the
+    document it falls in (unless that is far back); ignored by a corpus with its own validation file."""
+    doc_separator: str = "eot"
+    """What ends a document (each becomes one end-of-text id, never text): eot (<|endoftext|> markers) | blank (a
+    blank line) | line (a line break; an empty line is a paragraph break inside) | file (one document per file)."""
+    max_bytes: str = ""
+    """Read only the corpus's first bytes, cut at a document end: "200MB", "4KiB", "1000000"; "" = all of it."""
     sampling: str = "epoch"
     """Training windows: epoch (seeded permutation, no replacement) | random (nanoGPT's random offsets)."""
+    align: str = "none"
+    """Where training windows start: none (anywhere) | doc (at a document start, after its end-of-text id)."""
     encoding_errors: str = "strict"
     """Non-UTF-8 bytes in the corpus: strict (stop with the file and offset) | replace (U+FFFD)."""
     num_workers: int = 0
@@ -180,6 +188,8 @@ class SampleConfig:
     """Text the samples start from."""
     max_new_tokens: int = 300
     """Tokens generated per sample (fewer if an end-of-text token or a stop string comes first)."""
+    stop_at_eot: bool = True
+    """End a sample at the end-of-text token (false: go on past it into a new document)."""
     strategy: str = "sample"
     """greedy | sample (temperature + every filter below that is on) | top_k | top_p | min_p (temperature + that
     one filter) | beam | contrastive; which settings each reads: tinylm/strategies.py."""
@@ -376,6 +386,23 @@ def build_config(preset: str | Path | None = None, overrides: list[str] | None =
     return cfg
 
 
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str) -> int | None:
+    """``--data.max_bytes`` as a byte count: ``parse_bytes("200MB") -> 200_000_000``, ``"4KiB" -> 4096``,
+    ``"" -> None`` (no cap). KB/MB/GB are powers of 1000, KiB/MiB/GiB of 1024."""
+    if not str(text).strip():
+        return None
+    m = re.fullmatch(r"\s*([0-9][0-9_]*(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m[2].lower() if m else ""
+    if m is None or unit not in _BYTE_UNITS or float(m[1].replace("_", "")) * _BYTE_UNITS[unit] < 1:
+        raise TinyLMError(f"--data.max_bytes {text!r} is not a positive size; write e.g. 200MB, 4KiB or 1000000 "
+                          f"(or \"\" for the whole corpus)")
+    return int(float(m[1].replace("_", "")) * _BYTE_UNITS[unit])
+
+
 def validate(cfg: Config, world_size: int = 1) -> None:
     """Check the tree once, early; every message names the flags to change."""
     m, d, o, t, s = cfg.model, cfg.data, cfg.optim, cfg.train, cfg.sample
@@ -387,6 +414,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     choices = {"model.mlp": ("gelu", "swiglu", "relu2"), "model.norm": ("layernorm", "rmsnorm"),
                "model.pos": ("learned", "rope"), "data.tokenizer": ("char", "bpe", "gpt2"),
                "data.sampling": ("epoch", "random"), "data.encoding_errors": ("strict", "replace"),
+               "data.doc_separator": ("eot", "blank", "line", "file"), "data.align": ("none", "doc"),
                "optim.name": ("adamw", "muon", "lion"),
                "optim.schedule": ("constant", "cosine", "wsd", "cosine_warmdown"),
                "optim.decay_shape": ("linear", "cosine", "1-sqrt"),
@@ -411,6 +439,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
          f"tokens plus at least one merge (use >= 257, e.g. 4096)")
     need(0.0 < d.val_fraction < 1.0, f"--data.val_fraction {d.val_fraction} must be in (0, 1)")
     need(d.num_workers >= 0, "--data.num_workers must be >= 0 (0 = automatic)")
+    parse_bytes(d.max_bytes)
     need(o.lr > 0 and math.isfinite(o.lr), f"--optim.lr {o.lr} must be a positive number")
     need(0 <= o.min_lr_ratio <= 1, f"--optim.min_lr_ratio {o.min_lr_ratio} must be in [0, 1]")
     need(o.warmup_steps >= 0, "--optim.warmup_steps must be >= 0")

@@ -179,8 +179,8 @@ def generate(model: GPT, prompts: Sequence[Sequence[int]], s: SampleConfig, *, s
 
     Returns one list per prompt: ``s.num_samples`` completions for the sampling strategies, the
     ``s.num_samples`` best beams for beam search, and one for greedy and contrastive search (they
-    are deterministic). A row stops after ``s.max_new_tokens`` tokens, at ``eot_id``, or once its
-    generated text, read with ``decode``, contains one of ``stop_strings``.
+    are deterministic). A row stops after ``s.max_new_tokens`` tokens, at ``eot_id`` (unless
+    ``s.stop_at_eot`` is off), or once its generated text, read with ``decode``, contains one of ``stop_strings``.
 
         generate(model, [[1, 2, 3]], SampleConfig(strategy="greedy", max_new_tokens=4))
         # -> [[Completion(tokens=[7, 7, 1, 0], stop_reason='length')]]
@@ -199,7 +199,7 @@ def generate(model: GPT, prompts: Sequence[Sequence[int]], s: SampleConfig, *, s
         _need(s.overflow == "slide" or len(p) <= block,
               f"prompt {i} has {len(p)} tokens but the context is {block}: shorten it, or use "
               f"--sample.overflow slide to keep only its newest {block} tokens")
-    stops = _Stops(eot_id, stop_strings, decode)
+    stops = _Stops(eot_id if s.stop_at_eot else None, stop_strings, decode)
     procs = build_processors(s)
     was_training = model.training
     model.eval()
@@ -432,9 +432,9 @@ def generate_text(model: GPT, tok: Tokenizer, prompts: Sequence[str], s: SampleC
                   on_text: Callable[[int, str], None] | None = None) -> list[list[Completion]]:
     """Text in, text out: encode each prompt, :func:`generate`, decode into ``Completion.text``.
 
-    Stops at the tokenizer's end-of-text token when it has one. ``on_text(row, piece)`` streams
-    each row's text as it is generated (never the stop string itself); beam search, whose beams
-    change until the end, streams each finished text once.
+    Stops at the tokenizer's end-of-text token when it has one (unless ``s.stop_at_eot`` is off).
+    ``on_text(row, piece)`` streams each row's text as it is generated (never the stop string
+    itself); beam search, whose beams change until the end, streams each finished text once.
 
         generate_text(model, tok, ["ROMEO:"], SampleConfig(strategy="top_p", top_p=0.9), seed=1)[0][0].text
     """

@@ -180,7 +180,7 @@ class Trainer:
         self.accum = grad_accum_steps(cfg, d.world_size)
         windows = TokenWindows(cfg.data.dir, "train", cfg.model.block_size)
         self.loader = BatchLoader(windows, self.micro, mode=cfg.data.sampling, seed=cfg.train.seed,
-                                  rank=d.rank, world_size=d.world_size, device=self.device)
+                                  rank=d.rank, world_size=d.world_size, device=self.device, align=cfg.data.align)
         self.val_set = list(eval_batches(TokenWindows(cfg.data.dir, "val", cfg.model.block_size), self.micro,
                                          cfg.train.eval_batches, rank=d.rank, world_size=d.world_size))
 

@@ -3,6 +3,7 @@
 x = tokens[o : o+T], y = tokens[o+1 : o+T+1]; windows never cross a shard. The split is
 deterministic: :func:`~tinylm.data.prepare.prepare` puts the last ``val_fraction`` of the token
 stream in ``val`` (for tiny Shakespeare at character level this is exactly nanoGPT's 90/10 split).
+With ``--data.align doc`` training windows start only where documents start (``<split>_docs.npy``).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class TokenWindows:
 
     def __init__(self, data_dir: str | Path, split: str, block_size: int):
         meta = load_meta(data_dir)
+        self.data_dir, self.split, self._meta = Path(data_dir), split, meta[split]
         self.shards = [read_shard(Path(data_dir) / name) for name in meta[split]["shards"]]
         self.block_size = block_size
         # usable start offsets per shard; windows never cross a shard boundary
@@ -32,6 +34,23 @@ class TokenWindows:
                               f"window of --model.block_size {block_size} (+1 target); use a larger "
                               f"corpus, a smaller block_size, or change --data.val_fraction")
         self._cum = np.cumsum([0, *self.starts_per_shard])
+
+    def doc_starts(self) -> torch.Tensor:
+        """The window starts (global indices, see :meth:`locate`) that begin a document: each window
+        starts on the end-of-text id before its document, so the model learns to begin a document
+        from it, as generation from an empty prompt does. Documents too near a shard's end for a
+        whole window are left out."""
+        name = self._meta.get("doc_starts")
+        if name is None or not (self.data_dir / name).is_file():
+            raise TinyLMError(f"{self.data_dir} has no document index for its {self.split} split (it was prepared "
+                              f"by an older tinylm); run `tinylm prepare --force` on it, or use --data.align none")
+        pos = np.load(self.data_dir / name, allow_pickle=False).astype(np.int64)  # document starts in the split
+        pos = np.maximum(pos - 1, 0)  # from the end-of-text id before each document
+        lengths = np.cumsum([0, *(len(s) for s in self.shards)])
+        shard = np.searchsorted(lengths, pos, side="right") - 1
+        off = pos - lengths[shard]
+        fits = off < np.asarray(self.starts_per_shard)[shard]
+        return torch.from_numpy(np.unique(self._cum[shard[fits]] + off[fits]))
 
     def locate(self, start: int) -> tuple[int, int]:
         """Global start index -> (shard, offset)."""
@@ -58,11 +77,20 @@ class BatchLoader:
     * ``epoch``: non-overlapping windows (stride T, a random shift per epoch), visited in a seeded
       permutation without replacement; state = (epoch, position in the permutation).
     * ``random``: nanoGPT's uniformly random offsets; state = the generator's state.
+
+    ``align="doc"`` draws from the windows that start a document (:meth:`TokenWindows.doc_starts`)
+    instead: ``epoch`` visits each once per epoch (they overlap where documents are shorter than
+    T), ``random`` picks among them uniformly.
     """
 
     def __init__(self, windows: TokenWindows, micro_batch: int, *, mode: str = "epoch", seed: int = 0,
-                 rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu"):
-        self.w, self.micro_batch, self.mode, self.seed = windows, micro_batch, mode, seed
+                 rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu", align: str = "none"):
+        self.w, self.micro_batch, self.mode, self.seed, self.align = windows, micro_batch, mode, seed, align
+        self._docs = windows.doc_starts() if align == "doc" else None
+        if self._docs is not None and len(self._docs) == 0:
+            raise TinyLMError(f"no document of the {windows.split} split of {windows.data_dir} starts a whole "
+                              f"window of --model.block_size {windows.block_size}; use a smaller block_size or "
+                              f"--data.align none")
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         self.global_batch = micro_batch * world_size
@@ -73,6 +101,9 @@ class BatchLoader:
 
     def _epoch_starts(self) -> torch.Tensor:
         """This epoch's window starts in visiting order (recomputed only when the epoch changes)."""
+        if self._perm is None and self._docs is not None:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            self._perm = self._docs[torch.randperm(len(self._docs), generator=g)]
         if self._perm is None:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             T = self.w.block_size
@@ -87,6 +118,8 @@ class BatchLoader:
         return self._perm
 
     def _next_global_starts(self) -> torch.Tensor:
+        if self.mode == "random" and self._docs is not None:
+            return self._docs[torch.randint(len(self._docs), (self.global_batch,), generator=self.gen)]
         if self.mode == "random":
             return torch.randint(self.w.total_starts, (self.global_batch,), generator=self.gen)
         out = []
@@ -113,14 +146,15 @@ class BatchLoader:
         return x.to(self.device), y.to(self.device)
 
     def state_dict(self) -> dict:
-        return {"mode": self.mode, "seed": self.seed, "epoch": self.epoch, "pos": self.pos,
+        return {"mode": self.mode, "seed": self.seed, "align": self.align, "epoch": self.epoch, "pos": self.pos,
                 "global_batch": self.global_batch, "gen": self.gen.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["mode"] != self.mode or state["seed"] != self.seed:
+        align = state.get("align", "none")  # checkpoints from before --data.align
+        if state["mode"] != self.mode or state["seed"] != self.seed or align != self.align:
             raise TinyLMError(f"the checkpoint's data order (--data.sampling {state['mode']}, "
-                              f"--train.seed {state['seed']}) differs from this run's "
-                              f"({self.mode}, {self.seed}); resume with the same settings")
+                              f"--train.seed {state['seed']}, --data.align {align}) differs from this run's "
+                              f"({self.mode}, {self.seed}, {self.align}); resume with the same settings")
         self.epoch, self.pos, self._perm = state["epoch"], state["pos"], None
         self.gen.set_state(state["gen"])
 

@@ -6,6 +6,9 @@ scratch name and swapped into place when complete (:func:`tinylm.fileio.replace_
 """
 from __future__ import annotations
 
+import array
+import io
+import itertools
 import json
 import os
 import re
@@ -19,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import corpora
-from ..config import DataConfig
+from ..config import DataConfig, parse_bytes
 from ..errors import TinyLMError
-from ..fileio import pid_alive, replace_dir, scratch_sibling, write_text_atomic
+from ..fileio import pid_alive, replace_dir, scratch_sibling, write_bytes_atomic, write_text_atomic
 from ..tokenizer import ENDOFTEXT, CharTokenizer, Tokenizer
 from .shards import META_FILE, META_FORMAT, SHARD_VERSION, TOKENIZER_FILE, UnreadableMeta, load_meta, write_shard
 
@@ -29,26 +32,38 @@ SHARD_TOKENS = 100_000_000  # tokens per shard file: 200 MB at uint16
 # every name prepare writes into a data folder (a BPE tokenizer adds its .vocab.txt listing)
 WRITTEN_FILES = re.compile("|".join(re.escape(n) for n in (META_FILE, TOKENIZER_FILE,
                                                            Path(TOKENIZER_FILE).with_suffix(".vocab.txt").name))
-                           + r"|(?:train|val)_\d{6}\.bin")
+                           + r"|(?:train|val)_\d{6}\.bin|(?:train|val)_docs\.npy")
 # the data settings a prepared folder was made with; a mismatch means the folder is stale
-PREPARE_KEYS = ("corpus", "tokenizer", "vocab_size", "val_fraction", "encoding_errors")
+PREPARE_KEYS = ("corpus", "tokenizer", "vocab_size", "val_fraction", "encoding_errors", "doc_separator", "max_bytes")
+
+
+def _texts(cfg: DataConfig, corpus: corpora.Corpus, separator: str) -> Iterator[str]:
+    """The corpus's text as ``cfg`` reads it (documents, cap), ``separator`` between documents."""
+    return corpora.iter_corpus(corpus, errors=cfg.encoding_errors, separator=separator,
+                               doc_separator=cfg.doc_separator, max_bytes=parse_bytes(cfg.max_bytes))
 
 
 def build_tokenizer(cfg: DataConfig, corpus: corpora.Corpus) -> Tokenizer:
     """Train (char, bpe) or load (gpt2) the tokenizer named by ``cfg.tokenizer``.
 
-    Every one has ``<|endoftext|>``: the id :func:`prepare` puts between documents.
+    Every one has ``<|endoftext|>``: the id :func:`prepare` puts after each document. It learns from
+    the training text only, except that a char tokenizer also collects a corpus's own validation
+    file's characters (it could not encode the split otherwise; byte-level BPE encodes any text).
     """
     if cfg.tokenizer == "char":
         # documents are separated by the id, not by characters: the corpus need not contain "\n"
-        texts = corpora.iter_corpus(corpus, errors=cfg.encoding_errors, separator="")
+        texts = _texts(cfg, corpus, "")
+        val = corpus.validation()
+        if val is not None:
+            texts = itertools.chain(texts, corpora.iter_corpus(val, errors=cfg.encoding_errors, separator="",
+                                                               doc_separator=cfg.doc_separator))
         return CharTokenizer.train(texts, special_tokens=[ENDOFTEXT])
     from ..tokenizer.bpe import BPETokenizer
     if cfg.tokenizer == "gpt2":
         return BPETokenizer.from_tiktoken("gpt2")
     # documents separated by <|endoftext|>: the trainer never merges across it
-    texts = corpora.iter_corpus(corpus, errors=cfg.encoding_errors, separator=ENDOFTEXT)
-    return BPETokenizer.train(texts, vocab_size=cfg.vocab_size, special_tokens=[ENDOFTEXT], progress=True)
+    return BPETokenizer.train(_texts(cfg, corpus, ENDOFTEXT), vocab_size=cfg.vocab_size, special_tokens=[ENDOFTEXT],
+                              progress=True)
 
 
 _worker_tokenizer: Tokenizer | None = None
@@ -59,33 +74,31 @@ def _init_worker(tok: Tokenizer) -> None:
     _worker_tokenizer = tok
 
 
-def _encode_in_worker(text: str) -> np.ndarray:
-    return np.asarray(_worker_tokenizer.encode(text), dtype=np.uint32)
+def _encode_in_worker(text: str | None) -> np.ndarray:
+    return _encode(_worker_tokenizer, text)
 
 
-def _token_stream(tok: Tokenizer, corpus: corpora.Corpus, cfg: DataConfig,
-                  workers: int) -> Iterator[np.ndarray]:
-    """Token arrays in corpus order; documents (see corpora.iter_documents) separated by the
-    end-of-text id.
+def _encode(tok: Tokenizer, text: str | None) -> np.ndarray:
+    """A document's piece -> its ids; None (a document's end) -> the end-of-text id."""
+    return np.asarray(tok.encode(text) if text is not None else [tok.eot_id], dtype=np.uint32)
+
+
+def _token_stream(tok: Tokenizer, docs: Iterator[Iterator[str]], workers: int) -> Iterator[np.ndarray]:
+    """Token arrays in corpus order, the end-of-text id after every document (see corpora.iter_documents).
 
     Chunks end where the pre-tokenizer would split anyway (see corpora.iter_chunks), so encoding
-    chunk by chunk gives the same ids as encoding each file whole.
+    chunk by chunk gives the same ids as encoding each document whole.
     """
     assert tok.eot_id is not None, "build_tokenizer gives every tokenizer <|endoftext|>"
-    sep = np.array([tok.eot_id], dtype=np.uint32)
-    pool = get_context("spawn").Pool(workers, _init_worker, (tok,)) if workers > 1 else None
-    try:
-        for i, chunks in enumerate(corpora.iter_documents(corpus, errors=cfg.encoding_errors)):
-            if i > 0:
-                yield sep
-            if pool is not None:  # ordered imap: the same output whatever the worker count
-                yield from pool.imap(_encode_in_worker, chunks)
-            else:
-                for c in chunks:
-                    yield np.asarray(tok.encode(c), dtype=np.uint32)
+    pieces = (p for doc in docs for p in itertools.chain(doc, [None]))
+    if workers <= 1:
+        yield from (_encode(tok, p) for p in pieces)
+        return
+    pool = get_context("spawn").Pool(workers, _init_worker, (tok,))
+    try:  # ordered imap: the same output whatever the worker count; many short documents go per task
+        yield from pool.imap(_encode_in_worker, pieces, chunksize=64)
     finally:
-        if pool is not None:
-            pool.terminate()
+        pool.terminate()
 
 
 def _auto_workers(cfg: DataConfig, corpus: corpora.Corpus) -> int:
@@ -173,8 +186,13 @@ def prepare(cfg: DataConfig, *, force: bool = False, run_dir: Path | None = None
     if corpus.num_bytes == 0:
         raise TinyLMError(f"corpus {cfg.corpus!r} is empty; point --data.corpus at a file with text")
     t0 = time.time()
-    log(f"prepare: corpus {cfg.corpus} ({len(corpus.files)} file(s), {corpus.num_bytes / 1e6:.1f} MB) "
-        f"-> {out}")
+    val = corpus.validation()
+    cap = f", the first {cfg.max_bytes} ending at a document end" if cfg.max_bytes else ""
+    log(f"prepare: corpus {cfg.corpus} ({len(corpus.files)} file(s), {corpus.num_bytes / 1e6:.1f} MB{cap}; "
+        f"documents end at {cfg.doc_separator}) -> {out}")
+    if val is not None:
+        log(f"prepare: validating on the corpus's own {', '.join(p.name for p in val.files)}; "
+            f"--data.val_fraction is ignored")
     tok = build_tokenizer(cfg, corpus)
     work = scratch_sibling(out, "tmp")
     shutil.rmtree(work, ignore_errors=True)  # a leftover of a dead process that had our pid
@@ -186,44 +204,98 @@ def prepare(cfg: DataConfig, *, force: bool = False, run_dir: Path | None = None
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    log(f"prepare: {meta['total_tokens']:,} tokens ({meta['train']['tokens']:,} train, "
-        f"{meta['val']['tokens']:,} val), vocab {tok.vocab_size}, {tok.kind} tokenizer, {time.time() - t0:.1f}s")
+    tr, va = meta["train"], meta["val"]
+    log(f"prepare: {meta['total_tokens']:,} tokens ({tr['tokens']:,} train in {tr['documents']:,} documents, "
+        f"{va['tokens']:,} val in {va['documents']:,}), vocab {tok.vocab_size}, {tok.kind} tokenizer, "
+        f"unigram entropy {meta['unigram_entropy']:.3f} nats/token, {time.time() - t0:.1f}s")
     return meta
 
 
+class _Tokens:
+    """A token stream written to a scratch file: its ids (memory-mapped) and where each document ends."""
+
+    def __init__(self, path: Path, tok: Tokenizer, docs: Iterator[Iterator[str]], dtype: type, workers: int):
+        n, ends = 0, array.array("q")  # ends: positions of the end-of-text ids, 8 bytes per document
+        with open(path, "wb") as f:
+            for arr in _token_stream(tok, docs, workers):
+                f.write(arr.astype(dtype).tobytes())
+                if len(arr) == 1 and arr[0] == tok.eot_id:  # a document's end: text never encodes to it
+                    ends.append(n)
+                n += len(arr)
+        self.n, self.ends = n, np.frombuffer(ends, dtype=np.int64) if ends else np.zeros(0, np.int64)
+        self.ids = np.memmap(path, dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype)
+
+    def starts(self, lo: int, hi: int) -> np.ndarray:
+        """Where documents start in ids[lo:hi], relative to lo; lo itself always (it may be mid-document)."""
+        after = self.ends + 1
+        return np.concatenate([[0], after[(after > lo) & (after < hi)] - lo]).astype(np.int64)
+
+
+def _split_point(stream: _Tokens, val_fraction: float) -> int:
+    """Where the val split starts: the last val_fraction of the stream, moved back to the start of
+    the document it falls in when that moves it by at most a tenth of the split (many short
+    documents, TinyStories); else exactly there (a few long ones: tiny Shakespeare is nanoGPT's 90/10)."""
+    target = int(stream.n * (1.0 - val_fraction))
+    before = stream.ends[stream.ends < target]
+    start = int(before[-1]) + 1 if len(before) else 0
+    return start if start > 0 and target - start <= (stream.n - target) // 10 else target
+
+
 def _write_folder(work: Path, tok: Tokenizer, corpus: corpora.Corpus, cfg: DataConfig) -> dict:
-    """Tokenize the corpus into ``work``: shards, the tokenizer file, then meta.json (returned)."""
+    """Tokenize the corpus into ``work``: shards, document starts, the tokenizer file, then meta.json (returned)."""
     dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
-    scratch = work / "all.tokens"
-    n = 0
-    with open(scratch, "wb") as f:
-        for arr in _token_stream(tok, corpus, cfg, _auto_workers(cfg, corpus)):
-            f.write(arr.astype(dtype).tobytes())
-            n += len(arr)
-    all_tokens = np.memmap(scratch, dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype)
-    n_train = int(n * (1.0 - cfg.val_fraction))
-    splits = {}
-    for split, lo, hi in (("train", 0, n_train), ("val", n_train, n)):
-        names = []
+    workers = _auto_workers(cfg, corpus)
+    docs = corpora.iter_documents(corpus, errors=cfg.encoding_errors, doc_separator=cfg.doc_separator,
+                                  max_bytes=parse_bytes(cfg.max_bytes))
+    train = _Tokens(work / "train.tokens", tok, docs, dtype, workers)
+    val = corpus.validation()
+    if val is not None:  # the corpus's own validation text, read whole (max_bytes caps the training text)
+        val_docs = corpora.iter_documents(val, errors=cfg.encoding_errors, doc_separator=cfg.doc_separator)
+        held = _Tokens(work / "val.tokens", tok, val_docs, dtype, workers)
+        parts = {"train": (train, 0, train.n), "val": (held, 0, held.n)}
+    else:
+        cut = _split_point(train, cfg.val_fraction)
+        parts = {"train": (train, 0, cut), "val": (train, cut, train.n)}
+    nbytes = np.asarray(tok.token_byte_lengths(), dtype=np.int64)
+    splits, counts = {}, {}
+    for split, (stream, lo, hi) in parts.items():
+        names, counts[split] = [], np.zeros(tok.vocab_size, dtype=np.int64)
         for k, start in enumerate(range(lo, max(hi, lo + 1), SHARD_TOKENS)):
-            name = f"{split}_{k:06d}.bin"
-            write_shard(work / name, np.asarray(all_tokens[start:min(start + SHARD_TOKENS, hi)]))
-            names.append(name)
-        splits[split] = {"tokens": hi - lo, "shards": names}
-    del all_tokens
-    scratch.unlink()
+            ids = np.asarray(stream.ids[start:min(start + SHARD_TOKENS, hi)])
+            names.append(f"{split}_{k:06d}.bin")
+            write_shard(work / names[-1], ids)
+            counts[split] += np.bincount(ids, minlength=tok.vocab_size)
+        starts = stream.starts(lo, hi) if hi > lo else np.zeros(0, np.int64)
+        buf = io.BytesIO()
+        np.save(buf, starts)
+        write_bytes_atomic(work / f"{split}_docs.npy", buf.getvalue())
+        splits[split] = {"tokens": hi - lo, "shards": names, "documents": len(starts),
+                         "bytes": int(counts[split] @ nbytes), "doc_starts": f"{split}_docs.npy"}
+    for scratch in work.glob("*.tokens"):
+        scratch.unlink()
     tok.save(work / TOKENIZER_FILE)
     meta = {
         "format": META_FORMAT, "version": SHARD_VERSION,
         "data": {k: asdict(cfg)[k] for k in PREPARE_KEYS},
         "corpus_files": len(corpus.files), "corpus_bytes": corpus.num_bytes,
+        "val_files": [p.name for p in val.files] if val is not None else [],
         "tokenizer_file": TOKENIZER_FILE, "tokenizer_kind": tok.kind,
         "vocab_size": tok.vocab_size, "dtype": np.dtype(dtype).name,
-        "total_tokens": n, "train": splits["train"], "val": splits["val"],
+        "total_tokens": splits["train"]["tokens"] + splits["val"]["tokens"],
+        "train": splits["train"], "val": splits["val"],
+        "unigram_entropy": unigram_entropy(counts["train"]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     write_text_atomic(work / META_FILE, json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def unigram_entropy(counts: np.ndarray) -> float:
+    """Entropy in nats/token of the token frequencies ``counts``: the loss of the best model that ignores
+    context, so a training loss still near it after a few hundred steps has learned nothing else.
+    ``unigram_entropy(np.array([1, 1])) -> 0.693`` (ln 2)."""
+    p = counts[counts > 0] / max(int(counts.sum()), 1)
+    return float(-(p * np.log(p)).sum())
 
 
 def ensure_prepared(cfg: DataConfig, *, run_dir: Path | None = None, progress: bool = True,
