@@ -11,16 +11,24 @@ SHARED ?= $(abspath ../shared)
 
 setup: $(BIN)/.setup-done
 
+# pip's own output is the progress (the torch wheel alone is a few hundred MB from PyPI)
 $(BIN)/.setup-done: pyproject.toml
+	@echo "==> set-up 1/3: a virtual environment in $(VENV)/"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev,track,plot]"
+	@echo "==> set-up 2/3: PyTorch ($(TORCH), CPU build unless TORCH says otherwise)"
+	$(BIN)/pip install "$(TORCH)"
+	@echo "==> set-up 3/3: tinylm and its tools (pip install -e '.[dev,track,plot]')"
+	$(BIN)/pip install -e ".[dev,track,plot]"
 	touch $@
+	@echo "==> set-up done. To use the tinylm command in your shell: source $(VENV)/bin/activate"
 
-# the main job: get Shakespeare, prepare it at character level, train, print samples
+# the main job: get Shakespeare, prepare it at character level, train 3 minutes, print samples.
+# Run again, it says the run is complete and samples at once. README.md lists these same two
+# commands (tests/test_readme.py checks that they agree and runs them).
 demo: setup
 	$(BIN)/tinylm train --config configs/shakespeare-char.toml --resume
-	$(BIN)/tinylm sample runs/shakespeare-char --max-new-tokens 400
+	$(BIN)/tinylm sample runs/shakespeare-char --prompt "ROMEO:" --max-new-tokens 400
+	@echo "==> To use tinylm yourself: source $(VENV)/bin/activate, then e.g. tinylm sample runs/shakespeare-char"
 
 # the whole test suite, slow tests included, after the linter (what CI runs)
 test: lint

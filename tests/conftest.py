@@ -34,6 +34,14 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(SESSION_HOME, ignore_errors=True)
 
 
+COLLECTED: list = []  # every test of this session, before -m and -k deselect any (README's count: test_readme)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    COLLECTED[:] = items
+
+
 def shared_text(rel: str, n_chars: int | None = None) -> str:
     """A file of the shared data folder (its first n_chars), or skip the test with the reason."""
     path = SHARED_DATA / rel

@@ -429,9 +429,13 @@ ARCH_KEYS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp", "
 
 
 def check_compatible(saved: Config, current: Config, ckpt: Path) -> None:
-    """Refuse a checkpoint whose architecture, tokenizer or optimizer differs, naming the field."""
+    """Refuse a checkpoint whose architecture, tokenizer or optimizer differs, naming the field.
+
+    A ``current`` vocab size of 0 (not yet read from the data) is not compared: the trainer checks
+    before preparing the data and again after."""
+    keys = [k for k in ARCH_KEYS if k != "vocab_size" or current.model.vocab_size]
     diffs = [f"--model.{k}: checkpoint {getattr(saved.model, k)!r}, this run {getattr(current.model, k)!r}"
-             for k in ARCH_KEYS if getattr(saved.model, k) != getattr(current.model, k)]
+             for k in keys if getattr(saved.model, k) != getattr(current.model, k)]
     for k in ("tokenizer", "corpus"):
         if getattr(saved.data, k) != getattr(current.data, k):
             diffs.append(f"--data.{k}: checkpoint {getattr(saved.data, k)!r}, this run {getattr(current.data, k)!r}")

@@ -21,7 +21,7 @@ import sys
 
 from .errors import TinyLMError
 
-OVERRIDES_HELP = "then any config overrides as --section.key value (see `tinylm config --keys`)"
+OVERRIDES_HELP = "Any config setting can follow as --section.key value (every key: `tinylm config --keys`)."
 
 
 def _config_from(args, extra: list[str]):
@@ -145,6 +145,9 @@ def cmd_info(args, extra) -> int:
     info = {
         "checkpoint": str(path), "step": meta["step"], "tokens_seen": meta["tokens_seen"],
         "val_loss": meta["val_loss"], "best_val_loss": meta["best_val_loss"],
+        # older checkpoints recorded neither: say what is known
+        "precision": meta.get("precision", f"not recorded (configured: {cfg.train.precision})"),
+        "training_time": _duration(meta["train_seconds"]) if "train_seconds" in meta else "not recorded",
         "parameters": model.num_params(), "non_embedding_parameters": model.num_params(non_embedding=True),
         "flops_per_token": model.flops_per_token(),
         "model": f"{m.n_layer} layers, width {m.n_embd}, {m.n_head} heads, context {m.block_size}, "
@@ -158,6 +161,13 @@ def cmd_info(args, extra) -> int:
         for k, v in info.items():
             print(f"{k:>26}: {v}")
     return 0
+
+
+def _duration(seconds: float) -> str:
+    """``3725.4 -> "1h02m05s (3725 s)"``."""
+    s = round(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s ({s} s)" if s >= 3600 else \
+        f"{s // 60}m{s % 60:02d}s ({s} s)"
 
 
 def cmd_export(args, extra) -> int:
@@ -282,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(name: str, help: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=f"{help} {OVERRIDES_HELP}.")
+        sp = sub.add_parser(name, help=help, description=f"{help} {OVERRIDES_HELP}")
         sp.add_argument("--config", help="TOML preset, e.g. configs/shakespeare-char.toml")
         sp.set_defaults(overrides=True)
         return sp

@@ -66,8 +66,9 @@ class DataConfig:
     """char | bpe (trained on the corpus) | gpt2 (GPT-2's 50257-token BPE)."""
     vocab_size: int = 4096
     """Target vocabulary for tokenizer = bpe (ignored for char and gpt2)."""
-    dir: str = "data/shakespeare-char"
-    """Folder of prepared shards + meta.json + tokenizer; `tinylm prepare` writes it."""
+    dir: str = ""
+    """Folder of prepared shards + meta.json + tokenizer; `tinylm prepare` writes it. "" = data/<corpus>-<tokenizer>
+    (e.g. data/notes-char, data/tinystories-bpe4096)."""
     val_fraction: float = 0.1
     """Share of tokens held out for validation: the last val_fraction of the token stream, from the start of the
     document it falls in (unless that is far back); ignored by a corpus with its own validation file."""
@@ -232,8 +233,8 @@ class SampleConfig:
 
 @dataclass
 class RunConfig:
-    name: str = "shakespeare-char"
-    """Run folder name under run.dir."""
+    name: str = ""
+    """Run folder name under run.dir; "" = <corpus>-<tokenizer> like data.dir's (e.g. runs/notes-char)."""
     dir: str = "runs"
     """Parent folder of run folders."""
     progress: bool = True
@@ -382,6 +383,7 @@ def build_config(preset: str | Path | None = None, overrides: list[str] | None =
     cfg = load_toml(preset) if preset else Config()
     for key, value in parse_overrides(overrides or []):
         set_value(cfg, key, value)
+    derive_names(cfg)
     validate(cfg)
     return cfg
 
@@ -401,6 +403,25 @@ def parse_bytes(text: str) -> int | None:
         raise TinyLMError(f"--data.max_bytes {text!r} is not a positive size; write e.g. 200MB, 4KiB or 1000000 "
                           f"(or \"\" for the whole corpus)")
     return int(float(m[1].replace("_", "")) * _BYTE_UNITS[unit])
+
+
+def default_name(d: DataConfig) -> str:
+    """The folder name of a corpus + tokenizer (+ vocab for bpe, + the data.max_bytes cap), what data.dir and run.name default to:
+    ``notes.txt`` char -> ``notes-char``, ``tinystories`` bpe 4096 -> ``tinystories-bpe4096``, ``logs/**/*.log``
+    gpt2 -> ``logs-gpt2``. Another corpus or tokenizer gets another name, so a run on your own text never
+    lands in the demo's folders."""
+    parts = [p for p in re.split(r"[/\\]", d.corpus) if p not in ("", ".", "..", "~") and not set(p) & set("*?[")]
+    stem = Path(parts[-1]).stem if parts else ""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip(".-") or "corpus"
+    cap = "-" + re.sub(r"[^A-Za-z0-9.]+", "", d.max_bytes) if d.max_bytes.strip() else ""
+    return f"{stem}-{d.tokenizer}{d.vocab_size if d.tokenizer == 'bpe' else ''}{cap}"
+
+
+def derive_names(cfg: Config) -> Config:
+    """Fill in data.dir and run.name where they were not given ("", the defaults) from :func:`default_name`."""
+    cfg.data.dir = cfg.data.dir or f"data/{default_name(cfg.data)}"
+    cfg.run.name = cfg.run.name or default_name(cfg.data)
+    return cfg
 
 
 def validate(cfg: Config, world_size: int = 1) -> None:
@@ -473,7 +494,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
          f"x {world_size} process(es); pick a micro-batch that divides the batch")
     check_sample(s)
     # one plain folder name: "..", "." or a path would put the run's files outside (or on top of) --run.dir
-    need(cfg.run.name.strip() not in ("", ".", "..") and not set(cfg.run.name) & {"/", "\\", "\0"},
+    need(cfg.run.name == "" or (cfg.run.name.strip() not in ("", ".", "..")  # "": derive_names fills it in
+                                and not set(cfg.run.name) & {"/", "\\", "\0"}),
          f"--run.name {cfg.run.name!r} must be one plain folder name (not empty, '.' or '..', no '/' or '\\'), "
          f"e.g. --run.name my-run; put the parent folder in --run.dir")
 
@@ -501,14 +523,25 @@ def grad_accum_steps(cfg: Config, world_size: int = 1) -> int:
     return cfg.train.batch_size // (micro_batch_size(cfg, world_size) * world_size)
 
 
+def unused_keys(cfg: Config) -> dict[str, str]:
+    """Settings ``cfg`` never reads, each with the reason: ``{"data.vocab_size": 'data.tokenizer is "char"'}``."""
+    if cfg.data.tokenizer != "bpe":  # char has the corpus's characters, gpt2 its own 50257 tokens
+        return {"data.vocab_size": f"data.tokenizer is {json.dumps(cfg.data.tokenizer)}"}
+    return {}
+
+
 def to_toml(cfg: Config) -> str:
-    """The fully resolved config as TOML, every default written out (run folder's config.toml)."""
+    """The fully resolved config as TOML, every default written out (run folder's config.toml); a setting
+    the config never reads (:func:`unused_keys`) is written as a comment that says so."""
+    unused = unused_keys(cfg)
     lines = []
     for section in SECTIONS:
         lines.append(f"[{section}]")
         for name, value in asdict(getattr(cfg, section)).items():
             # json renders bools as true/false and strings with TOML-compatible escapes
-            lines.append(f"{name} = {json.dumps(value, ensure_ascii=False)}")
+            line = f"{name} = {json.dumps(value, ensure_ascii=False)}"
+            why = unused.get(f"{section}.{name}")
+            lines.append(f"# {line}  (unused: {why})" if why else line)
         lines.append("")
     return "\n".join(lines)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import itertools
 import os
 import time
 import urllib.error
@@ -39,10 +40,27 @@ def download(
     Transient failures are retried with backoff; HTTP errors and a digest mismatch are a
     TinyLMError. A ``.part`` that fails the digest is deleted, since resuming it cannot fix it.
     Always fetches (``get_corpus`` is the layer that reuses present files). Not safe for two
-    processes fetching the same ``dest`` at once: let one process (rank 0) prepare data.
+    processes fetching the same ``dest`` at once: let one process (rank 0) prepare data. A failed
+    download removes the folders it made (an empty cache folder would look like a half-fetched corpus),
+    except one that keeps a ``.part`` to resume.
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
+    # the folders this call makes (the innermost first): a failed download removes them again if empty
+    made = list(itertools.takewhile(lambda p: not p.exists(), dest.parents))
+    try:
+        return _download(url, dest, part, sha256=sha256, progress=progress, timeout=timeout)
+    except BaseException:
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (a .part kept to resume) or never made
+                break
+        raise
+
+
+def _download(url: str, dest: Path, part: Path, *, sha256: str | None, progress: bool, timeout: float) -> Path:
+    """:func:`download`'s work, once ``part`` is named: attempts with retries, then the digest check."""
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         open(part, "ab").close()  # fail now, not after the download, if the folder is read-only

@@ -62,11 +62,13 @@ def lr_find(cfg: Config, *, start: float = 1e-5, end: float = 1.0, steps: int = 
                 break
     result = lr_find_result(lrs, losses, divisor=divisor)
     result.update(config=cfg.to_dict(), start=start, end=end, steps_planned=steps)
+    earlier = (out / "lr_find.json").is_file()
     result["png"] = str(out / "lr_find.png") if _plot(result, out / "lr_find.png") else None
     write_text_atomic(out / "lr_find.json", json.dumps(result, indent=1))
     log(f"lr-find: {len(losses)} steps; smoothed loss lowest ({result['min_loss']:.4f}) at LR "
         f"{result['divergence_lr']:.3g}{'' if result['diverged'] else ' (no blow-up before --end: raise it)'}; "
-        f"suggested --optim.lr {result['suggested_lr']:.3g} (/{divisor:g}); wrote {out}")
+        f"suggested --optim.lr {result['suggested_lr']:.3g} (/{divisor:g}); wrote {out}"
+        f"{' (replacing the earlier result there; --out DIR keeps both)' if earlier else ''}")
     return result
 
 

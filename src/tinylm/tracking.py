@@ -9,6 +9,7 @@ import json
 import math
 import secrets
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
@@ -63,6 +64,7 @@ class ConsoleSink:
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                         file=sys.stderr) if progress else None
         self.last: dict = {}
+        self.text = ""  # the bar's figures, as the last record left them
 
     def log(self, record: dict) -> None:
         if "message" in record:  # an event (loss spike, slow data, non-finite step): say it
@@ -71,12 +73,17 @@ class ConsoleSink:
         self.last.update({k: v for k, v in record.items() if v is not None})
         r = self.last
         val = f"{r['val_loss']:.4f}" if "val_loss" in r else "-"
-        text = f"loss {r.get('loss', float('nan')):.4f} val {val} {r.get('tokens_per_s', 0):,.0f} tok/s"
+        text = self.text = f"loss {r.get('loss', float('nan')):.4f} val {val} {r.get('tokens_per_s', 0):,.0f} tok/s"
         if self.bar is not None:
             self.bar.n = record["step"]
             self.bar.set_postfix_str(text, refresh=True)
         elif "val_loss" in record or (self.plain_every and record["step"] % self.plain_every == 0):
             print(f"step {record['step']}: {text}", flush=True)
+
+    def status(self, message: str) -> None:
+        """Show what the run is doing until the next record (e.g. evaluating), beside the last figures."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.text} | {message}" if self.text else message, refresh=True)
 
     def write(self, message: str) -> None:
         if self.bar is not None:
@@ -127,6 +134,13 @@ class WandbSink:
             write_text_atomic(id_file, run_id + "\n")
         self.run = wandb.init(project=project, name=name, config=config, dir=str(run_dir), id=run_id, resume="allow")
 
+    def where(self) -> str:
+        """Where this run's W&B data goes, for the console."""
+        if self.run.offline:  # run.dir is the run's files/ folder; `wandb sync` takes its parent
+            folder = Path(self.run.dir).parent
+            return f"W&B: offline run in {folder}; upload it with `wandb sync {folder}`"
+        return f"W&B: {self.run.url}"
+
     def log(self, record: dict) -> None:
         self.run.log({k: v for k, v in record.items() if k != "step" and not isinstance(v, str)},
                      step=record["step"])
@@ -145,19 +159,28 @@ class Tracker:
         for s in self.sinks:
             s.log(record)
 
+    def status(self, message: str) -> None:
+        """A passing state (e.g. evaluating) for the sinks that show one; nothing is recorded."""
+        for s in self.sinks:
+            if hasattr(s, "status"):
+                s.status(message)
+
     def close(self) -> None:
         for s in self.sinks:
             s.close()
 
 
-def build_tracker(cfg: Config, run_dir: Path, step: int) -> Tracker:
+def build_tracker(cfg: Config, run_dir: Path, step: int, log: Callable[[str], None] = print) -> Tracker:
     """The sinks a training run logs to: metrics.jsonl and the console, plus TensorBoard and W&B when
-    enabled; ``step`` is where the run starts (the console's progress bar starts there too)."""
+    enabled (``log`` says where their files go); ``step`` is where the run starts (the console's
+    progress bar starts there too)."""
     sinks = [JSONLSink(run_dir / METRICS_FILE),
              ConsoleSink(cfg.train.max_steps, step, cfg.run.progress,
                          plain_every=0 if cfg.train.eval_interval else 10 * cfg.train.log_interval)]
     if cfg.run.tensorboard:
         sinks.append(TensorBoardSink(run_dir / "tb"))
+        log(f"TensorBoard: events in {run_dir / 'tb'}; view them with `tensorboard --logdir {run_dir.parent}`")
     if cfg.run.wandb:
         sinks.append(WandbSink(cfg.run.wandb_project, cfg.run.name, cfg.to_dict(), run_dir))
+        log(sinks[-1].where())
     return Tracker(sinks)

@@ -19,7 +19,7 @@ import torch
 from . import checkpoint as ckpt
 from . import runtime
 from .accounting import ThroughputWindow, peak_flops, peak_memory_mb
-from .config import Config, grad_accum_steps, micro_batch_size, parse_duration, to_toml, validate
+from .config import Config, derive_names, grad_accum_steps, micro_batch_size, parse_duration, to_toml, validate
 from .data import BatchLoader, TokenWindows, ensure_prepared, eval_batches, load_data_tokenizer
 from .diagnostics import nonfinite_report
 from .errors import TinyLMError
@@ -68,6 +68,7 @@ class Trainer:
     clock = staticmethod(time.perf_counter)  # the loop's seconds (time budget, tokens/s, ETA); tests replace it
 
     def __init__(self, cfg: Config, *, resume: bool = False, log=print):
+        derive_names(cfg)  # data.dir and run.name left "" come from the corpus and tokenizer
         self.folder = ckpt.RunFolder(cfg.run_dir)  # locked by rank 0 until close()
         try:
             self._setup(cfg, resume, log)
@@ -122,6 +123,8 @@ class Trainer:
         to start at step 0.
         """
         found = self.folder.open(self.cfg, resume, self.log) if self.d.is_main else None
+        if found:  # before preparing data, which may take long: a checkpoint of other settings is refused now
+            ckpt.check_compatible(ckpt.checkpoint_config(found[0]), self.cfg, found[0])
         path = runtime.broadcast_from_main(str(found[0]) if found else None, self.d)
         if path is None:
             return None
@@ -198,7 +201,10 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]] * self.d.world_size  # older: one
         runtime.set_rng_state(rngs[self.d.rank])
-        self.step, self.tokens_seen, self.best_val = state["step"], state["tokens_seen"], state["best_val_loss"]
+        # trainer.pt is written before the evaluation at its step; meta.json learns that evaluation's result after
+        best_meta = ckpt.read_meta(path).get("best_val_loss")
+        self.best_val = min(state["best_val_loss"], math.inf if best_meta is None else best_meta)
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.elapsed_before = state["elapsed_s"]
         self.log(f"resumed from {path} at step {self.step}")
 
@@ -233,7 +239,8 @@ class Trainer:
             self.run_dir / "checkpoints", self.step,
             {"model": model_state, "optimizer": optim_state, "trainer": trainer_state},
             {"tokens_seen": self.tokens_seen, "val_loss": None, "best_val_loss": self.best_val,
-             "config": self.cfg.to_dict(), "data_meta": self.meta},
+             "precision": self.precision, "train_seconds": elapsed, "config": self.cfg.to_dict(),
+             "data_meta": self.meta},
             files={ckpt.TOKENIZER: self.tokenizer_bytes}, keep_last=self.cfg.train.keep_last)
 
     # ----------------------------------------------------------------- steps
@@ -350,6 +357,8 @@ class Trainer:
         """Save, evaluate, mark the best checkpoint, write a sample."""
         model_state, optim_state = runtime.full_state_dicts(self.raw_model, self.optimizer, sharded=self.sharded)
         saved = self._write_checkpoint(model_state, optim_state, elapsed)
+        if self.tracker is not None:
+            self.tracker.status(f"step {self.step}: evaluating and sampling")
         val_loss = self.evaluate()
         self.best_val = min(self.best_val, val_loss)
         if self.d.is_main:
@@ -417,18 +426,29 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train to the end, then unlock the run folder."""
         try:
-            if self.step >= self.cfg.train.max_steps:
+            if self._finished(self.elapsed_before):
                 return self._already_done()
             return self._run()
         finally:
             self.close()
 
+    def _finished(self, elapsed: float) -> bool:
+        """No steps left: ``max_steps`` reached, or the time budget spent (``elapsed``: this run's training
+        seconds, earlier sessions included)."""
+        spent = self.time_budget is not None and elapsed >= self.time_budget
+        return self.step >= self.cfg.train.max_steps or spent
+
     def _already_done(self) -> TrainResult:
         """A resumed run with no steps left: say so and write nothing (no metrics, sample or checkpoint)."""
-        max_steps = self.cfg.train.max_steps
-        self.log(f"run {self.run_dir} is already at step {self.step} (--train.max_steps {max_steps}): nothing to "
-                 f"do; to train further, resume with a higher --train.max_steps, e.g. --train.max_steps "
-                 f"{2 * self.step}")
+        tc = self.cfg.train
+        if self.step >= tc.max_steps:
+            why = f"--train.max_steps {tc.max_steps}"
+            more = f"--train.max_steps, e.g. --train.max_steps {2 * self.step}"
+        else:
+            why = f"--train.time_budget {tc.time_budget} used: {self.elapsed_before:.0f}s of training"
+            more = f"--train.time_budget, e.g. --train.time_budget {2 * self.time_budget:.0f}s"
+        self.log(f"run {self.run_dir} is complete: already at step {self.step} ({why}), best val loss "
+                 f"{self.best_val:.4f}; nothing to do. To train further, resume with a higher {more}")
         return TrainResult(self.run_dir, self.step, math.nan, math.nan, self.best_val, self.tokens_seen,
                            self.elapsed_before, False)
 
@@ -436,7 +456,7 @@ class Trainer:
         """Describe, train until done, evaluate (and save) a last time, report."""
         self._describe()
         self.peak = peak_flops(self.device, self.precision)  # for MFU; None when unknown
-        self.tracker = build_tracker(self.cfg, self.run_dir, self.step) if self.d.is_main else None
+        self.tracker = build_tracker(self.cfg, self.run_dir, self.step, self.log) if self.d.is_main else None
         self.train_loss = math.nan  # the last logged one
         self.t_start = self.clock()
         self.window = ThroughputWindow(self.clock)
@@ -450,29 +470,31 @@ class Trainer:
             finally:
                 if self.tracker is not None:
                     self.tracker.close()
-        self.log(f"done: step {self.step}, train loss {self.train_loss:.4f}, val loss {val_loss:.4f} (best "
-                 f"{self.best_val:.4f}), {self.tokens_seen:,} tokens, {train_seconds:.0f}s; run folder {self.run_dir}")
+        self.log(f"done at step {self.step}: final train loss {self.train_loss:.4f}, final val loss {val_loss:.4f} "
+                 f"(best {self.best_val:.4f}); {self.tokens_seen:,} tokens in {train_seconds:.0f}s of training; "
+                 f"run folder {self.run_dir}")
         return TrainResult(self.run_dir, self.step, self.train_loss, val_loss, self.best_val, self.tokens_seen,
                            train_seconds, stopped)
 
     def _train_until_done(self, stop: runtime.StopSignal) -> bool:
         """Steps until ``max_steps`` or the time budget; True when a signal stopped it first."""
         tc = self.cfg.train
-        while self.step < tc.max_steps:
+        while True:
             time_frac = self._elapsed() / self.time_budget if self.time_budget else None
-            if time_frac is not None and time_frac >= 1.0:
-                self.log(f"\ntime budget {tc.time_budget} reached at step {self.step}")
-                return False
             scale = lr_scale(self.step, self.cfg.optim, tc.max_steps, time_frac)
             stats = self._timed_step(scale)
-            if self.step % tc.log_interval == 0 or self.step == tc.max_steps:
+            last = self._finished(self._elapsed())  # then the final evaluation follows: no other one at this step
+            if self.step % tc.log_interval == 0 or last:  # the last step is logged: the final train loss
                 self._log_step(stats, scale)
-            if self.step < tc.max_steps:
+            if not last:
                 with self.window.paused():  # evaluation and saving are not training throughput
                     self._eval_or_save()
             if stop.requested:
                 return True
-        return False
+            if last:
+                if self.step < tc.max_steps:
+                    self.tracker_event(self.step, "time_budget", f"time budget {tc.time_budget} reached")
+                return False
 
     def _timed_step(self, scale: float) -> dict:
         """:meth:`train_step`, counted in the throughput window and watched for loss spikes."""
