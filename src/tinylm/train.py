@@ -123,7 +123,9 @@ class Trainer:
         to start at step 0.
         """
         found = self.folder.open(self.cfg, resume, self.log) if self.d.is_main else None
-        if found:  # before preparing data, which may take long: a checkpoint of other settings is refused now
+        # before preparing data, which may take long: a checkpoint of other settings is refused now (a fine-tuned
+        # run's model settings come from its checkpoint, see _init_from: _load checks it after they are adopted)
+        if found and not self.cfg.train.init_from:
             ckpt.check_compatible(ckpt.checkpoint_config(found[0]), self.cfg, found[0])
         path = runtime.broadcast_from_main(str(found[0]) if found else None, self.d)
         if path is None:
