@@ -408,8 +408,8 @@ def parse_bytes(text: str) -> int | None:
 def default_name(d: DataConfig) -> str:
     """The folder name of a corpus + tokenizer (+ vocab for bpe, + the data.max_bytes cap), what data.dir and
     run.name default to: ``notes.txt`` char -> ``notes-char``, ``tinystories`` bpe 4096 -> ``tinystories-bpe4096``,
-    ``logs/**/*.log`` gpt2 -> ``logs-gpt2``. Another corpus or tokenizer gets another name, so a run on your own text never
-    lands in the demo's folders."""
+    ``logs/**/*.log`` gpt2 -> ``logs-gpt2``. Another corpus or tokenizer gets another name, so a run on your own
+    text never lands in the demo's folders."""
     parts = [p for p in re.split(r"[/\\]", d.corpus) if p not in ("", ".", "..", "~") and not set(p) & set("*?[")]
     stem = Path(parts[-1]).stem if parts else ""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip(".-") or "corpus"
