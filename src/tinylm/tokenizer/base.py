@@ -49,6 +49,16 @@ class Tokenizer(ABC):
         character, so the bytes of a few tokens need not be valid UTF-8 on their own."""
         return self.decode(ids).encode("utf-8")
 
+    def token_byte_lengths(self) -> list[int]:
+        """UTF-8 bytes of text each id stands for, special tokens 0: what bits per byte divides by.
+
+        Character level: ``len("é".encode())`` = 2; byte-level BPE: the token's bytes (a token may
+        hold part of a character). Special tokens such as ``<|endoftext|>`` separate documents and
+        stand for no text of theirs.
+        """
+        specials = set(self.special_tokens.values())
+        return [0 if i in specials else len(self.decode_bytes([i])) for i in range(self.vocab_size)]
+
     @abstractmethod
     def to_text(self) -> str:
         """The file body after the header line (see :meth:`save`)."""
