@@ -142,7 +142,7 @@ def make_tinylm(setup: Setup, vocab: int, precision: str, compile_model: bool = 
     setup.made += 1
     cfg = Config(model=tinylm_model_config(vocab), data=setup.data,
                  train=TrainConfig(batch_size=BATCH, precision=precision, compile=compile_model,
-                                   device=DEVICE.type, eval_batches=1))
+                                   device=DEVICE.type, eval_tokens=BATCH * BLOCK))
     cfg.run.dir, cfg.run.name, cfg.run.progress = str(setup.runs), f"tinylm-{setup.made}", False
     trainer = Trainer(cfg, log=lambda *a, **k: None)
     loader, feed = trainer.loader, _Feed()
@@ -307,7 +307,7 @@ def loop_check(setup: Setup, steps: int, log) -> dict:
     log_every = max(steps // 4, 1)
     cfg = Config(model=tinylm_model_config(0), data=setup.data,  # vocab 0: from the data
                  train=TrainConfig(max_steps=steps, batch_size=BATCH, device=DEVICE.type, eval_interval=0,
-                                   eval_batches=1, log_interval=log_every))
+                                   eval_tokens=BATCH * BLOCK, log_interval=log_every))
     cfg.sample.max_new_tokens = 1
     cfg.run.dir, cfg.run.name, cfg.run.progress = str(setup.runs), "loop-check", False
     train(cfg, log=lambda *a, **k: None)

@@ -82,7 +82,7 @@ def tiny_config(tmp_path: Path, corpus: Path, **overrides) -> Config:
     base = {"data.corpus": str(corpus), "data.dir": str(tmp_path / "data"), "run.dir": str(tmp_path / "runs"),
             "run.name": "tiny", "run.progress": False, "model.n_layer": 2, "model.n_head": 2,
             "model.n_embd": 32, "model.block_size": 32, "train.batch_size": 8, "train.max_steps": 30,
-            "train.eval_interval": 10, "train.eval_batches": 2, "train.log_interval": 5,
+            "train.eval_interval": 10, "train.eval_tokens": 512, "train.log_interval": 5,
             "optim.lr": 1e-2, "optim.warmup_steps": 5, "sample.max_new_tokens": 20, "train.precision": "fp32"}
     base.update(overrides)
     for k, v in base.items():

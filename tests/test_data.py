@@ -14,7 +14,6 @@ from tinylm.data import (
     BatchLoader,
     TokenWindows,
     ensure_prepared,
-    eval_batches,
     load_data_tokenizer,
     load_meta,
     prepare,
@@ -173,12 +172,6 @@ def test_ranks_split_the_global_batch(windows):
         whole = single.next_batch()[0]
         parts = [r.next_batch()[0] for r in ranks]
         assert torch.equal(torch.cat(parts), whole)
-
-
-def test_eval_batches_are_fixed(windows):
-    a = [x for x, _ in eval_batches(windows, 4, 3)]
-    b = [x for x, _ in eval_batches(windows, 4, 3)]
-    assert len(a) == 3 and all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
 
 
 # --------------------------------------------------------------------------- documents and end-of-text

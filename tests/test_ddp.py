@@ -1,4 +1,5 @@
 """DistributedDataParallel on CPU: 2 gloo processes launched by torchrun, against 1 process."""
+import json
 import os
 import subprocess
 import sys
@@ -6,6 +7,7 @@ import sys
 import pytest
 
 from tinylm.diagnostics import logged_losses
+from tinylm.tracking import read_metrics
 
 from conftest import EQUIVALENCE_BOUND, cli_args, max_loss_difference, tiny_config
 
@@ -15,10 +17,15 @@ pytestmark = pytest.mark.slow
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def _torchrun(cfg, *extra) -> subprocess.CompletedProcess:
+def _torchrun(cfg, *extra, command: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`tinylm train` with ``cfg`` (or ``command``, e.g. ("eval", run)) in 2 processes."""
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--standalone", "-m", "tinylm", "train", *cli_args(cfg), *extra],
+                           "--standalone", "-m", "tinylm", *(command or ("train", *cli_args(cfg))), *extra],
                           env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def _val_losses(run_dir) -> dict[int, float]:
+    return {r["step"]: r["val_loss"] for r in read_metrics(run_dir) if "val_ppl" in r}
 
 
 # one process vs two: fp32 rounding only (a tighter bound than conftest's, as measured: 4.8e-7)
@@ -44,6 +51,11 @@ def test_ddp_two_processes_match_one(tmp_path, text_200k, single_run):
     a, b = logged_losses(single.run_dir), logged_losses(ddp.run_dir)
     assert sorted(a) == sorted(b) == list(range(1, 13))
     assert max_loss_difference(a, b, opts["train.precision"]) < BOUND[opts["train.precision"]]
+    # the same validation windows, each process scoring half: the same val loss (fp32: bf16 runs drift apart)
+    va, vb = _val_losses(single.run_dir), _val_losses(ddp.run_dir)
+    assert sorted(va) == sorted(vb) == [6, 12]
+    if opts["train.precision"] == "fp32":
+        assert max(abs(va[s] - vb[s]) for s in va) < BOUND["fp32"]
     # only rank 0 wrote: one metrics line per step, one checkpoint folder tree
     assert len([line for line in (ddp.run_dir / "metrics.jsonl").read_text().splitlines()
                 if '"loss"' in line]) == 12
@@ -84,3 +96,24 @@ def test_ddp_with_dropout_resumes_bit_exact(tmp_path, text_200k):
     a, b = logged_losses(full.run_dir), logged_losses(part.run_dir)
     assert sorted(a) == sorted(b) == list(range(1, 9))
     assert max(abs(a[s] - b[s]) for s in a) == 0.0
+
+
+def test_eval_is_the_same_for_micro_batch_16_and_4_and_two_processes(single_run):
+    """The issue's measurement: one checkpoint, evaluated with micro-batch 16 and 4 in one process and
+    with 4 in each of 2 processes: the same windows, so the same loss and bits per byte."""
+    opts, single = single_run
+
+    def figures(*argv, ddp=False) -> dict:
+        argv = ("eval", str(single.run_dir), "--tokens", "all", "--json", *argv)
+        proc = _torchrun(None, command=argv) if ddp else subprocess.run(
+            [sys.executable, "-m", "tinylm", *argv], env=ENV, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout)  # one report: only rank 0 prints
+
+    one16, one4 = figures("--batch-size", "16"), figures("--batch-size", "4")
+    two4 = figures("--batch-size", "4", ddp=True)
+    assert one16["tokens"] == one4["tokens"] == two4["tokens"] > 0
+    bound = {"fp32": 1e-6, "bf16": 1e-3}[opts["train.precision"]]  # bf16: other batch shapes round otherwise
+    for key in ("loss", "bits_per_byte"):
+        assert abs(one4[key] - two4[key]) < 1e-6  # the same batches, shared out: only the sum's order differs
+        assert abs(one16[key] - one4[key]) < bound

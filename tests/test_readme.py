@@ -27,7 +27,7 @@ MARK = re.compile(r"<!-- readme-test: ([\w-]+) -->\n```bash\n(.*?)```", re.S)
 #: appended to every `tinylm train` and `lr-find` line: a tiny model and a few steps, in fp32 on the CPU
 TINY = ["--model.n_layer", "1", "--model.n_head", "2", "--model.n_embd", "32", "--model.block_size", "32",
         "--train.batch_size", "4", "--train.max_steps", "4", "--train.eval_interval", "2",
-        "--train.eval_batches", "2", "--sample.max_new_tokens", "16", "--train.precision", "fp32",
+        "--train.eval_tokens", "64", "--sample.max_new_tokens", "16", "--train.precision", "fp32",
         "--train.device", "cpu", "--run.progress", "false"]
 
 

@@ -32,6 +32,8 @@ def test_train_resume_sample(tmp_path, text_200k, capsys):
     assert last.name == "step_000060"
     assert ckpt.read_meta(last)["config"]["model"]["vocab_size"] == vocab
     m = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert m[0]["event"] == "initial_loss" and m[0]["step"] == 0  # the first line: the healthy-start check
+    m = [r for r in m if "event" not in r]
     assert {"step", "loss", "lr", "grad_norm", "tokens_per_s", "data_ms", "compute_ms"} <= set(m[0])
 
     # resume: continue the same run to 80 steps

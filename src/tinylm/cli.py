@@ -5,6 +5,7 @@
     tinylm lr-find  --config configs/tinyshakespeare-char.toml [--steps 200] [--start 1e-5 --end 1]
     tinylm sample   runs/shakespeare-char [--prompt "ROMEO:"] [--strategy top_p --top-p 0.9] [--n 3]
     tinylm decode-report runs/shakespeare-char [--strategies greedy,top_p] [--n 5]
+    tinylm eval     runs/shakespeare-char [--checkpoint best] [--split train] [--tokens all] [--text file.txt]
     tinylm info     runs/shakespeare-char
     tinylm export   runs/shakespeare-char --out model.safetensors | --format hf --out hf/shakespeare
     tinylm import   gpt2 --out runs/gpt2
@@ -131,6 +132,28 @@ def cmd_decode_report(args, extra) -> int:
                        title=f"Decoding report: {run_dir.name} ({path.name})",
                        log=lambda msg: print(msg, file=sys.stderr))
     print(f"wrote {md}" + (f" and {md.with_suffix('.png')}" if md.with_suffix(".png").is_file() else ""))
+    return 0
+
+
+def cmd_eval(args, extra) -> int:
+    from .evaluate import evaluate_run, parse_tokens
+    from .runtime import shutdown_distributed
+    try:
+        report = evaluate_run(args.run, checkpoint=args.checkpoint, split=args.split,
+                              tokens=parse_tokens(args.tokens), text=args.text, batch_size=args.batch_size,
+                              device=args.device)
+    except BaseException:
+        shutdown_distributed()
+        raise
+    shutdown_distributed(finished=True)
+    if report is None:  # another process of torchrun: rank 0 prints
+        return 0
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{report['checkpoint']} (step {report['step']}) on {report['on']}:\n"
+              f"loss {report['loss']:.4f}  perplexity {report['perplexity']:.3f}  bits per byte "
+              f"{report['bits_per_byte']:.4f}  tokens {report['tokens']:,}  bytes {report['bytes']:,}")
     return 0
 
 
@@ -286,6 +309,23 @@ def _add_tokenizer_commands(sub) -> None:
     sp.set_defaults(func=cmd_tok_stats)
 
 
+def _add_eval_command(sub) -> None:
+    help = "Loss, perplexity and bits per byte of a checkpoint on its run's split or on a text file."
+    sp = sub.add_parser("eval", help=help, description=f"{help} Under torchrun the processes share the windows.")
+    sp.add_argument("run", help="run folder (runs/<name>) or a checkpoint folder")
+    sp.add_argument("--checkpoint", default="last", choices=("last", "best"))
+    sp.add_argument("--split", choices=("val", "train"), help="the run's prepared split to score (default val)")
+    sp.add_argument("--tokens", metavar="N|all",
+                    help="tokens to score from the start (default: the run's train.eval_tokens on a split, all "
+                         "of a text)")
+    sp.add_argument("--text", metavar="FILE", help="score this UTF-8 text file, tokenized with the run's tokenizer")
+    sp.add_argument("--batch-size", type=int, help="windows per forward pass (default: the run's micro-batch; "
+                                                   "the result does not depend on it)")
+    sp.add_argument("--device", help="cpu | cuda | cuda:N | mps | auto (default: the run's train.device)")
+    sp.add_argument("--json", action="store_true", help="print JSON")
+    sp.set_defaults(func=cmd_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .strategies import STRATEGIES
     p = argparse.ArgumentParser(prog="tinylm", description="Train small language models from raw text.")
@@ -341,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("source", help="a folder, or a hub name: gpt2, gpt2-medium, openai-community/gpt2-large, ...")
     sp.add_argument("--out", required=True, help="the run folder to create, e.g. runs/gpt2")
     sp.set_defaults(func=cmd_import, overrides=False)
+    _add_eval_command(sub)
     _add_tokenizer_commands(sub)
     sample = sub.choices["sample"]
     sample.description = ("Generate text from a trained run, streamed as it comes. Defaults come from the run's "

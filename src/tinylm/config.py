@@ -146,8 +146,9 @@ class TrainConfig:
     """Sequences per forward pass per process; 0 = batch_size / processes (no accumulation)."""
     eval_interval: int = 250
     """Evaluate, checkpoint and sample every this many steps (and at the end); 0 = only at the end."""
-    eval_batches: int = 20
-    """Validation micro-batches per evaluation (a fixed set, the same every time)."""
+    eval_tokens: int = 262_144
+    """Validation tokens scored per evaluation: the split's first N targets, in windows at stride block_size, the same
+    set whatever the batch size, processes or resume (see tinylm/evaluate.py); 0 = the whole split."""
     log_interval: int = 10
     """Write a metrics line every this many steps."""
     precision: str = "auto"
@@ -265,6 +266,10 @@ class Config:
 
 
 SECTIONS = [f.name for f in dataclasses.fields(Config)]
+# keys tinylm no longer has -> what to write instead; a checkpoint's stored config may still hold them
+REPLACED = {"train.eval_batches": "--train.eval_tokens (validation tokens per evaluation, the same set for every "
+                                  "batch size and process count; 0 = the whole split), e.g. --train.eval_tokens "
+                                  "262144"}
 
 
 def all_keys() -> list[str]:
@@ -314,6 +319,8 @@ def _field_types(section_obj) -> dict[str, type]:
 
 def set_value(cfg: Config, key: str, value) -> None:
     """Set a dotted key (``"optim.lr"``) converting ``value`` to the declared type."""
+    if key in REPLACED:
+        raise TinyLMError(f"--{key} was replaced by {REPLACED[key]}")
     section, _, name = key.partition(".")
     obj = getattr(cfg, section, None) if section in SECTIONS else None
     types = _field_types(obj) if obj is not None else {}
@@ -355,7 +362,8 @@ def from_dict(d: dict) -> Config:
     cfg = Config()
     for section, table in d.items():
         for name, value in table.items():
-            set_value(cfg, f"{section}.{name}", value)
+            if f"{section}.{name}" not in REPLACED:  # saved by an older tinylm: its successor keeps its default
+                set_value(cfg, f"{section}.{name}", value)
     return cfg
 
 
@@ -445,7 +453,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         value = getattr(getattr(cfg, sec), name)
         need(value in allowed, f"--{key} {value!r} is not one of {', '.join(allowed)}")
     for key in ("model.block_size", "model.n_layer", "model.n_head", "model.n_embd",
-                "train.max_steps", "train.batch_size", "train.eval_batches", "train.log_interval"):
+                "train.max_steps", "train.batch_size", "train.log_interval"):
         sec, name = key.split(".")
         need(getattr(getattr(cfg, sec), name) > 0, f"--{key} must be positive")
     need(m.n_embd % m.n_head == 0,
@@ -480,6 +488,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     need(o.ns_steps >= 1 and o.momentum_warmup_steps >= 0,
          "--optim.ns_steps must be >= 1 and --optim.momentum_warmup_steps >= 0")
     need(t.eval_interval >= 0, "--train.eval_interval must be >= 0 (0 = only at the end)")
+    need(t.eval_tokens >= 0, "--train.eval_tokens must be >= 0 (0 = the whole validation split)")
     need(t.micro_batch_size >= 0, "--train.micro_batch_size must be >= 0 (0 = no accumulation)")
     need(t.threads >= 0, "--train.threads must be >= 0 (0 = torch's default)")
     need(t.save_interval >= 0 and t.keep_last >= 1 and t.max_skips >= 1,

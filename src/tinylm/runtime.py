@@ -119,6 +119,13 @@ def all_mean(x: torch.Tensor, d: Dist) -> torch.Tensor:
     return x
 
 
+def all_sum(x: torch.Tensor, d: Dist) -> torch.Tensor:
+    """``x`` summed over every process, in place (every process must call it)."""
+    if d.world_size > 1:
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
 def barrier(d: Dist) -> None:
     """Wait until every process gets here (e.g. until rank 0 has prepared the data)."""
     if d.world_size > 1:

@@ -20,9 +20,10 @@ from . import checkpoint as ckpt
 from . import runtime
 from .accounting import ThroughputWindow, peak_flops, peak_memory_mb
 from .config import Config, derive_names, grad_accum_steps, micro_batch_size, parse_duration, to_toml, validate
-from .data import BatchLoader, TokenWindows, ensure_prepared, eval_batches, load_data_tokenizer
+from .data import BatchLoader, TokenWindows, ensure_prepared, load_data_tokenizer
 from .diagnostics import nonfinite_report
 from .errors import TinyLMError
+from .evaluate import CurveChecks, EvalResult, Evaluator
 from .fileio import append_text, write_failure, write_text_atomic
 from .generate import check_prompt, sample_text
 from .model import GPT
@@ -61,7 +62,7 @@ class Trainer:
     """One training run: set up from a config, then :meth:`run`.
 
     The pieces are methods so each can be read (and tested) on its own: :meth:`train_step`
-    is one optimizer step with accumulation, :meth:`evaluate` the fixed validation set,
+    is one optimizer step with accumulation, :meth:`evaluate` the fixed validation set (:mod:`tinylm.evaluate`),
     :meth:`save` a checkpoint.
     """
 
@@ -99,7 +100,7 @@ class Trainer:
         if cfg.train.compile:
             self.model = torch.compile(self.model)
         self.tokens_per_step = cfg.train.batch_size * cfg.model.block_size
-        self.recent_losses: list[float] = []  # for loss-spike detection
+        self.checks = CurveChecks(cfg.model.vocab_size, self.meta.get("unigram_entropy"), cfg.train.spike_factor)
         self.skips_in_a_row = 0
         self.tracker: Tracker | None = None
 
@@ -186,8 +187,8 @@ class Trainer:
         windows = TokenWindows(cfg.data.dir, "train", cfg.model.block_size)
         self.loader = BatchLoader(windows, self.micro, mode=cfg.data.sampling, seed=cfg.train.seed,
                                   rank=d.rank, world_size=d.world_size, device=self.device, align=cfg.data.align)
-        self.val_set = list(eval_batches(TokenWindows(cfg.data.dir, "val", cfg.model.block_size), self.micro,
-                                         cfg.train.eval_batches, rank=d.rank, world_size=d.world_size))
+        self.evaluator = Evaluator.for_split(cfg.data.dir, "val", cfg.model.block_size, self.micro, self.tok,
+                                             max_tokens=cfg.train.eval_tokens, rank=d.rank, world_size=d.world_size)
 
     # ----------------------------------------------------------------- state
 
@@ -247,17 +248,12 @@ class Trainer:
 
     # ----------------------------------------------------------------- steps
 
-    def evaluate(self) -> float:
-        """Mean loss over the fixed validation batches (averaged over processes)."""
-        model = self.model
-        model.eval()
-        total = torch.zeros((), device=self.device)
-        with torch.no_grad(), runtime.autocast_context(self.precision, self.device):
-            for x, y in self.val_set:
-                _, loss = model(x.to(self.device), y.to(self.device))
-                total += loss.float()
-        model.train()
-        return float(runtime.all_mean(total / max(len(self.val_set), 1), self.d))
+    def evaluate(self, passes: int | None = None) -> EvalResult:
+        """Loss, perplexity and bits per byte on the fixed validation set (every process takes part).
+
+        The unwrapped model: DDP's forward would synchronize buffers; FSDP's gathers the weights either way.
+        """
+        return self.evaluator.run(self.raw_model, self.device, self.precision, self.d, passes)
 
     def train_step(self, lr_scale: float) -> dict:
         """One optimizer step at ``lr_scale`` x each group's peak LR: accumulate gradients, clip, update (or skip).
@@ -344,14 +340,9 @@ class Trainer:
         if self.tracker is not None:
             self.tracker.log({"step": step, "event": event, "message": message, **fields})
 
-    def _check_spike(self, loss: float) -> None:
-        k = self.cfg.train.spike_factor
-        if k and len(self.recent_losses) >= 20:
-            median = sorted(self.recent_losses)[len(self.recent_losses) // 2]
-            if loss > k * median:
-                self.tracker_event(self.step, "loss_spike", f"loss spike {loss:.4f} > {k} x running median "
-                                                            f"{median:.4f}", loss=loss, median=median)
-        self.recent_losses = [*self.recent_losses, loss][-50:]
+    def _log_events(self, step: int, events: list[dict]) -> None:
+        for e in events:
+            self.tracker_event(step, **e)
 
     # ----------------------------------------------------------------- evaluation points and logging
 
@@ -361,13 +352,17 @@ class Trainer:
         saved = self._write_checkpoint(model_state, optim_state, elapsed)
         if self.tracker is not None:
             self.tracker.status(f"step {self.step}: evaluating and sampling")
-        val_loss = self.evaluate()
+        result = self.evaluate()
+        val_loss = result.loss
         self.best_val = min(self.best_val, val_loss)
         if self.d.is_main:
             ckpt.record_eval(saved, val_loss, is_best=val_loss <= self.best_val, keep_last=self.cfg.train.keep_last)
-            self.tracker.log({"step": self.step, "val_loss": val_loss, "tokens_seen": self.tokens_seen})
+            self.tracker.log({"step": self.step, "val_loss": val_loss, "val_ppl": result.ppl, "val_bpb": result.bpb,
+                              "tokens_seen": self.tokens_seen})
+            self._log_events(self.step, self.checks.val(self.step, val_loss))
             self._write_sample(model_state, val_loss)
         return val_loss
+
 
     def _write_sample(self, model_state: dict, val_loss: float) -> None:
         """Append to samples.md what `tinylm sample` would give from this step's checkpoint."""
@@ -380,7 +375,7 @@ class Trainer:
         append_text(self.run_dir / "samples.md", entry)
 
     def _describe(self) -> None:
-        """Write config.toml; log the model, the setup and (at step 0) the initial loss."""
+        """Write config.toml; log the model and the setup."""
         m, cfg = self.raw_model, self.cfg
         if self.d.is_main:
             try:
@@ -391,11 +386,6 @@ class Trainer:
                  f"non-embedding), {m.flops_per_token() / 1e6:.1f} MFLOP/token; device {self.device}, precision "
                  f"{self.precision}, {self.d.world_size} process(es){' FSDP' if cfg.train.fsdp else ''}, "
                  f"micro-batch {self.micro} x {self.accum} accumulation")
-        if self.step == 0:
-            x, y = self.val_set[0]
-            with torch.no_grad(), runtime.autocast_context(self.precision, self.device):
-                init_loss = float(runtime.all_mean(m(x.to(self.device), y.to(self.device))[1].float(), self.d))
-            self.log(f"initial loss {init_loss:.4f} (ln(vocab) = {math.log(cfg.model.vocab_size):.4f})")
 
     def _log_step(self, stats: dict, scale: float) -> None:
         """The loss averaged over processes; rank 0 logs it with the window's throughput. Starts a new window."""
@@ -459,6 +449,8 @@ class Trainer:
         self._describe()
         self.peak = peak_flops(self.device, self.precision)  # for MFU; None when unknown
         self.tracker = build_tracker(self.cfg, self.run_dir, self.step, self.log) if self.d.is_main else None
+        if self.step == 0:  # the loss on the first validation batch of each process
+            self._log_events(0, self.checks.initial(self.evaluate(passes=1).loss))
         self.train_loss = math.nan  # the last logged one
         self.t_start = self.clock()
         self.window = ThroughputWindow(self.clock)
@@ -509,7 +501,7 @@ class Trainer:
         else:
             self.window.add(stats["data_s"], stats["compute_s"])
         if not stats["skipped"]:
-            self._check_spike(float(stats["loss"]))
+            self._log_events(self.step, self.checks.train(float(stats["loss"])))
         return stats
 
     def _eval_or_save(self) -> None:

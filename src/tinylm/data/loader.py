@@ -7,7 +7,7 @@ With ``--data.align doc`` training windows start only where documents start (``<
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -158,19 +158,3 @@ class BatchLoader:
         self.epoch, self.pos, self._perm = state["epoch"], state["pos"], None
         self.gen.set_state(state["gen"])
 
-
-def eval_batches(windows: TokenWindows, micro_batch: int, n_batches: int, *, rank: int = 0,
-                 world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """A fixed validation set: the first windows of the split at stride T, the same every eval.
-
-    Yields up to ``n_batches`` micro-batches for this rank. A split too small for one global
-    batch is evaluated whole by every rank, so the average over ranks stays right.
-    """
-    T, gb = windows.block_size, micro_batch * world_size
-    starts = torch.arange(0, windows.total_starts, T)[: n_batches * gb]
-    if len(starts) < gb:
-        yield windows.gather(starts.tolist())
-        return
-    for b in range(0, len(starts) - gb + 1, gb):
-        mine = starts[b + rank * micro_batch: b + (rank + 1) * micro_batch]
-        yield windows.gather(mine.tolist())

@@ -50,9 +50,11 @@ class Tokenizer(ABC):
         return self.decode(ids).encode("utf-8")
 
     def token_byte_lengths(self) -> list[int]:
-        """UTF-8 bytes of text each id stands for, by id; 0 for special tokens, which are not text.
+        """UTF-8 bytes of text each id stands for, special tokens 0: what bits per byte divides by.
 
-        What bits per byte divides by: a split's bytes are the sum over its tokens.
+        Character level: ``len("é".encode())`` = 2; byte-level BPE: the token's bytes (a token may
+        hold part of a character). Special tokens such as ``<|endoftext|>`` separate documents and
+        stand for no text of theirs.
         """
         specials = set(self.special_tokens.values())
         return [0 if i in specials else len(self.decode_bytes([i])) for i in range(self.vocab_size)]

@@ -333,6 +333,10 @@ class BPETokenizer(Tokenizer):
             raise TinyLMError(f"token id {bad!r} is not in this tokenizer (ids are 0.."
                               f"{self.vocab_size - 1}); were these ids made by another tokenizer?") from None
 
+    def token_byte_lengths(self) -> list[int]:
+        specials = set(self.special_tokens.values())  # ids without bytes (a gap before a special id) count 0 too
+        return [0 if b is None or i in specials else len(b) for i, b in enumerate(self._id_to_bytes)]
+
     def decode(self, ids: Iterable[int]) -> str:
         """Ids -> text; byte sequences that are not valid UTF-8 become U+FFFD."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
