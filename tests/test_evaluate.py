@@ -154,7 +154,7 @@ def test_eval_text_matches_the_same_text_prepared_as_a_split(trained, tmp_path, 
     (["{tmp}/nowhere"], "does not exist; give a run folder"),
     (["{tmp}"], "no checkpoint found in"),
     (["{run}", "--text", "{tmp}/empty.txt"], "empty.txt is empty: evaluation needs at least 2 tokens"),
-    (["{run}", "--text", "{tmp}/one.txt"], "one.txt holds 1 token with the run's tokenizer"),
+    (["{run}", "--text", "{tmp}/one.txt"], "one.txt holds 0 token(s) with the run's tokenizer"),
     (["{run}", "--text", "{tmp}/missing.txt"], "missing.txt is not a file"),
     (["{run}", "--text", "{tmp}/odd.txt"], "odd.txt: characters ['東'] are not in this character vocabulary"),
     (["{run}", "--text", "{tmp}/one.txt", "--split", "val"], "give --split or --text, not both"),
@@ -163,7 +163,7 @@ def test_eval_text_matches_the_same_text_prepared_as_a_split(trained, tmp_path, 
 ])
 def test_eval_refusals_are_one_line_and_touch_nothing(trained, tmp_path, capsys, argv, message):
     (tmp_path / "empty.txt").write_text("")
-    (tmp_path / "one.txt").write_text("a")
+    (tmp_path / "one.txt").write_text(" \n \n")  # whitespace: no document
     (tmp_path / "odd.txt").write_text("a 東 b")
     before = sorted((p, p.stat().st_mtime_ns) for p in [*tmp_path.rglob("*"), *trained.run_dir.rglob("*")])
     argv = [a.format(tmp=tmp_path, run=trained.run_dir) for a in argv]

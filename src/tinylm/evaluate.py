@@ -237,7 +237,7 @@ def _evaluator(step_dir: Path, cfg, tok: Tokenizer, split: str, text: str | None
     except TinyLMError as e:  # a character the run's vocabulary lacks, bytes that are not UTF-8
         raise TinyLMError(f"--text {text}: {e}") from None
     if len(ids) < 2:
-        what = "is empty" if path.stat().st_size == 0 else f"holds {len(ids)} token with the run's tokenizer"
+        what = "is empty" if path.stat().st_size == 0 else f"holds {len(ids)} token(s) with the run's tokenizer"
         raise TinyLMError(f"--text {text} {what}: evaluation needs at least 2 tokens (one to predict from, one "
                           f"to predict); give a longer text")
     ev = Evaluator([ids], cfg.model.block_size, batch_size, tok.token_byte_lengths(), max_tokens=tokens or 0, **kw)

@@ -321,10 +321,10 @@ def _refuse_stale(meta: dict, cfg: DataConfig) -> None:
                           f"to rebuild this one")
 
 
-
-
 def encode_file(path: Path, tok: Tokenizer, cfg: DataConfig) -> np.ndarray:
     """A text file's tokens as :func:`prepare` would write them with ``tok`` and ``cfg``'s reading settings
     (documents, separators, encoding errors): what ``tinylm eval --text`` scores."""
-    parts = list(_token_stream(tok, corpora.Corpus(str(path), (Path(path),)), cfg, workers=1))
+    docs = corpora.iter_documents(corpora.Corpus(str(path), (Path(path),)), errors=cfg.encoding_errors,
+                                  doc_separator=cfg.doc_separator)
+    parts = list(_token_stream(tok, docs, workers=1))
     return np.concatenate(parts) if parts else np.zeros(0, np.uint32)
