@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 
 from tinylm.corpora import iter_chunks
 from tinylm.errors import TinyLMError
-from tinylm.tokenizer import load_tokenizer
+from tinylm.tokenizer import DisallowedSpecial, load_tokenizer, train_bpe
 from tinylm.tokenizer.base import parse_ids
-from tinylm.tokenizer.bpe import BPETokenizer
+from tinylm.tokenizer.bpe import BPETokenizer, encode_reference
 from tinylm.tokenizer.bpe_train import merge_incremental, merge_naive
-from tinylm.tokenizer.io import from_gpt2_files, to_hf_json
+from tinylm.tokenizer.io import to_hf_json
 from tinylm.tokenizer.pretokenize import CL100K_PATTERN, GPT2_PATTERN, count_pretokens, iter_blocks, last_cut
 from tinylm.tokenizer.stats import format_token_stats, token_stats
 
@@ -83,7 +83,7 @@ def test_special_tokens_split_text_and_are_never_merged():
     assert tok.special_tokens == {EOT: tok.vocab_size - 1}
     assert not any(b"<|" in t or b"|>" in t for t in tok.vocab[256:])
     ids = tok.encode(f"ab{EOT}ab", allowed_special="all")
-    assert ids == [256, tok.eot_id, 256]
+    assert ids == [256, tok.eot_token, 256]
     assert tok.decode(ids) == f"ab{EOT}ab"
 
 
@@ -98,7 +98,7 @@ def test_special_token_positions_can_be_fixed():
 def test_too_few_pairs_warns_and_stops():
     with pytest.warns(UserWarning, match="only has 1 distinct merges"):
         tok = BPETokenizer.train(["ab"], 1000)
-    assert tok.vocab_size == 256 + 1 + 1 and tok.eot_id == 257
+    assert tok.vocab_size == 256 + 1 + 1 and tok.eot_token == 257
 
 
 # ---------------------------------------------------------------------------- training: determinism
@@ -186,45 +186,54 @@ def test_truncated_equals_training_to_the_smaller_size():
 @FAST
 @given(text=texts)
 def test_fast_path_equals_reference_and_round_trips(stories_tok, text):
-    for allowed in ("none", "all"):
-        ids = stories_tok.encode(text, allowed_special=allowed)
-        assert ids == stories_tok.encode_reference(text, allowed_special=allowed)
-        assert stories_tok.decode(ids) == text
+    ids = stories_tok.encode_ordinary(text)
+    assert ids == encode_reference(stories_tok, text)
+    assert stories_tok.decode(ids) == text
+    ids = stories_tok.encode(text, allowed_special="all")
+    assert ids == encode_reference(stories_tok, text, allowed_special="all")
+    assert stories_tok.decode(ids) == text
     assert all(0 <= i < stories_tok.vocab_size for i in ids)
 
 
 @FAST
-@given(data=st.binary(max_size=60))
-def test_bytes_round_trip(stories_tok, data):
-    assert stories_tok.decode_bytes(stories_tok.encode_bytes(data)) == data
-
-
-@FAST
-@given(text=texts, cuts=st.lists(st.integers(0, 200), max_size=6))
-def test_streaming_encode_equals_encode(stories_tok, text, cuts):
+@given(text=texts, cuts=st.lists(st.integers(0, 200), max_size=6), block=st.integers(1, 40))
+def test_encoding_block_by_block_equals_encoding_the_whole(stories_tok, text, cuts, block):
+    """What lets a corpus be encoded chunk by chunk (tinylm.corpora.iter_chunks cuts at the same places)."""
     bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
     chunks = [text[a:b] for a, b in itertools.pairwise(bounds)]
-    for allowed in ("none", "all"):
-        assert list(stories_tok.encode_iter(chunks, allowed)) == stories_tok.encode(text, allowed)
+    blocks = list(iter_blocks(chunks, block_chars=block))
+    assert [i for b in blocks for i in stories_tok.encode_ordinary(b)] == stories_tok.encode_ordinary(text)
+    blocks = list(iter_blocks(chunks, [EOT], block_chars=block))  # never cut inside a special token
+    assert ([i for b in blocks for i in stories_tok.encode(b, allowed_special="all")]
+            == stories_tok.encode(text, allowed_special="all"))
 
 
-def test_streaming_a_file(stories_tok, tmp_path):
+def test_encoding_a_file_chunk_by_chunk(stories_tok, tmp_path):
     text = shared_text("tinyshakespeare/input.txt", 300_000)
     path = tmp_path / "t.txt"
     path.write_text(text, encoding="utf-8")
-    assert list(stories_tok.encode_iter(iter_chunks(path))) == stories_tok.encode(text)
+    chunks = list(iter_chunks(path, chunk_chars=10_000))
+    assert len(chunks) > 10
+    assert [i for c in chunks for i in stories_tok.encode_ordinary(c)] == stories_tok.encode_ordinary(text)
 
 
-def test_special_token_semantics(stories_tok):
-    eot = stories_tok.eot_id
+def test_special_token_semantics_are_tiktokens(stories_tok):
+    eot = stories_tok.eot_token
     text = f"one{EOT}two"
-    assert eot not in stories_tok.encode(text)  # default: plain text
-    assert stories_tok.encode(text, allowed_special="all").count(eot) == 1
+    with pytest.raises(DisallowedSpecial, match=r"special token '<\|endoftext\|>' at character 3") as e:
+        stories_tok.encode(text)  # tiktoken's default: special-token text is an error ...
+    assert isinstance(e.value, ValueError) and isinstance(e.value, TinyLMError)  # ... a ValueError, as tiktoken's
+    assert (e.value.token, e.value.position) == (EOT, 3) and "\n" not in str(e.value)
+    assert eot not in stories_tok.encode_ordinary(text)  # ... unless encoded as ordinary text
+    assert stories_tok.encode(text, disallowed_special=()) == stories_tok.encode_ordinary(text)
+    assert stories_tok.encode(text, allowed_special="all").count(eot) == 1  # ... or allowed
     assert stories_tok.encode(text, allowed_special={EOT}) == stories_tok.encode(text, allowed_special="all")
-    with pytest.raises(TinyLMError, match="disallowed"):
-        stories_tok.encode(text, disallowed_special="all")
+    with pytest.raises(DisallowedSpecial):  # an explicit list is used as given, as in tiktoken
+        stories_tok.encode("a two b", disallowed_special={"two"})
     with pytest.raises(TinyLMError, match="not special tokens"):
         stories_tok.encode(text, allowed_special={"<|nope|>"})
+    with pytest.raises(TinyLMError, match=r"not the string '<\|endoftext\|>'; write allowed_special=\{"):
+        stories_tok.encode(text, allowed_special=EOT)  # a string would be a set of characters
 
 
 def test_decode_replaces_invalid_utf8_and_rejects_unknown_ids(stories_tok):
@@ -237,10 +246,30 @@ def test_decode_replaces_invalid_utf8_and_rejects_unknown_ids(stories_tok):
 
 
 def test_encode_batch_and_pickle(stories_tok):
-    docs = ["Once upon a time", "", f"x{EOT}y"]
-    assert stories_tok.encode_batch(docs) == [stories_tok.encode(d) for d in docs]
+    docs = ["Once upon a time", "", f"x{EOT}y"] * 4
+    assert (stories_tok.encode_batch(docs, allowed_special="all")
+            == [stories_tok.encode(d, allowed_special="all") for d in docs])
+    assert stories_tok.encode_batch(docs, disallowed_special=()) == [stories_tok.encode_ordinary(d) for d in docs]
+    with pytest.raises(DisallowedSpecial):
+        stories_tok.encode_batch(docs)
     again = pickle.loads(pickle.dumps(stories_tok))
     assert again.encode(docs[0]) == stories_tok.encode(docs[0])
+
+
+def test_lookup_and_single_token_bytes(stories_tok):
+    i = stories_tok.encode(" upon")[0]
+    assert stories_tok.decode_single_token_bytes(i) == stories_tok.vocab[i]
+    assert stories_tok.decode_single_token_bytes(stories_tok.eot_token) == EOT.encode()
+    name = stories_tok.id_to_token(i)  # GPT-2's spelling: a space is "Ġ"
+    assert name.startswith("Ġ") and stories_tok.token_to_id(name) == i
+    eot = stories_tok.eot_token
+    assert stories_tok.id_to_token(eot) == EOT and stories_tok.token_to_id(EOT) == eot
+    ids = list(range(stories_tok.vocab_size))
+    assert [stories_tok.token_to_id(stories_tok.id_to_token(t)) for t in ids] == ids
+    assert stories_tok.token_to_id("no such token ✓") is None and stories_tok.id_to_token(10**6) is None
+    assert stories_tok.n_vocab == stories_tok.vocab_size == 1024
+    with pytest.raises(TinyLMError, match="not in this tokenizer"):
+        stories_tok.decode_single_token_bytes(1024)
 
 
 # ---------------------------------------------------------------------------- files
@@ -301,13 +330,46 @@ def test_merge_line_with_three_ids_is_named_by_line_number(stories_tok, tmp_path
 @pytest.mark.parametrize("header", ["#version: 0.2\n", ""], ids=["with #version", "without"])
 def test_gpt2_files_with_or_without_version_header(stories_tok, tmp_path, header):
     hf = to_hf_json(stories_tok)  # the same byte-to-character convention as GPT-2's files
-    encoder = {**hf["model"]["vocab"], EOT: stories_tok.eot_id}
-    (tmp_path / "encoder.json").write_text(json.dumps(encoder), encoding="utf-8")
-    (tmp_path / "vocab.bpe").write_text(header + "\n".join(hf["model"]["merges"]) + "\n", encoding="utf-8")
-    tok = from_gpt2_files(tmp_path / "encoder.json", tmp_path / "vocab.bpe")
-    assert tok.merges == stories_tok.merges and tok.eot_id == stories_tok.eot_id
+    encoder = {**hf["model"]["vocab"], EOT: stories_tok.eot_token}
+    (tmp_path / "vocab.json").write_text(json.dumps(encoder), encoding="utf-8")
+    (tmp_path / "merges.txt").write_text(header + "\n".join(hf["model"]["merges"]) + "\n", encoding="utf-8")
+    tok = BPETokenizer.from_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
+    assert tok.merges == stories_tok.merges and tok.special_tokens == stories_tok.special_tokens
     text = "Once upon a time, there was a little dog."
     assert tok.encode(text) == stories_tok.encode(text)
+    merges = hf["model"]["merges"]
+    (tmp_path / "merges.txt").write_text(header + "\n".join([merges[1], merges[0], *merges[2:]]), encoding="utf-8")
+    with pytest.raises(TinyLMError, match=r"merges\.txt: the vocabulary and merges do not form a byte-level BPE "
+                                          r"\(ValueError: merge 0 .* has id 257, not 256\)"):
+        BPETokenizer.from_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
+
+
+def test_train_bpe_functional_form_known_answer(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("ab ab abc", encoding="utf-8")
+    vocab, merges = train_bpe(path, 259, special_tokens=())
+    assert merges == [(b"a", b"b"), (b" ", b"ab"), (b" ab", b"c")]  # the docstring's worked example
+    assert vocab == {**{i: bytes([i]) for i in range(256)}, 256: b"ab", 257: b" ab", 258: b" abc"}
+
+
+def test_train_bpe_and_from_files_round_trip_byte_pairs(tmp_path):
+    path = tmp_path / "t.txt"
+    text = shared_text("tinystories/valid-head.txt", 50_000)
+    path.write_bytes(text.replace("\n", "\r\n").encode("utf-8"))  # "\r\n" is text too: kept as written
+    vocab, merges = train_bpe(path, 400, special_tokens=[EOT])
+    want = BPETokenizer.train([text.replace("\n", "\r\n")], 400, special_tokens=[EOT])
+    assert len(vocab) == 400 and vocab[399] == EOT.encode() and isinstance(merges[0][0], bytes)
+    tok = BPETokenizer.from_files(vocab, merges)
+    assert tok.__getstate__() == want.__getstate__()
+    with pytest.raises(TinyLMError, match=r"merge 1 .* has id None, not 257"):
+        BPETokenizer.from_files(vocab, [merges[0], (b"zz", b"q")])
+    with pytest.raises(TinyLMError, match=r"single bytes need ids 0\.\.255"):
+        BPETokenizer.from_files({i: t for i, t in vocab.items() if i != 65}, merges)
+    with pytest.raises(TinyLMError, match="is not a file"):
+        train_bpe(tmp_path / "missing.txt", 300)
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+    with pytest.raises(TinyLMError, match="is not UTF-8 text"):
+        train_bpe(tmp_path / "latin1.txt", 300)
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -338,7 +400,7 @@ def test_non_text_chunks_are_rejected():
 
 def test_user_pattern():
     tok = BPETokenizer.train(["aa bb aa bb"], 258, special_tokens=(), pattern=r"\S+|\s+")
-    assert tok.encode("aa bb") == tok.encode_reference("aa bb")
+    assert tok.encode("aa bb") == encode_reference(tok, "aa bb")
     assert tok.decode(tok.encode("aa bb cc")) == "aa bb cc"
 
 

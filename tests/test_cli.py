@@ -14,11 +14,19 @@ def test_tokenizer_train_encode_decode(tmp_path, english, capsys):
     assert main(["tokenizer", "train", "--corpus", english, "--vocab-size", "300", "--out", str(out)]) == 0
     assert "300 tokens (43 merges" in capsys.readouterr().out
     assert (tmp_path / "tok.vocab.txt").is_file()
-    assert main(["tokenizer", "encode", str(out), "--text", "the king<|endoftext|>"]) == 0
+    assert main(["tokenizer", "encode", str(out), "--text", "the king<|endoftext|>"]) == 2  # tiktoken's default
+    err = capsys.readouterr().err
+    assert err == ("tinylm: error: the text contains the special token '<|endoftext|>' at character 8; pass "
+                   "--allowed-special all to encode it as that token, or --ordinary to encode it as plain text\n")
+    assert main(["tokenizer", "encode", str(out), "--text", "the king<|endoftext|>", "--ordinary"]) == 0
     plain = capsys.readouterr().out.split()
-    assert main(["tokenizer", "encode", str(out), "--text", "the king<|endoftext|>", "--allowed-special", "all"]) == 0
-    special = capsys.readouterr().out.split()
-    assert special[-1] == "299" and len(special) < len(plain)
+    for allowed in ("all", "<|endoftext|>"):
+        assert main(["tokenizer", "encode", str(out), "--text", "the king<|endoftext|>", "--allowed-special",
+                     allowed]) == 0
+        special = capsys.readouterr().out.split()
+        assert special[-1] == "299" and len(special) < len(plain)
+    assert main(["tokenizer", "encode", str(out), "--text", "the king", "--allowed-special", "none"]) == 0
+    assert capsys.readouterr().out.split() == plain[:len(special) - 1]
     assert main(["tokenizer", "decode", str(out), "--ids", " ".join(plain)]) == 0
     assert capsys.readouterr().out == "the king<|endoftext|>"
 

@@ -184,9 +184,9 @@ def test_char_corpus_without_a_newline_is_separated_by_end_of_text(tmp_path):
     cfg = DataConfig(corpus=str(corpus), tokenizer="char", dir=str(tmp_path / "prep"), val_fraction=0.0)
     meta = prepare(cfg, progress=False, log=lambda *a: None)
     tok = load_data_tokenizer(cfg.dir)
-    assert tok.chars == ["a", "b", "c"] and tok.eot_id == 3 and meta["vocab_size"] == 4
+    assert tok.chars == ["a", "b", "c"] and tok.eot_token == 3 and meta["vocab_size"] == 4
     ids = read_shard(tmp_path / "prep" / meta["train"]["shards"][0]).tolist()
-    assert ids.count(tok.eot_id) == 2  # one after each document, none inside
+    assert ids.count(tok.eot_token) == 2  # one after each document, none inside
     assert tok.decode(ids) == "abcabcabc" * 20 + "<|endoftext|>" + "cbacba" * 20 + "<|endoftext|>"
 
 

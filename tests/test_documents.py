@@ -70,9 +70,9 @@ def test_document_pieces_encode_like_the_whole_document(tmp_path, text_200k):
     text = text_200k.read_text(encoding="utf-8")[:30_000]
     tok = BPETokenizer.train([text], 400)
     path = write(tmp_path, text.replace("\n\n", f"\n{ENDOFTEXT}\n", 40))
-    whole = [tok.encode(d) for d in docs_of(path)]
+    whole = [tok.encode_ordinary(d) for d in docs_of(path)]
     for chunk_chars in (50, 997):
-        pieces = [[t for p in d for t in tok.encode(p)] for d in iter_documents(Corpus("t", (path,)),
+        pieces = [[t for p in d for t in tok.encode_ordinary(p)] for d in iter_documents(Corpus("t", (path,)),
                                                                                chunk_chars=chunk_chars)]
         assert pieces == whole
 
@@ -96,16 +96,28 @@ def test_each_marker_becomes_one_end_of_text_id_and_never_text(tmp_path, tokeniz
     cfg = prepared(tmp_path, tinystories_text(docs), tokenizer=tokenizer, vocab_size=300)
     tok = load_data_tokenizer(cfg.dir)
     ids = split_ids(cfg, "train") + split_ids(cfg, "val")
-    assert ids.count(tok.eot_id) == len(docs)  # one per marker: each story ends with one
+    assert ids.count(tok.eot_token) == len(docs)  # one per marker: each story ends with one
     assert tok.decode(ids) == "".join(d + ENDOFTEXT for d in docs)
-    text = tok.decode([t for t in ids if t != tok.eot_id])
+    text = tok.decode([t for t in ids if t != tok.eot_token])
     assert "endoftext" not in text and "|" not in text
     if tokenizer == "char":
         assert "|" not in tok.chars and "<" not in tok.chars
     else:  # the trainer never saw the marker as text: no merge spells any of it
-        assert not any(b"|" in tok.decode_bytes([t]) for t in range(256, tok.vocab_size) if t != tok.eot_id)
+        assert not any(b"|" in tok.decode_bytes([t]) for t in range(256, tok.vocab_size) if t != tok.eot_token)
     meta = load_meta(cfg.dir)
     assert meta["train"]["documents"] + meta["val"]["documents"] == len(docs)
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "bpe"])
+def test_special_token_text_inside_a_document_is_encoded_as_text(tmp_path, tokenizer):
+    """Documents are encoded with encode_ordinary: with blank-line separators a literal
+    "<|endoftext|>" is part of a document, so it becomes text tokens, never the separator's id."""
+    docs = [f"story {i} says {ENDOFTEXT} aloud" for i in range(30)]
+    cfg = prepared(tmp_path, "\n\n".join(docs) + "\n", tokenizer=tokenizer, vocab_size=300, doc_separator="blank")
+    tok = load_data_tokenizer(cfg.dir)
+    ids = split_ids(cfg, "train") + split_ids(cfg, "val")
+    assert ids.count(tok.eot_token) == len(docs)  # one after each document, none inside
+    assert tok.decode(ids) == "".join(d + ENDOFTEXT for d in docs)
 
 
 def test_val_split_starts_at_a_document_start(tmp_path):
@@ -113,7 +125,7 @@ def test_val_split_starts_at_a_document_start(tmp_path):
     cfg = prepared(tmp_path, tinystories_text(docs), val_fraction=0.2)
     tok = load_data_tokenizer(cfg.dir)
     train, val = split_ids(cfg, "train"), split_ids(cfg, "val")
-    assert train[-1] == tok.eot_id and tok.decode(val).startswith("Story ")
+    assert train[-1] == tok.eot_token and tok.decode(val).startswith("Story ")
     n = len(train) + len(val)
     assert abs(len(val) - 0.2 * n) <= 0.02 * n  # moved back by less than a tenth of the split
 
@@ -130,7 +142,7 @@ def test_meta_counts_documents_bytes_and_unigram_entropy(tmp_path):
     p = np.bincount(train) / len(train)
     want = -sum(q * math.log(q) for q in p if q > 0)
     assert meta["unigram_entropy"] == pytest.approx(want, rel=1e-9)
-    assert meta["train"]["bytes"] == sum(len(tok.decode_bytes([t])) for t in train if t != tok.eot_id)
+    assert meta["train"]["bytes"] == sum(len(tok.decode_bytes([t])) for t in train if t != tok.eot_token)
 
 
 def test_prepare_prints_entropy_and_documents(tmp_path):
@@ -201,13 +213,13 @@ def test_aligned_windows_start_at_documents(tmp_path):
     ids = split_ids(cfg, "train")
     w = TokenWindows(cfg.dir, "train", 32)
     starts = w.doc_starts().tolist()
-    ends = [i for i, t in enumerate(ids) if t == tok.eot_id]
+    ends = [i for i, t in enumerate(ids) if t == tok.eot_token]
     assert starts == [0] + [e for e in ends if e <= len(ids) - 33]  # the end-of-text id before each document
     epoch = len(starts)
     loader = BatchLoader(w, 4, mode="epoch", seed=3, align="doc")
     for _ in range(epoch // 4):
         x, _ = loader.next_batch()
-        assert all(t in (tok.eot_id, ids[0]) for t in x[:, 0].tolist())  # the first document has none before it
+        assert all(t in (tok.eot_token, ids[0]) for t in x[:, 0].tolist())  # the first document has none before it
     # each document start once per epoch: the starts drawn are a permutation of them
     loader2 = BatchLoader(w, 1, mode="epoch", seed=3, align="doc")
     drawn = [int(loader2._next_global_starts()[0]) for _ in range(epoch)]

@@ -103,7 +103,7 @@ def test_bits_per_byte_of_a_uniform_model_is_log2_vocab_times_tokens_per_byte(ki
     assert r.loss == pytest.approx(math.log(tok.vocab_size), rel=1e-6)
     assert r.bpb == pytest.approx(math.log2(tok.vocab_size) * r.tokens / r.bytes, rel=1e-6)
     # an end-of-text id counts in the loss, but has no bytes and is left out of bits per byte (as nanochat does)
-    eot = tok.eot_id
+    eot = tok.eot_token
     with_eot = np.concatenate([ids, [eot], ids]).astype(np.uint32)
     r2 = Evaluator([with_eot], 16, 4, tok.token_byte_lengths()).run(Uniform(tok.vocab_size), torch.device("cpu"))
     assert r2.tokens == 2 * len(ids) and r2.bytes == 2 * r.bytes + len(tok.decode_bytes(ids[:1].tolist()))
@@ -115,7 +115,7 @@ def test_token_byte_lengths():
     assert char.token_byte_lengths() == [1, 2, 3, 0]
     bpe = BPETokenizer.train(["hello hello héllo"], 262, progress=False)
     lengths = bpe.token_byte_lengths()
-    assert lengths[:256] == [1] * 256 and lengths[bpe.eot_id] == 0
+    assert lengths[:256] == [1] * 256 and lengths[bpe.eot_token] == 0
     ids = bpe.encode("héllo hello")
     assert sum(lengths[i] for i in ids) == len("héllo hello".encode())
 

@@ -386,6 +386,18 @@ def char_tok():
     return CharTokenizer("abcdefghijklmnopqrstuvwxyz .,\n:ABCDEFGHIJKLMNOPQRSTUVWXYZ!?;'-0123456789", ["<|endoftext|>"])
 
 
+def test_prompts_may_hold_special_tokens(char_tok):
+    """A prompt is the user's, not corpus text: "<|endoftext|>" in it is the end-of-text id (as in
+    training, between documents), not an error as encode's default would make it."""
+    from tinylm.generate import check_prompt, encode_prompt
+    eot = char_tok.eot_token
+    assert encode_prompt(char_tok, "<|endoftext|>Once") == [eot, *char_tok.encode("Once")]
+    assert encode_prompt(char_tok, "") == [eot]
+    check_prompt(char_tok, "the end.<|endoftext|>A", "data/x")  # accepted before training
+    with pytest.raises(TinyLMError, match=r"characters \['é'\]"):
+        check_prompt(char_tok, "café<|endoftext|>", "data/x")
+
+
 def _streams_join_to_the_final_text(model, tok, prompts, stops, temperature, max_new_tokens, seed) -> None:
     """For each set of stop strings: the pieces streamed per row join to that row's final text,
     which never holds a stop string."""
@@ -407,16 +419,20 @@ def test_generate_text_streams_exactly_the_final_text(char_tok):
 
 class _CountingBytes:
     """A byte-level tokenizer (no merges: every multi-byte character spans several tokens) that
-    records how many ids each decode_bytes call gets."""
+    records the decoding calls: (method, number of ids)."""
 
     def __init__(self):
         from tinylm.tokenizer.bpe import BPETokenizer
         self.tok, self.calls = BPETokenizer([]), []
-        self.eot_id = None
+        self.eot_token = None
 
     def decode_bytes(self, ids):
-        self.calls.append(len(ids))
+        self.calls.append(("decode_bytes", len(ids)))
         return self.tok.decode_bytes(ids)
+
+    def decode_single_token_bytes(self, token):
+        self.calls.append(("decode_single_token_bytes", 1))
+        return self.tok.decode_single_token_bytes(token)
 
     def __getattr__(self, name):
         return getattr(self.tok, name)
@@ -433,7 +449,7 @@ def test_text_stream_decodes_each_token_once_and_never_splits_a_character():
     for t in ids:
         stream.push(t)
     assert "".join(pieces) == text and "\ufffd" not in "".join(pieces)
-    assert tok.calls == [1] * len(ids)  # one new token per call: linear, not quadratic
+    assert tok.calls == [("decode_single_token_bytes", 1)] * len(ids)  # one token per call: linear, not quadratic
 
 
 def test_generate_text_streams_exactly_the_final_text_with_byte_tokens():

@@ -233,7 +233,7 @@ def test_export_loads_in_transformers_with_the_same_logits_and_greedy_tokens(tmp
     text = shared_text("tinyshakespeare/input.txt")[-20_000:] + "<|endoftext|>Now, \u2019tis 42 déjà-vu\r\n  x"
     assert hf_tok(text).input_ids == bpe.encode(text, allowed_special="all")
     assert hf_tok.decode(bpe.encode(text, allowed_special="all")) == text
-    assert hf_tok.eos_token == "<|endoftext|>" and hf.config.eos_token_id == bpe.eot_id
+    assert hf_tok.eos_token == "<|endoftext|>" and hf.config.eos_token_id == bpe.eot_token
     # a second export replaces the first
     assert main(["export", str(cfg.run_dir), "--format", "hf", "--out", str(out)]) == 0
 

@@ -2,7 +2,7 @@ import pytest
 
 from tinylm.cli import main
 from tinylm.errors import TinyLMError
-from tinylm.tokenizer import CharTokenizer, load_tokenizer
+from tinylm.tokenizer import CharTokenizer, DisallowedSpecial, load_tokenizer
 
 
 def test_known_answer_and_round_trip():
@@ -22,13 +22,35 @@ def test_unknown_character_names_it():
 def test_special_tokens_after_chars_and_only_when_allowed():
     tok = CharTokenizer.train(["ab<|>"], special_tokens=["<|endoftext|>"])
     eot = tok.special_tokens["<|endoftext|>"]
-    assert eot == len(tok.chars) and tok.eot_id == eot and tok.vocab_size == len(tok.chars) + 1
+    assert eot == len(tok.chars) and tok.eot_token == eot and tok.vocab_size == len(tok.chars) + 1
     assert tok.encode("a<|endoftext|>b", allowed_special="all") == [tok.stoi["a"], eot, tok.stoi["b"]]
-    with pytest.raises(TinyLMError):  # 'e', 'n', ... are not characters of this vocabulary
+    with pytest.raises(DisallowedSpecial, match="at character 1"):  # tiktoken's default, as for BPE
         tok.encode("a<|endoftext|>b")
+    with pytest.raises(TinyLMError, match="not in this character vocabulary"):  # 'e', 'n', ... are not characters
+        tok.encode_ordinary("a<|endoftext|>b")
+    assert tok.encode_ordinary("a<|>b") == tok.encode("a<|>b") == [tok.stoi[c] for c in "a<|>b"]
     assert tok.decode([eot]) == "<|endoftext|>"
     with pytest.raises(TinyLMError, match="not special tokens"):  # the same rule as BPE's
         tok.encode("ab", allowed_special={"<|nope|>"})
+
+
+def test_tiktoken_style_api():
+    tok = CharTokenizer.train(["hello world"], special_tokens=["<|endoftext|>"])
+    eot = tok.eot_token
+    assert tok.n_vocab == tok.vocab_size == 9 and eot == 8
+    text = "hello<|endoftext|>world"
+    assert tok.encode_batch(["hello", text, ""], allowed_special="all") == [
+        tok.encode("hello"), [*tok.encode("hello"), eot, *tok.encode("world")], []]
+    with pytest.raises(DisallowedSpecial):
+        tok.encode_batch(["hello", text])
+    assert tok.decode_single_token_bytes(tok.stoi["o"]) == b"o"
+    assert tok.decode_single_token_bytes(eot) == b"<|endoftext|>"
+    assert tok.decode_bytes(tok.encode("hello")) == b"hello"
+    assert tok.token_to_id("w") == tok.stoi["w"] and tok.token_to_id("<|endoftext|>") == eot
+    assert tok.token_to_id("z") is None and tok.id_to_token(eot) == "<|endoftext|>" and tok.id_to_token(9) is None
+    assert [tok.id_to_token(i) for i in range(8)] == tok.chars
+    with pytest.raises(TinyLMError, match="not in this tokenizer"):
+        tok.decode_single_token_bytes(9)
 
 
 def test_save_load_round_trip(tmp_path):
@@ -60,7 +82,7 @@ def test_file_without_special_tokens_still_loads(tmp_path):
     # files written before prepare gave every char tokenizer <|endoftext|>
     (tmp_path / "old.txt").write_text('tinylm-char 1\n{\n "chars": "ab",\n "special_tokens": []\n}\n')
     tok = load_tokenizer(tmp_path / "old.txt")
-    assert tok.chars == ["a", "b"] and tok.eot_id is None and tok.vocab_size == 2
+    assert tok.chars == ["a", "b"] and tok.eot_token is None and tok.vocab_size == 2
 
 
 @pytest.mark.parametrize("damage", [

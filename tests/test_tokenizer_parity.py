@@ -10,8 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tinylm.errors import TinyLMError
-from tinylm.tokenizer.bpe import BPETokenizer
-from tinylm.tokenizer.io import from_gpt2_files, load_tiktoken_ranks, save_hf, save_tiktoken_ranks, to_hf_tokenizer
+from tinylm.tokenizer import DisallowedSpecial
+from tinylm.tokenizer.bpe import BPETokenizer, encode_reference
+from tinylm.tokenizer.io import load_tiktoken_ranks, save_hf, save_tiktoken_ranks, to_hf_tokenizer
 
 from conftest import shared_text, stdlib_text
 
@@ -55,8 +56,8 @@ def trained() -> BPETokenizer:
 # ---------------------------------------------------------------------------- GPT-2 parity
 
 def test_gpt2_known_answers(gpt2):
-    assert gpt2.vocab_size == 50257 and gpt2.n_merges == 50000 and gpt2.eot_id == 50256
-    assert gpt2.encode("hello world") == gpt2.encode_reference("hello world") == [31373, 995]
+    assert gpt2.vocab_size == 50257 and gpt2.n_merges == 50000 and gpt2.eot_token == 50256
+    assert gpt2.encode("hello world") == encode_reference(gpt2, "hello world") == [31373, 995]
     assert gpt2.encode(" hello") == [23748]
     assert gpt2.encode(EOT, allowed_special="all") == [50256]
     assert gpt2.vocab[gpt2.merges[0][0]] + gpt2.vocab[gpt2.merges[0][1]] == b" t"  # vocab.bpe line 1: "Ġ t"
@@ -67,21 +68,70 @@ def test_gpt2_known_answers(gpt2):
 def test_gpt2_parity_on_real_text(gpt2, gpt2_enc, name):
     text = stdlib_text() if name == "stdlib" else shared_text(name)
     want = gpt2_enc.encode_ordinary(text)
-    assert gpt2.encode(text) == want            # fast path: 100% of tokens
-    assert gpt2.encode_reference(text) == want  # pure-Python reference: 100% of tokens
+    assert gpt2.encode_ordinary(text) == want   # fast path: 100% of tokens
+    assert encode_reference(gpt2, text) == want  # pure-Python reference: 100% of tokens
     assert gpt2.decode(want) == text
 
 
 @FUZZ
 @given(text=texts)
 def test_gpt2_parity_fuzz(gpt2, gpt2_enc, text):
-    want = gpt2_enc.encode(text, disallowed_special=())
-    assert gpt2.encode(text) == want
-    assert gpt2.encode_reference(text) == want
+    want = gpt2_enc.encode_ordinary(text)
+    assert gpt2.encode_ordinary(text) == want
+    assert encode_reference(gpt2, text) == want
     want = gpt2_enc.encode(text, allowed_special="all")
     assert gpt2.encode(text, allowed_special="all") == want
-    assert gpt2.encode_reference(text, allowed_special="all") == want
+    assert encode_reference(gpt2, text, allowed_special="all") == want
     assert gpt2.decode(want) == text
+
+
+# the special-token settings tiktoken users pass; each is compared call for call
+SPECIAL_KWARGS = [{}, {"allowed_special": "all"}, {"allowed_special": {EOT}}, {"disallowed_special": ()},
+                  {"allowed_special": "all", "disallowed_special": ()}, {"disallowed_special": {EOT}},
+                  {"allowed_special": {EOT}, "disallowed_special": {EOT}}, {"disallowed_special": {"<|"}}]
+
+
+def _outcome(encode, text, kwargs):
+    """The ids, or "ValueError" when the call raises one (as tiktoken does for a disallowed special token)."""
+    try:
+        return encode(text, **kwargs)
+    except ValueError:
+        return "ValueError"
+
+
+@FUZZ
+@given(text=texts)
+def test_gpt2_special_token_rules_match_tiktoken_call_for_call(gpt2, gpt2_enc, text):
+    for kwargs in SPECIAL_KWARGS:
+        assert _outcome(gpt2.encode, text, kwargs) == _outcome(gpt2_enc.encode, text, kwargs), kwargs
+    assert gpt2.encode_ordinary(text) == gpt2_enc.encode_ordinary(text)
+
+
+def test_gpt2_tiktoken_api_known_answers(gpt2, gpt2_enc):
+    assert gpt2.n_vocab == gpt2_enc.n_vocab == 50257 and gpt2.eot_token == gpt2_enc.eot_token == 50256
+    text = f"Hello{EOT} world"
+    for tok in (gpt2, gpt2_enc):  # the same defaults: special-token text raises unless allowed
+        with pytest.raises(ValueError, match="<\\|endoftext\\|>"):
+            tok.encode(text)
+    with pytest.raises(DisallowedSpecial):
+        gpt2.encode(text)
+    assert gpt2.encode(text, allowed_special="all") == [15496, 50256, 995]
+    assert gpt2.encode_ordinary(text) == gpt2_enc.encode_ordinary(text) == gpt2.encode(text, disallowed_special=())
+    batch = ["hello world", text, "", " café 🙂"]
+    for kwargs in ({"allowed_special": "all"}, {"disallowed_special": ()}):
+        assert gpt2.encode_batch(batch, **kwargs) == gpt2_enc.encode_batch(batch, **kwargs)
+    with pytest.raises(ValueError):
+        gpt2.encode_batch(batch)
+
+
+def test_gpt2_decoding_matches_tiktoken_for_every_id(gpt2, gpt2_enc):
+    ids = range(gpt2.n_vocab)
+    assert [gpt2.decode_single_token_bytes(i) for i in ids] == [gpt2_enc.decode_single_token_bytes(i) for i in ids]
+    some = gpt2_enc.encode("naïve café 🙂 — <|endoftext|>", allowed_special="all")
+    assert gpt2.decode_bytes(some) == gpt2_enc.decode_bytes(some)
+    assert gpt2.decode_bytes(some[:3] + some[5:6]) == gpt2_enc.decode_bytes(some[:3] + some[5:6])  # split characters
+    with pytest.raises(TinyLMError, match="not in this tokenizer"):
+        gpt2.decode_single_token_bytes(50257)
 
 
 def test_gpt2_from_release_files(gpt2):
@@ -91,10 +141,10 @@ def test_gpt2_from_release_files(gpt2):
     vocab_bpe = cache / "6d1cbeee0f20b3d9449abfede4726ed8212e3aee"
     if not (enc_json.is_file() and vocab_bpe.is_file()):
         pytest.skip("GPT-2's encoder.json / vocab.bpe are not in TIKTOKEN_CACHE_DIR")
-    tok = from_gpt2_files(enc_json, vocab_bpe)
+    tok = BPETokenizer.from_files(enc_json, vocab_bpe)
     assert tok.__getstate__() == gpt2.__getstate__()
     with pytest.raises(TinyLMError, match="cannot read GPT-2 files"):
-        from_gpt2_files(vocab_bpe, enc_json)
+        BPETokenizer.from_files(vocab_bpe, enc_json)
 
 
 def test_gpt2_file_round_trip(gpt2, tmp_path):
@@ -112,7 +162,7 @@ def test_gpt2_file_round_trip(gpt2, tmp_path):
 @given(text=texts)
 def test_trained_fast_reference_and_tiktoken_agree(trained, text):
     ids = trained.encode(text, allowed_special="all")
-    assert ids == trained.encode_reference(text, allowed_special="all")
+    assert ids == encode_reference(trained, text, allowed_special="all")
     assert trained.decode(ids) == text
 
 
@@ -152,6 +202,11 @@ def test_hf_export_of_gpt2(gpt2, gpt2_enc, tmp_path):
     hf = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
     text = shared_text("tinystories/valid-head.txt")[:200_000] + EOT + stdlib_text(100_000)
     assert hf.encode(text).ids == gpt2_enc.encode(text, allowed_special="all")
+    # Hugging Face's token names ("Ġworld"): the same lookups both ways, for every id
+    names = [hf.id_to_token(i) for i in range(gpt2.n_vocab)]
+    assert [gpt2.id_to_token(i) for i in range(gpt2.n_vocab)] == names
+    assert [gpt2.token_to_id(t) for t in names] == list(range(gpt2.n_vocab))
+    assert gpt2.token_to_id("Ġworld") == hf.token_to_id("Ġworld") == 995 and gpt2.token_to_id("nope nope") is None
 
 
 def test_bad_ranks_are_rejected():
@@ -165,5 +220,12 @@ def test_bad_ranks_are_rejected():
 def test_lone_surrogates_are_replaced_like_tiktoken(gpt2, gpt2_enc):
     text = "a\ud800b \udfff c\ud83d\ude00"  # two lone surrogates and a valid pair (an emoji)
     want = gpt2_enc.encode(text)
-    assert gpt2.encode(text) == gpt2.encode_reference(text) == want
+    assert gpt2.encode(text) == encode_reference(gpt2, text) == want
     assert gpt2.decode(want) == "a\ufffdb \ufffd c\U0001f600"
+
+
+def test_token_stats_count_special_token_text_as_text(gpt2, gpt2_enc):
+    from tinylm.tokenizer.stats import token_stats
+    text = f"Once upon a time.{EOT}The end.\n"
+    rows = token_stats([text], [256], width=8)
+    assert rows[-1]["tokenizer"] == "gpt2" and rows[-1]["tokens"] == len(gpt2_enc.encode_ordinary(text))

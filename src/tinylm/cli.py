@@ -256,9 +256,21 @@ def cmd_tok_train(args, extra) -> int:
 
 
 def cmd_tok_encode(args, extra) -> int:
+    from .tokenizer import DisallowedSpecial
     tok = _load_any_tokenizer(args.tokenizer)
     text = args.text if args.text is not None else sys.stdin.read()
-    print(" ".join(map(str, tok.encode(text, allowed_special=args.allowed_special))))
+    if args.ordinary:
+        ids = tok.encode_ordinary(text)
+    else:
+        allowed = args.allowed_special
+        allowed = {s for s in allowed.split(",") if s} if allowed not in ("all", "none") else allowed
+        try:
+            ids = tok.encode(text, allowed_special=set() if allowed == "none" else allowed)
+        except DisallowedSpecial as e:  # the library's message names Python arguments; say the flags
+            raise TinyLMError(f"the text contains the special token {e.token!r} at character {e.position}; pass "
+                              f"--allowed-special all to encode it as that token, or --ordinary to encode it as "
+                              f"plain text") from None
+    print(" ".join(map(str, ids)))
     return 0
 
 
@@ -298,8 +310,11 @@ def _add_tokenizer_commands(sub) -> None:
         sp.add_argument("tokenizer", help="tokenizer file, or gpt2")
         sp.set_defaults(func=func)
     tsub.choices["encode"].add_argument("--text", help="text to encode (default: stdin)")
-    tsub.choices["encode"].add_argument("--allowed-special", default="none",
-                                        help="'all' to turn special-token text into its id")
+    specials = tsub.choices["encode"].add_mutually_exclusive_group()
+    specials.add_argument("--allowed-special", default="none",
+                          help="special tokens whose text becomes their id: all, none or a comma-separated "
+                               "list (others in the text are an error)")
+    specials.add_argument("--ordinary", action="store_true", help="encode special-token text as ordinary text")
     tsub.choices["decode"].add_argument("--ids", help='ids like "15496 995" (default: stdin)')
     sp = tsub.add_parser("stats", help="tokens per character and embedding cost for several vocab sizes")
     sp.add_argument("--corpus", required=True)

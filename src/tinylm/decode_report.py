@@ -227,7 +227,7 @@ def run_report(model: GPT, tok: Tokenizer, pairs: list[tuple[list[int], list[int
     for v in variants:
         cfg = replace(v.cfg, num_samples=n) if v.cfg.strategy in SAMPLING else v.cfg
         t0 = time.perf_counter()
-        results: list[list[Completion]] = generate(model, prompts, cfg, seed=seed, eot_id=tok.eot_id)
+        results: list[list[Completion]] = generate(model, prompts, cfg, seed=seed, eot_id=tok.eot_token)
         seconds = time.perf_counter() - t0
         n_tokens = sum(len(c.tokens) for per_prompt in results for c in per_prompt)
         row = Row(v.name, describe_settings(v.cfg) or "-",

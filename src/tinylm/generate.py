@@ -25,6 +25,7 @@ from .model import GPT
 from .sampling import PAD, apply_processors, build_processors
 from .strategies import SAMPLING, check_sample
 from .tokenizer import Tokenizer
+from .tokenizer.base import special_splitter
 
 
 def _need(cond: bool, msg: str) -> None:
@@ -367,13 +368,15 @@ def _beam_search(rows: _Rows, s: SampleConfig, procs, stops: _Stops) -> list[lis
 # --------------------------------------------------------------------------- text in, text out
 
 def encode_prompt(tok: Tokenizer, prompt: str) -> list[int]:
-    """Prompt text -> ids. An empty prompt starts from end-of-text (the document boundary the
-    model saw in training) or, without one, from id 0 (a character tokenizer's lowest character,
-    usually the newline)."""
-    ids = tok.encode(prompt)
+    """Prompt text -> ids. A prompt is typed by the user, not read from a corpus, so its special
+    tokens count as such (``allowed_special="all"``, as Hugging Face tokenizers always do):
+    ``"<|endoftext|>Once"`` starts a new document after the end-of-text id, as in training. An
+    empty prompt starts from end-of-text or, without one, from id 0 (a character tokenizer's
+    lowest character, usually the newline)."""
+    ids = tok.encode(prompt, allowed_special="all")
     if ids:
         return ids
-    return [tok.eot_id if tok.eot_id is not None else 0]
+    return [tok.eot_token if tok.eot_token is not None else 0]
 
 
 def check_prompt(tok: Tokenizer, prompt: str, data_dir: str) -> None:
@@ -381,13 +384,15 @@ def check_prompt(tok: Tokenizer, prompt: str, data_dir: str) -> None:
     (checked before training: else the first evaluation fails, and again at every resume)."""
     def encodes(text: str) -> bool:
         try:
-            tok.encode(text)
+            encode_prompt(tok, text)
             return True
         except TinyLMError:
             return False
 
     if not encodes(prompt):
-        missing = [c for c in dict.fromkeys(prompt) if not encodes(c)]
+        splitter = special_splitter(tok.special_tokens)  # special tokens encode whole, not by character
+        text = splitter.sub("", prompt) if splitter else prompt
+        missing = [c for c in dict.fromkeys(text) if not encodes(c)]
         raise TinyLMError(f"--sample.prompt {prompt!r} has characters {missing!r} that the tokenizer of {data_dir} "
                           f"cannot encode; leave them out of --sample.prompt, or use --data.tokenizer bpe, "
                           f"which encodes any text")
@@ -415,7 +420,7 @@ class _TextStream:
         self.sent = 0  # characters already emitted
 
     def push(self, t: int) -> None:
-        self.pending += self.utf8.decode(self.tok.decode_bytes([t]))
+        self.pending += self.utf8.decode(self.tok.decode_single_token_bytes(t))
         safe = len(self.pending) - self.hold
         if safe > 0:
             self.emit(self.pending[:safe])
@@ -445,7 +450,7 @@ def generate_text(model: GPT, tok: Tokenizer, prompts: Sequence[str], s: SampleC
     if on_text is not None and s.strategy != "beam":
         streams = [_TextStream(tok, (lambda piece, r=r: on_text(r, piece)), hold)
                    for r in range(len(prompts) * n)]
-    results = generate(model, ids, s, seed=seed, eot_id=tok.eot_id, stop_strings=stop_strings, decode=tok.decode,
+    results = generate(model, ids, s, seed=seed, eot_id=tok.eot_token, stop_strings=stop_strings, decode=tok.decode,
                        on_token=(lambda r, t: streams[r].push(t)) if streams else None)
     row = 0
     for per_prompt in results:

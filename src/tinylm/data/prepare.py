@@ -79,8 +79,9 @@ def _encode_in_worker(text: str | None) -> np.ndarray:
 
 
 def _encode(tok: Tokenizer, text: str | None) -> np.ndarray:
-    """A document's piece -> its ids; None (a document's end) -> the end-of-text id."""
-    return np.asarray(tok.encode(text) if text is not None else [tok.eot_id], dtype=np.uint32)
+    """A document's piece -> its ids; None (a document's end) -> the end-of-text id. Documents are
+    text between separators: "<|endoftext|>" inside one is its characters, never the separator's id."""
+    return np.asarray(tok.encode_ordinary(text) if text is not None else [tok.eot_token], dtype=np.uint32)
 
 
 def _token_stream(tok: Tokenizer, docs: Iterator[Iterator[str]], workers: int) -> Iterator[np.ndarray]:
@@ -89,7 +90,7 @@ def _token_stream(tok: Tokenizer, docs: Iterator[Iterator[str]], workers: int) -
     Chunks end where the pre-tokenizer would split anyway (see corpora.iter_chunks), so encoding
     chunk by chunk gives the same ids as encoding each document whole.
     """
-    assert tok.eot_id is not None, "build_tokenizer gives every tokenizer <|endoftext|>"
+    assert tok.eot_token is not None, "build_tokenizer gives every tokenizer <|endoftext|>"
     pieces = (p for doc in docs for p in itertools.chain(doc, [None]))
     if workers <= 1:
         yield from (_encode(tok, p) for p in pieces)
@@ -219,7 +220,7 @@ class _Tokens:
         with open(path, "wb") as f:
             for arr in _token_stream(tok, docs, workers):
                 f.write(arr.astype(dtype).tobytes())
-                if len(arr) == 1 and arr[0] == tok.eot_id:  # a document's end: text never encodes to it
+                if len(arr) == 1 and arr[0] == tok.eot_token:  # a document's end: text never encodes to it
                     ends.append(n)
                 n += len(arr)
         self.n, self.ends = n, np.frombuffer(ends, dtype=np.int64) if ends else np.zeros(0, np.int64)

@@ -112,7 +112,7 @@ def tokenizer_files(tok: Tokenizer, block_size: int) -> dict[str, dict]:
     if not isinstance(tok, BPETokenizer):
         raise TinyLMError(f"the Hugging Face export writes BPE tokenizers; this run's is {tok.describe()}: export "
                           f"the weights alone with --format safetensors, or train with --data.tokenizer bpe")
-    special = {"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT} if tok.eot_id is not None else {}
+    special = {"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT} if tok.eot_token is not None else {}
     return {"tokenizer.json": to_hf_json(tok),
             "tokenizer_config.json": {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": block_size,
                                       "clean_up_tokenization_spaces": False, "add_prefix_space": False, **special}}
@@ -145,7 +145,7 @@ def export_hf(ckpt_dir: Path, out: Path) -> str:
         raise TinyLMError(f"--out {out} exists and is not a tinylm Hugging Face export, so it is not replaced; "
                           f"choose another --out (a new or empty folder), or move it away")
     config, tensors = (gpt2_files if name == "gpt2" else llama_files)(m, load_part(ckpt_dir, "model"))
-    ids = {"bos_token_id": tok.eot_id, "eos_token_id": tok.eot_id}
+    ids = {"bos_token_id": tok.eot_token, "eos_token_id": tok.eot_token}
     docs["config.json"] = {**config, **ids, "dtype": "float32", "torch_dtype": "float32", "use_cache": True,
                            "tinylm": {"version": __version__, "checkpoint": str(ckpt_dir)}}
     docs["generation_config.json"] = ids

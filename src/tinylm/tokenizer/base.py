@@ -4,17 +4,23 @@ A tokenizer file is UTF-8 text whose first line is a header ``tinylm-<kind> <ver
 :func:`tinylm.tokenizer.load_tokenizer` reads that line and hands the file to the class
 registered for ``<kind>``. Everything after the header belongs to that class.
 
-Special tokens follow tiktoken's rules for every tokenizer: the ones in ``allowed_special`` become
-their ids, and the text of any other is encoded as ordinary text. Also here: the small helpers the
-tokenizer modules share (reading ids typed by a person, an optional progress bar).
+The interface is tiktoken's (``encode``, ``encode_ordinary``, ``encode_batch``, ``decode``,
+``decode_bytes``, ``decode_single_token_bytes``, ``n_vocab``, ``eot_token``) plus Hugging Face's
+``vocab_size``, ``token_to_id`` and ``id_to_token``, with tiktoken's special-token rules for every
+tokenizer: ``encode`` turns the special tokens in ``allowed_special`` into their ids and raises
+:class:`DisallowedSpecial` when the text contains any other (``disallowed_special="all"``);
+``encode_ordinary`` encodes all special-token text as ordinary text. Also here: the small helpers
+the tokenizer modules share (reading ids typed by a person, an optional progress bar).
 """
 from __future__ import annotations
 
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 from ..errors import TinyLMError
 from ..fileio import write_text_atomic
@@ -22,9 +28,28 @@ from ..fileio import write_text_atomic
 #: the special token that separates documents in every tokenizer tinylm trains (char and BPE)
 ENDOFTEXT = "<|endoftext|>"
 
+#: ``allowed_special`` / ``disallowed_special``: "all" or a set of special-token texts (tiktoken's types)
+Specials = Literal["all"] | Collection[str]
+
+
+class DisallowedSpecial(TinyLMError, ValueError):
+    """``encode`` met a special token's text it was not allowed to encode as that token.
+
+    A ValueError like tiktoken's, so ``except ValueError`` code written for tiktoken still works;
+    a TinyLMError, so the CLI prints the message as one line. ``token`` and ``position`` say
+    which special token and where (a character index).
+    """
+
+    def __init__(self, token: str, position: int):
+        self.token, self.position = token, position
+        super().__init__(f"the text contains the special token {token!r} at character {position}, which is "
+                         f"disallowed here; pass allowed_special={{{token!r}}} to encode it as that token, or "
+                         f"use encode_ordinary (or disallowed_special=()) to encode it as plain text")
+
 
 class Tokenizer(ABC):
-    """Text <-> token ids. Subclasses set ``kind`` and register themselves with ``@register``."""
+    """Text <-> token ids. Subclasses set ``kind``, implement the abstract methods and register
+    themselves with ``@register``; the encode variants are built here on :meth:`_encode`."""
 
     kind: str = ""
     #: special token text -> id, e.g. {"<|endoftext|>": 50256}
@@ -35,53 +60,65 @@ class Tokenizer(ABC):
     def vocab_size(self) -> int:
         """Number of ids (ordinary tokens + special tokens); every id is < vocab_size."""
 
-    @abstractmethod
-    def encode(self, text: str, allowed_special: str | set[str] = "none") -> list[int]:
-        """Text -> ids. ``allowed_special`` is "all", "none" or a set of special-token texts;
-        a special token's text that is not allowed is encoded as ordinary text."""
-
-    @abstractmethod
-    def decode(self, ids: Iterable[int]) -> str:
-        """Ids -> text (ids that do not form valid UTF-8 are replaced by U+FFFD)."""
-
-    def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        """Ids -> UTF-8 bytes. A byte-level tokenizer overrides this: its tokens can split a
-        character, so the bytes of a few tokens need not be valid UTF-8 on their own."""
-        return self.decode(ids).encode("utf-8")
-
-    def token_byte_lengths(self) -> list[int]:
-        """UTF-8 bytes of text each id stands for, special tokens 0: what bits per byte divides by.
-
-        Character level: ``len("é".encode())`` = 2; byte-level BPE: the token's bytes (a token may
-        hold part of a character). Special tokens such as ``<|endoftext|>`` separate documents and
-        stand for no text of theirs.
-        """
-        specials = set(self.special_tokens.values())
-        return [0 if i in specials else len(self.decode_bytes([i])) for i in range(self.vocab_size)]
-
-    @abstractmethod
-    def to_text(self) -> str:
-        """The file body after the header line (see :meth:`save`)."""
-
-    @classmethod
-    @abstractmethod
-    def from_text(cls, body: str) -> Tokenizer:
-        """Inverse of :meth:`to_text`."""
-
-    format_version: int = 1
+    @property
+    def n_vocab(self) -> int:
+        """tiktoken's name for :attr:`vocab_size`."""
+        return self.vocab_size
 
     @property
-    def eot_id(self) -> int | None:
-        """Id of ``<|endoftext|>`` when the tokenizer has it (document separator), else None."""
+    def eot_token(self) -> int | None:
+        """Id of ``<|endoftext|>`` (the document separator), as tiktoken's ``eot_token``; None when the
+        tokenizer has no such token (tiktoken raises instead)."""
         return self.special_tokens.get(ENDOFTEXT)
 
-    def allowed_specials(self, allowed_special: str | Iterable[str]) -> set[str]:
-        """``"all"`` / ``"none"`` / a set of special-token texts -> that set; an unknown name is an error."""
+    # -- encoding ---------------------------------------------------------------------------
+    def encode(self, text: str, *, allowed_special: Specials = frozenset(),
+               disallowed_special: Specials = "all") -> list[int]:
+        """Text -> ids, with tiktoken's rules and defaults for special tokens.
+
+        The special tokens in ``allowed_special`` ("all" or a set of their texts) become their ids.
+        Text matching one in ``disallowed_special`` ("all" = every special token not allowed) raises
+        :class:`DisallowedSpecial`; text matching neither is encoded as ordinary text. So with the
+        defaults ``encode("a<|endoftext|>")`` raises, ``encode("a<|endoftext|>", allowed_special="all")``
+        gives ``[..., eot_token]`` and ``encode_ordinary("a<|endoftext|>")`` encodes the characters.
+        """
+        allowed = self.allowed_specials(allowed_special)
+        if disallowed_special == "all":
+            disallowed = set(self.special_tokens) - allowed
+        else:  # tiktoken's rule: the texts given, as they are
+            disallowed = set(_special_set(disallowed_special, "disallowed_special"))
+        splitter = special_splitter(disallowed)
+        if splitter is not None and (m := splitter.search(text)):
+            raise DisallowedSpecial(m.group(), m.start())
+        return self._encode(text, allowed)
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Text -> ids, special-token text encoded as ordinary text (never raises on it): the
+        encoding for documents, which never contain special tokens (they sit between documents)."""
+        return self._encode(text, set())
+
+    def encode_batch(self, texts: Sequence[str], *, num_threads: int = 8, allowed_special: Specials = frozenset(),
+                     disallowed_special: Specials = "all") -> list[list[int]]:
+        """:meth:`encode` each text, on ``num_threads`` threads (tiktoken's BPE releases the GIL);
+        ``encode_batch(texts, disallowed_special=())`` is ``encode_ordinary`` for each."""
+        def one(text: str) -> list[int]:
+            return self.encode(text, allowed_special=allowed_special, disallowed_special=disallowed_special)
+
+        if num_threads <= 1 or len(texts) <= 1:
+            return [one(t) for t in texts]
+        with ThreadPoolExecutor(num_threads) as pool:
+            return list(pool.map(one, texts))
+
+    @abstractmethod
+    def _encode(self, text: str, allowed: set[str]) -> list[int]:
+        """Text -> ids: the special tokens in ``allowed`` become their ids, all other text is
+        encoded as ordinary text (the disallowed check is done by :meth:`encode`)."""
+
+    def allowed_specials(self, allowed_special: Specials) -> set[str]:
+        """``"all"`` or a set of special-token texts -> that set; an unknown name is an error."""
         if allowed_special == "all":
             return set(self.special_tokens)
-        if allowed_special == "none":
-            return set()
-        allowed = set(allowed_special)
+        allowed = set(_special_set(allowed_special, "allowed_special"))
         unknown = allowed - set(self.special_tokens)
         if unknown:
             raise TinyLMError(f"allowed_special names {sorted(unknown)}, which are not special tokens "
@@ -102,6 +139,50 @@ class Tokenizer(ABC):
         ids += encode_plain(text[start:])
         return ids
 
+    # -- decoding and lookup ----------------------------------------------------------------
+    @abstractmethod
+    def decode(self, ids: Iterable[int]) -> str:
+        """Ids -> text (ids that do not form valid UTF-8 are replaced by U+FFFD)."""
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """Ids -> UTF-8 bytes. A byte-level tokenizer overrides this: its tokens can split a
+        character, so the bytes of a few tokens need not be valid UTF-8 on their own."""
+        return self.decode(ids).encode("utf-8")
+
+    def decode_single_token_bytes(self, token: int) -> bytes:
+        """The bytes one id stands for (a special token's: its text): GPT-2's 995 -> ``b" world"``."""
+        if not 0 <= token < self.vocab_size:
+            raise TinyLMError(f"token id {token!r} is not in this tokenizer (ids are 0..{self.vocab_size - 1})")
+        return self.decode_bytes([token])
+
+    @abstractmethod
+    def token_to_id(self, token: str) -> int | None:
+        """A token as the vocabulary spells it (Hugging Face's ``token_to_id``) -> its id; None if
+        there is none."""
+
+    @abstractmethod
+    def id_to_token(self, id: int) -> str | None:
+        """Inverse of :meth:`token_to_id`; None for an id outside the vocabulary."""
+
+    def token_byte_lengths(self) -> list[int]:
+        """UTF-8 bytes of text each id stands for, by id; 0 for special tokens, which are not text.
+
+        What bits per byte divides by: a split's bytes are the sum over its tokens.
+        """
+        specials = set(self.special_tokens.values())
+        return [0 if i in specials else len(self.decode_single_token_bytes(i)) for i in range(self.vocab_size)]
+
+    @abstractmethod
+    def to_text(self) -> str:
+        """The file body after the header line (see :meth:`save`)."""
+
+    @classmethod
+    @abstractmethod
+    def from_text(cls, body: str) -> Tokenizer:
+        """Inverse of :meth:`to_text`."""
+
+    format_version: int = 1
+
     def file_text(self) -> str:
         """The whole tokenizer file: the header line, then :meth:`to_text`."""
         return f"tinylm-{self.kind} {self.format_version}\n" + self.to_text()
@@ -121,6 +202,15 @@ class Tokenizer(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, special={list(self.special_tokens)})"
+
+
+def _special_set(specials: Collection[str], name: str) -> Collection[str]:
+    """A set of special-token texts; a lone string (other than "all") is refused: set("<|endoftext|>")
+    would be a set of characters."""
+    if isinstance(specials, str):
+        raise TinyLMError(f"{name} is 'all' or a set of special-token texts, not the string {specials!r}; "
+                          f"write {name}={{{specials!r}}}")
+    return specials
 
 
 def check_special_tokens(special_tokens: Iterable[str]) -> list[str]:

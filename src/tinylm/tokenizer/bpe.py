@@ -8,8 +8,10 @@ Hugging Face export in :mod:`.io`.
 
 Encoding semantics are tiktoken's: inside a pre-token, repeatedly join the adjacent pair whose
 *joined bytes* have the lowest id (leftmost on ties; :func:`bpe_merge`). ``encode`` runs that in
-Rust through a ``tiktoken.Encoding`` built from our ranks; ``encode_reference`` is the same
-thing in readable Python, and the tests hold the two to identical ids.
+Rust through a ``tiktoken.Encoding`` built from our ranks; :func:`encode_reference` is the same
+thing in readable Python, and the tests hold the two to identical ids. The encode methods and
+their special-token rules are the :class:`~.base.Tokenizer` interface's (tiktoken's).
+:func:`train_bpe` is the functional form: a text file -> ``(vocab, merges)`` as bytes.
 """
 from __future__ import annotations
 
@@ -24,9 +26,9 @@ import regex
 
 from ..errors import TinyLMError
 from ..fileio import write_text_atomic
-from .base import ENDOFTEXT, Tokenizer, check_special_tokens, register, special_splitter
+from .base import ENDOFTEXT, Specials, Tokenizer, check_special_tokens, register
 from .bpe_train import learn_merges
-from .pretokenize import PATTERNS, count_pretokens, iter_blocks, resolve_pattern
+from .pretokenize import PATTERNS, count_pretokens, resolve_pattern
 
 
 def bpe_merge(piece: bytes, ranks: Mapping[bytes, int], below: int | None = None) -> list[bytes]:
@@ -213,71 +215,16 @@ class BPETokenizer(Tokenizer):
         return BPETokenizer(self.merges[:n], specials, self.pattern, self.byte_ids, self.name)
 
     # -- encoding ---------------------------------------------------------------------------
-    def _check_disallowed(self, text: str, allowed: set[str], disallowed_special: str | Iterable[str]) -> None:
-        if not disallowed_special:
-            return
-        bad = set(self.special_tokens) - allowed if disallowed_special == "all" else set(disallowed_special) - allowed
-        splitter = special_splitter(bad)
-        m = splitter.search(text) if splitter else None
-        if m:
-            raise TinyLMError(f"the text contains the special token {m.group()!r} at character "
-                              f"{m.start()}, which is disallowed here; pass allowed_special="
-                              f"{{{m.group()!r}}} to encode it as a special token, or "
-                              f"disallowed_special=() to encode it as plain text")
-
-    def encode(self, text: str, allowed_special: str | Iterable[str] = "none",
-               disallowed_special: str | Iterable[str] = ()) -> list[int]:
-        """Text -> ids (the fast path: tiktoken's Rust BPE running our ranks).
-
-        Special tokens work as in tiktoken: those in ``allowed_special`` ("all", "none" or a set)
-        become their ids; finding one in ``disallowed_special`` ("all" = every special token not
-        allowed) is an error. Any other special-token text is encoded as ordinary text (the
-        default, so arbitrary documents never fail).
-        """
-        allowed = self.allowed_specials(allowed_special)
-        self._check_disallowed(text, allowed, disallowed_special)
+    def _encode(self, text: str, allowed: set[str]) -> list[int]:
+        """The fast path: tiktoken's Rust BPE running our ranks (the reference when it cannot)."""
         fast = self._fast()
         if fast is None:
-            return self.encode_reference(text, allowed)
+            return self._encode_python(text, allowed)
         return fast.encode(text, allowed_special=allowed, disallowed_special=())
 
-    def encode_batch(self, texts: Sequence[str], allowed_special: str | Iterable[str] = "none",
-                     num_threads: int = 8) -> list[list[int]]:
-        """Many texts at once on ``num_threads`` threads (tiktoken releases the GIL)."""
-        allowed = self.allowed_specials(allowed_special)
-        fast = self._fast()
-        if fast is None:
-            return [self.encode_reference(t, allowed) for t in texts]
-        return fast.encode_batch(list(texts), num_threads=num_threads, allowed_special=allowed,
-                                 disallowed_special=())
-
-    def encode_iter(self, texts: Iterable[str], allowed_special: str | Iterable[str] = "none") -> Iterator[int]:
-        """Stream ids for a stream of text chunks (a huge file) in bounded memory.
-
-        The chunks are one continuous text: ``list(tok.encode_iter(["hel", "lo world"])) ==
-        tok.encode("hello world")``. Text is re-cut only where the split pattern cannot join it
-        (see :mod:`.pretokenize`). A file: ``tok.encode_iter(tinylm.corpora.iter_chunks(path))``.
-        """
-        allowed = self.allowed_specials(allowed_special)
-        for block in iter_blocks(texts, sorted(allowed), block_chars=1 << 20):
-            yield from self.encode(block, allowed)
-
-    def encode_bytes(self, data: bytes) -> list[int]:
-        """Arbitrary bytes (not necessarily UTF-8) -> ids; ``decode_bytes`` gives them back.
-
-        Invalid UTF-8 bytes are pre-tokenized as surrogate escapes (like punctuation), so they
-        never join valid characters' pre-tokens but do merge among themselves.
-        """
-        text = data.decode("utf-8", "surrogateescape")
-        return [i for piece in self._findall()(text) for i in self._bpe(piece.encode("utf-8", "surrogateescape"))]
-
-    def encode_reference(self, text: str, allowed_special: str | Iterable[str] = "none") -> list[int]:
-        """The readable pure-Python encoder; the specification the fast path is tested against.
-
-        Split out allowed special tokens, cut the rest with the pattern, then BPE each
-        pre-token's UTF-8 bytes (:meth:`_bpe`, cached per distinct pre-token).
-        """
-        allowed = self.allowed_specials(allowed_special) if isinstance(allowed_special, str) else set(allowed_special)
+    def _encode_python(self, text: str, allowed: set[str]) -> list[int]:
+        """:func:`encode_reference`'s body: split out the allowed special tokens, cut the rest with
+        the pattern, then BPE each pre-token's UTF-8 bytes (:meth:`_bpe`)."""
         return self._encode_with_specials(_fix_surrogates(text), allowed, self._encode_plain)
 
     def _encode_plain(self, text: str) -> list[int]:
@@ -340,6 +287,28 @@ class BPETokenizer(Tokenizer):
     def decode(self, ids: Iterable[int]) -> str:
         """Ids -> text; byte sequences that are not valid UTF-8 become U+FFFD."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def token_to_id(self, token: str) -> int | None:
+        """A token as GPT-2's ``vocab.json`` and Hugging Face spell it -> its id, None if there is none.
+
+        Bytes are shown as GPT-2's printable characters (:func:`.io.bytes_to_unicode`; a space is
+        "Ġ"), special tokens as their text: GPT-2's ``token_to_id("Ġworld") -> 995``.
+        """
+        if token in self.special_tokens:
+            return self.special_tokens[token]
+        from .io import unicode_to_bytes
+        data = unicode_to_bytes(token)
+        return None if data is None else self.ranks.get(data)
+
+    def id_to_token(self, id: int) -> str | None:
+        """Inverse of :meth:`token_to_id`: GPT-2's ``id_to_token(995) -> "Ġworld"``."""
+        if not 0 <= id < len(self._id_to_bytes) or self._id_to_bytes[id] is None:
+            return None
+        if id >= len(self.vocab):
+            return self._id_to_bytes[id].decode("utf-8")
+        from .io import bytes_to_unicode
+        table = bytes_to_unicode()
+        return "".join(table[b] for b in self.vocab[id])
 
     def same_ids(self, other: Tokenizer) -> bool:
         """Same merges, byte order, special tokens and split pattern (the name does not count)."""
@@ -431,11 +400,25 @@ class BPETokenizer(Tokenizer):
         return cls(merges, special_tokens, pattern, byte_ids, name)
 
     @classmethod
-    def from_files(cls, vocab: str | os.PathLike, merges: str | os.PathLike, pattern: str = "gpt2") -> BPETokenizer:
-        """GPT-2's ``vocab.json`` + ``merges.txt`` (Hugging Face's names; OpenAI's ``encoder.json`` +
-        ``vocab.bpe`` are the same files), with or without the ``#version`` header line."""
-        from .io import from_gpt2_files
-        return from_gpt2_files(vocab, merges, pattern)
+    def from_files(cls, vocab: str | os.PathLike | Mapping[int, bytes],
+                   merges: str | os.PathLike | Sequence[tuple[bytes, bytes]], pattern: str = "gpt2") -> BPETokenizer:
+        """From a vocabulary and its merges, given as files or as byte pairs.
+
+        Files: GPT-2's ``vocab.json`` + ``merges.txt`` (Hugging Face's names; OpenAI's ``encoder.json``
+        + ``vocab.bpe`` are the same files), with or without the ``#version`` header line.
+        Byte pairs: ``vocab = {id: token bytes}`` and ``merges = [(left bytes, right bytes), ...]``
+        in the order learned, as :func:`train_bpe` returns them. Either way the single bytes must
+        have ids 0..255, merge k's token id 256 + k, and the special tokens (the other entries,
+        UTF-8 text) the ids after those.
+        """
+        if isinstance(vocab, Mapping):
+            return _from_byte_pairs(vocab, merges, pattern, "")
+        from .io import read_gpt2_files
+        pairs = read_gpt2_files(vocab, merges)
+        try:
+            return _from_byte_pairs(*pairs, pattern, "gpt2")
+        except TinyLMError as e:  # say which files
+            raise TinyLMError(f"{vocab} + {merges}: {e}") from None
 
     @classmethod
     def from_tiktoken(cls, encoding: Any = "gpt2") -> BPETokenizer:
@@ -457,6 +440,65 @@ class BPETokenizer(Tokenizer):
         pattern = enc._pat_str
         name = next((k for k, v in PATTERNS.items() if v == pattern), None)
         return cls.from_ranks(enc._mergeable_ranks, dict(enc._special_tokens), name or pattern, enc.name)
+
+
+def encode_reference(tok: BPETokenizer, text: str, allowed_special: Specials = frozenset()) -> list[int]:
+    """The readable pure-Python encoder: the specification ``tok.encode`` (tiktoken's Rust BPE
+    running our ranks) is tested against, and its fallback for patterns tiktoken cannot compile.
+
+    Split out the allowed special tokens, cut the rest with the pattern, then BPE each
+    pre-token's UTF-8 bytes (:func:`bpe_merge`, cached per distinct pre-token). Special-token
+    text that is not allowed is encoded as ordinary text (no disallowed check: that is ``encode``'s).
+    """
+    return tok._encode_python(text, tok.allowed_specials(allowed_special))
+
+
+def _from_byte_pairs(vocab: Mapping[int, bytes], merges: Sequence[tuple[bytes, bytes]], pattern: str,
+                     name: str) -> BPETokenizer:
+    """``{id: bytes}`` + ``[(left, right), ...]`` -> our terms (byte_ids, merges as id pairs, special tokens)."""
+    ids = {t: i for i, t in vocab.items()}  # token bytes -> id
+    n = 256 + len(merges)
+    try:
+        if len(ids) != len(vocab):
+            raise ValueError("two ids have the same token")
+        byte_ids = [ids[bytes([b])] for b in range(256)]
+        id_merges = []
+        for k, (a, b) in enumerate(merges):
+            if ids.get(a + b) != 256 + k:
+                raise ValueError(f"merge {k} ({a!r} + {b!r}) has id {ids.get(a + b)}, not {256 + k}")
+            id_merges.append((ids[a], ids[b]))
+        specials = {t.decode("utf-8"): i for t, i in ids.items() if i >= n}
+    except (KeyError, ValueError, TypeError) as e:  # UnicodeDecodeError is a ValueError
+        raise TinyLMError(f"the vocabulary and merges do not form a byte-level BPE ({type(e).__name__}: {e}); "
+                          f"the single bytes need ids 0..255, merge k the id 256 + k, special tokens the "
+                          f"ids after those") from None
+    return BPETokenizer(id_merges, specials, pattern, byte_ids, name)
+
+
+def train_bpe(path: str | os.PathLike, vocab_size: int, special_tokens: Sequence[str] = (ENDOFTEXT,), *,
+              pattern: str = "gpt2", workers: int | None = None) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+    """Train on a UTF-8 text file: the functional form of :meth:`BPETokenizer.train`.
+
+    Returns ``(vocab, merges)``: ``vocab[id]`` is the token's bytes (special tokens as their
+    UTF-8, the last ids) and ``merges[k] = (left, right)`` makes token 256 + k, in the order
+    learned; ``BPETokenizer.from_files(vocab, merges)`` gives back the tokenizer. A file holding
+    ``ab ab abc`` with ``vocab_size=259, special_tokens=()`` gives merges
+    ``[(b"a", b"b"), (b" ", b"ab"), (b" ab", b"c")]``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TinyLMError(f"{path} is not a file; pass the text file to train on")
+
+    def chunks() -> Iterator[str]:
+        with open(path, encoding="utf-8", newline="") as f:  # newline="": keep "\r\n" as written
+            yield from iter(lambda: f.read(1 << 20), "")
+
+    try:
+        tok = BPETokenizer.train(chunks(), vocab_size, special_tokens, pattern=pattern, workers=workers)
+    except UnicodeDecodeError:
+        raise TinyLMError(f"{path} is not UTF-8 text; convert it to UTF-8 first") from None
+    vocab = {i: t for i, t in enumerate(tok._id_to_bytes) if t is not None}
+    return vocab, [(tok.vocab[a], tok.vocab[b]) for a, b in tok.merges]
 
 
 def _parse_merge(line: str, line_no: int) -> tuple[int, int]:

@@ -43,8 +43,7 @@ class CharTokenizer(Tokenizer):
     def vocab_size(self) -> int:
         return len(self._id_to_text)
 
-    def encode(self, text: str, allowed_special: str | set[str] = "none") -> list[int]:
-        allowed = self.allowed_specials(allowed_special)
+    def _encode(self, text: str, allowed: set[str]) -> list[int]:
         if allowed:
             return self._encode_with_specials(text, allowed, self._encode_plain)
         return self._encode_plain(text)
@@ -62,6 +61,13 @@ class CharTokenizer(Tokenizer):
     def decode(self, ids: Iterable[int]) -> str:
         table = self._id_to_text
         return "".join(table[i] if 0 <= i < len(table) else "\ufffd" for i in ids)
+
+    def token_to_id(self, token: str) -> int | None:
+        """A character or a special token's text -> its id: ``token_to_id("a")``."""
+        return self.stoi.get(token, self.special_tokens.get(token))
+
+    def id_to_token(self, id: int) -> str | None:
+        return self._id_to_text[id] if 0 <= id < len(self._id_to_text) else None
 
     def to_text(self) -> str:
         return json.dumps({"chars": "".join(self.chars), "special_tokens": list(self.special_tokens)},

@@ -7,7 +7,9 @@ writes the files other tools use:
 
 - tiktoken: ``save_tiktoken_ranks`` / ``load_tiktoken_ranks`` (the ``<base64 token> <rank>``
   lines of ``*.tiktoken`` files).
-- GPT-2's original ``encoder.json`` + ``vocab.bpe``: ``from_gpt2_files``.
+- GPT-2's ``vocab.json`` + ``merges.txt`` (OpenAI: ``encoder.json`` + ``vocab.bpe``):
+  ``read_gpt2_files`` (``BPETokenizer.from_files`` reads them with it); the byte <-> printable
+  character table they use (``bytes_to_unicode``, ``unicode_to_bytes``).
 - Hugging Face ``tokenizers``: ``to_hf_json`` / ``save_hf`` write a ``tokenizer.json`` that
   ``tokenizers.Tokenizer.from_file`` loads and that encodes like ``encode(allowed_special="all")``.
 """
@@ -45,36 +47,47 @@ def _to_unicode(token: bytes) -> str:
     return "".join(table[b] for b in token)
 
 
-def from_gpt2_files(encoder_json: str | os.PathLike, vocab_bpe: str | os.PathLike,
-                    pattern: str = "gpt2") -> BPETokenizer:
-    """GPT-2's tokenizer from OpenAI's release files ``encoder.json`` and ``vocab.bpe``.
+def unicode_to_bytes(token: str) -> bytes | None:
+    """Inverse of GPT-2's byte -> character table: ``"Ġworld"`` -> ``b" world"``; None when a
+    character is not in the table (the text is no byte-level token)."""
+    decoder = _byte_decoder()
+    try:
+        return bytes(decoder[c] for c in token)
+    except KeyError:
+        return None
 
-    ``vocab.bpe`` lists the merges in order (``Ġ t`` = space + "t"); ``encoder.json`` gives every
-    token's id, which must be 256 + the merge's line number (checked).
+
+@cache
+def _byte_decoder() -> dict[str, int]:
+    return {c: b for b, c in bytes_to_unicode().items()}
+
+
+def read_gpt2_files(vocab_json: str | os.PathLike,
+                    merges_txt: str | os.PathLike) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
+    """GPT-2's ``vocab.json`` (OpenAI: ``encoder.json``) and ``merges.txt`` (``vocab.bpe``) as byte
+    pairs for ``BPETokenizer.from_files``: ``{id: token bytes}`` and ``[(left, right), ...]``.
+
+    Tokens are spelled in GPT-2's printable characters (``Ġ t`` = space + "t"); a token that is
+    not (a special token such as ``<|endoftext|>`` usually is) counts as its UTF-8 text. The
+    merges file may start with a ``#version`` line.
     """
-    decoder = {c: b for b, c in bytes_to_unicode().items()}
-
     def raw(s: str) -> bytes:
-        return bytes(decoder[c] for c in s)
+        data = unicode_to_bytes(s)
+        return s.encode("utf-8") if data is None else data
 
     try:
-        encoder: dict[str, int] = json.loads(Path(encoder_json).read_text(encoding="utf-8"))
-        lines = Path(vocab_bpe).read_text(encoding="utf-8").split("\n")
+        encoder: dict[str, int] = json.loads(Path(vocab_json).read_text(encoding="utf-8"))
+        lines = Path(merges_txt).read_text(encoding="utf-8").split("\n")
         if lines[0].startswith("#version"):  # OpenAI's file has this header; other copies may not
             lines = lines[1:]
-        pairs = [tuple(line.split(" ")) for line in lines if line]
-        ids = {raw(t): i for t, i in encoder.items() if t not in ("<|endoftext|>", "<|startoftext|>")}
-        specials = {t: i for t, i in encoder.items() if t in ("<|endoftext|>", "<|startoftext|>")}
-        byte_ids = [ids[bytes([b])] for b in range(256)]
         merges = []
-        for k, (a, b) in enumerate(pairs):
-            if ids[raw(a) + raw(b)] != 256 + k:
-                raise ValueError(f"merge {k} ({a} {b}) has id {ids[raw(a) + raw(b)]}, not {256 + k}")
-            merges.append((ids[raw(a)], ids[raw(b)]))
-    except (OSError, ValueError, KeyError) as e:
-        raise TinyLMError(f"cannot read GPT-2 files {encoder_json} + {vocab_bpe} "
-                          f"({type(e).__name__}: {e}); pass OpenAI's encoder.json and vocab.bpe") from None
-    return BPETokenizer(merges, specials, pattern, byte_ids, "gpt2")
+        for line in filter(None, lines):
+            a, b = line.split(" ")  # ValueError unless exactly two tokens
+            merges.append((raw(a), raw(b)))
+        return {int(i): raw(t) for t, i in encoder.items()}, merges
+    except (OSError, ValueError, AttributeError, TypeError) as e:  # AttributeError, TypeError: JSON of another shape
+        raise TinyLMError(f"cannot read GPT-2 files {vocab_json} + {merges_txt} ({type(e).__name__}: {e}); "
+                          f"pass GPT-2's vocab.json (encoder.json) and merges.txt (vocab.bpe)") from None
 
 
 def save_tiktoken_ranks(tok: BPETokenizer, path: str | os.PathLike) -> None:

@@ -2,7 +2,7 @@
 
 BPE never merges across a pre-token, so the split regex decides what a token can be. Long text
 is handled in pieces (a corpus file is read in chunks, the trainer counts blocks on several
-processes, ``encode_iter`` streams), and a piece may end only where the regex would end a
+processes, a corpus is encoded chunk by chunk), and a piece may end only where the regex would end a
 pre-token whatever follows. This module is the one place that knows where that is
 (:func:`last_cut`); :func:`iter_blocks` re-cuts any stream of text there.
 

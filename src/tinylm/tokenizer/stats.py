@@ -33,7 +33,7 @@ def token_stats(texts: Iterable[str], vocab_sizes: Sequence[int], width: int, *,
     rows: list[dict] = []
 
     def row(label: str, tok: BPETokenizer, note: str = "") -> dict:
-        n_tok = sum(len(ids) for ids in tok.encode_batch(evals))
+        n_tok = sum(len(ids) for ids in tok.encode_batch(evals, disallowed_special=()))  # text: specials too
         return {"tokenizer": label, "vocab_size": tok.vocab_size, "tokens": n_tok, "chars": n_chars,
                 "bytes": n_bytes, "tokens_per_char": n_tok / n_chars, "bytes_per_token": n_bytes / n_tok,
                 "chars_per_token": n_chars / n_tok, "embedding_params": tok.vocab_size * width,
