@@ -318,11 +318,11 @@ class Trainer:
         if self.cfg.train.nonfinite == "halt":
             bundle = self.run_dir / f"nonfinite_step_{step:06d}"
             bad = nonfinite_report(self.raw_model, batch, step, loss, grad_norm, self.cfg,
-                                   bundle if self.d.is_main else None)
+                                   bundle if self.d.is_main else None, self.precision)
             raise TinyLMError(f"non-finite loss/gradient at step {step} (loss {float(loss)}, grad norm "
                               f"{float(grad_norm)}); first parameters with non-finite gradients: {bad[:5]}; "
-                              f"batch and report saved in {bundle}. Lower --optim.lr, check the data, or use "
-                              f"--train.nonfinite skip")
+                              f"batch, weights and report saved in {bundle}: `tinylm doctor --nan {bundle}` names "
+                              f"the module. Lower --optim.lr, check the data, or use --train.nonfinite skip")
         self.skips_in_a_row += 1
         self.tracker_event(step, "nonfinite_skip", f"non-finite loss/gradient: update skipped "
                                                    f"({self.skips_in_a_row} in a row)")
