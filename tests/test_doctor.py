@@ -152,3 +152,50 @@ def test_doctor_reads_a_run_folders_config(tmp_path, text_200k, capsys, check):
     (run / "config.toml").write_text(to_toml(cfg))
     assert main(["doctor", str(run), "--checks", check]) == 0
     assert f"PASS  {check}" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- the NaN hunt
+
+def test_halt_bundle_names_the_module_that_made_the_nan(tmp_path, text_200k):
+    from tinylm.errors import TinyLMError
+    from tinylm.train import Trainer
+    cfg = tiny_config(tmp_path, text_200k, **{"train.nonfinite": "halt"})
+    trainer = Trainer(cfg, log=quiet)
+
+    def overflow(module, args, output):  # attention blows up at step 3 (the parameters stay finite)
+        return output * float("inf") if trainer.step + 1 == 3 and module.training else output
+    trainer.raw_model.blocks[1].attn.register_forward_hook(overflow)
+    with pytest.raises(TinyLMError, match="tinylm doctor --nan"):
+        trainer.run()
+    report = json.loads((cfg.run_dir / "nonfinite_step_000003" / "report.json").read_text())
+    found = report["first_nonfinite"]
+    assert (found["module"], found["phase"]) == ("blocks.1.attn", "forward")
+    assert found["nonfinite_share"] > 0 and found["nonfinite_weights"] == []
+    assert "attention logits" in report["likely_cause"]
+    # parameter order, today's other answer, starts at the embedding: it cannot tell where the NaN was made
+    assert report["nonfinite_grads_in_order"][0] == "wte.weight"
+
+
+def test_doctor_nan_replays_a_bundle(tmp_path, text_200k, capsys):
+    from tinylm.train import Trainer
+    cfg = tiny_config(tmp_path, text_200k, **{"train.nonfinite": "halt"})
+    trainer = Trainer(cfg, log=quiet)
+    with torch.no_grad():
+        trainer.raw_model.blocks[0].mlp.up.weight[3, 5] = float("inf")  # a weight an update blew up
+    with pytest.raises(Exception, match="non-finite loss/gradient at step 1"):
+        trainer.run()
+    bundle = cfg.run_dir / "nonfinite_step_000001"
+    assert main(["doctor", "--nan", str(bundle)]) == 0
+    out = capsys.readouterr().out
+    assert "first non-finite: blocks.0.mlp.up (weights)" in out and "blocks.0.mlp.up.weight" in out
+    assert "an earlier update blew up" in out
+    assert main(["doctor", "--nan", str(bundle), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["first_nonfinite"]["module"] == "blocks.0.mlp.up"
+
+
+def test_doctor_nan_refuses_what_is_not_a_bundle(tmp_path, capsys):
+    assert main(["doctor", "--nan", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a non-finite bundle" in err and "Traceback" not in err
+    assert main(["doctor", "--nan", str(tmp_path), "--config", "x.toml"]) == 2
+    assert "replays a saved step on its own" in capsys.readouterr().err
