@@ -12,7 +12,7 @@ from tinylm.doctor import CHECKS, DoctorOptions, doctor
 from conftest import cli_args, tiny_config
 
 train_module = sys.modules["tinylm.train"]  # the module (tinylm.train is also the name of its function)
-FAST = DoctorOptions(seeds=2, throughput_steps=1)
+FAST = DoctorOptions(seeds=2, batch_size=8, throughput_steps=1)
 
 
 def quiet(*a, **k):

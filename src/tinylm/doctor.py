@@ -50,7 +50,7 @@ class DoctorOptions:
     """Steps of each short training run (identity, determinism, seeds)."""
     seeds: int = 5
     """Seeds whose val losses give the spread (the first also runs twice for the same-seed check); 1 = no spread."""
-    batch_size: int = 8
+    batch_size: int = 4
     """Sequences per step of the short runs (at most train.batch_size); keeps doctor quick on a CPU."""
     overfit_steps: int = 50
     """Steps on one fixed batch of the overfit check."""
