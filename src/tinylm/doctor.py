@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from . import runtime
-from .accounting import cpu_peak_flops, mfu, peak_flops
+from .accounting import measure_cpu_peak, mfu, peak_flops
 from .config import Config, set_value
 from .data import ensure_prepared
 from .diagnostics import hunt_nonfinite
@@ -362,7 +362,10 @@ class Doctor:
             tokens_per_s = tr.tokens_per_step / max(data_s + compute_s, 1e-9)
             util = mfu(tokens_per_s, tr.raw_model.flops_per_token(), peak_flops(tr.device, tr.precision))
             device, precision = tr.device, tr.precision
-        choice, probe = self._best_precision(device)
+            # the probe multiplies at the model's own MLP shape: at small widths bf16's conversions can cost more
+            # than its faster arithmetic saves, which a large square matmul would not show
+            shape = (min(tr.micro * tr.cfg.model.block_size, 8192), tr.cfg.model.n_embd, 4 * tr.cfg.model.n_embd)
+        choice, probe = self._best_precision(device, shape)
         share = data_s / max(compute_s, 1e-12)
         summary = (f"data {1000 * data_s:.2f} ms vs compute {1000 * compute_s:.1f} ms per step ({100 * share:.1f}%), "
                    f"{tokens_per_s:,.0f} tokens/s, MFU {'unknown' if util is None else f'{100 * util:.1f}%'}; "
@@ -378,14 +381,17 @@ class Doctor:
         return Check("throughput", "pass", share, summary)
 
     @staticmethod
-    def _best_precision(device: torch.device) -> tuple[str | None, str]:
-        """(the faster of fp32 and bf16 by a matmul probe, its description); on a GPU, what `auto` picks."""
+    def _best_precision(device: torch.device, shape: tuple[int, int, int]) -> tuple[str | None, str]:
+        """(the faster of fp32 and bf16 by a matmul probe of ``shape``, its description); on a GPU, what `auto`
+        picks (bf16 wherever the GPU supports it)."""
         auto = runtime.resolve_precision("auto", device)
         if device.type != "cpu":
             return None, f"auto picks {auto} here"
-        fp32, bf16 = cpu_peak_flops(torch.float32), cpu_peak_flops(torch.bfloat16)
+        fp32, bf16 = (measure_cpu_peak(dtype, trials=3, seconds=0.1, shape=shape)
+                      for dtype in (torch.float32, torch.bfloat16))
         best = "bf16" if bf16 > 1.1 * fp32 else "fp32"  # bf16 halves activation memory: worth it only when faster
-        return best, f"matmul probe fp32 {fp32 / 1e9:.0f} vs bf16 {bf16 / 1e9:.0f} GFLOP/s, auto picks {auto}"
+        return best, (f"matmul probe {shape[0]}x{shape[1]} @ {shape[1]}x{shape[2]}: fp32 {fp32 / 1e9:.0f} vs bf16 "
+                      f"{bf16 / 1e9:.0f} GFLOP/s, auto picks {auto}")
 
 
 # --------------------------------------------------------------------------- report
