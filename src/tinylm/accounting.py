@@ -115,14 +115,17 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def measure_cpu_peak(dtype: torch.dtype, trials: int = 5, seconds: float = 0.2, n: int = 1024) -> float:
-    """FLOP/s of an n x n matmul on this CPU with torch's current thread count.
+def measure_cpu_peak(dtype: torch.dtype, trials: int = 5, seconds: float = 0.2, n: int = 1024,
+                     shape: tuple[int, int, int] | None = None) -> float:
+    """FLOP/s of an n x n matmul (or an (m, k) @ (k, p) one for ``shape`` = (m, k, p)) on this CPU with
+    torch's current thread count.
 
     The best of several short trials: a moment of contention from another process lowers one
     trial, not the peak. (Delete the cache file to measure again.)
     """
+    m, k, p = shape or (n, n, n)
     g = torch.Generator().manual_seed(0)  # its own stream: probing must not move training's random state
-    a, b = torch.randn(n, n, dtype=dtype, generator=g), torch.randn(n, n, dtype=dtype, generator=g)
+    a, b = torch.randn(m, k, dtype=dtype, generator=g), torch.randn(k, p, dtype=dtype, generator=g)
     a @ b  # warm up (thread pool, kernels)
     best = 0.0
     for _ in range(trials):
@@ -130,7 +133,7 @@ def measure_cpu_peak(dtype: torch.dtype, trials: int = 5, seconds: float = 0.2, 
         while (elapsed := time.perf_counter() - t0) < seconds:
             a @ b
             count += 1
-        best = max(best, 2 * n ** 3 * count / elapsed)
+        best = max(best, 2 * m * k * p * count / elapsed)
     return best
 
 

@@ -10,6 +10,8 @@
     tinylm export   runs/shakespeare-char --out model.safetensors | --format hf --out hf/shakespeare
     tinylm import   gpt2 --out runs/gpt2
     tinylm config   --config configs/shakespeare-char.toml [overrides] [--keys]
+    tinylm doctor   --config configs/tinyshakespeare-char.toml [overrides] [--json] | RUN | --nan RUN/nonfinite_step_N
+    tinylm profile  --config configs/tinyshakespeare-char.toml [--steps 5] [--out DIR]
     tinylm tokenizer train --corpus tinystories --vocab-size 4096 --out tok.txt
     tinylm tokenizer encode|decode|stats ...
 """
@@ -234,6 +236,31 @@ def cmd_config(args, extra) -> int:
     return 0
 
 
+def cmd_doctor(args, extra) -> int:
+    from .doctor import doctor, options_from, run_config
+    if args.nan:
+        from .diagnostics import format_nan_report, replay_bundle
+        if args.run or args.config or extra:
+            raise TinyLMError("--nan BUNDLE replays a saved step on its own: give no run, --config or overrides")
+        report = replay_bundle(args.nan, device=args.device or "cpu")
+        print(json.dumps(report, indent=2) if args.json else format_nan_report(report))
+        return 0
+    if args.run and args.config:
+        raise TinyLMError("give a run folder or --config, not both (a run folder brings its own config.toml)")
+    cfg = run_config(args.run, extra) if args.run else _config_from(args, extra)
+    opts = options_from({**vars(args), "checks": tuple(args.checks.split(",")) if args.checks else None})
+    report = doctor(cfg, opts, log=(lambda msg: print(msg, file=sys.stderr)) if args.json else print)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return 0 if report["ok"] else 1
+
+
+def cmd_profile(args, extra) -> int:
+    from .profiling import profile
+    profile(_config_from(args, extra), steps=args.steps, out=args.out)
+    return 0
+
+
 def _load_any_tokenizer(spec: str):
     from .tokenizer import load_tokenizer
     if spec == "gpt2":
@@ -341,6 +368,31 @@ def _add_eval_command(sub) -> None:
     sp.set_defaults(func=cmd_eval)
 
 
+def _add_doctor_commands(sub, with_config) -> None:
+    from .doctor import CHECKS, DoctorOptions
+    d = DoctorOptions()
+    sp = with_config("doctor", "Quick checks of a config on its own data: pass / warn / fail with the number, "
+                               "the reason and the fix; exit status 1 on a fail.")
+    # RUN, when given, comes first: a positional argument would also swallow an override's value
+    sp.usage = "tinylm doctor [RUN | --config PRESET] [overrides] [--json] [--checks ...] | --nan BUNDLE"
+    sp.set_defaults(run=None, leading_run=True)
+    sp.add_argument("--json", action="store_true", help="print the report as JSON (the log goes to stderr)")
+    sp.add_argument("--nan", metavar="BUNDLE", help="replay RUN/nonfinite_step_N: name the first module whose "
+                                                    "output or gradient went non-finite, and the likely cause")
+    sp.add_argument("--device", help="--nan: where to replay (default cpu)")
+    sp.add_argument("--checks", help=f"comma-separated subset of {','.join(CHECKS)}")
+    sp.add_argument("--steps", type=int, help=f"steps of each short run (default {d.steps})")
+    sp.add_argument("--seeds", type=int, help=f"seeds for the val-loss spread (default {d.seeds})")
+    sp.add_argument("--batch-size", type=int, help=f"sequences per step of the short runs (default {d.batch_size})")
+    sp.add_argument("--overfit-steps", type=int, help=f"steps on one batch (default {d.overfit_steps})")
+    sp.set_defaults(func=cmd_doctor)
+    sp = with_config("profile", "Time each component (embeddings, attention, MLP, norms, head + loss, backward, "
+                                "optimizer, data) on the real model and loop; table, bar chart, FLOP shares.")
+    sp.add_argument("--steps", type=int, default=5, help="profiled steps, after one warm-up step (default 5)")
+    sp.add_argument("--out", help="folder for profile.md/.json/.png (default: runs/<name>-profile)")
+    sp.set_defaults(func=cmd_profile)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .strategies import STRATEGIES
     p = argparse.ArgumentParser(prog="tinylm", description="Train small language models from raw text.")
@@ -368,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--divisor", type=float, default=5.0, help="suggested LR = divergence LR / this (4-10)")
     sp.add_argument("--out", help="folder for lr_find.json/.png (default: runs/<name>-lr-find)")
     sp.set_defaults(func=cmd_lr_find)
+
+    _add_doctor_commands(sub, with_config)
 
     sp = with_config("config", "Print the resolved config as TOML.")
     sp.add_argument("--keys", action="store_true", help="list every key with its default and meaning")
@@ -481,6 +535,8 @@ def _check_unknown(parser: argparse.ArgumentParser, extra: list[str], overrides:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if getattr(args, "leading_run", False) and extra and not extra[0].startswith("-"):
+        args.run, extra = extra[0], extra[1:]  # `tinylm doctor RUN ...`
     try:
         _check_unknown(_command_parser(parser, args), extra, getattr(args, "overrides", False))
         return args.func(args, extra)

@@ -10,7 +10,9 @@ position (its query against the stored keys and values) instead of a full forwar
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
@@ -18,6 +20,25 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
+
+_labels = False  # whether label() records: `tinylm profile` turns it on with profile_labels()
+
+
+def label(name: str) -> contextlib.AbstractContextManager:
+    """A torch.profiler range named ``name`` while :func:`profile_labels` is on, else nothing: a range costs
+    microseconds, and generation runs this forward once per token. `tinylm profile` sums time per label."""
+    return torch.profiler.record_function(name) if _labels else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def profile_labels() -> Iterator[None]:
+    """Turn the model's (and the training loop's) :func:`label` ranges on for the duration."""
+    global _labels
+    before, _labels = _labels, True
+    try:
+        yield
+    finally:
+        _labels = before
 
 
 def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
@@ -169,19 +190,22 @@ class CausalSelfAttention(nn.Module):
         """x (B*T, C) -> (B*T, C). With a cache, the T tokens also attend to the stored ones
         (``mask`` as :meth:`KVCache.begin` returns it), and their keys and values are stored."""
         T, C = x.size(0) // B, x.size(1)
-        qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_size).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
-        q, k, v = qkv.unbind(0)  # each (B, nh, T, hs)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = apply_rope(torch.stack((q, k)), *rope).unbind(0)  # rotate both in one go
-        if cache is not None:
-            k, v = cache.store(self.layer, k, v)  # each (B, nh, length + T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if isinstance(mask, str) else mask,
-                                           is_causal=isinstance(mask, str),
-                                           dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(B * T, C)  # (B*T, C): heads side by side again
-        return dropout(self.proj(y), self.dropout, self.training)
+        with label("attn.qkv"):
+            qkv = self.qkv(x).view(B, T, 3, self.n_head, self.head_size).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
+        with label("attn.kernel"):  # QK-norm and rotation included: everything between the two projections
+            q, k, v = qkv.unbind(0)  # each (B, nh, T, hs)
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            if rope is not None:
+                q, k = apply_rope(torch.stack((q, k)), *rope).unbind(0)  # rotate both in one go
+            if cache is not None:
+                k, v = cache.store(self.layer, k, v)  # each (B, nh, length + T, hs)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if isinstance(mask, str) else mask,
+                                               is_causal=isinstance(mask, str),
+                                               dropout_p=self.dropout if self.training else 0.0)
+            y = y.transpose(1, 2).reshape(B * T, C)  # (B*T, C): heads side by side again
+        with label("attn.proj"):
+            return dropout(self.proj(y), self.dropout, self.training)
 
 
 class MLP(nn.Module):
@@ -218,8 +242,13 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, B: int, rope, cache: KVCache | None = None, mask="causal") -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), B, rope, cache, mask)
-        return x + self.mlp(self.norm2(x))
+        with label("norm"):
+            h = self.norm1(x)
+        x = x + self.attn(h, B, rope, cache, mask)
+        with label("norm"):
+            h = self.norm2(x)
+        with label("mlp"):
+            return x + self.mlp(h)
 
 
 class GPT(nn.Module):
@@ -275,9 +304,10 @@ class GPT(nn.Module):
             pos, mask = torch.arange(T, device=idx.device), "causal"  # (T,)
         else:
             pos, mask = cache.begin(T, valid, idx.device)  # (T,) or per row (B, T)
-        x = self.wte(idx)  # (B, T, C)
-        if self.wpe is not None:
-            x = x + self.wpe(pos)  # (T, C) broadcast over B, or (B, T, C)
+        with label("embedding"):
+            x = self.wte(idx)  # (B, T, C)
+            if self.wpe is not None:
+                x = x + self.wpe(pos)  # (T, C) broadcast over B, or (B, T, C)
         # the residual stream as a matrix: Linear layers multiply it without reshaping
         x = dropout(x, self.cfg.dropout, self.training).view(B * T, -1)  # (B*T, C)
         rope = None
@@ -290,17 +320,19 @@ class GPT(nn.Module):
                 x = checkpoint(block, x, B, rope, use_reentrant=False)
             else:
                 x = block(x, B, rope, cache, mask)
-        x = self.norm_f(x).view(B, T, -1)  # (B, T, C)
+        with label("norm"):
+            x = self.norm_f(x).view(B, T, -1)  # (B, T, C)
         if cache is not None:
             cache.length += T
             cache.hidden = x
             return self.lm_head(x[:, -1:]), None  # (B, 1, vocab)
-        logits = self.lm_head(x)  # (B, T, vocab)
-        if targets is None:
-            return logits, None
-        # the loss in fp32 even under autocast: log-softmax over a large vocab loses bits in bf16
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
-        return logits, loss
+        with label("head+loss"):
+            logits = self.lm_head(x)  # (B, T, vocab)
+            if targets is None:
+                return logits, None
+            # the loss in fp32 even under autocast: log-softmax over a large vocab loses bits in bf16
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+            return logits, loss
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         """An empty KV cache for ``batch`` rows and up to ``max_len`` (default block_size) positions."""
@@ -344,6 +376,18 @@ class GPT(nn.Module):
             if not self.cfg.tie_embeddings:
                 n -= self.lm_head.weight.numel()
         return n
+
+    def flops_by_component(self, seq_len: int | None = None) -> dict[str, int]:
+        """Training FLOPs per token (forward + backward = 3 x forward) of each labelled component, e.g. for
+        4 layers, width 128, relu2 MLP, context 256, vocab 65: attn.qkv 1.2M, attn.kernel 1.6M, attn.proj
+        0.4M, mlp 3.1M, head+loss 0.05M. Their sum is :meth:`flops_per_token` less 6 x the norms' few weights
+        (elementwise, not matmuls); embeddings and norms count 0."""
+        c = self.cfg
+        T, C, L = seq_len or c.block_size, c.n_embd, c.n_layer
+        mlp = self.blocks[0].mlp
+        mlp_weights = sum(m.weight.numel() for m in (mlp.up, mlp.down, getattr(mlp, "gate", None)) if m is not None)
+        return {"embedding": 0, "norm": 0, "attn.qkv": 6 * 3 * C * C * L, "attn.kernel": 12 * L * C * T,
+                "attn.proj": 6 * C * C * L, "mlp": 6 * mlp_weights * L, "head+loss": 6 * c.vocab_size * C}
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token (forward + backward), the standard count used for MFU:

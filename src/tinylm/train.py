@@ -26,7 +26,7 @@ from .errors import TinyLMError
 from .evaluate import CurveChecks, EvalResult, Evaluator
 from .fileio import append_text, write_failure, write_text_atomic
 from .generate import check_prompt, sample_text
-from .model import GPT
+from .model import GPT, label
 from .optim import build_optimizer, lr_scale, momentum_at, set_schedule
 from .tracking import Tracker, build_tracker
 
@@ -263,8 +263,9 @@ class Trainer:
         set_schedule(self.optimizer, lr_scale, momentum_at(self.step, self.cfg.optim))
         loss_sum, last_batch, data_s, compute_s = self._accumulate_gradients()
         t1 = self.clock()
-        grad_norm, skipped = self._clip_and_update(loss_sum, last_batch)
-        self.optimizer.zero_grad(set_to_none=True)
+        with label("optimizer"):  # `tinylm profile`'s ranges, here and below
+            grad_norm, skipped = self._clip_and_update(loss_sum, last_batch)
+            self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.tokens_seen += self.tokens_per_step
         return {"loss": loss_sum, "grad_norm": grad_norm, "skipped": skipped, "data_s": data_s,
@@ -279,17 +280,19 @@ class Trainer:
         data_s = compute_s = 0.0
         for micro_step in range(self.accum):
             t0 = self.clock()
-            x, y = self.loader.next_batch()
+            with label("data"):
+                x, y = self.loader.next_batch()
             t1 = self.clock()
             data_s += t1 - t0
             last = micro_step == self.accum - 1
             # DDP: all-reduce gradients only once, on the last micro-step
             no_sync = getattr(self.model, "no_sync", None)
             with contextlib.nullcontext() if last or no_sync is None else no_sync():
-                with runtime.autocast_context(self.precision, self.device):
+                with label("forward"), runtime.autocast_context(self.precision, self.device):
                     _, loss = self.model(x, y)
                 loss = loss / self.accum  # .backward() sums gradients over micro-steps: average them
-                self.scaler.scale(loss).backward()
+                with label("backward"):
+                    self.scaler.scale(loss).backward()
             loss_sum += loss.detach()
             compute_s += self.clock() - t1
         return loss_sum, (x, y), data_s, compute_s
@@ -323,11 +326,11 @@ class Trainer:
         if self.cfg.train.nonfinite == "halt":
             bundle = self.run_dir / f"nonfinite_step_{step:06d}"
             bad = nonfinite_report(self.raw_model, batch, step, loss, grad_norm, self.cfg,
-                                   bundle if self.d.is_main else None)
+                                   bundle if self.d.is_main else None, self.precision)
             raise TinyLMError(f"non-finite loss/gradient at step {step} (loss {float(loss)}, grad norm "
                               f"{float(grad_norm)}); first parameters with non-finite gradients: {bad[:5]}; "
-                              f"batch and report saved in {bundle}. Lower --optim.lr, check the data, or use "
-                              f"--train.nonfinite skip")
+                              f"batch, weights and report saved in {bundle}: `tinylm doctor --nan {bundle}` names "
+                              f"the module. Lower --optim.lr, check the data, or use --train.nonfinite skip")
         self.skips_in_a_row += 1
         self.tracker_event(step, "nonfinite_skip", f"non-finite loss/gradient: update skipped "
                                                    f"({self.skips_in_a_row} in a row)")
