@@ -8,6 +8,7 @@ import torch
 from tinylm.cli import main
 from tinylm.data.loader import BatchLoader, TokenWindows
 from tinylm.doctor import CHECKS, DoctorOptions, doctor
+from tinylm.evaluate import Evaluator
 
 from conftest import cli_args, tiny_config
 
@@ -45,6 +46,12 @@ def test_shift_removed_fails_data_and_identity(tmp_path, text_200k, monkeypatch)
         x, _ = gather(self, starts)
         return x, x.clone()  # y = x: the off-by-one target bug
     monkeypatch.setattr(TokenWindows, "gather", no_shift)
+    eval_gather = Evaluator._gather
+
+    def no_shift_eval(self, batch):  # the same bug in the validation windows
+        x, _ = eval_gather(self, batch)
+        return x, x.clone()
+    monkeypatch.setattr(Evaluator, "_gather", no_shift_eval)
     checks = statuses(tmp_path, text_200k)
     # the bug has two faces: targets that are not shifted (data), and the collapse to zero loss it causes (identity)
     assert failing(checks) == {"data", "identity"}

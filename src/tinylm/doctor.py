@@ -181,9 +181,7 @@ class Doctor:
     def check_init(self) -> Check:
         """The loss of the freshly initialized model on a validation batch, against ln(vocab)."""
         with self.trainer() as tr:
-            x, y = tr.val_set[0]
-            with torch.no_grad(), runtime.autocast_context(tr.precision, tr.device):
-                loss = float(tr.raw_model(x.to(tr.device), y.to(tr.device))[1])
+            loss = tr.evaluate(passes=1).loss  # the first validation batch
             vocab = tr.cfg.model.vocab_size
         ln_v = math.log(vocab)
         rel = (loss - ln_v) / ln_v
@@ -309,7 +307,7 @@ class Doctor:
             for s in order:
                 with self.trainer(**{"train.seed": s}) as tr:
                     losses = self._steps(tr, self.opts.steps)
-                    runs.append({"seed": s, "losses": losses, "val": tr.evaluate(), "device": tr.device.type,
+                    runs.append({"seed": s, "losses": losses, "val": tr.evaluate().loss, "device": tr.device.type,
                                  "vocab": tr.cfg.model.vocab_size})
             self._runs = {"first": runs[0], "again": runs[1], "seeds": [runs[0], *runs[2:]]}
         return self._runs
