@@ -11,6 +11,10 @@
     tinylm config   --config configs/shakespeare-char.toml [overrides] [--keys]
     tinylm tokenizer train --corpus tinystories --vocab-size 4096 --out tok.txt
     tinylm tokenizer encode|decode|stats ...
+    tinylm report   runs/a [runs/b ...] [--out DIR]
+    tinylm sweep    --config base.toml --grid grid.toml [--seeds 3] [--jobs 2] [--out DIR]
+    tinylm scaling  --config base.toml --budgets 1e12,3e12,1e13 [--sizes 2,3,4,5] [--verify 8,3e13]
+    tinylm plan     --params 124M [--gpu h100] | --tokens | --flops | --budget-usd | --table
 """
 from __future__ import annotations
 
@@ -258,6 +262,39 @@ def cmd_tok_stats(args, extra) -> int:
     return 0
 
 
+def cmd_plan(args, extra) -> int:
+    from .analysis import plan as planner
+    frontier = planner.load_frontier(args.scaling) if args.scaling else None
+    mfu = planner.measured_mfu(args.mfu_from) if args.mfu_from else args.mfu
+    if args.table:
+        print(planner.cost_table(args.gpu, args.gpus, mfu, args.context, frontier))
+        return 0
+    print(planner.format_plan(planner.plan(params=args.params, tokens=args.tokens, flops=args.flops,
+                                           budget_usd=args.budget_usd, gpu=args.gpu, n_gpus=args.gpus, mfu=mfu,
+                                           context=args.context, frontier=frontier)))
+    return 0
+
+
+def _add_analysis_commands(sub) -> None:
+    from .analysis.plan import parse_amount
+    sp = sub.add_parser("plan", help="Chinchilla-optimal parameters and tokens, training time and $ cost.",
+                        description="From one of --params, --tokens, --flops (6ND) or --budget-usd: the "
+                                    "compute-optimal model size and tokens (20 tokens per parameter, or a "
+                                    "`tinylm scaling` frontier), FLOPs, time and cost on --gpu. Prices and "
+                                    "assumed MFUs: src/tinylm/analysis/gpus.py.")
+    for flag, what in (("--params", "parameters, e.g. 124M"), ("--tokens", "training tokens, e.g. 2.5B"),
+                       ("--flops", "training compute 6ND, e.g. 1e18"), ("--budget-usd", "dollars to spend")):
+        sp.add_argument(flag, type=parse_amount, help=what)
+    sp.add_argument("--gpu", default="h100", help="device of the price table (default h100; cpu = this CPU)")
+    sp.add_argument("--gpus", type=int, default=1, help="devices training together (default 1)")
+    sp.add_argument("--mfu", type=float, help="model FLOPs utilization (default: the table's assumption)")
+    sp.add_argument("--mfu-from", metavar="RUN", help="use the median MFU this tinylm run measured")
+    sp.add_argument("--context", type=int, default=1024, help="context length for attention's FLOPs")
+    sp.add_argument("--scaling", metavar="STUDY", help="a `tinylm scaling` folder: its fitted frontier N*(C)")
+    sp.add_argument("--table", action="store_true", help="the one-page cost model, 10M to 7B parameters")
+    sp.set_defaults(func=cmd_plan, overrides=False)
+
+
 def _add_tokenizer_commands(sub) -> None:
     tp = sub.add_parser("tokenizer", help="Train, use and compare BPE tokenizers.",
                         description="Train, use and compare byte-level BPE tokenizers.")
@@ -342,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="the run folder to create, e.g. runs/gpt2")
     sp.set_defaults(func=cmd_import, overrides=False)
     _add_tokenizer_commands(sub)
+    _add_analysis_commands(sub)
     sample = sub.choices["sample"]
     sample.description = ("Generate text from a trained run, streamed as it comes. Defaults come from the run's "
                           "[sample] settings; any of them can be changed with --sample.KEY VALUE "
