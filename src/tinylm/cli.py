@@ -275,8 +275,24 @@ def cmd_plan(args, extra) -> int:
     return 0
 
 
+def cmd_report(args, extra) -> int:
+    from .analysis.report import FIGURE, write_report
+    md = write_report(args.runs, args.out, log_axes=args.log)
+    figure = md.parent / FIGURE
+    print(f"wrote {md}" + (f" and {figure}" if figure.is_file() else " (no plots: pip install 'tinylm[plot]')"))
+    return 0
+
+
 def _add_analysis_commands(sub) -> None:
     from .analysis.plan import parse_amount
+    sp = sub.add_parser("report", help="A run's report: summary, curves, curve-health verdict, last sample.",
+                        description="Write report.md (+ report.png with matplotlib) for a run folder, or a "
+                                    "comparison of several runs (overlaid curves, one table row each).")
+    sp.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s), e.g. runs/shakespeare-char")
+    sp.add_argument("--out", help="folder for report.md/.png (default: the run folder; needed for several runs)")
+    sp.add_argument("--log", action="store_true", help="log-log axes for the loss curves")
+    sp.set_defaults(func=cmd_report, overrides=False)
+
     sp = sub.add_parser("plan", help="Chinchilla-optimal parameters and tokens, training time and $ cost.",
                         description="From one of --params, --tokens, --flops (6ND) or --budget-usd: the "
                                     "compute-optimal model size and tokens (20 tokens per parameter, or a "

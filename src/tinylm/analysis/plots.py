@@ -1,0 +1,76 @@
+"""The analysis figures (report curves, sweep bars, IsoFLOP curves). Each function returns False and draws
+nothing without matplotlib (the `plot` extra), so every caller still writes its text."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..plotting import pyplot
+
+
+def _save(plt, fig, path: Path) -> bool:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _xy(points: list[tuple[int, float]]) -> tuple[list[float], list[float]]:
+    kept = [(x, y) for x, y in points if y is not None and math.isfinite(y)]
+    return [x for x, _ in kept], [y for _, y in kept]
+
+
+def _by_tokens(run, key: str) -> list[tuple[float, float]]:
+    """``key`` against tokens seen (the records that carry both)."""
+    by_step = dict(run.series("tokens_seen"))
+    return [(by_step[s], v) for s, v in run.series(key) if s in by_step]
+
+
+def plot_runs(runs: list, path: Path, log_axes: bool = False) -> bool:
+    """One figure of a run's (or overlaid runs') curves: loss against steps and tokens, LR per parameter
+    group, gradient norm with the clip, tokens/s, MFU, and the share of a step spent on data."""
+    plt = pyplot()
+    if plt is None:
+        return False
+    fig, axes = plt.subplots(2, 4, figsize=(18, 8))
+    ax = dict(zip(("step", "tokens", "lr", "grad", "speed", "mfu", "data", "gap"), axes.flat, strict=True))
+    for i, run in enumerate(runs):
+        color = f"C{i % 10}"
+        label = run.name if len(runs) > 1 else ""
+        for key, style in (("loss", "-"), ("val_loss", "o--")):
+            what = "train" if key == "loss" else "val"
+            ax["step"].plot(*_xy(run.series(key)), style, color=color, ms=3, label=f"{label} {what}".strip())
+            ax["tokens"].plot(*_xy(_by_tokens(run, key)), style, color=color, ms=3)
+        groups = sorted({k for r in run.records for k in r if k.startswith("lr_")}) or ["lr"]
+        for j, key in enumerate(groups):
+            ax["lr"].plot(*_xy(run.series(key)), ["-", "--", ":", "-."][j % 4], color=color,
+                          label=f"{label} {key.removeprefix('lr_')}".strip())
+        ax["grad"].plot(*_xy(run.series("grad_norm")), color=color, lw=0.8, label=label or None)
+        if run.cfg.optim.grad_clip:
+            ax["grad"].axhline(run.cfg.optim.grad_clip, color=color, ls=":", lw=1)
+        ax["speed"].plot(*_xy(run.series("tokens_per_s")), color=color)
+        mfu = [(s, 100 * v) for s, v in run.series("mfu") if v is not None]
+        ax["mfu"].plot(*_xy(mfu), color=color)
+        share = [(r["step"], 100 * r["data_ms"] / (r["data_ms"] + r["compute_ms"])) for r in run.records
+                 if r.get("data_ms") is not None and r.get("compute_ms")]
+        ax["data"].plot(*_xy(share), color=color)
+        train = dict(run.series("loss"))
+        gap = [(s, v - train[s]) for s, v in run.series("val_loss") if s in train and v is not None
+               and train[s] is not None]
+        ax["gap"].plot(*_xy(gap), "o-", color=color, ms=3)
+    titles = {"step": ("loss", "step"), "tokens": ("loss", "tokens seen"), "lr": ("learning rate (per group)", "step"),
+              "grad": ("gradient norm (dotted: clip)", "step"), "speed": ("tokens/s", "step"),
+              "mfu": ("MFU (%)", "step"), "data": ("data loading (% of step)", "step"),
+              "gap": ("val - train loss", "step")}
+    for key, (title, xlabel) in titles.items():
+        ax[key].set_title(title)
+        ax[key].set_xlabel(xlabel)
+        ax[key].grid(alpha=0.3)
+    if log_axes:
+        for key in ("step", "tokens"):
+            ax[key].set_xscale("log")
+            ax[key].set_yscale("log")
+    for key in ("step", "lr"):
+        if ax[key].get_legend_handles_labels()[0]:
+            ax[key].legend(fontsize=7)
+    return _save(plt, fig, path)
