@@ -283,8 +283,30 @@ def cmd_report(args, extra) -> int:
     return 0
 
 
+def cmd_sweep(args, extra) -> int:
+    from .analysis.sweep import run_sweep
+    sweep = run_sweep(args.config, args.grid, args.out, seeds=args.seeds, jobs=args.jobs, threads=args.threads,
+                      overrides=extra)
+    failed = [r for r in sweep.results if r.status != "ok"]
+    print(f"wrote {sweep.out / 'report.md'}, results.csv and results.json"
+          + (f"; {len(failed)} run(s) failed (listed in the report)" if failed else ""))
+    return 1 if failed else 0
+
+
 def _add_analysis_commands(sub) -> None:
     from .analysis.plan import parse_amount
+    sp = sub.add_parser("sweep", help="Train a grid of settings x seeds; results table, statistics and plots.",
+                        description="Train every point of a grid (TOML: axes of dotted keys with lists of values, "
+                                    "or named variants) x seeds as real runs, JOBS at a time; a second call skips "
+                                    "finished runs and resumes unfinished ones. Writes results.csv/.json and "
+                                    f"report.md (mean ± std, Welch's t-test against the baseline). {OVERRIDES_HELP}")
+    sp.add_argument("--config", help="base TOML preset every point starts from")
+    sp.add_argument("--grid", required=True, help="grid TOML, e.g. configs/ablations/architecture.toml")
+    sp.add_argument("--seeds", type=int, default=1, help="seeds per point: train.seed + 0, 1, ... (default 1)")
+    sp.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+    sp.add_argument("--threads", type=int, help="torch threads per run (default: CPU cores / jobs)")
+    sp.add_argument("--out", default="runs/sweep", help="folder for runs/, results and report (default runs/sweep)")
+    sp.set_defaults(func=cmd_sweep, overrides=True)
     sp = sub.add_parser("report", help="A run's report: summary, curves, curve-health verdict, last sample.",
                         description="Write report.md (+ report.png with matplotlib) for a run folder, or a "
                                     "comparison of several runs (overlaid curves, one table row each).")

@@ -74,3 +74,37 @@ def plot_runs(runs: list, path: Path, log_axes: bool = False) -> bool:
         if ax[key].get_legend_handles_labels()[0]:
             ax[key].legend(fontsize=7)
     return _save(plt, fig, path)
+
+
+def plot_sweep(sweep, path: Path) -> bool:
+    """Final val loss by point (each seed a dot, mean +- std a bar) and the mean val curve of each point."""
+    from ..tracking import read_metrics
+    from .stats import mean_std
+    plt = pyplot()
+    if plt is None:
+        return False
+    finals = sweep.by_point()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5))
+    for i, p in enumerate(sweep.points):
+        xs = finals[p.name]
+        if not xs:
+            continue
+        mean, std = mean_std(xs)
+        left.errorbar([i], [mean], yerr=[0.0 if math.isnan(std) else std], fmt="s", color=f"C{i % 10}", capsize=4)
+        left.plot([i] * len(xs), xs, ".", color="k", alpha=0.5)
+        curves: dict[int, list[float]] = {}
+        for r in sweep.results:
+            if r.point == p.name and r.status == "ok":
+                for rec in read_metrics(Path(r.run_dir)):
+                    if rec.get("val_loss") is not None:
+                        curves.setdefault(rec["step"], []).append(rec["val_loss"])
+        steps = sorted(curves)
+        right.plot(steps, [sum(curves[s]) / len(curves[s]) for s in steps], "-", color=f"C{i % 10}", label=p.name)
+    left.set_xticks(range(len(sweep.points)), [p.name for p in sweep.points], rotation=30, ha="right", fontsize=8)
+    left.set_title("final val loss by point (dots: seeds; bar: mean ± std)")
+    right.set_title("val loss (mean over seeds)")
+    right.set_xlabel("step")
+    right.legend(fontsize=7)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    return _save(plt, fig, path)
