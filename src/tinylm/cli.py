@@ -22,6 +22,7 @@ import argparse
 import difflib
 import json
 import sys
+from pathlib import Path
 
 from .errors import TinyLMError
 
@@ -293,8 +294,53 @@ def cmd_sweep(args, extra) -> int:
     return 1 if failed else 0
 
 
+def cmd_scaling(args, extra) -> int:
+    from .analysis.scaling import run_scaling
+    result = run_scaling(args.config, args.budgets, args.sizes, args.out, verify=args.verify, predict_at=args.predict,
+                         jobs=args.jobs, threads=args.threads, overrides=extra, resamples=args.resamples)
+    law, pred = result["law"]["params"], result.get("prediction")
+    f = result["frontier"]
+    print((f"frontier N* = {f['g']:.3g} C^{f['a']:.3f}" if f else "no frontier (see scaling.md)") +
+          f"; L(N, D) = {law['E']:.3f} + {law['A']:.3g}/N^{law['alpha']:.3f} + {law['B']:.3g}/D^{law['beta']:.3f}")
+    if pred:
+        print(f"predicted loss at N {pred['N']:,}, D {pred['D']:,}: {pred['loss']:.4f} [{pred['low']:.4f}, "
+              f"{pred['high']:.4f}]" + (f"; measured {pred['measured']:.4f} ({pred['error']:+.2%})"
+                                        if pred.get("measured") is not None else ""))
+    print(f"wrote {args.out}/scaling.md, scaling.json" + (", scaling.png" if (Path(args.out) / "scaling.png").is_file()
+                                                           else ""))
+    return 0
+
+
+def _amounts(text: str) -> list[float]:
+    from .analysis.plan import parse_amount
+    return [parse_amount(t) for t in text.split(",") if t.strip()]
+
+
+def _pair(text: str) -> tuple[float, float]:
+    values = _amounts(text)
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: give N,D, e.g. 12M,200M (non-embedding parameters, tokens)")
+    return values[0], values[1]
+
+
 def _add_analysis_commands(sub) -> None:
     from .analysis.plan import parse_amount
+    sp = sub.add_parser("scaling", help="IsoFLOP scaling study: fits, a prediction, and its verification.",
+                        description="For each compute budget C, train models of each depth (width 64 x depth) on "
+                                    "D = C / 6N tokens (N: non-embedding parameters); fit IsoFLOP parabolas "
+                                    "(N*(C)) and L(N, D) = E + A/N^alpha + B/D^beta with bootstrap intervals; "
+                                    f"predict, and with --verify train the predicted model. {OVERRIDES_HELP}")
+    sp.add_argument("--config", help="base TOML preset (data, context, batch, optimizer)")
+    sp.add_argument("--budgets", type=_amounts, required=True, help="compute budgets C in FLOPs, e.g. 1e12,3e12,1e13")
+    sp.add_argument("--sizes", type=lambda t: [int(x) for x in t.split(",")], default=[1, 2, 3, 4],
+                    help="model depths (width 64 x depth), e.g. 2,3,4,5 (default 1,2,3,4)")
+    sp.add_argument("--predict", type=_pair, metavar="N,D", help="predict the loss of N parameters on D tokens")
+    sp.add_argument("--verify", type=_pair, metavar="N,D", help="predict, then train that model and compare")
+    sp.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+    sp.add_argument("--threads", type=int, help="torch threads per run (default: CPU cores / jobs)")
+    sp.add_argument("--resamples", type=int, default=200, help="bootstrap resamples for the intervals")
+    sp.add_argument("--out", default="runs/scaling", help="folder for the runs and results (default runs/scaling)")
+    sp.set_defaults(func=cmd_scaling, overrides=True)
     sp = sub.add_parser("sweep", help="Train a grid of settings x seeds; results table, statistics and plots.",
                         description="Train every point of a grid (TOML: axes of dotted keys with lists of values, "
                                     "or named variants) x seeds as real runs, JOBS at a time; a second call skips "

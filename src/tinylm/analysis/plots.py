@@ -108,3 +108,47 @@ def plot_sweep(sweep, path: Path) -> bool:
     for ax in (left, right):
         ax.grid(alpha=0.3)
     return _save(plt, fig, path)
+
+
+def plot_scaling(result: dict, parabolas: list, law, path: Path) -> bool:
+    """IsoFLOP curves with their parabolas, the fitted frontier N*(C), and predicted vs measured loss."""
+    import numpy as np
+    plt = pyplot()
+    if plt is None:
+        return False
+    fig, (iso, front, pvm) = plt.subplots(1, 3, figsize=(17, 5))
+    runs = [r for r in result["runs"] if r["loss"] is not None]
+    budgets = sorted({r["budget"] for r in runs})
+    for i, c in enumerate(budgets):
+        at = sorted((r["N"], r["loss"]) for r in runs if r["budget"] == c)
+        iso.plot(*zip(*at, strict=True), "o", color=f"C{i}", label=f"C = {c:.2g}")
+        fit = next((p for p in parabolas if p.budget == c), None)
+        if fit:
+            xs = np.linspace(np.log(at[0][0]), np.log(at[-1][0]), 50)
+            iso.plot(np.exp(xs), np.polyval(fit.coeffs, xs), "-", color=f"C{i}", alpha=0.6)
+            iso.plot([fit.n_opt], [fit.loss_opt], "*", color=f"C{i}", ms=12)
+    iso.set(xscale="log", xlabel="non-embedding parameters N", ylabel="final val loss", title="IsoFLOP curves")
+    iso.legend(fontsize=7)
+    if result["frontier"]:
+        cs = np.array([p.budget for p in parabolas])
+        front.plot(cs, [p.n_opt for p in parabolas], "o", label="N* per budget (parabola vertex)")
+        grid = np.geomspace(cs.min() / 2, cs.max() * 4, 50)
+        f = result["frontier"]
+        front.plot(grid, f["g"] * grid ** f["a"], "-", label=f"N* = {f['g']:.2g} C^{f['a']:.2f}")
+        front.legend(fontsize=7)
+    front.set(xscale="log", yscale="log", xlabel="compute C = 6ND (FLOPs)", ylabel="N*",
+              title="fitted frontier" if result["frontier"] else "no frontier (< 2 budgets with a minimum)")
+    fitted = [float(law.predict(r["N"], r["D"])[0]) for r in runs]
+    pvm.plot([r["loss"] for r in runs], fitted, "o", label="study runs")
+    pred = result.get("prediction")
+    if pred and pred.get("measured") is not None:
+        pvm.errorbar([pred["measured"]], [pred["loss"]], yerr=[[pred["loss"] - pred["low"]],
+                                                               [pred["high"] - pred["loss"]]],
+                     fmt="r*", ms=12, capsize=4, label="verification run")
+    lims = [min(pvm.get_xlim()[0], pvm.get_ylim()[0]), max(pvm.get_xlim()[1], pvm.get_ylim()[1])]
+    pvm.plot(lims, lims, "k:", lw=1)
+    pvm.set(xlabel="measured val loss", ylabel="L(N, D) fit", title="predicted vs measured")
+    pvm.legend(fontsize=7)
+    for ax in (iso, front, pvm):
+        ax.grid(alpha=0.3)
+    return _save(plt, fig, path)
