@@ -10,6 +10,7 @@ from tinylm.analysis import scaling
 from tinylm.analysis.plan import load_frontier
 from tinylm.analysis.sweep import Runner
 from tinylm.config import to_toml
+from tinylm.errors import TinyLMError
 
 from conftest import tiny_config
 
@@ -31,6 +32,13 @@ def test_parabola_finds_a_known_optimum():
     assert p.n_opt == pytest.approx(7e6, rel=1e-9) and p.loss_opt == pytest.approx(2.5)
     assert p.bracketed and p.d_opt == pytest.approx(1e15 / (6 * 7e6))
     assert scaling.fit_parabola(1e15, list(n), list(3 - 0.01 * np.log(n))) is None  # still falling: no minimum
+
+
+def test_sizes_are_depths_or_depth_x_width():
+    assert scaling.parse_size("3") == {"n_layer": 3, "n_embd": 192, "n_head": 3}
+    assert scaling.parse_size("2x96") == {"n_layer": 2, "n_embd": 96, "n_head": 1}
+    with pytest.raises(TinyLMError, match="multiple of 64"):
+        scaling.parse_size("2x200")
 
 
 def test_frontier_through_known_optima():
@@ -81,11 +89,11 @@ def test_a_tiny_study_runs_fits_predicts_and_verifies(tmp_path, text_200k, monke
     base = tmp_path / "base.toml"
     base.write_text(to_toml(cfg))
     out = tmp_path / "study"
-    result = scaling.run_scaling(base, [3e8, 1e9], [1, 2, 3], out, verify=(4e5, 3e4), resamples=10,
+    result = scaling.run_scaling(base, [3e8, 1e9], ["1", "2x64", "2"], out, verify=(4e5, 3e4), resamples=10,
                                  log=lambda *a: None)
     assert len(calls) == 7  # 2 budgets x 3 depths + the verification run
     runs = result["runs"]
-    assert [r["depth"] for r in runs] == [1, 2, 3, 1, 2, 3] and all(r["loss"] for r in runs)
+    assert [r["size"] for r in runs] == ["1x64", "2x64", "2x128"] * 2 and all(r["loss"] for r in runs)
     for r in runs:  # D = C / 6N, to within one step of tokens
         assert abs(r["D"] - r["budget"] / (6 * r["N"])) <= 8 * 32 / 2 or r["D"] == 8 * 32
     pred = result["prediction"]

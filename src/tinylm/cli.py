@@ -332,8 +332,9 @@ def _add_analysis_commands(sub) -> None:
                                     f"predict, and with --verify train the predicted model. {OVERRIDES_HELP}")
     sp.add_argument("--config", help="base TOML preset (data, context, batch, optimizer)")
     sp.add_argument("--budgets", type=_amounts, required=True, help="compute budgets C in FLOPs, e.g. 1e12,3e12,1e13")
-    sp.add_argument("--sizes", type=lambda t: [int(x) for x in t.split(",")], default=[1, 2, 3, 4],
-                    help="model depths (width 64 x depth), e.g. 2,3,4,5 (default 1,2,3,4)")
+    sp.add_argument("--sizes", type=lambda t: [x for x in t.split(",") if x.strip()], default=["1", "2", "3", "4"],
+                    help="model depths (width 64 x depth) or depth x width, e.g. 1x64,2x64,2x96,3x128 "
+                         "(default 1,2,3,4)")
     sp.add_argument("--predict", type=_pair, metavar="N,D", help="predict the loss of N parameters on D tokens")
     sp.add_argument("--verify", type=_pair, metavar="N,D", help="predict, then train that model and compare")
     sp.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")

@@ -1,7 +1,8 @@
 """`tinylm scaling`: an IsoFLOP study, two scaling-law fits, a prediction and its verification.
 
-For each compute budget C, models of several depths (width 64 x depth, heads of 64: the shape rule of
-:func:`tinylm.analysis.plan.shape_for`) are each trained on D = C / 6N tokens, their LR schedule sized
+For each compute budget C, models of several sizes (a depth, width 64 x depth, heads of 64: the shape
+rule of :func:`tinylm.analysis.plan.shape_for`; or depth x width, e.g. 2x96, for the finer steps a small
+study needs) are each trained on D = C / 6N tokens, their LR schedule sized
 to D (max_steps = D / tokens per step), through the sweep runner. N is the **non-embedding** parameter
 count, as Kaplan et al. and Chinchilla's fits use; counting the embeddings too moves the
 tokens-per-parameter figure, most for small models, whose embeddings are a large share.
@@ -167,40 +168,56 @@ def tokens_per_step(cfg) -> int:
     return cfg.train.batch_size * cfg.model.block_size
 
 
-def study_points(cfg, budgets: list[float], depths: list[int], counts: Callable[[int], int]) -> list[tuple]:
-    """(Point, budget, N, D) for every budget x depth: D = C / 6N tokens, the schedule sized to D."""
+def parse_size(text: str) -> dict[str, int]:
+    """``"3" -> shape_for(3)`` (width 192), ``"2x96" -> 2 layers of width 96, one head``."""
+    depth, _, width = text.strip().lower().partition("x")
+    try:
+        shape = shape_for(int(depth), int(width) if width else None)
+    except ValueError:
+        raise TinyLMError(f"--sizes {text!r}: give depths (3) or depth x width (2x96), comma-separated") from None
+    if shape["n_layer"] < 1 or shape["n_embd"] % shape["n_head"] or shape["n_embd"] < 2:
+        raise TinyLMError(f"--sizes {text!r}: the width must be a positive multiple of 64 (or below 128)")
+    return shape
+
+
+def size_name(shape: dict[str, int]) -> str:
+    return f"{shape['n_layer']}x{shape['n_embd']}"
+
+
+def study_points(cfg, budgets: list[float], sizes: list[dict], counts: Callable[[dict], int]) -> list[tuple]:
+    """(Point, budget, N, D) for every budget x size: D = C / 6N tokens, the schedule sized to D."""
     out = []
-    for c, depth in itertools.product(budgets, depths):
-        n = counts(depth)
+    for c, shape in itertools.product(budgets, sizes):
+        n = counts(shape)
         steps = max(1, round(c / (6 * n) / tokens_per_step(cfg)))
-        out.append((_point(f"C={c:.3g},depth={depth}", cfg, depth, steps), c, n, steps * tokens_per_step(cfg)))
+        out.append((_point(f"C={c:.3g},size={size_name(shape)}", cfg, shape, steps), c, n,
+                    steps * tokens_per_step(cfg)))
     return out
 
 
-def _point(name: str, cfg, depth: int, steps: int) -> Point:
-    shape = shape_for(depth)
+def _point(name: str, cfg, shape: dict, steps: int) -> Point:
     warmup = min(cfg.optim.warmup_steps, steps // 10)  # warmup no longer than a tenth of the run
     return Point(name, {"model.n_layer": shape["n_layer"], "model.n_embd": shape["n_embd"],
                         "model.n_head": shape["n_head"], "train.max_steps": steps, "optim.warmup_steps": warmup,
                         "train.eval_interval": 0, "train.time_budget": ""})
 
 
-def non_embedding_counter(cfg) -> Callable[[int], int]:
-    """Depth -> non-embedding parameters of the shape rule's model on this config (built on the meta device)."""
+def non_embedding_counter(cfg) -> Callable[[dict], int]:
+    """Shape -> non-embedding parameters of that model on this config (built on the meta device)."""
     from copy import deepcopy
 
     from .report import model_counts
 
-    def count(depth: int) -> int:
+    def count(shape: dict) -> int:
         c = deepcopy(cfg)
         c.model.vocab_size = max(c.model.vocab_size, 2)  # the non-embedding count does not depend on it
-        for k, v in shape_for(depth).items():
+        for k, v in shape.items():
             setattr(c.model, k, v)
         return model_counts(c)[1]
     return count
 
 
-def run_scaling(config: str | Path | None, budgets: list[float], depths: list[int], out: str | Path, *,
+def run_scaling(config: str | Path | None, budgets: list[float], sizes: list[str], out: str | Path, *,
                 verify: tuple[float, float] | None = None, predict_at: tuple[float, float] | None = None,
                 jobs: int = 1, threads: int | None = None, overrides: list[str] | None = None,
                 resamples: int = 200, log: Callable[[str], None] = print) -> dict:
@@ -211,18 +228,19 @@ def run_scaling(config: str | Path | None, budgets: list[float], depths: list[in
     out = Path(out)
     cfg = build_config(config, overrides or [])
     count = non_embedding_counter(cfg)
-    plan = study_points(cfg, sorted(budgets), sorted(depths), count)
+    shapes = sorted((parse_size(str(s)) for s in sizes), key=count)
+    plan = study_points(cfg, sorted(budgets), shapes, count)
     target = verify or predict_at
     extra = []
     if target:
-        depth = depth_for(target[0])
+        shape = shape_for(depth_for(target[0]))
         steps = max(1, round(target[1] / tokens_per_step(cfg)))
-        target = (count(depth), steps * tokens_per_step(cfg))
-        extra = [_point(f"verify,depth={depth},D={target[1]:.3g}", cfg, depth, steps)] if verify else []
+        target = (count(shape), steps * tokens_per_step(cfg))
+        extra = [_point(f"verify,size={size_name(shape)},D={target[1]:.3g}", cfg, shape, steps)] if verify else []
     sweep = run_points([p for p, *_ in plan] + extra, config, out, jobs=jobs, threads=threads, overrides=overrides,
                        log=log, command="tinylm scaling")
     final = {r.point: r.final_val_loss for r in sweep.results if r.status == "ok"}
-    runs = [{"budget": c, "depth": int(p.overrides["model.n_layer"]), "N": n, "D": d,
+    runs = [{"budget": c, "size": f"{p.overrides['model.n_layer']}x{p.overrides['model.n_embd']}", "N": n, "D": d,
              "loss": final.get(p.name)} for p, c, n, d in plan]
     done = [r for r in runs if r["loss"] is not None]
     result: dict = {"runs": runs, "convention": "N = non-embedding parameters; C = 6ND"}
@@ -255,8 +273,9 @@ def render(result: dict, figure: str | None) -> str:
     lines = ["# Scaling study", "",
              f"Convention: {result['convention']} (Kaplan et al. and Chinchilla fit non-embedding counts; with the "
              "embeddings counted, N grows and the tokens-per-parameter figure shrinks, most for small models).", "",
-             "## Runs", "", "| budget C | depth | N | D | final val loss |", "|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['budget']:.3g} | {r['depth']} | {r['N']:,} | {r['D']:,} | "
+             "## Runs", "", "| budget C | size (layers x width) | N | D | final val loss |",
+             "|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['budget']:.3g} | {r['size']} | {r['N']:,} | {r['D']:,} | "
               f"{'failed' if r['loss'] is None else format(r['loss'], '.4f')} |" for r in result["runs"]]
     lines += ["", "## Approach 2: IsoFLOP parabolas", "", "| budget C | N* | D* | tokens per parameter | loss at N* |",
               "|---:|---:|---:|---:|---:|"]
