@@ -8,9 +8,9 @@
     .venv/bin/python benchmarks/exp_optim.py step-cost           # wall-clock ms per step, AdamW vs Muon vs Lion
     .venv/bin/python benchmarks/exp_optim.py schedule-plot       # docs/optim/schedules.png (no training)
 
-Every run is a real ``tinylm train`` process (one torch thread each, ``--jobs`` at a time); a run
-whose folder already holds a finished ``metrics.jsonl`` is reused, so the parts share runs and an
-interrupted experiment continues where it stopped. Losses do not depend on timing (no time budget),
+Every run is a real ``tinylm train`` process (one torch thread each, ``--jobs`` at a time), through
+`tinylm sweep`'s runner: a finished run is reused, so the parts share runs, and an interrupted
+experiment continues where it stopped (the unfinished run resumes). Losses do not depend on timing (no time budget),
 so running jobs side by side changes only how long it takes. Results: ``--out``/results.json, the
 markdown tables printed (and pasted into BENCHMARKS.md), and plots in docs/optim/.
 
@@ -38,17 +38,16 @@ import itertools
 import json
 import math
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
-from common import REPO, Meter, time_call, use_shared_data
+from common import REPO, Meter, use_shared_data
 
+from tinylm.analysis.sweep import Point, Runner
 from tinylm.config import build_config
 from tinylm.data import ensure_prepared
 from tinylm.diagnostics import logged_losses
@@ -70,46 +69,30 @@ SCHEDULES = {
 
 
 class Lab:
+    """Runs through `tinylm sweep`'s runner (tinylm.analysis.sweep.Runner): one point per setting, named by a
+    hash of its overrides, one thread per run, ``--jobs`` at a time; finished runs are reused, an interrupted
+    one resumes."""
+
     def __init__(self, out: Path, jobs: int):
         self.out, self.jobs = out, jobs
         self.max_steps = build_config(PRESET, []).train.max_steps
         self.data = out / "data"
         self.base = ["--data.dir", str(self.data), "--run.dir", str(out / "runs"), "--run.progress", "false",
                      "--train.threads", "1"]
+        self.runner = Runner(PRESET, out / "sweep", jobs=jobs, threads=1, overrides=self.base)
 
     def prepare(self) -> None:
         ensure_prepared(build_config(PRESET, self.base).data, progress=False)
 
-    def run_dir(self, overrides: list[str]) -> Path:
-        key = hashlib.sha1(" ".join(overrides).encode()).hexdigest()[:10]
-        return self.out / "runs" / key
-
-    def runs(self, settings: list[list[str]], max_steps: int | None = None) -> list[Path]:
-        """Train every setting not trained yet (``--jobs`` at a time); the run folders, in order."""
-        todo = [s for s in settings if not self.finished(self.run_dir(s), max_steps)]
-        if todo:
-            print(f"training {len(todo)} run(s), {self.jobs} at a time ...", flush=True)
-            with ThreadPoolExecutor(self.jobs) as pool:
-                list(pool.map(self._train, todo))
-        return [self.run_dir(s) for s in settings]
-
-    def finished(self, run: Path, max_steps: int | None = None) -> bool:
-        return (max_steps or self.max_steps) in logged_losses(run, "val_loss")
-
-    def _train(self, overrides: list[str]) -> None:
-        run = self.run_dir(overrides)
-        if run.exists():  # an unfinished earlier attempt: start again
-            shutil.rmtree(run)
-        cmd = [sys.executable, "-m", "tinylm", "train", "--config", str(PRESET), *self.base,
-               "--run.name", run.name, *overrides]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        training = time_call(partial(subprocess.run, cmd, env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True, check=False))
-        done = training.result
-        if done.returncode:
-            raise SystemExit(f"run failed: {' '.join(cmd)}\n{done.stderr[-2000:]}")
-        (run / "overrides.txt").write_text(" ".join(overrides) + "\n")
-        print(f"  {training.wall:5.0f}s  {' '.join(overrides)}  val {final_val(run):.4f}", flush=True)
+    def runs(self, settings: list[list[str]]) -> list[Path]:
+        """Train every setting not trained yet; the run folders, in order."""
+        points = [Point(hashlib.sha1(" ".join(s).encode()).hexdigest()[:10],
+                        {k.removeprefix("--"): v for k, v in zip(s[::2], s[1::2], strict=True)}) for s in settings]
+        results = self.runner.run(points)
+        failed = [r for r in results if r.status != "ok"]
+        if failed:
+            raise SystemExit("run(s) failed:\n" + "\n".join(f"{r.run_dir}: {r.error}" for r in failed))
+        return [Path(r.run_dir) for r in results]
 
     def lr_find(self, name: str, overrides: list[str]) -> dict:
         out = self.out / f"lr-find-{name}"
@@ -175,7 +158,7 @@ def part_sweep_long(lab: Lab, results: dict) -> None:
         part_sweep(lab, results)
     longer = ["--train.max_steps", "1500", "--optim.warmup_steps", "150"]
     lrs = ADAMW_LRS[1:5]
-    runs = lab.runs([[*lr_args(lr), *longer] for lr in lrs], max_steps=1500)
+    runs = lab.runs([[*lr_args(lr), *longer] for lr in lrs])
     finals = {f"{lr:g}": final_val(r) for lr, r in zip(lrs, runs, strict=True)}
     best = min(zip(lrs, runs, strict=True), key=lambda t: final_val(t[1]))[0]
     suggested = results["sweep"]["lr_find_adamw"]["suggested_lr"]

@@ -83,7 +83,8 @@ def tiny_config(tmp_path: Path, corpus: Path, **overrides) -> Config:
             "run.name": "tiny", "run.progress": False, "model.n_layer": 2, "model.n_head": 2,
             "model.n_embd": 32, "model.block_size": 32, "train.batch_size": 8, "train.max_steps": 30,
             "train.eval_interval": 10, "train.eval_tokens": 512, "train.log_interval": 5,
-            "optim.lr": 1e-2, "optim.warmup_steps": 5, "sample.max_new_tokens": 20, "train.precision": "fp32"}
+            "optim.lr": 1e-2, "optim.warmup_steps": 5, "sample.max_new_tokens": 20, "train.precision": "fp32",
+            "run.report": False}  # the end-of-run report (matplotlib) costs seconds: tests that check it ask for it
     base.update(overrides)
     for k, v in base.items():
         set_value(cfg, k, v)

@@ -246,6 +246,8 @@ class RunConfig:
     """Also log to Weights & Biases (needs the `track` extra; WANDB_MODE=offline works without network)."""
     wandb_project: str = "tinylm"
     """W&B project name."""
+    report: bool = True
+    """Write report.md + report.png (curves, summary, curve health) into the run folder when training ends."""
 
 
 @dataclass

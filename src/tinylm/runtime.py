@@ -35,6 +35,11 @@ def resolve_device(name: str, local_rank: int = 0, flag: str = "--train.device")
     return torch.device(name)
 
 
+def device_name(device: torch.device) -> str:
+    """What a run trained on, for its checkpoints and report: ``"cuda:0 (NVIDIA H100 80GB HBM3)"``, ``"cpu"``."""
+    return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+
+
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated
     and slower than fp32 (measured: 4x slower on an AVX512 Xeon without AVX512-BF16).

@@ -19,6 +19,7 @@ import torch
 from . import checkpoint as ckpt
 from . import runtime
 from .accounting import ThroughputWindow, peak_flops, peak_memory_mb
+from .analysis.report import write_after_training
 from .config import Config, derive_names, grad_accum_steps, micro_batch_size, parse_duration, to_toml, validate
 from .data import BatchLoader, TokenWindows, ensure_prepared, load_data_tokenizer
 from .diagnostics import nonfinite_report
@@ -243,7 +244,7 @@ class Trainer:
             {"model": model_state, "optimizer": optim_state, "trainer": trainer_state},
             {"tokens_seen": self.tokens_seen, "val_loss": None, "best_val_loss": self.best_val,
              "precision": self.precision, "train_seconds": elapsed, "config": self.cfg.to_dict(),
-             "data_meta": self.meta},
+             "data_meta": self.meta, "device": runtime.device_name(self.device)},
             files={ckpt.TOKENIZER: self.tokenizer_bytes}, keep_last=self.cfg.train.keep_last)
 
     # ----------------------------------------------------------------- steps
@@ -397,6 +398,7 @@ class Trainer:
             speed = self.window.record(self.tokens_per_step, self.raw_model.flops_per_token(), self.peak,
                                        self.d.world_size)
             self.tracker.log({"step": self.step, "loss": self.train_loss, "lr": scale * self.cfg.optim.lr,
+                              **{f"lr_{g['role']}": g["lr"] for g in self.optimizer.param_groups},
                               "grad_norm": float(stats["grad_norm"]), **speed,
                               "peak_mem_mb": peak_memory_mb(self.device), "tokens_seen": self.tokens_seen,
                               "elapsed_s": self._elapsed(), "eta_s": self._eta()})
@@ -470,6 +472,8 @@ class Trainer:
         self.log(f"done at step {self.step}: final train loss {self.train_loss:.4f}, final val loss {val_loss:.4f} "
                  f"(best {self.best_val:.4f}); {self.tokens_seen:,} tokens in {train_seconds:.0f}s of training; "
                  f"run folder {self.run_dir}")
+        if self.d.is_main and self.cfg.run.report:
+            write_after_training(self.run_dir, self.log)
         return TrainResult(self.run_dir, self.step, self.train_loss, val_loss, self.best_val, self.tokens_seen,
                            train_seconds, stopped)
 

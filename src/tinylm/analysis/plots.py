@@ -1,0 +1,154 @@
+"""The analysis figures (report curves, sweep bars, IsoFLOP curves). Each function returns False and draws
+nothing without matplotlib (the `plot` extra), so every caller still writes its text."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..plotting import pyplot
+
+
+def _save(plt, fig, path: Path) -> bool:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _xy(points: list[tuple[int, float]]) -> tuple[list[float], list[float]]:
+    kept = [(x, y) for x, y in points if y is not None and math.isfinite(y)]
+    return [x for x, _ in kept], [y for _, y in kept]
+
+
+def _by_tokens(run, key: str) -> list[tuple[float, float]]:
+    """``key`` against tokens seen (the records that carry both)."""
+    by_step = dict(run.series("tokens_seen"))
+    return [(by_step[s], v) for s, v in run.series(key) if s in by_step]
+
+
+def plot_runs(runs: list, path: Path, log_axes: bool = False) -> bool:
+    """One figure of a run's (or overlaid runs') curves: loss against steps and tokens, LR per parameter
+    group, gradient norm with the clip, tokens/s, MFU, and the share of a step spent on data."""
+    plt = pyplot()
+    if plt is None:
+        return False
+    fig, axes = plt.subplots(2, 4, figsize=(18, 8))
+    ax = dict(zip(("step", "tokens", "lr", "grad", "speed", "mfu", "data", "gap"), axes.flat, strict=True))
+    for i, run in enumerate(runs):
+        color = f"C{i % 10}"
+        label = run.name if len(runs) > 1 else ""
+        for key, style in (("loss", "-"), ("val_loss", "o--")):
+            what = "train" if key == "loss" else "val"
+            ax["step"].plot(*_xy(run.series(key)), style, color=color, ms=3, label=f"{label} {what}".strip())
+            ax["tokens"].plot(*_xy(_by_tokens(run, key)), style, color=color, ms=3)
+        groups = sorted({k for r in run.records for k in r if k.startswith("lr_")}) or ["lr"]
+        for j, key in enumerate(groups):
+            ax["lr"].plot(*_xy(run.series(key)), ["-", "--", ":", "-."][j % 4], color=color,
+                          label=f"{label} {key.removeprefix('lr_')}".strip())
+        ax["grad"].plot(*_xy(run.series("grad_norm")), color=color, lw=0.8, label=label or None)
+        if run.cfg.optim.grad_clip:
+            ax["grad"].axhline(run.cfg.optim.grad_clip, color=color, ls=":", lw=1)
+        ax["speed"].plot(*_xy(run.series("tokens_per_s")), color=color)
+        mfu = [(s, 100 * v) for s, v in run.series("mfu") if v is not None]
+        ax["mfu"].plot(*_xy(mfu), color=color)
+        share = [(r["step"], 100 * r["data_ms"] / (r["data_ms"] + r["compute_ms"])) for r in run.records
+                 if r.get("data_ms") is not None and r.get("compute_ms")]
+        ax["data"].plot(*_xy(share), color=color)
+        train = dict(run.series("loss"))
+        gap = [(s, v - train[s]) for s, v in run.series("val_loss") if s in train and v is not None
+               and train[s] is not None]
+        ax["gap"].plot(*_xy(gap), "o-", color=color, ms=3)
+    titles = {"step": ("loss", "step"), "tokens": ("loss", "tokens seen"), "lr": ("learning rate (per group)", "step"),
+              "grad": ("gradient norm (dotted: clip)", "step"), "speed": ("tokens/s", "step"),
+              "mfu": ("MFU (%)", "step"), "data": ("data loading (% of step)", "step"),
+              "gap": ("val - train loss", "step")}
+    for key, (title, xlabel) in titles.items():
+        ax[key].set_title(title)
+        ax[key].set_xlabel(xlabel)
+        ax[key].grid(alpha=0.3)
+    if log_axes:
+        for key in ("step", "tokens"):
+            ax[key].set_xscale("log")
+            ax[key].set_yscale("log")
+    for key in ("step", "lr"):
+        if ax[key].get_legend_handles_labels()[0]:
+            ax[key].legend(fontsize=7)
+    return _save(plt, fig, path)
+
+
+def plot_sweep(sweep, path: Path) -> bool:
+    """Final val loss by point (each seed a dot, mean +- std a bar) and the mean val curve of each point."""
+    from ..tracking import read_metrics
+    from .stats import mean_std
+    plt = pyplot()
+    if plt is None:
+        return False
+    finals = sweep.by_point()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5))
+    for i, p in enumerate(sweep.points):
+        xs = finals[p.name]
+        if not xs:
+            continue
+        mean, std = mean_std(xs)
+        left.errorbar([i], [mean], yerr=[0.0 if math.isnan(std) else std], fmt="s", color=f"C{i % 10}", capsize=4)
+        left.plot([i] * len(xs), xs, ".", color="k", alpha=0.5)
+        curves: dict[int, list[float]] = {}
+        for r in sweep.results:
+            if r.point == p.name and r.status == "ok":
+                for rec in read_metrics(Path(r.run_dir)):
+                    if rec.get("val_loss") is not None:
+                        curves.setdefault(rec["step"], []).append(rec["val_loss"])
+        steps = sorted(curves)
+        right.plot(steps, [sum(curves[s]) / len(curves[s]) for s in steps], "-", color=f"C{i % 10}", label=p.name)
+    left.set_xticks(range(len(sweep.points)), [p.name for p in sweep.points], rotation=30, ha="right", fontsize=8)
+    left.set_title("final val loss by point (dots: seeds; bar: mean ± std)")
+    right.set_title("val loss (mean over seeds)")
+    right.set_xlabel("step")
+    right.legend(fontsize=7)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    return _save(plt, fig, path)
+
+
+def plot_scaling(result: dict, parabolas: list, law, path: Path) -> bool:
+    """IsoFLOP curves with their parabolas, the fitted frontier N*(C), and predicted vs measured loss."""
+    import numpy as np
+    plt = pyplot()
+    if plt is None:
+        return False
+    fig, (iso, front, pvm) = plt.subplots(1, 3, figsize=(17, 5))
+    runs = [r for r in result["runs"] if r["loss"] is not None]
+    budgets = sorted({r["budget"] for r in runs})
+    for i, c in enumerate(budgets):
+        at = sorted((r["N"], r["loss"]) for r in runs if r["budget"] == c)
+        iso.plot(*zip(*at, strict=True), "o", color=f"C{i}", label=f"C = {c:.2g}")
+        fit = next((p for p in parabolas if p.budget == c), None)
+        if fit:
+            xs = np.linspace(np.log(at[0][0]), np.log(at[-1][0]), 50)
+            iso.plot(np.exp(xs), np.polyval(fit.coeffs, xs), "-", color=f"C{i}", alpha=0.6)
+            iso.plot([fit.n_opt], [fit.loss_opt], "*", color=f"C{i}", ms=12)
+    iso.set(xscale="log", xlabel="non-embedding parameters N", ylabel="final val loss", title="IsoFLOP curves")
+    iso.legend(fontsize=7)
+    if result["frontier"]:
+        cs = np.array([p.budget for p in parabolas])
+        front.plot(cs, [p.n_opt for p in parabolas], "o", label="N* per budget (parabola vertex)")
+        grid = np.geomspace(cs.min() / 2, cs.max() * 4, 50)
+        f = result["frontier"]
+        front.plot(grid, f["g"] * grid ** f["a"], "-", label=f"N* = {f['g']:.2g} C^{f['a']:.2f}")
+        front.legend(fontsize=7)
+    front.set(xscale="log", yscale="log", xlabel="compute C = 6ND (FLOPs)", ylabel="N*",
+              title="fitted frontier" if result["frontier"] else "no frontier (< 2 budgets with a minimum)")
+    fitted = [float(law.predict(r["N"], r["D"])[0]) for r in runs]
+    pvm.plot([r["loss"] for r in runs], fitted, "o", label="study runs")
+    pred = result.get("prediction")
+    if pred and pred.get("measured") is not None:
+        pvm.errorbar([pred["measured"]], [pred["loss"]], yerr=[[pred["loss"] - pred["low"]],
+                                                               [pred["high"] - pred["loss"]]],
+                     fmt="r*", ms=12, capsize=4, label="verification run")
+    lims = [min(pvm.get_xlim()[0], pvm.get_ylim()[0]), max(pvm.get_xlim()[1], pvm.get_ylim()[1])]
+    pvm.plot(lims, lims, "k:", lw=1)
+    pvm.set(xlabel="measured val loss", ylabel="L(N, D) fit", title="predicted vs measured")
+    pvm.legend(fontsize=7)
+    for ax in (iso, front, pvm):
+        ax.grid(alpha=0.3)
+    return _save(plt, fig, path)

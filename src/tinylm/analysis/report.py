@@ -1,0 +1,226 @@
+"""`tinylm report`: a run's (or several runs') report.md and report.png, from the run folder alone.
+
+A run folder holds what a report needs: config.toml (the settings, hence parameters and FLOPs per
+token), metrics.jsonl (every logged step and evaluation), the last checkpoint's meta.json (device,
+precision) and samples.md. The report is a summary table, the curves (matplotlib, the `plot` extra;
+without it the text report is still written), the curve-health verdict of :mod:`.health` and the last
+sample. Several runs: one row each in a comparison table and overlaid curves. `tinylm train` writes
+the report of every run it finishes (:func:`write_after_training`).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Config, load_toml
+from ..errors import TinyLMError
+from ..fileio import write_failure, write_text_atomic
+from ..tracking import METRICS_FILE, read_metrics
+from . import health
+from .plots import plot_runs
+
+REPORT = "report.md"
+FIGURE = "report.png"
+MARK = "<!-- written by tinylm report -->"  # a report.md without it is someone else's: never replaced
+
+
+@dataclass
+class Run:
+    """What a report reads from one run folder."""
+    path: Path
+    cfg: Config
+    records: list[dict]
+    meta: dict  # the last checkpoint's meta.json ({} before the first checkpoint)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def series(self, key: str) -> list[tuple[int, float]]:
+        """(step, value) of every record with ``key``; a step re-done after a resume keeps its later value."""
+        return health._series(self.records, key)
+
+    def last(self, key: str):
+        values = [v for _, v in self.series(key) if v is not None]
+        return values[-1] if values else None
+
+
+def load_run(path: str | Path) -> Run:
+    """A run folder's config, metrics and last checkpoint meta; refuses a folder that is not a run."""
+    from ..checkpoint import find_checkpoint, read_meta
+    p = Path(path)
+    if not (p / "config.toml").is_file() or not (p / METRICS_FILE).is_file():
+        raise TinyLMError(f"{p} is not a tinylm run folder (no config.toml and metrics.jsonl); "
+                          f"give the folder `tinylm train` wrote, e.g. runs/<name>")
+    ckpt = find_checkpoint(p, "last")
+    return Run(p, load_toml(p / "config.toml"), read_metrics(p), read_meta(ckpt) if ckpt else {})
+
+
+def model_counts(cfg: Config) -> tuple[int, int, int]:
+    """(parameters, non-embedding parameters, training FLOPs per token) of the run's model, built on the
+    meta device: no memory, whatever its size."""
+    import torch
+
+    from ..model import GPT
+    with torch.device("meta"):
+        model = GPT(cfg.model)
+    return model.num_params(), model.num_params(non_embedding=True), model.flops_per_token()
+
+
+def _median(run: Run, key: str) -> float | None:
+    values = [v for _, v in run.series(key) if v is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize(run: Run) -> dict:
+    """The summary table's figures (None where the run did not log them)."""
+    total, non_emb, fpt = model_counts(run.cfg)
+    vals = [v for _, v in run.series("val_loss") if v is not None]
+    best = min(vals) if vals else None
+    tokens = run.last("tokens_seen") or 0
+    bpbs = [v for _, v in run.series("val_bpb") if v is not None]
+    return {
+        "parameters": total, "non_embedding_parameters": non_emb, "flops_per_token": fpt,
+        "tokens_seen": tokens, "tokens_per_parameter": tokens / non_emb if non_emb else None,
+        "train_seconds": run.last("elapsed_s"), "device": run.meta.get("device", f"{run.cfg.train.device} "
+                                                                                 f"(as configured)"),
+        "precision": run.meta.get("precision", f"{run.cfg.train.precision} (as configured)"),
+        "steps": max((r["step"] for r in run.records), default=0),
+        "final_train_loss": run.last("loss"), "final_val_loss": vals[-1] if vals else None,
+        "best_val_loss": best, "perplexity": math.exp(best) if best is not None else None,
+        "val_bpb": min(bpbs) if bpbs else None,
+        "tokens_per_s": _median(run, "tokens_per_s"), "mfu": _median(run, "mfu"),
+        "data_share": _data_share(run),
+        "verdict": health.verdict(run.records, run.cfg.optim.grad_clip),
+    }
+
+
+def _data_share(run: Run) -> float | None:
+    """Median share of a step spent waiting for data: data_ms / (data_ms + compute_ms)."""
+    shares = [r["data_ms"] / (r["data_ms"] + r["compute_ms"]) for r in run.records
+              if r.get("data_ms") is not None and r.get("compute_ms") and r["data_ms"] + r["compute_ms"] > 0]
+    return statistics.median(shares) if shares else None
+
+
+def fmt(x, digits: int = 4) -> str:
+    """A table cell: ``None -> "n/a"``, large counts with a unit (``12_345_678 -> "12.3M"``)."""
+    if x is None:
+        return "n/a"
+    if isinstance(x, int) and not isinstance(x, bool) and abs(x) >= 10_000:
+        for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+            if abs(x) >= scale:
+                return f"{x / scale:.3g}{unit}"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}" if abs(x) < 1e4 else f"{x:.3g}"
+    return str(x)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    s = round(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def summary_lines(s: dict) -> list[str]:
+    """One run's summary as a two-column markdown table."""
+    rows = [("parameters (total / non-embedding)", f"{fmt(s['parameters'])} / {fmt(s['non_embedding_parameters'])}"),
+            ("training FLOPs per token", fmt(s["flops_per_token"])),
+            ("steps / tokens seen", f"{s['steps']} / {fmt(s['tokens_seen'])}"),
+            ("tokens per parameter (non-embedding)", fmt(s["tokens_per_parameter"], 1)),
+            ("training time", _duration(s["train_seconds"])),
+            ("device / precision", f"{s['device']} / {s['precision']}"),
+            ("final train loss / final val loss", f"{fmt(s['final_train_loss'])} / {fmt(s['final_val_loss'])}"),
+            ("best val loss (perplexity)", f"{fmt(s['best_val_loss'])} ({fmt(s['perplexity'], 2)})"),
+            ("bits per byte (val)", fmt(s["val_bpb"])),
+            ("tokens/s (median)", fmt(s["tokens_per_s"], 0)),
+            ("MFU (median)", "n/a" if s["mfu"] is None else f"{s['mfu']:.1%}"),
+            ("time waiting for data (median share of a step)", "n/a" if s["data_share"] is None
+             else f"{s['data_share']:.1%}")]
+    return ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+
+
+def verdict_lines(findings: list[health.Finding]) -> list[str]:
+    lines = [f"**Verdict: {health.summary(findings)}.**", "", "| rule | fired | what was seen | the rule |",
+             "|---|---|---|---|"]
+    lines += [f"| {f.rule} | {'**yes**' if f.fired else 'no'} | {f.detail} | {health.RULES[f.rule]} |"
+              for f in findings]
+    return lines
+
+
+def last_sample(run: Run) -> str | None:
+    """The newest entry of samples.md (its '## step ...' heading and text), or None."""
+    path = run.path / "samples.md"
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8", errors="replace")
+    start = text.rfind("## step")
+    return text[start:].strip() if start >= 0 else None
+
+
+def comparison_lines(runs: list[Run], summaries: list[dict]) -> list[str]:
+    lines = ["| run | params (non-emb) | tokens | best val | final val | ppl | tok/s | time | verdict |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines += [f"| {r.name} | {fmt(s['non_embedding_parameters'])} | {fmt(s['tokens_seen'])} | "
+              f"{fmt(s['best_val_loss'])} | {fmt(s['final_val_loss'])} | {fmt(s['perplexity'], 2)} | "
+              f"{fmt(s['tokens_per_s'], 0)} | {_duration(s['train_seconds'])} | {health.summary(s['verdict'])} |"
+              for r, s in zip(runs, summaries, strict=True)]
+    return lines
+
+
+def render(runs: list[Run], summaries: list[dict], figure: str | None) -> str:
+    """report.md's text; ``figure``: the PNG's file name, or None without matplotlib."""
+    title = runs[0].name if len(runs) == 1 else f"{len(runs)} runs: " + ", ".join(r.name for r in runs)
+    lines = [MARK, f"# Report: {title}", ""]
+    if len(runs) > 1:
+        lines += ["## Comparison", "", *comparison_lines(runs, summaries), ""]
+    lines += ["## Curves", "", f"![curves]({figure})" if figure else
+              "(no plots: matplotlib is not installed; `pip install 'tinylm[plot]'` and run `tinylm report` again)",
+              ""]
+    for run, s in zip(runs, summaries, strict=True):
+        head = "##" if len(runs) == 1 else f"## {run.name}:"
+        lines += [f"{head} Summary", "", *summary_lines(s), "", f"{head} Curve health", "",
+                  *verdict_lines(s["verdict"]), ""]
+        sample = last_sample(run)
+        if sample:
+            lines += [f"{head} Last sample", "", sample.replace("## step", "From step", 1), ""]
+    return "\n".join(lines)
+
+
+def _check_ours(path: Path) -> None:
+    """Refuse to replace a report.md that tinylm did not write."""
+    if path.exists() and not path.read_text(encoding="utf-8", errors="replace").startswith(MARK):
+        raise TinyLMError(f"{path} exists and was not written by tinylm; move it away or choose another --out")
+
+
+def write_report(paths: list[str | Path], out: str | Path | None = None, log_axes: bool = False) -> Path:
+    """report.md (+ report.png with matplotlib) for one run (default: in its folder) or several (``out``
+    required). Returns report.md's path."""
+    runs = [load_run(p) for p in paths]
+    if out is None and len(runs) > 1:
+        raise TinyLMError("a report on several runs needs --out DIR (each run keeps its own report)")
+    out_dir = Path(out) if out is not None else runs[0].path
+    md = out_dir / REPORT
+    _check_ours(md)
+    summaries = [summarize(r) for r in runs]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plotted = plot_runs(runs, out_dir / FIGURE, log_axes=log_axes)
+        write_text_atomic(md, render(runs, summaries, FIGURE if plotted else None))
+    except OSError as e:
+        raise write_failure(e, md) from None
+    return md
+
+
+def write_after_training(run_dir: Path, log: Callable[[str], None] = print) -> None:
+    """The report of a run `tinylm train` just finished. Training is over and saved: a report that
+    cannot be written is one line, not a failed run."""
+    try:
+        md = write_report([run_dir])
+    except (TinyLMError, OSError, ValueError) as e:
+        log(f"report not written: {e}; try `tinylm report {run_dir}`")
+        return
+    log(f"report: {md}")

@@ -1,0 +1,306 @@
+"""`tinylm scaling`: an IsoFLOP study, two scaling-law fits, a prediction and its verification.
+
+For each compute budget C, models of several sizes (a depth, width 64 x depth, heads of 64: the shape
+rule of :func:`tinylm.analysis.plan.shape_for`; or depth x width, e.g. 2x96, for the finer steps a small
+study needs) are each trained on D = C / 6N tokens, their LR schedule sized
+to D (max_steps = D / tokens per step), through the sweep runner. N is the **non-embedding** parameter
+count, as Kaplan et al. and Chinchilla's fits use; counting the embeddings too moves the
+tokens-per-parameter figure, most for small models, whose embeddings are a large share.
+
+Fits:
+
+* approach 2 (Hoffmann et al. 2022): per budget, a parabola of the final val loss in log N; its vertex
+  is N*(C), with D*(C) = C / 6N*; then a line through log N* against log C gives the frontier N* = g C^a;
+* approach 3: L(N, D) = E + A / N^alpha + B / D^beta, fitted by minimizing the Huber loss (delta 1e-3)
+  of log L, parametrized as log-sum-exp(a - alpha log N, b - beta log D, e), with L-BFGS from a grid of
+  starting points (Hoffmann et al. 2022; Besiroglu et al. 2024), and bootstrap confidence intervals
+  (runs resampled with replacement, scipy.stats.bootstrap).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TinyLMError
+from ..fileio import write_text_atomic
+from .plan import shape_for
+from .sweep import Point, run_points
+
+CHINCHILLA = {"alpha": 0.34, "beta": 0.28, "E": 1.69, "A": 406.4, "B": 410.7}  # Hoffmann et al. 2022, approach 3
+BESIROGLU = {"alpha": 0.3478, "beta": 0.3658, "E": 1.82, "A": 482.0, "B": 2085.4}  # Besiroglu et al. 2024 refit
+HUBER_DELTA = 1e-3
+PARAMS = ("E", "A", "B", "alpha", "beta")
+
+
+# ----------------------------------------------------------------------------- approach 2: parabolas
+
+@dataclass
+class Parabola:
+    budget: float
+    coeffs: tuple[float, float, float]  # L = c0 (log N)^2 + c1 log N + c2
+    n_opt: float  # N*(C), the vertex
+    loss_opt: float
+    bracketed: bool  # the vertex lies within the sizes trained (else it is an extrapolation)
+
+    @property
+    def d_opt(self) -> float:
+        return self.budget / (6 * self.n_opt)
+
+
+def fit_parabola(budget: float, n: list[float], loss: list[float]) -> Parabola | None:
+    """The vertex of a least-squares parabola of loss in log N (numpy.polyfit) at one budget; None when the
+    curve has no minimum near the sizes trained (it opens downward, or its vertex lies more than the sizes'
+    span beyond them: the loss keeps falling or rising, the sizes miss the optimum)."""
+    if len(n) < 3:
+        raise TinyLMError(f"budget {budget:.3g}: a parabola needs >= 3 sizes, got {len(n)}; give more --sizes")
+    x = np.log(np.asarray(n, dtype=float))
+    c0, c1, c2 = np.polyfit(x, np.asarray(loss, dtype=float), 2)
+    span = x.max() - x.min()
+    x_opt = -c1 / (2 * c0) if c0 > 0 else math.inf
+    if not x.min() - span <= x_opt <= x.max() + span:
+        return None
+    return Parabola(budget, (float(c0), float(c1), float(c2)), float(math.exp(x_opt)),
+                    float(c0 * x_opt**2 + c1 * x_opt + c2), bool(x.min() <= x_opt <= x.max()))
+
+
+def fit_frontier(parabolas: list[Parabola]) -> tuple[float, float]:
+    """(g, a) of N* = g C^a through the parabolas' vertices (a line in log-log, numpy.polyfit)."""
+    if len(parabolas) < 2:
+        raise TinyLMError("the frontier needs >= 2 budgets; give more --budgets")
+    a, log_g = np.polyfit(np.log([p.budget for p in parabolas]), np.log([p.n_opt for p in parabolas]), 1)
+    return float(math.exp(log_g)), float(a)
+
+
+# ----------------------------------------------------------------------------- approach 3: L(N, D)
+
+def predict(params: dict[str, float], n, d):
+    """L(N, D) = E + A / N^alpha + B / D^beta."""
+    return params["E"] + params["A"] / np.power(n, params["alpha"]) + params["B"] / np.power(d, params["beta"])
+
+
+def _objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray) -> tuple[float, np.ndarray]:
+    """The Huber loss of log L over the runs, and its gradient in (a, b, e, alpha, beta) (L-BFGS needs it: with
+    finite differences a fit from hundreds of starting points takes minutes)."""
+    from scipy.special import huber, logsumexp, softmax
+    a, b, e, alpha, beta = theta
+    terms = np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)])  # (3, runs)
+    r = logsumexp(terms, axis=0) - log_l
+    dr = np.clip(r, -HUBER_DELTA, HUBER_DELTA)  # d huber / d r
+    w = softmax(terms, axis=0) * dr  # d loss / d term, (3, runs)
+    grad = np.array([w[0].sum(), w[1].sum(), w[2].sum(), -(w[0] * log_n).sum(), -(w[1] * log_d).sum()])
+    return float(np.sum(huber(HUBER_DELTA, r))), grad
+
+
+def _to_params(theta) -> dict[str, float]:
+    a, b, e, alpha, beta = (float(t) for t in theta)
+    return {"E": math.exp(e), "A": math.exp(a), "B": math.exp(b), "alpha": alpha, "beta": beta}
+
+
+# starting points (a, b, e, alpha, beta): a coarser version of Hoffmann et al.'s grid, 3 x 3 x 2 x 2 x 2 = 72 starts
+START_GRID = {"a": (0, 5, 10), "b": (0, 5, 10), "e": (-1, 1), "alpha": (0.2, 0.5), "beta": (0.2, 0.5)}
+# the Huber loss of tiny residuals is tiny, and so is its gradient: scipy's default tolerances (gtol 1e-5) stop
+# far from the minimum (measured on exact synthetic losses: alpha 0.288 instead of 0.340)
+LBFGS_OPTIONS = {"gtol": 1e-12, "ftol": 1e-15, "maxiter": 2000}
+
+
+def _minimize(starts, log_n, log_d, log_l) -> np.ndarray:
+    """The best L-BFGS result over ``starts`` (scipy.optimize.minimize, method L-BFGS-B)."""
+    from scipy.optimize import minimize
+    best = None
+    for start in starts:
+        r = minimize(_objective, np.asarray(start, dtype=float), args=(log_n, log_d, log_l), jac=True,
+                     method="L-BFGS-B", options=LBFGS_OPTIONS)
+        if best is None or r.fun < best.fun:
+            best = r
+    return best.x
+
+
+def fit_law(n, d, loss, starts=None) -> dict[str, float]:
+    """(E, A, B, alpha, beta) of L(N, D) from runs' N, D and final losses."""
+    if len(loss) < 5:
+        raise TinyLMError(f"the L(N, D) fit has 5 parameters: it needs >= 5 runs, got {len(loss)}")
+    log_n, log_d, log_l = (np.log(np.asarray(v, dtype=float)) for v in (n, d, loss))
+    grid = starts if starts is not None else list(itertools.product(*START_GRID.values()))
+    return _to_params(_minimize(grid, log_n, log_d, log_l))
+
+
+@dataclass
+class LawFit:
+    params: dict[str, float]
+    low: dict[str, float]  # the bootstrap's 95% interval per parameter
+    high: dict[str, float]
+    samples: list[dict[str, float]] = field(repr=False)  # the bootstrap fits (for prediction intervals)
+
+    def predict(self, n: float, d: float) -> tuple[float, float, float]:
+        """The loss at (N, D) and its bootstrap 95% interval."""
+        values = np.array([predict(s, n, d) for s in self.samples])
+        return float(predict(self.params, n, d)), float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+
+def fit_law_with_ci(n, d, loss, resamples: int = 200, seed: int = 0) -> LawFit:
+    """:func:`fit_law`, then scipy.stats.bootstrap over the runs: each resample refits from the full fit."""
+    from scipy import stats
+    n, d, loss = (np.asarray(v, dtype=float) for v in (n, d, loss))
+    best = fit_law(n, d, loss)
+    start = [math.log(best["A"]), math.log(best["B"]), math.log(best["E"]), best["alpha"], best["beta"]]
+
+    def refit(idx) -> np.ndarray:
+        theta = _minimize([start], np.log(n[idx]), np.log(d[idx]), np.log(loss[idx]))
+        p = _to_params(theta)
+        return np.array([p[k] for k in PARAMS])
+
+    r = stats.bootstrap((np.arange(len(loss)),), refit, vectorized=False, n_resamples=resamples,
+                        method="percentile", rng=np.random.default_rng(seed))
+    samples = [dict(zip(PARAMS, map(float, col), strict=True)) for col in r.bootstrap_distribution.T]
+    return LawFit(best, dict(zip(PARAMS, map(float, r.confidence_interval.low), strict=True)),
+                  dict(zip(PARAMS, map(float, r.confidence_interval.high), strict=True)), samples)
+
+
+# ----------------------------------------------------------------------------- the study
+
+def tokens_per_step(cfg) -> int:
+    return cfg.train.batch_size * cfg.model.block_size
+
+
+def parse_size(text: str) -> dict[str, int]:
+    """``"3" -> shape_for(3)`` (width 192), ``"2x96" -> 2 layers of width 96, one head``."""
+    depth, _, width = text.strip().lower().partition("x")
+    try:
+        shape = shape_for(int(depth), int(width) if width else None)
+    except ValueError:
+        raise TinyLMError(f"--sizes {text!r}: give depths (3) or depth x width (2x96), comma-separated") from None
+    if shape["n_layer"] < 1 or shape["n_embd"] % shape["n_head"] or shape["n_embd"] < 2:
+        raise TinyLMError(f"--sizes {text!r}: the width must be a positive multiple of 64 (or below 128)")
+    return shape
+
+
+def size_name(shape: dict[str, int]) -> str:
+    return f"{shape['n_layer']}x{shape['n_embd']}"
+
+
+def study_points(cfg, budgets: list[float], sizes: list[dict], counts: Callable[[dict], int]) -> list[tuple]:
+    """(Point, budget, N, D) for every budget x size: D = C / 6N tokens, the schedule sized to D."""
+    out = []
+    for c, shape in itertools.product(budgets, sizes):
+        n = counts(shape)
+        steps = max(1, round(c / (6 * n) / tokens_per_step(cfg)))
+        out.append((_point(f"C={c:.3g},size={size_name(shape)}", cfg, shape, steps), c, n,
+                    steps * tokens_per_step(cfg)))
+    return out
+
+
+def _point(name: str, cfg, shape: dict, steps: int) -> Point:
+    warmup = min(cfg.optim.warmup_steps, steps // 10)  # warmup no longer than a tenth of the run
+    return Point(name, {"model.n_layer": shape["n_layer"], "model.n_embd": shape["n_embd"],
+                        "model.n_head": shape["n_head"], "train.max_steps": steps, "optim.warmup_steps": warmup,
+                        "train.eval_interval": 0, "train.time_budget": ""})
+
+
+def non_embedding_counter(cfg) -> Callable[[dict], int]:
+    """Shape -> non-embedding parameters of that model on this config (built on the meta device)."""
+    from copy import deepcopy
+
+    from .report import model_counts
+
+    def count(shape: dict) -> int:
+        c = deepcopy(cfg)
+        c.model.vocab_size = max(c.model.vocab_size, 2)  # the non-embedding count does not depend on it
+        for k, v in shape.items():
+            setattr(c.model, k, v)
+        return model_counts(c)[1]
+    return count
+
+
+def run_scaling(config: str | Path | None, budgets: list[float], sizes: list[str], out: str | Path, *,
+                verify: tuple[float, float] | None = None, predict_at: tuple[float, float] | None = None,
+                jobs: int = 1, threads: int | None = None, overrides: list[str] | None = None,
+                resamples: int = 200, log: Callable[[str], None] = print) -> dict:
+    """Train the study, fit both laws, predict (and with ``verify`` = (N, D), train that model and compare).
+    Writes scaling.json, scaling.md and scaling.png to ``out``; returns scaling.json's content."""
+    from ..config import build_config
+    from .plan import depth_for
+    out = Path(out)
+    cfg = build_config(config, overrides or [])
+    count = non_embedding_counter(cfg)
+    shapes = sorted((parse_size(str(s)) for s in sizes), key=count)
+    plan = study_points(cfg, sorted(budgets), shapes, count)
+    target = verify or predict_at
+    extra = []
+    if target:
+        shape = shape_for(depth_for(target[0]))
+        steps = max(1, round(target[1] / tokens_per_step(cfg)))
+        target = (count(shape), steps * tokens_per_step(cfg))
+        extra = [_point(f"verify,size={size_name(shape)},D={target[1]:.3g}", cfg, shape, steps)] if verify else []
+    sweep = run_points([p for p, *_ in plan] + extra, config, out, jobs=jobs, threads=threads, overrides=overrides,
+                       log=log, command="tinylm scaling")
+    final = {r.point: r.final_val_loss for r in sweep.results if r.status == "ok"}
+    runs = [{"budget": c, "size": f"{p.overrides['model.n_layer']}x{p.overrides['model.n_embd']}", "N": n, "D": d,
+             "loss": final.get(p.name)} for p, c, n, d in plan]
+    done = [r for r in runs if r["loss"] is not None]
+    result: dict = {"runs": runs, "convention": "N = non-embedding parameters; C = 6ND"}
+    fits = {c: fit_parabola(c, [r["N"] for r in at], [r["loss"] for r in at]) for c in sorted(budgets)
+            if len(at := [r for r in done if r["budget"] == c]) >= 3}
+    parabolas = [p for p in fits.values() if p is not None]
+    result["no_minimum"] = [c for c, p in fits.items() if p is None]
+    result["parabolas"] = [{**asdict(p), "D_opt": p.d_opt, "tokens_per_param": p.d_opt / p.n_opt} for p in parabolas]
+    result["frontier"] = dict(zip(("g", "a"), fit_frontier(parabolas), strict=True)) if len(parabolas) >= 2 else None
+    law = fit_law_with_ci([r["N"] for r in done], [r["D"] for r in done], [r["loss"] for r in done], resamples)
+    result["law"] = {"params": law.params, "low": law.low, "high": law.high}
+    if target:
+        value, low, high = law.predict(*target)
+        result["prediction"] = {"N": target[0], "D": target[1], "loss": value, "low": low, "high": high}
+        if verify:
+            measured = final.get(extra[0].name)
+            result["prediction"]["measured"] = measured
+            if measured is not None:
+                result["prediction"]["error"] = value / measured - 1
+    from .plots import plot_scaling
+    plotted = plot_scaling(result, parabolas, law, out / "scaling.png")
+    write_text_atomic(out / "scaling.json", json.dumps(result, indent=1))
+    write_text_atomic(out / "scaling.md", render(result, "scaling.png" if plotted else None))
+    return result
+
+
+def render(result: dict, figure: str | None) -> str:
+    """scaling.md: the runs, both fits beside the published exponents, the prediction."""
+    law = result["law"]
+    lines = ["# Scaling study", "",
+             f"Convention: {result['convention']} (Kaplan et al. and Chinchilla fit non-embedding counts; with the "
+             "embeddings counted, N grows and the tokens-per-parameter figure shrinks, most for small models).", "",
+             "## Runs", "", "| budget C | size (layers x width) | N | D | final val loss |",
+             "|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['budget']:.3g} | {r['size']} | {r['N']:,} | {r['D']:,} | "
+              f"{'failed' if r['loss'] is None else format(r['loss'], '.4f')} |" for r in result["runs"]]
+    lines += ["", "## Approach 2: IsoFLOP parabolas", "", "| budget C | N* | D* | tokens per parameter | loss at N* |",
+              "|---:|---:|---:|---:|---:|"]
+    lines += [f"| {p['budget']:.3g} | {p['n_opt']:.3g}{'' if p['bracketed'] else ' (outside the sizes)'} | "
+              f"{p['D_opt']:.3g} | {p['tokens_per_param']:.1f} | {p['loss_opt']:.4f} |" for p in result["parabolas"]]
+    if result["no_minimum"]:
+        lines += ["", "No minimum (the loss keeps falling or rising over the sizes; give sizes on both sides of the "
+                  f"optimum) at budget(s): {', '.join(f'{c:.3g}' for c in result['no_minimum'])}."]
+    f = result["frontier"]
+    lines += ["", f"Frontier: N*(C) = {f['g']:.3g} x C^{f['a']:.3f} (Chinchilla's approach 2: a ≈ 0.49-0.50)." if f
+              else "No frontier: it needs parabolas with a minimum at >= 2 budgets.", "",
+              "## Approach 3: L(N, D) = E + A/N^alpha + B/D^beta", "",
+              "| | this study [95% bootstrap CI] | Chinchilla (2022) | Besiroglu et al. (2024) |", "|---|---|---|---|"]
+    lines += [f"| {k} | {law['params'][k]:.4g} [{law['low'][k]:.4g}, {law['high'][k]:.4g}] | {CHINCHILLA[k]} | "
+              f"{BESIROGLU[k]} |" for k in PARAMS]
+    lines += ["", "A small study spans little of N and D, so E, A, B and the exponents trade off against each other: "
+              "wide intervals say the data do not pin them down. Character-level losses and a model family far "
+              "below 100M parameters need not share Chinchilla's exponents.", ""]
+    pred = result.get("prediction")
+    if pred:
+        lines += ["## Prediction", "", f"N = {pred['N']:,}, D = {pred['D']:,}: predicted loss {pred['loss']:.4f} "
+                  f"[{pred['low']:.4f}, {pred['high']:.4f}]"]
+        if pred.get("measured") is not None:
+            lines += ["", f"Measured: {pred['measured']:.4f}; the prediction is off by {pred['error']:+.2%}."]
+        lines.append("")
+    lines += ["## Plots", "", f"![scaling]({figure})" if figure else
+              "(no plots: matplotlib is not installed; `pip install 'tinylm[plot]'`)", ""]
+    return "\n".join(lines)

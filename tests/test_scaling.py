@@ -1,0 +1,106 @@
+"""`tinylm scaling`: the IsoFLOP parabola, the L(N, D) fit on synthetic losses, a tiny study end to end."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tinylm.analysis import scaling
+from tinylm.analysis.plan import load_frontier
+from tinylm.analysis.sweep import Runner
+from tinylm.config import to_toml
+from tinylm.errors import TinyLMError
+
+from conftest import tiny_config
+
+CHINCHILLA = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+
+
+def isoflop_design(noise: float, seed: int = 0):
+    """5 budgets x 7 sizes of Chinchilla's law, with multiplicative noise of ``noise`` (lognormal sigma)."""
+    n = np.array([size for _ in range(5) for size in np.geomspace(3e7, 3e9, 7)])
+    d = np.array([c / (6 * size) for c in np.geomspace(1e18, 1e21, 5) for size in np.geomspace(3e7, 3e9, 7)])
+    loss = scaling.predict(CHINCHILLA, n, d) * np.exp(np.random.default_rng(seed).normal(0, noise, len(n)))
+    return n, d, loss
+
+
+def test_parabola_finds_a_known_optimum():
+    n = np.geomspace(1e6, 1e8, 9)
+    loss = 0.05 * (np.log(n) - np.log(7e6)) ** 2 + 2.5
+    p = scaling.fit_parabola(1e15, list(n), list(loss))
+    assert p.n_opt == pytest.approx(7e6, rel=1e-9) and p.loss_opt == pytest.approx(2.5)
+    assert p.bracketed and p.d_opt == pytest.approx(1e15 / (6 * 7e6))
+    assert scaling.fit_parabola(1e15, list(n), list(3 - 0.01 * np.log(n))) is None  # still falling: no minimum
+
+
+def test_sizes_are_depths_or_depth_x_width():
+    assert scaling.parse_size("3") == {"n_layer": 3, "n_embd": 192, "n_head": 3}
+    assert scaling.parse_size("2x96") == {"n_layer": 2, "n_embd": 96, "n_head": 1}
+    with pytest.raises(TinyLMError, match="multiple of 64"):
+        scaling.parse_size("2x200")
+
+
+def test_frontier_through_known_optima():
+    parabolas = [scaling.Parabola(c, (1, 0, 0), 0.1 * c**0.5, 2.0, True) for c in (1e15, 1e16, 1e17)]
+    g, a = scaling.fit_frontier(parabolas)
+    assert (g, a) == pytest.approx((0.1, 0.5))
+
+
+def test_the_gradient_is_right_and_one_start_recovers_exact_losses():
+    n, d, loss = isoflop_design(noise=0.0)
+    args = tuple(np.log(v) for v in (n, d, loss))
+    theta = np.array([5.0, 6.0, 0.3, 0.3, 0.25])
+    from scipy.optimize import check_grad
+    assert check_grad(lambda t: scaling._objective(t, *args)[0], lambda t: scaling._objective(t, *args)[1],
+                      theta) < 1e-6
+    fit = scaling.fit_law(n, d, loss, starts=[(5, 5, 0.5, 0.3, 0.3)])  # far from the truth
+    assert fit == pytest.approx(CHINCHILLA, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_the_fit_recovers_known_parameters_from_noisy_losses():
+    """0.5% noise (the seed-to-seed spread of small runs): exponents within 0.02, E within 3%, A and B within 10%;
+    the bootstrap intervals hold the estimates and the prediction's interval holds the prediction."""
+    n, d, loss = isoflop_design(noise=0.005)
+    fit = scaling.fit_law_with_ci(n, d, loss, resamples=20)
+    p = fit.params
+    assert abs(p["alpha"] - 0.34) < 0.02 and abs(p["beta"] - 0.28) < 0.02
+    assert p["E"] == pytest.approx(1.69, rel=0.03)
+    assert p["A"] == pytest.approx(406.4, rel=0.1) and p["B"] == pytest.approx(410.7, rel=0.1)
+    assert all(fit.low[k] <= fit.high[k] for k in scaling.PARAMS)
+    value, low, high = fit.predict(1e10, 2e11)
+    assert low <= value <= high
+    assert value == pytest.approx(float(scaling.predict(CHINCHILLA, 1e10, 2e11)), rel=0.01)
+
+
+@pytest.mark.slow
+def test_a_tiny_study_runs_fits_predicts_and_verifies(tmp_path, text_200k, monkeypatch):
+    from tinylm.cli import main
+    calls: list = []
+
+    def launch(cmd, env):  # `tinylm train` in this process: fast
+        import subprocess
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, main(cmd[cmd.index("train"):]), "", "")
+    monkeypatch.setattr(Runner, "launch", staticmethod(launch))
+    cfg = tiny_config(tmp_path, text_200k, **{"train.log_interval": 1, "train.eval_tokens": 256,
+                                              "optim.warmup_steps": 0})
+    base = tmp_path / "base.toml"
+    base.write_text(to_toml(cfg))
+    out = tmp_path / "study"
+    result = scaling.run_scaling(base, [3e8, 1e9], ["1", "2x64", "2"], out, verify=(4e5, 3e4), resamples=10,
+                                 log=lambda *a: None)
+    assert len(calls) == 7  # 2 budgets x 3 depths + the verification run
+    runs = result["runs"]
+    assert [r["size"] for r in runs] == ["1x64", "2x64", "2x128"] * 2 and all(r["loss"] for r in runs)
+    for r in runs:  # D = C / 6N, to within one step of tokens
+        assert abs(r["D"] - r["budget"] / (6 * r["N"])) <= 8 * 32 / 2 or r["D"] == 8 * 32
+    pred = result["prediction"]
+    assert pred["measured"] is not None and pred["error"] == pytest.approx(pred["loss"] / pred["measured"] - 1)
+    text = (out / "scaling.md").read_text()
+    assert "## Prediction" in text and "Measured:" in text and "Chinchilla" in text
+    assert json.loads((out / "scaling.json").read_text())["law"]["params"].keys() == set(scaling.PARAMS)
+    assert (out / "scaling.png").is_file()
+    if result["frontier"]:  # a frontier `tinylm plan --scaling` can read
+        assert load_frontier(out).a == pytest.approx(result["frontier"]["a"])
