@@ -113,11 +113,11 @@ def fine_tune_figure(source: Path, out: Path, steps: int) -> tuple[float, float]
         "--train.init_from", str(source), "--data.corpus", "tinyshakespeare", "--data.tokenizer", "gpt2",
         "--data.dir", str(out / "data" / "tinyshakespeare-gpt2"), "--run.dir", str(out / "runs"),
         "--run.name", "fine-tune", "--model.block_size", "128", "--train.max_steps", str(steps),
-        "--train.batch_size", "16", "--train.eval_interval", "0", "--train.eval_batches", "20",
+        "--train.batch_size", "16", "--train.eval_interval", "0", "--train.eval_tokens", "0",
         "--optim.lr", "1e-3", "--optim.warmup_steps", "20", "--train.precision", "fp32", "--run.progress", "false"])
     fresh(cfg.run_dir)
     trainer = Trainer(cfg, log=lambda *a: None)
-    before = trainer.evaluate()
+    before = trainer.evaluate().loss
     return before, trainer.run().val_loss
 
 
