@@ -159,7 +159,7 @@ def test_fine_tuning_an_imported_gpt2_on_shakespeare_lowers_val_loss(tmp_path, h
     assert torch.equal(start["wpe.weight"], source["wpe.weight"][:32])
     assert all(torch.equal(start[k], source[k]) for k in source if k != "wpe.weight")
     assert trainer.optimizer.state_dict()["state"] == {}  # a fresh optimizer
-    before = trainer.evaluate()
+    before = trainer.evaluate().loss
     after = trainer.run().val_loss
     assert after < before - 0.3, (before, after)
 
