@@ -38,7 +38,7 @@ from .errors import TinyLMError
 from .fileio import write_text_atomic
 from .generate import Completion, encode_prompt, generate
 from .model import GPT
-from .plotting import pyplot
+from .plotting import pyplot, save_figure
 from .strategies import SAMPLING, STRATEGIES, describe_settings, is_off
 from .tokenizer import Tokenizer
 
@@ -265,11 +265,8 @@ def plot_rows(rows: list[Row], path: Path) -> bool:
     ax.set_title("Decoding strategies: diversity vs model likelihood")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9, frameon=False)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return True
+    return save_figure(plt, fig, path)
 
 
 def _fence(text: str) -> str:

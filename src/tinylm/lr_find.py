@@ -11,7 +11,6 @@ is a few times smaller (:func:`tinylm.optim.lr_find_result`).
 from __future__ import annotations
 
 import copy
-import io
 import json
 import math
 import os
@@ -21,9 +20,9 @@ from pathlib import Path
 
 from .config import Config
 from .errors import TinyLMError
-from .fileio import write_bytes_atomic, write_text_atomic
+from .fileio import write_text_atomic
 from .optim import diverged, lr_find_result, lr_sweep, smooth
-from .plotting import pyplot
+from .plotting import pyplot, save_figure
 from .train import Trainer
 
 
@@ -85,9 +84,4 @@ def _plot(r: dict, path: Path) -> bool:
     ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", title="LR range test")
     ax.set_ylim(top=min(max(r["losses"][:n]), 2 * r["min_loss"]) * 1.05)
     ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())
-    return True
+    return save_figure(plt, fig, path)

@@ -11,3 +11,17 @@ def pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+def save_figure(plt, fig, path, *, dpi: float | None = None) -> bool:
+    """Lay ``fig`` out, write it to ``path`` as PNG atomically (a reader never sees half an image), close it.
+    Returns True, so plot functions can end with ``return save_figure(...)``."""
+    import io
+
+    from .fileio import write_bytes_atomic
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
+    return True

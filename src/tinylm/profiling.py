@@ -13,7 +13,6 @@ and (with matplotlib) profile.png.
 from __future__ import annotations
 
 import copy
-import io
 import json
 import tempfile
 import time
@@ -26,9 +25,9 @@ from torch.profiler import ProfilerActivity
 from .accounting import peak_memory_mb
 from .config import Config
 from .errors import TinyLMError
-from .fileio import write_bytes_atomic, write_text_atomic
+from .fileio import write_text_atomic
 from .model import profile_labels
-from .plotting import pyplot
+from .plotting import pyplot, save_figure
 from .train import Trainer
 
 # forward components (their labels in model.py) and their names in the table
@@ -156,9 +155,4 @@ def _plot(r: dict, path: Path) -> bool:
     ax.set_xlabel("%")
     ax.set_title(f"{r['model']}\n{r['device']} {r['precision']}, {r['step_ms']:.0f} ms / step", fontsize=8)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())
-    return True
+    return save_figure(plt, fig, path)

@@ -5,14 +5,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..plotting import pyplot
+from ..plotting import pyplot, save_figure
 
 
 def _save(plt, fig, path: Path) -> bool:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return save_figure(plt, fig, path, dpi=110)
 
 
 def _xy(points: list[tuple[int, float]]) -> tuple[list[float], list[float]]:
