@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from tinylm import corpora
-from tinylm.config import DataConfig, parse_bytes
+from tinylm.config import DataConfig
+from tinylm.config_check import parse_bytes
 from tinylm.corpora import Corpus, iter_documents
 from tinylm.data import BatchLoader, TokenWindows, load_data_tokenizer, load_meta, prepare, read_shard
 from tinylm.errors import TinyLMError

@@ -253,7 +253,7 @@ def evaluate_run(run: str | Path, *, checkpoint: str = "last", split: str | None
     depend on it). Under torchrun the processes share the work. Returns the report on rank 0, else None.
     """
     from .checkpoint import checkpoint_config, load_for_inference, read_meta, resolve_checkpoint
-    from .config import micro_batch_size
+    from .config_check import micro_batch_size
     if batch_size is not None and batch_size < 1:
         raise TinyLMError(f"--batch-size {batch_size} must be positive")
     if text is not None and split is not None:

@@ -20,7 +20,8 @@ from . import checkpoint as ckpt
 from . import runtime
 from .accounting import ThroughputWindow, peak_flops
 from .analysis.report import write_after_training
-from .config import Config, derive_names, grad_accum_steps, micro_batch_size, parse_duration, validate
+from .config import Config, derive_names, validate
+from .config_check import grad_accum_steps, micro_batch_size, parse_duration
 from .data import BatchLoader, TokenWindows, ensure_prepared, load_data_tokenizer
 from .diagnostics import nonfinite_report
 from .errors import TinyLMError

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import corpora
-from ..config import DataConfig, parse_bytes
+from ..config import DataConfig
+from ..config_check import parse_bytes
 from ..errors import TinyLMError
 from ..fileio import pid_alive, replace_dir, scratch_sibling, write_bytes_atomic, write_text_atomic
 from ..tokenizer import ENDOFTEXT, CharTokenizer, Tokenizer

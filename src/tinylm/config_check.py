@@ -1,0 +1,168 @@
+"""Checking a config's values: each converted to its field's type, durations and sizes parsed, the tree validated.
+
+:func:`validate` checks the whole tree once, early, and names the flags to change in its messages;
+the batch arithmetic it checks (:func:`micro_batch_size`, :func:`grad_accum_steps`) lives here once.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import TYPE_CHECKING
+
+from .errors import TinyLMError
+from .strategies import check_sample
+
+if TYPE_CHECKING:
+    from .config import Config
+
+
+def convert_value(key: str, value, typ):
+    """Convert a TOML value or a command-line string to the field's declared type."""
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                f = float(value.replace("_", ""))
+                if f.is_integer():
+                    return int(f)
+            except ValueError:
+                pass
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif typ is str and isinstance(value, str):
+        return value
+    tname = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}[typ]
+    raise TinyLMError(f"--{key} expects {tname}, got {value!r}")
+
+
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str) -> int | None:
+    """``--data.max_bytes`` as a byte count: ``parse_bytes("200MB") -> 200_000_000``, ``"4KiB" -> 4096``,
+    ``"" -> None`` (no cap). KB/MB/GB are powers of 1000, KiB/MiB/GiB of 1024."""
+    if not str(text).strip():
+        return None
+    m = re.fullmatch(r"\s*([0-9][0-9_]*(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m[2].lower() if m else ""
+    if m is None or unit not in _BYTE_UNITS or float(m[1].replace("_", "")) * _BYTE_UNITS[unit] < 1:
+        raise TinyLMError(f"--data.max_bytes {text!r} is not a positive size; write e.g. 200MB, 4KiB or 1000000 "
+                          f"(or \"\" for the whole corpus)")
+    return int(float(m[1].replace("_", "")) * _BYTE_UNITS[unit])
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds in a duration: ``"90s" -> 90``, ``"10m" -> 600``, ``"1h30m" -> 5400``, ``"600" -> 600``; "" -> None."""
+    text = text.strip().lower()
+    if not text:
+        return None
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", text)
+    if not parts or "".join(a + b for a, b in parts) != text:
+        raise TinyLMError(f"--train.time_budget {text!r} is not a duration; write e.g. 90s, 10m or 1h30m")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
+def micro_batch_size(cfg: Config, world_size: int = 1) -> int:
+    """Sequences per process per forward: --train.micro_batch_size, or (0) the process's share of the batch."""
+    return cfg.train.micro_batch_size or cfg.train.batch_size // world_size
+
+
+def grad_accum_steps(cfg: Config, world_size: int = 1) -> int:
+    """Micro-steps per optimizer step: batch_size / (micro_batch_size * processes)."""
+    return cfg.train.batch_size // (micro_batch_size(cfg, world_size) * world_size)
+
+
+def validate(cfg: Config, world_size: int = 1) -> None:
+    """Check the tree once, early; every message names the flags to change."""
+    m, d, o, t, s = cfg.model, cfg.data, cfg.optim, cfg.train, cfg.sample
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise TinyLMError(msg)
+
+    choices = {"model.mlp": ("gelu", "swiglu", "relu2"), "model.norm": ("layernorm", "rmsnorm"),
+               "model.pos": ("learned", "rope"), "data.tokenizer": ("char", "bpe", "gpt2"),
+               "data.sampling": ("epoch", "random"), "data.encoding_errors": ("strict", "replace"),
+               "data.doc_separator": ("eot", "blank", "line", "file"), "data.align": ("none", "doc"),
+               "optim.name": ("adamw", "muon", "lion"),
+               "optim.schedule": ("constant", "cosine", "wsd", "cosine_warmdown"),
+               "optim.decay_shape": ("linear", "cosine", "1-sqrt"),
+               "train.precision": ("auto", "fp32", "bf16", "fp16"), "train.nonfinite": ("skip", "halt")}
+    for key, allowed in choices.items():
+        sec, name = key.split(".")
+        value = getattr(getattr(cfg, sec), name)
+        need(value in allowed, f"--{key} {value!r} is not one of {', '.join(allowed)}")
+    for key in ("model.block_size", "model.n_layer", "model.n_head", "model.n_embd",
+                "train.max_steps", "train.batch_size", "train.log_interval"):
+        sec, name = key.split(".")
+        need(getattr(getattr(cfg, sec), name) > 0, f"--{key} must be positive")
+    need(m.n_embd % m.n_head == 0,
+         f"--model.n_embd {m.n_embd} is not divisible by --model.n_head {m.n_head}")
+    need(m.pos != "rope" or (m.n_embd // m.n_head) % 2 == 0,
+         f"rotary positions need an even head size; --model.n_embd {m.n_embd} / --model.n_head {m.n_head} is odd")
+    need(m.vocab_size == 0 or m.vocab_size >= 2, "--model.vocab_size must be 0 (from the data) or >= 2")
+    need(0.0 <= m.dropout < 1.0, f"--model.dropout {m.dropout} must be in [0, 1)")
+    need(m.mlp_ratio > 0, "--model.mlp_ratio must be positive")
+    need(d.tokenizer != "bpe" or d.vocab_size >= 257,
+         f"--data.vocab_size {d.vocab_size} is too small for byte-level BPE: it needs the 256 byte "
+         f"tokens plus at least one merge (use >= 257, e.g. 4096)")
+    need(0.0 < d.val_fraction < 1.0, f"--data.val_fraction {d.val_fraction} must be in (0, 1)")
+    need(d.num_workers >= 0, "--data.num_workers must be >= 0 (0 = automatic)")
+    parse_bytes(d.max_bytes)
+    need(o.lr > 0 and math.isfinite(o.lr), f"--optim.lr {o.lr} must be a positive number")
+    need(0 <= o.min_lr_ratio <= 1, f"--optim.min_lr_ratio {o.min_lr_ratio} must be in [0, 1]")
+    need(o.warmup_steps >= 0, "--optim.warmup_steps must be >= 0")
+    need(all(0 <= b < 1 for b in (o.beta1, o.beta2, o.embed_beta1, o.embed_beta2)),
+         "--optim.beta1, --optim.beta2, --optim.embed_beta1 and --optim.embed_beta2 must be in [0, 1)")
+    need(o.weight_decay >= 0 and o.embed_weight_decay >= 0 and o.grad_clip >= 0,
+         "--optim.weight_decay, --optim.embed_weight_decay and --optim.grad_clip must be >= 0")
+    need(o.embed_lr >= 0 and o.scalar_lr >= 0, "--optim.embed_lr and --optim.scalar_lr must be >= 0 (0 = inherit)")
+    need(o.name != "muon" or o.embed_lr > 0,
+         f"--optim.name muon needs --optim.embed_lr: the AdamW learning rate of the embeddings, head and norms "
+         f"(Muon's --optim.lr {o.lr} is for hidden matrices only; try --optim.lr 0.02 --optim.embed_lr 3e-3)")
+    need(o.name != "muon" or not t.fsdp, "--optim.name muon does not support --train.fsdp yet (Newton-Schulz "
+         "needs whole matrices); use DDP (the default under torchrun) or --optim.name adamw")
+    need(0 < o.decay_frac <= 1, f"--optim.decay_frac {o.decay_frac} must be in (0, 1]")
+    need(0 <= o.momentum < 1 and 0 <= o.momentum_warmup_start < 1,
+         "--optim.momentum and --optim.momentum_warmup_start must be in [0, 1)")
+    need(o.ns_steps >= 1 and o.momentum_warmup_steps >= 0,
+         "--optim.ns_steps must be >= 1 and --optim.momentum_warmup_steps >= 0")
+    need(t.eval_interval >= 0, "--train.eval_interval must be >= 0 (0 = only at the end)")
+    need(t.eval_tokens >= 0, "--train.eval_tokens must be >= 0 (0 = the whole validation split)")
+    need(t.micro_batch_size >= 0, "--train.micro_batch_size must be >= 0 (0 = no accumulation)")
+    need(t.threads >= 0, "--train.threads must be >= 0 (0 = torch's default)")
+    need(t.save_interval >= 0 and t.keep_last >= 1 and t.max_skips >= 1,
+         "--train.save_interval must be >= 0, --train.keep_last and --train.max_skips >= 1")
+    need(t.spike_factor == 0 or t.spike_factor > 1, "--train.spike_factor must be 0 (off) or > 1")
+    parse_duration(t.time_budget)
+    micro = micro_batch_size(cfg, world_size)
+    need(t.batch_size % world_size == 0,
+         f"--train.batch_size {t.batch_size} is not divisible by {world_size} DDP processes")
+    need(micro > 0 and t.batch_size % (micro * world_size) == 0,
+         f"--train.batch_size {t.batch_size} is not divisible by --train.micro_batch_size {micro} "
+         f"x {world_size} process(es); pick a micro-batch that divides the batch")
+    check_sample(s)
+    # one plain folder name: "..", "." or a path would put the run's files outside (or on top of) --run.dir
+    need(cfg.run.name == "" or (cfg.run.name.strip() not in ("", ".", "..")  # "": derive_names fills it in
+                                and not set(cfg.run.name) & {"/", "\\", "\0"}),
+         f"--run.name {cfg.run.name!r} must be one plain folder name (not empty, '.' or '..', no '/' or '\\'), "
+         f"e.g. --run.name my-run; put the parent folder in --run.dir")
