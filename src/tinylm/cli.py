@@ -25,19 +25,25 @@ import argparse
 import difflib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import TinyLMError
+
+if TYPE_CHECKING:  # the command line imports each command's modules only when it runs
+    from .config import Config
+    from .generate import Completion
 
 OVERRIDES_HELP = "Any config setting can follow as --section.key value (every key: `tinylm config --keys`)."
 
 
-def _config_from(args, extra: list[str]):
+def _config_from(args: argparse.Namespace, extra: list[str]) -> Config:
     from .config import build_config
     return build_config(args.config, extra)
 
 
-def cmd_prepare(args, extra) -> int:
+def cmd_prepare(args: argparse.Namespace, extra: list[str]) -> int:
     from .data import ensure_prepared, prepare
     cfg = _config_from(args, extra)
     if args.force:
@@ -49,7 +55,7 @@ def cmd_prepare(args, extra) -> int:
     return 0
 
 
-def cmd_train(args, extra) -> int:
+def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     from .runtime import shutdown_distributed
     from .train import train
     cfg = _config_from(args, extra)
@@ -62,14 +68,14 @@ def cmd_train(args, extra) -> int:
     return 130 if result.stopped_early else 0
 
 
-def cmd_lr_find(args, extra) -> int:
+def cmd_lr_find(args: argparse.Namespace, extra: list[str]) -> int:
     from .lr_find import lr_find
     lr_find(_config_from(args, extra), start=args.start, end=args.end, steps=args.steps, out=args.out,
             divisor=args.divisor)
     return 0
 
 
-def _sample_settings(cfg, args, extra: list[str]) -> None:
+def _sample_settings(cfg: Config, args: argparse.Namespace, extra: list[str]) -> None:
     """A flag whose name is a [sample] key (--top-p: top_p) sets that setting; see generate.sample_settings."""
     from dataclasses import fields
 
@@ -78,7 +84,7 @@ def _sample_settings(cfg, args, extra: list[str]) -> None:
     sample_settings(cfg, extra, {k: v for k, v in vars(args).items() if k in keys})
 
 
-def cmd_sample(args, extra) -> int:
+def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
     from dataclasses import replace
 
     from .checkpoint import load_for_inference
@@ -97,7 +103,7 @@ def cmd_sample(args, extra) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    def report_end(c) -> None:
+    def report_end(c: Completion) -> None:
         if c.stop_reason == "context":
             print(f"\ntinylm: stopped at the context length ({cfg.model.block_size} tokens); "
                   f"--sample.overflow slide would go on", file=sys.stderr)
@@ -122,7 +128,7 @@ def cmd_sample(args, extra) -> int:
     return 0
 
 
-def cmd_decode_report(args, extra) -> int:
+def cmd_decode_report(args: argparse.Namespace, extra: list[str]) -> int:
     from pathlib import Path
 
     from .checkpoint import load_for_inference
@@ -142,7 +148,7 @@ def cmd_decode_report(args, extra) -> int:
     return 0
 
 
-def cmd_eval(args, extra) -> int:
+def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     from .evaluate import evaluate_run, parse_tokens
     from .runtime import shutdown_distributed
     try:
@@ -164,7 +170,7 @@ def cmd_eval(args, extra) -> int:
     return 0
 
 
-def cmd_info(args, extra) -> int:
+def cmd_info(args: argparse.Namespace, extra: list[str]) -> int:
     from . import checkpoint as ckpt
     from .model import GPT
     path = ckpt.resolve_checkpoint(args.run, args.checkpoint)
@@ -200,7 +206,7 @@ def _duration(seconds: float) -> str:
         f"{s // 60}m{s % 60:02d}s ({s} s)"
 
 
-def cmd_export(args, extra) -> int:
+def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
     from pathlib import Path
 
     from . import checkpoint as ckpt
@@ -215,7 +221,7 @@ def cmd_export(args, extra) -> int:
     return 0
 
 
-def cmd_import(args, extra) -> int:
+def cmd_import(args: argparse.Namespace, extra: list[str]) -> int:
     from pathlib import Path
 
     from .checkpoint import save_weights
@@ -235,13 +241,13 @@ def cmd_import(args, extra) -> int:
     return 0
 
 
-def cmd_config(args, extra) -> int:
+def cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
     from .config import describe_keys, to_toml
     print(describe_keys() if args.keys else to_toml(_config_from(args, extra)))
     return 0
 
 
-def cmd_doctor(args, extra) -> int:
+def cmd_doctor(args: argparse.Namespace, extra: list[str]) -> int:
     from .doctor import doctor, options_from, run_config
     if args.nan:
         from .diagnostics import format_nan_report, replay_bundle
@@ -260,7 +266,7 @@ def cmd_doctor(args, extra) -> int:
     return 0 if report["ok"] else 1
 
 
-def cmd_profile(args, extra) -> int:
+def cmd_profile(args: argparse.Namespace, extra: list[str]) -> int:
     from .profiling import profile
     profile(_config_from(args, extra), steps=args.steps, out=args.out)
     return 0
@@ -274,7 +280,7 @@ def _load_any_tokenizer(spec: str):
     return load_tokenizer(spec)
 
 
-def cmd_tok_train(args, extra) -> int:
+def cmd_tok_train(args: argparse.Namespace, extra: list[str]) -> int:
     from . import corpora
     from .tokenizer.bpe import BPETokenizer
     corpus = corpora.get_corpus(args.corpus)
@@ -287,7 +293,7 @@ def cmd_tok_train(args, extra) -> int:
     return 0
 
 
-def cmd_tok_encode(args, extra) -> int:
+def cmd_tok_encode(args: argparse.Namespace, extra: list[str]) -> int:
     from .tokenizer import DisallowedSpecial
     tok = _load_any_tokenizer(args.tokenizer)
     text = args.text if args.text is not None else sys.stdin.read()
@@ -306,14 +312,14 @@ def cmd_tok_encode(args, extra) -> int:
     return 0
 
 
-def cmd_tok_decode(args, extra) -> int:
+def cmd_tok_decode(args: argparse.Namespace, extra: list[str]) -> int:
     from .tokenizer.base import parse_ids
     tok = _load_any_tokenizer(args.tokenizer)
     sys.stdout.write(tok.decode(parse_ids(args.ids if args.ids is not None else sys.stdin.read())))
     return 0
 
 
-def cmd_tok_stats(args, extra) -> int:
+def cmd_tok_stats(args: argparse.Namespace, extra: list[str]) -> int:
     from . import corpora
     from .tokenizer.stats import format_token_stats, token_stats
     sample = corpora.head(corpora.get_corpus(args.corpus), args.max_chars)
@@ -325,7 +331,7 @@ def cmd_tok_stats(args, extra) -> int:
     return 0
 
 
-def cmd_plan(args, extra) -> int:
+def cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
     from .analysis import plan as planner
     frontier = planner.load_frontier(args.scaling) if args.scaling else None
     mfu = planner.measured_mfu(args.mfu_from) if args.mfu_from else args.mfu
@@ -338,7 +344,7 @@ def cmd_plan(args, extra) -> int:
     return 0
 
 
-def cmd_report(args, extra) -> int:
+def cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
     from .analysis.report import FIGURE, write_report
     md = write_report(args.runs, args.out, log_axes=args.log)
     figure = md.parent / FIGURE
@@ -346,7 +352,7 @@ def cmd_report(args, extra) -> int:
     return 0
 
 
-def cmd_sweep(args, extra) -> int:
+def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
     from .analysis.sweep import run_sweep
     sweep = run_sweep(args.config, args.grid, args.out, seeds=args.seeds, jobs=args.jobs, threads=args.threads,
                       overrides=extra)
@@ -356,7 +362,7 @@ def cmd_sweep(args, extra) -> int:
     return 1 if failed else 0
 
 
-def cmd_scaling(args, extra) -> int:
+def cmd_scaling(args: argparse.Namespace, extra: list[str]) -> int:
     from .analysis.scaling import run_scaling
     result = run_scaling(args.config, args.budgets, args.sizes, args.out, verify=args.verify, predict_at=args.predict,
                          jobs=args.jobs, threads=args.threads, overrides=extra, resamples=args.resamples)
@@ -385,7 +391,7 @@ def _pair(text: str) -> tuple[float, float]:
     return values[0], values[1]
 
 
-def _add_analysis_commands(sub) -> None:
+def _add_analysis_commands(sub: argparse._SubParsersAction) -> None:
     from .analysis.plan import parse_amount
     sp = sub.add_parser("scaling", help="IsoFLOP scaling study: fits, a prediction, and its verification.",
                         description="For each compute budget C, train models of each depth (width 64 x depth) on "
@@ -442,7 +448,7 @@ def _add_analysis_commands(sub) -> None:
     sp.set_defaults(func=cmd_plan, overrides=False)
 
 
-def _add_tokenizer_commands(sub) -> None:
+def _add_tokenizer_commands(sub: argparse._SubParsersAction) -> None:
     tp = sub.add_parser("tokenizer", help="Train, use and compare BPE tokenizers.",
                         description="Train, use and compare byte-level BPE tokenizers.")
     tsub = tp.add_subparsers(dest="tokenizer_command", required=True)
@@ -473,7 +479,7 @@ def _add_tokenizer_commands(sub) -> None:
     sp.set_defaults(func=cmd_tok_stats)
 
 
-def _add_eval_command(sub) -> None:
+def _add_eval_command(sub: argparse._SubParsersAction) -> None:
     help = "Loss, perplexity and bits per byte of a checkpoint on its run's split or on a text file."
     sp = sub.add_parser("eval", help=help, description=f"{help} Under torchrun the processes share the windows.")
     sp.add_argument("run", help="run folder (runs/<name>) or a checkpoint folder")
@@ -490,7 +496,8 @@ def _add_eval_command(sub) -> None:
     sp.set_defaults(func=cmd_eval)
 
 
-def _add_doctor_commands(sub, with_config) -> None:
+def _add_doctor_commands(sub: argparse._SubParsersAction,
+                         with_config: Callable[[str, str], argparse.ArgumentParser]) -> None:
     from .doctor import CHECKS, DoctorOptions
     d = DoctorOptions()
     sp = with_config("doctor", "Quick checks of a config on its own data: pass / warn / fail with the number, "
@@ -620,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _command_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
     """The (sub)parser of the command that was given, e.g. the one of `tinylm tokenizer encode`."""
     for name in ("command", "tokenizer_command"):
         sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)

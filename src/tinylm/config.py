@@ -279,11 +279,11 @@ def all_keys() -> list[str]:
     return [f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(getattr(cfg, s))]
 
 
-def _field_types(section_obj) -> dict[str, type]:
+def _field_types(section_obj: object) -> dict[str, type]:
     return typing.get_type_hints(type(section_obj))
 
 
-def set_value(cfg: Config, key: str, value) -> None:
+def set_value(cfg: Config, key: str, value: object) -> None:
     """Set a dotted key (``"optim.lr"``) converting ``value`` to the declared type."""
     if key in REPLACED:
         raise TinyLMError(f"--{key} was replaced by {REPLACED[key]}")

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .config import Config
 
 
-def convert_value(key: str, value, typ):
+def convert_value(key: str, value: object, typ: type) -> bool | int | float | str:
     """Convert a TOML value or a command-line string to the field's declared type."""
     if typ is bool:
         if isinstance(value, bool):

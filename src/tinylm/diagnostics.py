@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -76,7 +77,7 @@ class NonfiniteFinding:
         return asdict(self)
 
 
-def _tensors(obj) -> list[torch.Tensor]:
+def _tensors(obj: object) -> list[torch.Tensor]:
     """The floating-point tensors in a module's inputs or outputs (tensor, tuple, list, or None)."""
     if isinstance(obj, torch.Tensor):
         return [obj] if obj.is_floating_point() else []
@@ -120,20 +121,20 @@ def hunt_nonfinite(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tens
             max_abs, share = _stats(tensors)
             found.append(NonfiniteFinding(module_name, phase, max_abs, share, _stats(inputs)[0], bad_weights))
 
-    def on_forward(module, args, output):
+    def on_forward(module: torch.nn.Module, args: tuple, output: object) -> None:
         note(names[module], "forward", _tensors(output), _tensors(args))
 
     tainted: set[str] = set()  # modules whose output gradient arrived non-finite: they passed it on, not made it
 
-    def before_backward(module, grad_output):
+    def before_backward(module: torch.nn.Module, grad_output: tuple) -> None:
         if _nonfinite(_tensors(grad_output)):
             tainted.add(names[module])
 
-    def on_backward(module, grad_input, grad_output):
+    def on_backward(module: torch.nn.Module, grad_input: tuple, grad_output: tuple) -> None:
         if names[module] not in tainted:
             note(names[module], "backward", _tensors(grad_input), _tensors(grad_output))
 
-    def on_param_grad(p):
+    def on_param_grad(p: torch.nn.Parameter) -> Callable[[torch.Tensor], None]:
         return lambda grad: None if owner[id(p)] in tainted else note(owner[id(p)], "backward", [grad], [])
 
     handles = [h for m in model.modules() for h in (m.register_forward_hook(on_forward),

@@ -18,6 +18,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ import torch.nn.functional as F
 from . import runtime
 from .errors import TinyLMError
 from .tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from .config import Config
 
 Window = tuple[int, int, int]  # (segment, offset, n): x = segment[offset : offset+n], y = one further
 
@@ -215,7 +219,7 @@ def parse_tokens(text: str | None) -> int | None:
     return int(value)
 
 
-def _evaluator(step_dir: Path, cfg, tok: Tokenizer, split: str, text: str | None, tokens: int | None,
+def _evaluator(step_dir: Path, cfg: Config, tok: Tokenizer, split: str, text: str | None, tokens: int | None,
                batch_size: int, d: runtime.Dist) -> tuple[Evaluator, str]:
     """The evaluator of ``text`` (a file) or of the run's ``split``, and a description of what it scores."""
     from .data import load_data_tokenizer

@@ -22,10 +22,12 @@ import torch.nn.functional as F
 from .config import Config, SampleConfig, parse_overrides, set_value, validate
 from .errors import TinyLMError
 from .model import GPT
-from .sampling import PAD, apply_processors, build_processors
+from .sampling import PAD, Processor, apply_processors, build_processors
 from .strategies import SAMPLING, check_sample
 from .tokenizer import Tokenizer
 from .tokenizer.base import special_splitter
+
+OnToken = Callable[[int, int], None] | None  # (row, token) as each is chosen; see generate()
 
 
 def _need(cond: bool, msg: str) -> None:
@@ -48,7 +50,7 @@ class Completion:
     """:func:`generate_text` only: the decoded tokens, cut before the stop string if one ended them."""
 
 
-def _left_pad(rows: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _left_pad(rows: Sequence[Sequence[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Token lists of different lengths -> idx (B, T) right-aligned, and valid (B, T) (None if all full).
 
     ``_left_pad([[5, 6], [7]])`` -> idx [[5, 6], [0, 7]], valid [[True, True], [False, True]]
@@ -218,7 +220,8 @@ def generate(model: GPT, prompts: Sequence[Sequence[int]], s: SampleConfig, *, s
         model.train(was_training)
 
 
-def _sample(rows: _Rows, s: SampleConfig, procs, stops: _Stops, on_token, seed: int) -> list[Completion]:
+def _sample(rows: _Rows, s: SampleConfig, procs: list[Processor], stops: _Stops, on_token: OnToken,
+            seed: int) -> list[Completion]:
     """Greedy (argmax) or sampling from the processed distribution, one token per row per step."""
     B = len(rows.tokens)
     gens = [torch.Generator(device=rows.device).manual_seed(seed + r) for r in range(B)]
@@ -246,7 +249,8 @@ def _sample(rows: _Rows, s: SampleConfig, procs, stops: _Stops, on_token, seed: 
     return [Completion(new[r], ended[r] or "length") for r in range(B)]
 
 
-def _contrastive(rows: _Rows, s: SampleConfig, procs, stops: _Stops, on_token) -> list[Completion]:
+def _contrastive(rows: _Rows, s: SampleConfig, procs: list[Processor], stops: _Stops,
+                 on_token: OnToken) -> list[Completion]:
     """Contrastive search (Su et al., 2022): among the k most likely tokens, take the one that
     maximizes (1 - alpha) x probability - alpha x (max cosine similarity of its hidden state to
     those of the context). The second term punishes a token whose representation repeats one
@@ -292,7 +296,7 @@ def _contrastive(rows: _Rows, s: SampleConfig, procs, stops: _Stops, on_token) -
     return [Completion(new[r], ended[r] or "length") for r in range(B)]
 
 
-def _beam_search(rows: _Rows, s: SampleConfig, procs, stops: _Stops) -> list[list[Completion]]:
+def _beam_search(rows: _Rows, s: SampleConfig, procs: list[Processor], stops: _Stops) -> list[list[Completion]]:
     """Keep the num_beams most likely sequences (sum of log-probabilities) of each prompt.
 
     Each step extends every beam by every token and keeps the best 2 x W extensions: those that

@@ -21,6 +21,9 @@ from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
 
+Rope = tuple[torch.Tensor, torch.Tensor] | None  # (cos2, sin2) at the positions at hand; None: learned positions
+Mask = torch.Tensor | str | None  # "causal", None (every stored slot), or a boolean (B, 1, T, length + T)
+
 _labels = False  # whether label() records: `tinylm profile` turns it on with profile_labels()
 
 
@@ -125,7 +128,7 @@ class KVCache:
             self.valid = self.valid.index_select(0, rows)
             self.n_real = self.n_real.index_select(0, rows)
 
-    def begin(self, T: int, valid: torch.Tensor | None, device) -> tuple[torch.Tensor, torch.Tensor | str | None]:
+    def begin(self, T: int, valid: torch.Tensor | None, device: torch.device) -> tuple[torch.Tensor, Mask]:
         """Make room for T new tokens of each row; ``valid`` (B, T) marks real ones (None: all real).
 
         Returns their positions, (T,) or per row (B, T), and the attention mask for them:
@@ -159,7 +162,7 @@ class KVCache:
         return keys.narrow(2, 0, start + T), values.narrow(2, 0, start + T)
 
 
-def causal_mask(valid: torch.Tensor | None, start: int, T: int, device) -> torch.Tensor:
+def causal_mask(valid: torch.Tensor | None, start: int, T: int, device: torch.device) -> torch.Tensor:
     """Which keys each of T new queries may see, for queries at slots start .. start+T-1.
 
     Causal (a query sees its own slot and earlier ones) and, with padding, only real slots. A query
@@ -186,7 +189,7 @@ class CausalSelfAttention(nn.Module):
         self.k_norm = nn.RMSNorm(self.head_size, eps=1e-6) if cfg.qk_norm else None
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, B: int, rope, cache: KVCache | None, mask) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, B: int, rope: Rope, cache: KVCache | None, mask: Mask) -> torch.Tensor:
         """x (B*T, C) -> (B*T, C). With a cache, the T tokens also attend to the stored ones
         (``mask`` as :meth:`KVCache.begin` returns it), and their keys and values are stored."""
         T, C = x.size(0) // B, x.size(1)
@@ -241,7 +244,8 @@ class Block(nn.Module):
         self.norm2 = make_norm(cfg, cfg.n_embd)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, B: int, rope, cache: KVCache | None = None, mask="causal") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, B: int, rope: Rope, cache: KVCache | None = None,
+                mask: Mask = "causal") -> torch.Tensor:
         with label("norm"):
             h = self.norm1(x)
         x = x + self.attn(h, B, rope, cache, mask)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -88,7 +89,7 @@ class _GroupwiseOptimizer(torch.optim.Optimizer):
     """``step()`` = :meth:`update_group` for every param group, gradients off (torch's closure protocol kept)."""
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -146,7 +147,7 @@ class Muon(_GroupwiseOptimizer):
     sparsely and a vector has nothing to orthogonalize, so handing either to the Muon part is an error.
     """
 
-    def __init__(self, params, *, lr: float, momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5,
+    def __init__(self, params: Iterable, *, lr: float, momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5,
                  betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.0,
                  ns_dtype: torch.dtype = torch.float32):
         defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "ns_steps": ns_steps, "betas": betas,
@@ -205,7 +206,8 @@ class Lion(_GroupwiseOptimizer):
     learning rate 3-10x smaller than AdamW's (and a larger weight decay for the same effect).
     """
 
-    def __init__(self, params, *, lr: float, betas: tuple[float, float] = (0.9, 0.99), weight_decay: float = 0.0):
+    def __init__(self, params: Iterable, *, lr: float, betas: tuple[float, float] = (0.9, 0.99),
+                 weight_decay: float = 0.0):
         super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay})
 
     def update_group(self, group: dict) -> None:

@@ -1,8 +1,15 @@
 """Matplotlib, when it is installed (the optional `plot` extra); headless, no display needed."""
 from __future__ import annotations
 
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-def pyplot():
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def pyplot() -> ModuleType | None:
     """``matplotlib.pyplot`` on the Agg backend, or None without matplotlib (callers then skip the plot)."""
     try:
         import matplotlib
@@ -13,7 +20,7 @@ def pyplot():
     return plt
 
 
-def save_figure(plt, fig, path, *, dpi: float | None = None) -> bool:
+def save_figure(plt: ModuleType, fig: Figure, path: Path, *, dpi: float | None = None) -> bool:
     """Lay ``fig`` out, write it to ``path`` as PNG atomically (a reader never sees half an image), close it.
     Returns True, so plot functions can end with ``return save_figure(...)``."""
     import io

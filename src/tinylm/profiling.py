@@ -37,7 +37,7 @@ FORWARD = {"embedding": "token + position embedding", "norm": "norms", "attn.qkv
 LOOP = {"backward": "backward", "optimizer": "optimizer step (clip + update)", "data": "data"}
 
 
-def _label_times(prof, cuda: bool) -> dict[str, float]:
+def _label_times(prof: torch.profiler.profile, cuda: bool) -> dict[str, float]:
     """Seconds per label over the profiled steps: device time on a GPU (kernels run asynchronously, so
     host time says little there), host time on a CPU."""
     out: dict[str, float] = {}

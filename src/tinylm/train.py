@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +73,7 @@ class Trainer(Checkpointing, Reporting):
 
     clock = staticmethod(time.perf_counter)  # the loop's seconds (time budget, tokens/s, ETA); tests replace it
 
-    def __init__(self, cfg: Config, *, resume: bool = False, log=print):
+    def __init__(self, cfg: Config, *, resume: bool = False, log: Callable[[str], None] = print):
         derive_names(cfg)  # data.dir and run.name left "" come from the corpus and tokenizer
         self.folder = ckpt.RunFolder(cfg.run_dir)  # locked by rank 0 until close()
         try:
@@ -87,7 +88,7 @@ class Trainer(Checkpointing, Reporting):
 
     # ----------------------------------------------------------------- setup
 
-    def _setup(self, cfg: Config, resume: bool, log) -> None:
+    def _setup(self, cfg: Config, resume: bool, log: Callable[[str], None]) -> None:
         """Process, run folder, data, model, batches, then the checkpoint's state (in that order:
         locking the run folder is quick and preparing data may not be; the model's vocab size comes
         from the data; building the model seeds every random stream, resuming restores them)."""
@@ -108,7 +109,7 @@ class Trainer(Checkpointing, Reporting):
         self.skips_in_a_row = 0
         self.tracker: Tracker | None = None
 
-    def _setup_process(self, cfg: Config, log) -> None:
+    def _setup_process(self, cfg: Config, log: Callable[[str], None]) -> None:
         """Join the process group, check the config against it, pick device and precision."""
         self.cfg, self.run_dir = cfg, cfg.run_dir
         self.d = d = runtime.init_distributed(cfg.train.device)
@@ -382,6 +383,6 @@ class Trainer(Checkpointing, Reporting):
             self.save(self._elapsed())
 
 
-def train(cfg: Config, *, resume: bool = False, log=print) -> TrainResult:
+def train(cfg: Config, *, resume: bool = False, log: Callable[[str], None] = print) -> TrainResult:
     """Train ``cfg`` to ``train.max_steps`` (or the time budget, or SIGINT/SIGTERM), saving to ``cfg.run_dir``."""
     return Trainer(cfg, resume=resume, log=log).run()

@@ -59,7 +59,7 @@ class Checkpointing:
             return None
         return Path(path), found[1] if found else None
 
-    def _init_from(self, resume_from) -> dict[str, torch.Tensor] | None:
+    def _init_from(self, resume_from: tuple[Path, dict | None] | None) -> dict[str, torch.Tensor] | None:
         """``--train.init_from``: take the source's architecture; return its weights to start from (None for a
         random init, or on resume, whose checkpoint holds the weights and took the source's architecture)."""
         spec = self.cfg.train.init_from

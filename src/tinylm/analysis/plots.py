@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from ..plotting import pyplot, save_figure
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-def _save(plt, fig, path: Path) -> bool:
+    from .report import Run
+    from .scaling import LawFit
+    from .sweep import Sweep
+
+
+def _save(plt: ModuleType, fig: Figure, path: Path) -> bool:
     return save_figure(plt, fig, path, dpi=110)
 
 
@@ -17,7 +26,7 @@ def _xy(points: list[tuple[int, float]]) -> tuple[list[float], list[float]]:
     return [x for x, _ in kept], [y for _, y in kept]
 
 
-def _by_tokens(run, key: str) -> list[tuple[float, float]]:
+def _by_tokens(run: Run, key: str) -> list[tuple[float, float]]:
     """``key`` against tokens seen (the records that carry both)."""
     by_step = dict(run.series("tokens_seen"))
     return [(by_step[s], v) for s, v in run.series(key) if s in by_step]
@@ -73,7 +82,7 @@ def plot_runs(runs: list, path: Path, log_axes: bool = False) -> bool:
     return _save(plt, fig, path)
 
 
-def plot_sweep(sweep, path: Path) -> bool:
+def plot_sweep(sweep: Sweep, path: Path) -> bool:
     """Final val loss by point (each seed a dot, mean +- std a bar) and the mean val curve of each point."""
     from ..tracking import read_metrics
     from .stats import mean_std
@@ -107,7 +116,7 @@ def plot_sweep(sweep, path: Path) -> bool:
     return _save(plt, fig, path)
 
 
-def plot_scaling(result: dict, parabolas: list, law, path: Path) -> bool:
+def plot_scaling(result: dict, parabolas: list, law: LawFit | None, path: Path) -> bool:
     """IsoFLOP curves with their parabolas, the fitted frontier N*(C), and predicted vs measured loss."""
     import numpy as np
     plt = pyplot()

@@ -43,7 +43,7 @@ class Run:
         """(step, value) of every record with ``key``; a step re-done after a resume keeps its later value."""
         return health._series(self.records, key)
 
-    def last(self, key: str):
+    def last(self, key: str) -> float | None:
         values = [v for _, v in self.series(key) if v is not None]
         return values[-1] if values else None
 
@@ -105,7 +105,7 @@ def _data_share(run: Run) -> float | None:
     return statistics.median(shares) if shares else None
 
 
-def fmt(x, digits: int = 4) -> str:
+def fmt(x: object, digits: int = 4) -> str:
     """A table cell: ``None -> "n/a"``, large counts with a unit (``12_345_678 -> "12.3M"``)."""
     if x is None:
         return "n/a"

@@ -21,16 +21,21 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import TinyLMError
 from ..fileio import write_text_atomic
 from .plan import shape_for
 from .sweep import Point, run_points
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 CHINCHILLA = {"alpha": 0.34, "beta": 0.28, "E": 1.69, "A": 406.4, "B": 410.7}  # Hoffmann et al. 2022, approach 3
 BESIROGLU = {"alpha": 0.3478, "beta": 0.3658, "E": 1.82, "A": 482.0, "B": 2085.4}  # Besiroglu et al. 2024 refit
@@ -79,7 +84,7 @@ def fit_frontier(parabolas: list[Parabola]) -> tuple[float, float]:
 
 # ----------------------------------------------------------------------------- approach 3: L(N, D)
 
-def predict(params: dict[str, float], n, d):
+def predict(params: dict[str, float], n: ArrayLike, d: ArrayLike) -> np.ndarray:
     """L(N, D) = E + A / N^alpha + B / D^beta."""
     return params["E"] + params["A"] / np.power(n, params["alpha"]) + params["B"] / np.power(d, params["beta"])
 
@@ -97,7 +102,7 @@ def _objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: n
     return float(np.sum(huber(HUBER_DELTA, r))), grad
 
 
-def _to_params(theta) -> dict[str, float]:
+def _to_params(theta: np.ndarray) -> dict[str, float]:
     a, b, e, alpha, beta = (float(t) for t in theta)
     return {"E": math.exp(e), "A": math.exp(a), "B": math.exp(b), "alpha": alpha, "beta": beta}
 
@@ -109,7 +114,7 @@ START_GRID = {"a": (0, 5, 10), "b": (0, 5, 10), "e": (-1, 1), "alpha": (0.2, 0.5
 LBFGS_OPTIONS = {"gtol": 1e-12, "ftol": 1e-15, "maxiter": 2000}
 
 
-def _minimize(starts, log_n, log_d, log_l) -> np.ndarray:
+def _minimize(starts: Sequence[Sequence[float]], log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray) -> np.ndarray:
     """The best L-BFGS result over ``starts`` (scipy.optimize.minimize, method L-BFGS-B)."""
     from scipy.optimize import minimize
     best = None
@@ -121,7 +126,8 @@ def _minimize(starts, log_n, log_d, log_l) -> np.ndarray:
     return best.x
 
 
-def fit_law(n, d, loss, starts=None) -> dict[str, float]:
+def fit_law(n: ArrayLike, d: ArrayLike, loss: ArrayLike,
+            starts: Sequence[Sequence[float]] | None = None) -> dict[str, float]:
     """(E, A, B, alpha, beta) of L(N, D) from runs' N, D and final losses."""
     if len(loss) < 5:
         raise TinyLMError(f"the L(N, D) fit has 5 parameters: it needs >= 5 runs, got {len(loss)}")
@@ -143,14 +149,14 @@ class LawFit:
         return float(predict(self.params, n, d)), float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
 
-def fit_law_with_ci(n, d, loss, resamples: int = 200, seed: int = 0) -> LawFit:
+def fit_law_with_ci(n: ArrayLike, d: ArrayLike, loss: ArrayLike, resamples: int = 200, seed: int = 0) -> LawFit:
     """:func:`fit_law`, then scipy.stats.bootstrap over the runs: each resample refits from the full fit."""
     from scipy import stats
     n, d, loss = (np.asarray(v, dtype=float) for v in (n, d, loss))
     best = fit_law(n, d, loss)
     start = [math.log(best["A"]), math.log(best["B"]), math.log(best["E"]), best["alpha"], best["beta"]]
 
-    def refit(idx) -> np.ndarray:
+    def refit(idx: np.ndarray) -> np.ndarray:
         theta = _minimize([start], np.log(n[idx]), np.log(d[idx]), np.log(loss[idx]))
         p = _to_params(theta)
         return np.array([p[k] for k in PARAMS])
@@ -164,7 +170,7 @@ def fit_law_with_ci(n, d, loss, resamples: int = 200, seed: int = 0) -> LawFit:
 
 # ----------------------------------------------------------------------------- the study
 
-def tokens_per_step(cfg) -> int:
+def tokens_per_step(cfg: Config) -> int:
     return cfg.train.batch_size * cfg.model.block_size
 
 
@@ -184,7 +190,7 @@ def size_name(shape: dict[str, int]) -> str:
     return f"{shape['n_layer']}x{shape['n_embd']}"
 
 
-def study_points(cfg, budgets: list[float], sizes: list[dict], counts: Callable[[dict], int]) -> list[tuple]:
+def study_points(cfg: Config, budgets: list[float], sizes: list[dict], counts: Callable[[dict], int]) -> list[tuple]:
     """(Point, budget, N, D) for every budget x size: D = C / 6N tokens, the schedule sized to D."""
     out = []
     for c, shape in itertools.product(budgets, sizes):
@@ -195,14 +201,14 @@ def study_points(cfg, budgets: list[float], sizes: list[dict], counts: Callable[
     return out
 
 
-def _point(name: str, cfg, shape: dict, steps: int) -> Point:
+def _point(name: str, cfg: Config, shape: dict, steps: int) -> Point:
     warmup = min(cfg.optim.warmup_steps, steps // 10)  # warmup no longer than a tenth of the run
     return Point(name, {"model.n_layer": shape["n_layer"], "model.n_embd": shape["n_embd"],
                         "model.n_head": shape["n_head"], "train.max_steps": steps, "optim.warmup_steps": warmup,
                         "train.eval_interval": 0, "train.time_budget": ""})
 
 
-def non_embedding_counter(cfg) -> Callable[[dict], int]:
+def non_embedding_counter(cfg: Config) -> Callable[[dict], int]:
     """Shape -> non-embedding parameters of that model on this config (built on the meta device)."""
     from copy import deepcopy
 

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..config import build_config, load_toml, tomllib
+from ..config import Config, build_config, load_toml, tomllib
 from ..errors import TinyLMError
 from ..fileio import write_text_atomic
 from ..tracking import read_metrics
@@ -80,7 +80,7 @@ class Sweep:
 
 # ----------------------------------------------------------------------------- the grid
 
-def _value_label(v) -> str:
+def _value_label(v: object) -> str:
     return json.dumps(v) if isinstance(v, bool) else str(v)
 
 
@@ -151,7 +151,7 @@ class Runner:
         self.log = log
         self._lock = threading.Lock()
 
-    def config_for(self, point: Point, seed: int):
+    def config_for(self, point: Point, seed: int) -> Config:
         """The resolved config of one run (what its `tinylm train` process will build)."""
         cfg = build_config(self.config, [*self.overrides, *_flags(point.overrides)])
         cfg.train.seed += seed  # seed 0 is the config's own

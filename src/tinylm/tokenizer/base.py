@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ..errors import TinyLMError
 from ..fileio import write_text_atomic
@@ -249,7 +249,7 @@ class _NoBar:
         pass
 
 
-def progress_bar(enabled: bool, **kw):
+def progress_bar(enabled: bool, **kw: Any) -> Any:
     """A tqdm bar, or a stand-in with the same two methods when nothing is shown."""
     if not enabled:
         return _NoBar()  # importing tqdm costs ~0.1 s; skip it when nothing is shown

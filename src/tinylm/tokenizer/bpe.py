@@ -257,7 +257,7 @@ class BPETokenizer(Tokenizer):
                 self._tiktoken = False
         return self._tiktoken or None
 
-    def to_tiktoken(self):
+    def to_tiktoken(self) -> Any:
         """A ``tiktoken.Encoding`` with our ranks, pattern and special tokens."""
         fast = self._fast()
         if fast is None:

@@ -21,6 +21,7 @@ import os
 from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from ..errors import TinyLMError
 from ..fileio import write_text_atomic
@@ -152,7 +153,7 @@ def save_hf(tok: BPETokenizer, path: str | os.PathLike) -> None:
     write_text_atomic(path, json.dumps(to_hf_json(tok), ensure_ascii=False, indent=1) + "\n")
 
 
-def to_hf_tokenizer(tok: BPETokenizer):
+def to_hf_tokenizer(tok: BPETokenizer) -> Any:
     """The ``tokenizers.Tokenizer`` itself (needs ``pip install tokenizers``)."""
     try:
         from tokenizers import Tokenizer

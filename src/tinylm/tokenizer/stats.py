@@ -65,7 +65,7 @@ def token_stats(texts: Iterable[str], vocab_sizes: Sequence[int], width: int, *,
 
 def format_token_stats(rows: Sequence[dict], width: int | None = None) -> str:
     """The :func:`token_stats` rows as a Markdown table (what ``tinylm tokenizer stats`` prints)."""
-    def num(x, fmt):
+    def num(x: float | None, fmt: str) -> str:
         return "-" if x is None else format(x, fmt)
 
     head = ["tokenizer", "vocab", "tokens/char", "bytes/token", "tokens", "embedding params"
@@ -75,7 +75,7 @@ def format_token_stats(rows: Sequence[dict], width: int | None = None) -> str:
              r.get("note", "")] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
 
-    def line(cells):
+    def line(cells: Sequence[object]) -> str:
         return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(head), sep] + [line(r) for r in body])
