@@ -391,6 +391,14 @@ def _pair(text: str) -> tuple[float, float]:
     return values[0], values[1]
 
 
+def _add_run_pool_flags(sp: argparse.ArgumentParser, config_help: str, out: str, out_help: str) -> None:
+    """The flags of a command that trains many runs as child processes (sweep, scaling)."""
+    sp.add_argument("--config", help=config_help)
+    sp.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+    sp.add_argument("--threads", type=int, help="torch threads per run (default: CPU cores / jobs)")
+    sp.add_argument("--out", default=out, help=f"{out_help} (default {out})")
+
+
 def _add_analysis_commands(sub: argparse._SubParsersAction) -> None:
     from .analysis.plan import parse_amount
     sp = sub.add_parser("scaling", help="IsoFLOP scaling study: fits, a prediction, and its verification.",
@@ -398,29 +406,25 @@ def _add_analysis_commands(sub: argparse._SubParsersAction) -> None:
                                     "D = C / 6N tokens (N: non-embedding parameters); fit IsoFLOP parabolas "
                                     "(N*(C)) and L(N, D) = E + A/N^alpha + B/D^beta with bootstrap intervals; "
                                     f"predict, and with --verify train the predicted model. {OVERRIDES_HELP}")
-    sp.add_argument("--config", help="base TOML preset (data, context, batch, optimizer)")
+    _add_run_pool_flags(sp, "base TOML preset (data, context, batch, optimizer)", "runs/scaling",
+                        "folder for the runs and results")
     sp.add_argument("--budgets", type=_amounts, required=True, help="compute budgets C in FLOPs, e.g. 1e12,3e12,1e13")
     sp.add_argument("--sizes", type=lambda t: [x for x in t.split(",") if x.strip()], default=["1", "2", "3", "4"],
                     help="model depths (width 64 x depth) or depth x width, e.g. 1x64,2x64,2x96,3x128 "
                          "(default 1,2,3,4)")
     sp.add_argument("--predict", type=_pair, metavar="N,D", help="predict the loss of N parameters on D tokens")
     sp.add_argument("--verify", type=_pair, metavar="N,D", help="predict, then train that model and compare")
-    sp.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
-    sp.add_argument("--threads", type=int, help="torch threads per run (default: CPU cores / jobs)")
     sp.add_argument("--resamples", type=int, default=200, help="bootstrap resamples for the intervals")
-    sp.add_argument("--out", default="runs/scaling", help="folder for the runs and results (default runs/scaling)")
     sp.set_defaults(func=cmd_scaling, overrides=True)
     sp = sub.add_parser("sweep", help="Train a grid of settings x seeds; results table, statistics and plots.",
                         description="Train every point of a grid (TOML: axes of dotted keys with lists of values, "
                                     "or named variants) x seeds as real runs, JOBS at a time; a second call skips "
                                     "finished runs and resumes unfinished ones. Writes results.csv/.json and "
                                     f"report.md (mean ± std, Welch's t-test against the baseline). {OVERRIDES_HELP}")
-    sp.add_argument("--config", help="base TOML preset every point starts from")
+    _add_run_pool_flags(sp, "base TOML preset every point starts from", "runs/sweep",
+                        "folder for runs/, results and report")
     sp.add_argument("--grid", required=True, help="grid TOML, e.g. configs/ablations/architecture.toml")
     sp.add_argument("--seeds", type=int, default=1, help="seeds per point: train.seed + 0, 1, ... (default 1)")
-    sp.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
-    sp.add_argument("--threads", type=int, help="torch threads per run (default: CPU cores / jobs)")
-    sp.add_argument("--out", default="runs/sweep", help="folder for runs/, results and report (default runs/sweep)")
     sp.set_defaults(func=cmd_sweep, overrides=True)
     sp = sub.add_parser("report", help="A run's report: summary, curves, curve-health verdict, last sample.",
                         description="Write report.md (+ report.png with matplotlib) for a run folder, or a "
