@@ -134,7 +134,7 @@ def part_crash(out: Path) -> list[str]:
 def unreadable(run_dir: Path) -> int:
     """How many of a run's step folders fail to load completely."""
     bad = 0
-    for step in sorted((run_dir / "checkpoints").glob("step_*")):
+    for step in ckpt.step_dirs(run_dir / "checkpoints"):
         try:
             ckpt.read_meta(step)
             for part in ("model", "optimizer", "trainer"):

@@ -3,6 +3,7 @@
 Every refusal is checked for its one-line message and for leaving every file as it was.
 """
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -163,6 +164,19 @@ def test_prune_counts_only_complete_checkpoints_and_only_its_own_leftovers(tmp_p
     assert left == [".tmp-step_000005-1", "last", "step_000015", "step_000016", "step_000020"]
 
 
+def test_checkpoints_past_step_999999_are_ordered_by_step(tmp_path):
+    """By name step_1000000 sorts before step_999999: listing, resuming and pruning go by the number (else the
+    third save below would prune step 1,000,000 and keep 999,999)."""
+    root = tmp_path / "checkpoints"
+    parts = {part: {"w": torch.zeros(2)} for part in ckpt.PARTS}
+    for step in (999_999, 1_000_000):
+        ckpt.save_checkpoint(root, step, parts, {"config": {}}, keep_last=2)
+    assert [p.name for p in ckpt.step_dirs(root)] == ["step_999999", "step_1000000"]
+    assert ckpt.load_latest(root, log=quiet)[0].name == "step_1000000"
+    ckpt.save_checkpoint(root, 1_000_001, parts, {"config": {}}, keep_last=2)
+    assert sorted(p.name for p in root.iterdir()) == ["last", "step_1000000", "step_1000001"]
+
+
 # --------------------------------------------------------------------------- item 3: a full disk
 
 def _full_disk_save(obj, f, *args, **kwargs):
@@ -263,6 +277,39 @@ def test_the_run_lock_is_released_when_training_ends(tmp_path, text_200k):
     with pytest.raises(TinyLMError, match="already exists"):  # a failed start unlocks too
         Trainer(cfg, log=quiet)
     ckpt.RunLock(cfg.run_dir).release()
+
+
+def test_the_lock_file_exists_only_while_a_run_holds_it(tmp_path, text_200k, trained, capsys):
+    """A finished run leaves no .lock, nor does a start refused after it took the lock: a resume with other
+    settings, or a run folder that exists without --resume."""
+    assert not (trained.run_dir / ckpt.LOCK).exists()
+    cfg = copy_run(trained, tmp_path, text_200k)
+    before = sorted(p.relative_to(cfg.run_dir) for p in cfg.run_dir.rglob("*"))
+    for extra, why in ((["--resume", "--model.n_layer", "3"], "--model.n_layer: checkpoint 2, this run 3"),
+                       ([], "already exists")):
+        assert main(["train", *cli_args(cfg), *extra]) == 2
+        assert why in capsys.readouterr().err
+        assert sorted(p.relative_to(cfg.run_dir) for p in cfg.run_dir.rglob("*")) == before
+
+
+def test_a_lock_file_its_holder_removed_is_not_taken(tmp_path, monkeypatch):
+    """The holder removes the file as it lets go: a process that opened it just before then holds a lock on a
+    file no longer in the folder, and must lock the one at the path instead (else two processes could train)."""
+    real_flock, locked = fcntl.flock, []
+
+    def flock_as_the_holder_leaves(fd, operation):
+        real_flock(fd, operation)
+        if not locked:  # the first file this process locks was removed by its holder a moment before
+            (tmp_path / ckpt.LOCK).unlink()
+        locked.append(fd)
+
+    monkeypatch.setattr(fcntl, "flock", flock_as_the_holder_leaves)
+    lock = ckpt.RunLock(tmp_path)
+    assert len(locked) == 2 and (tmp_path / ckpt.LOCK).is_file()
+    with pytest.raises(TinyLMError, match="is in use by tinylm pid"):
+        ckpt.RunLock(tmp_path)
+    lock.release()
+    assert not (tmp_path / ckpt.LOCK).exists()
 
 
 # --------------------------------------------------------------------------- item 5: run.name is one folder name

@@ -13,6 +13,7 @@ checkpoint's model, config and tokenizer ready to generate from.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import itertools
 import json
@@ -46,7 +47,14 @@ LOCK = ".lock"
 
 
 def _step_name(step: int) -> str:
+    """``500 -> "step_000500"``; past 999,999 the name grows (``step_1000000``): order by :func:`step_of`."""
     return f"step_{step:06d}"
+
+
+def step_of(step_dir: Path) -> int | None:
+    """The step a step folder holds: ``step_000500 -> 500``; None for any other name."""
+    m = re.fullmatch(r"step_(\d+)", step_dir.name)
+    return int(m[1]) if m else None
 
 
 def _point(root: Path, link: str, target: str) -> None:
@@ -119,10 +127,12 @@ def record_eval(step_dir: Path, val_loss: float, *, is_best: bool, keep_last: in
 
 
 def step_dirs(root: Path) -> list[Path]:
-    """The step folders under ``root`` (a run's checkpoints folder), oldest first."""
+    """The step folders under ``root`` (a run's checkpoints folder), oldest first (by step number, not by name:
+    ``step_1000000`` comes after ``step_999999``)."""
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.name.startswith("step_") and p.is_dir() and not p.is_symlink())
+    return sorted((p for p in root.iterdir() if step_of(p) is not None and p.is_dir() and not p.is_symlink()),
+                  key=step_of)
 
 
 def _is_complete(step_dir: Path) -> bool:
@@ -148,9 +158,9 @@ def _prune(root: Path, keep_last: int) -> None:
     for link in ("last", "best"):
         if (root / link).is_symlink():
             keep.add(os.readlink(root / link))
-    newest_complete = complete[-1].name if complete else ""
+    newest_complete = step_of(complete[-1]) if complete else -1
     for p in steps:
-        if p.name not in keep and (p in complete or p.name < newest_complete):
+        if p.name not in keep and (p in complete or step_of(p) < newest_complete):
             shutil.rmtree(p)
     for p in [*root.glob(".tmp-step_*"), *root.glob(".old-step_*")]:
         pid = re.search(r"-(\d+)$", p.name)
@@ -337,37 +347,57 @@ def load_for_inference(path: str | Path, which: str = "last", device: str | None
 
 
 class RunLock:
-    """An exclusive OS lock on ``<run>/.lock`` while a process trains in the run folder.
+    """An exclusive OS lock on ``<run>/.lock`` while a process trains in the run folder; the file
+    exists only while it is held (:meth:`release` removes it).
 
     ``flock`` belongs to the open file, so the kernel drops it when the process ends, crash or
-    SIGKILL included: a run folder is never left locked. The file names the holder for the
-    process that is refused.
+    SIGKILL included: a run folder is never left locked (a killed process leaves the file, which
+    the next start locks again). The file names the holder for the process that is refused.
     """
 
     def __init__(self, run_dir: Path):
-        path = run_dir / LOCK
-        try:
-            self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise write_failure(e, path) from None
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(self._fd, 300).decode("utf-8", "replace").strip() or "another process"
-            self.release()
-            raise TinyLMError(f"run folder {run_dir} is in use by {holder}; wait for it to end (or stop it), "
-                              f"or choose another --run.name") from None
+        self.path = run_dir / LOCK
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise write_failure(e, self.path) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 300).decode("utf-8", "replace").strip() or "another process"
+                os.close(fd)
+                raise TinyLMError(f"run folder {run_dir} is in use by {holder}; wait for it to end (or stop it), "
+                                  f"or choose another --run.name") from None
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # the holder removed that file as it let go: lock the one at the path now
+        self._fd: int | None = fd
         try:  # who holds it, for the message above; the lock works without it (e.g. on a full disk)
-            os.ftruncate(self._fd, 0)
-            os.write(self._fd, f"tinylm pid {os.getpid()} on {socket.gethostname()} since "
-                               f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
+            os.ftruncate(fd, 0)
+            os.write(fd, f"tinylm pid {os.getpid()} on {socket.gethostname()} since "
+                         f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
         except OSError:
             pass
 
     def release(self) -> None:
+        """Remove the lock file, then unlock (in that order: a process that opened the file meanwhile sees,
+        once it holds the lock, that the path no longer names it, and starts again)."""
         if self._fd is not None:
+            with contextlib.suppress(OSError):
+                if _same_file(self._fd, self.path):
+                    self.path.unlink()
             os.close(self._fd)
             self._fd = None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the open file ``fd``."""
+    try:
+        st, own = os.stat(path), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
 class RunFolder:
@@ -405,18 +435,16 @@ class RunFolder:
             raise
 
     def close(self) -> None:
-        """Unlock the folder (the OS does it too if the process dies)."""
+        """Unlock the folder and remove its lock file (the OS unlocks it too if the process dies)."""
         if self.lock is not None:
             self.lock.release()
             self.lock = None
 
     def discard(self) -> None:
-        """Unlock, then remove the lock file and each folder this start made, as long as nothing else
-        was written there."""
+        """Unlock (which removes the lock file), then remove each folder this start made, as long as nothing
+        else was written there."""
         self.close()
         try:
-            if self.new_dirs:
-                (self.new_dirs[0] / LOCK).unlink(missing_ok=True)
             for folder in self.new_dirs:
                 folder.rmdir()
         except OSError:  # not empty (something else was written), or never made: keep the rest
