@@ -175,6 +175,10 @@ class Trainer:
         if init_state is not None:
             ckpt.load_state(self.raw_model, init_state, Path(cfg.train.init_from), "model")
         self.raw_model.activation_checkpointing = cfg.train.activation_checkpointing
+        kernel = self.raw_model.choose_attention(self.device, runtime.compute_dtype(self.precision),
+                                                 micro_batch_size(cfg, self.d.world_size))
+        self.attention = runtime.broadcast_from_main(kernel, self.d)  # every process runs the same kernel
+        self.raw_model.set_attention(self.attention)
         self.model = runtime.wrap_distributed(self.raw_model, self.d, self.device, fsdp=cfg.train.fsdp)
         self.optimizer = build_optimizer(self.raw_model, cfg.optim, self.device.type,
                                          torch.bfloat16 if self.precision == "bf16" else torch.float32)
@@ -389,7 +393,7 @@ class Trainer:
         self.log(f"model: {m.num_params() / 1e6:.2f}M parameters ({m.num_params(non_embedding=True) / 1e6:.2f}M "
                  f"non-embedding), {m.flops_per_token() / 1e6:.1f} MFLOP/token; device {self.device}, precision "
                  f"{self.precision}, {self.d.world_size} process(es){' FSDP' if cfg.train.fsdp else ''}, "
-                 f"micro-batch {self.micro} x {self.accum} accumulation")
+                 f"micro-batch {self.micro} x {self.accum} accumulation, attention {self.attention}")
 
     def _log_step(self, stats: dict, scale: float) -> None:
         """The loss averaged over processes; rank 0 logs it with the window's throughput. Starts a new window."""
