@@ -61,9 +61,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str,
 
     AdamW is torch's fused kernel on CPU and CUDA (one kernel over all parameters: 1 ms instead of foreach's 8-10 ms
     per step for a 3.2M-parameter model on a 2-core EPYC; BENCHMARKS.md), foreach on other devices. The fused kernel
-    also skips a step on the device when given a ``found_inf`` flag: the trainer's non-finite guard uses it. ``ns_dtype`` is the dtype of
-    Muon's Newton-Schulz matmuls: the trainer passes bfloat16 when the run's precision is bf16
-    (the hardware is fast at it), float32 otherwise.
+    also skips a step on the device when given a ``found_inf`` flag: the trainer's non-finite guard uses it.
+    ``ns_dtype`` is the dtype of Muon's Newton-Schulz matmuls: the trainer passes bfloat16 when the run's precision
+    is bf16 (the hardware is fast at it), float32 otherwise.
     """
     groups = param_groups(model, cfg)
     if cfg.name == "muon":

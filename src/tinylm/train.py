@@ -1,4 +1,4 @@
-"""The training loop: accumulation, precision, clipping, eval, logging, checkpoints, DDP.
+"""The training loop: setup, accumulation, clipping, the non-finite guard, evaluation points, DDP.
 
 One function, :func:`train`, used by the CLI, the tests and the benchmarks alike. Run it under
 ``torchrun --nproc_per_node N -m tinylm train ...`` for DistributedDataParallel (gloo on CPU,
@@ -18,18 +18,19 @@ import torch
 
 from . import checkpoint as ckpt
 from . import runtime
-from .accounting import ThroughputWindow, peak_flops, peak_memory_mb
+from .accounting import ThroughputWindow, peak_flops
 from .analysis.report import write_after_training
-from .config import Config, derive_names, grad_accum_steps, micro_batch_size, parse_duration, to_toml, validate
+from .config import Config, derive_names, grad_accum_steps, micro_batch_size, parse_duration, validate
 from .data import BatchLoader, TokenWindows, ensure_prepared, load_data_tokenizer
 from .diagnostics import nonfinite_report
 from .errors import TinyLMError
 from .evaluate import CurveChecks, EvalResult, Evaluator
-from .fileio import append_text, write_failure, write_text_atomic
-from .generate import check_prompt, sample_text
+from .generate import check_prompt
 from .model import GPT, label
 from .optim import build_optimizer, lr_scale, momentum_at, set_schedule
 from .tracking import Tracker, build_tracker
+from .train_log import Reporting
+from .train_state import Checkpointing
 
 
 def build_model(cfg: Config, rank: int, device: torch.device) -> GPT:
@@ -59,12 +60,13 @@ class TrainResult:
     stopped_early: bool
 
 
-class Trainer:
+class Trainer(Checkpointing, Reporting):
     """One training run: set up from a config, then :meth:`run`.
 
     The pieces are methods so each can be read (and tested) on its own: :meth:`train_step`
     is one optimizer step with accumulation, :meth:`evaluate` the fixed validation set (:mod:`tinylm.evaluate`),
-    :meth:`save` a checkpoint.
+    :meth:`save` a checkpoint; resuming and saving are :class:`tinylm.train_state.Checkpointing`'s,
+    logging :class:`tinylm.train_log.Reporting`'s.
     """
 
     clock = staticmethod(time.perf_counter)  # the loop's seconds (time budget, tokens/s, ETA); tests replace it
@@ -118,22 +120,6 @@ class Trainer:
         self.time_budget = parse_duration(cfg.train.time_budget)
         self.sharded = cfg.train.fsdp and d.world_size > 1  # FSDP: each process holds a shard of the weights
 
-    def _open_run_dir(self, resume: bool) -> tuple[Path, dict[str, dict] | None] | None:
-        """Lock the run folder (rank 0); under ``--resume``, the checkpoint every process continues from.
-
-        Returns (checkpoint, its parts as rank 0 loaded them; None in the other processes), or None
-        to start at step 0.
-        """
-        found = self.folder.open(self.cfg, resume, self.log) if self.d.is_main else None
-        # before preparing data, which may take long: a checkpoint of other settings is refused now (a fine-tuned
-        # run's model settings come from its checkpoint, see _init_from: _load checks it after they are adopted)
-        if found and not self.cfg.train.init_from:
-            ckpt.check_compatible(ckpt.checkpoint_config(found[0]), self.cfg, found[0])
-        path = runtime.broadcast_from_main(str(found[0]) if found else None, self.d)
-        if path is None:
-            return None
-        return Path(path), found[1] if found else None
-
     def _setup_data(self) -> None:
         """Prepare the data (rank 0; the others wait, then read it); the model's vocab size comes from it."""
         cfg, d = self.cfg, self.d
@@ -151,21 +137,6 @@ class Trainer:
         # every checkpoint keeps this copy: the data folder may be prepared again with another tokenizer
         self.tokenizer_bytes = (Path(cfg.data.dir) / self.meta["tokenizer_file"]).read_bytes()
         check_prompt(self.tok, cfg.sample.prompt, cfg.data.dir)  # else the first evaluation fails, and each resume
-
-    def _init_from(self, resume_from) -> dict[str, torch.Tensor] | None:
-        """``--train.init_from``: take the source's architecture; return its weights to start from (None for a
-        random init, or on resume, whose checkpoint holds the weights and took the source's architecture)."""
-        spec = self.cfg.train.init_from
-        if not spec:
-            return None
-        from .interop.pretrained import adopt_architecture, load_pretrained, start_from
-        if resume_from is not None:
-            adopt_architecture(self.cfg.model, ckpt.checkpoint_config(resume_from[0]).model)
-            return None
-        source = load_pretrained(spec)
-        state = start_from(self.cfg, source, self.tok)
-        self.log(f"init_from {source.source}: its architecture and weights, a fresh optimizer")
-        return state
 
     def _setup_model(self, init_state: dict[str, torch.Tensor] | None = None) -> None:
         """The model (its first weights ``init_state`` when given; wrapped for DDP/FSDP), its optimizer, and the
@@ -194,62 +165,6 @@ class Trainer:
                                   rank=d.rank, world_size=d.world_size, device=self.device, align=cfg.data.align)
         self.evaluator = Evaluator.for_split(cfg.data.dir, "val", cfg.model.block_size, self.micro, self.tok,
                                              max_tokens=cfg.train.eval_tokens, rank=d.rank, world_size=d.world_size)
-
-    # ----------------------------------------------------------------- state
-
-    def _load(self, path: Path, parts: dict[str, dict]) -> None:
-        """Continue from checkpoint ``path``; ``parts`` are its loaded model, optimizer and trainer states."""
-        ckpt.check_compatible(ckpt.checkpoint_config(path), self.cfg, path)
-        state = parts["trainer"]
-        if state["world_size"] != self.d.world_size:
-            raise TinyLMError(f"checkpoint {path} was written by {state['world_size']} process(es), this run has "
-                              f"{self.d.world_size}; resume with the same --nproc_per_node")
-        self._load_weights(path, parts["model"], parts["optimizer"])
-        self.loader.load_state_dict(state["loader"])
-        self.scaler.load_state_dict(state["scaler"])
-        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]] * self.d.world_size  # older: one
-        runtime.set_rng_state(rngs[self.d.rank])
-        # trainer.pt is written before the evaluation at its step; meta.json learns that evaluation's result after
-        best_meta = ckpt.read_meta(path).get("best_val_loss")
-        self.best_val = min(state["best_val_loss"], math.inf if best_meta is None else best_meta)
-        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
-        self.elapsed_before = state["elapsed_s"]
-        self.log(f"resumed from {path} at step {self.step}")
-
-    def _load_weights(self, path: Path, model_state: dict, optim_state: dict) -> None:
-        """Model and optimizer state from a checkpoint; each group's hyperparameters from the config.
-
-        Loading replaces each group's settings with the saved ones; the config is the source of truth
-        for hyperparameters (peak LRs, decay, betas), the checkpoint for the optimizer's state.
-        """
-        settings = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
-        if self.sharded:
-            runtime.load_full_state_dicts(self.raw_model, self.optimizer, model_state, optim_state)
-        else:
-            ckpt.load_state(self.raw_model, model_state, path, "model")
-            ckpt.load_state(self.optimizer, optim_state, path, "optimizer")
-        for group, own in zip(self.optimizer.param_groups, settings, strict=True):
-            group.update(own)
-
-    def save(self, elapsed: float) -> Path | None:
-        """Checkpoint the current step (rank 0 writes). Written before evaluation, which could fail."""
-        states = runtime.full_state_dicts(self.raw_model, self.optimizer, sharded=self.sharded)
-        return self._write_checkpoint(*states, elapsed)
-
-    def _write_checkpoint(self, model_state: dict, optim_state: dict, elapsed: float) -> Path | None:
-        rng = runtime.gather_to_main(runtime.rng_state(), self.d)  # each process's: each draws its own dropout
-        if not self.d.is_main:
-            return None
-        trainer_state = {"step": self.step, "tokens_seen": self.tokens_seen, "best_val_loss": self.best_val,
-                         "elapsed_s": elapsed, "world_size": self.d.world_size, "loader": self.loader.state_dict(),
-                         "scaler": self.scaler.state_dict(), "rng": rng}
-        return ckpt.save_checkpoint(
-            self.run_dir / "checkpoints", self.step,
-            {"model": model_state, "optimizer": optim_state, "trainer": trainer_state},
-            {"tokens_seen": self.tokens_seen, "val_loss": None, "best_val_loss": self.best_val,
-             "precision": self.precision, "train_seconds": elapsed, "config": self.cfg.to_dict(),
-             "data_meta": self.meta, "device": runtime.device_name(self.device)},
-            files={ckpt.TOKENIZER: self.tokenizer_bytes}, keep_last=self.cfg.train.keep_last)
 
     # ----------------------------------------------------------------- steps
 
@@ -344,14 +259,6 @@ class Trainer:
                               f"has diverged: lower --optim.lr or --optim.warmup_steps, or resume from an "
                               f"earlier checkpoint")
 
-    def tracker_event(self, step: int, event: str, message: str, **fields) -> None:
-        if self.tracker is not None:
-            self.tracker.log({"step": step, "event": event, "message": message, **fields})
-
-    def _log_events(self, step: int, events: list[dict]) -> None:
-        for e in events:
-            self.tracker_event(step, **e)
-
     # ----------------------------------------------------------------- evaluation points and logging
 
     def _eval_point(self, elapsed: float) -> float:
@@ -371,56 +278,9 @@ class Trainer:
             self._write_sample(model_state, val_loss)
         return val_loss
 
-
-    def _write_sample(self, model_state: dict, val_loss: float) -> None:
-        """Append to samples.md what `tinylm sample` would give from this step's checkpoint."""
-        sampler = self.raw_model
-        if self.sharded:  # sharded weights: sample from a full copy
-            sampler = GPT(self.cfg.model).to(self.device)
-            sampler.load_state_dict(model_state)
-        text = sample_text(sampler, self.tok, self.cfg.sample, seed=self.cfg.train.seed)
-        entry = f"## step {self.step} (val loss {val_loss:.4f})\n\n```\n{text}\n```\n\n"
-        append_text(self.run_dir / "samples.md", entry)
-
-    def _describe(self) -> None:
-        """Write config.toml; log the model and the setup."""
-        m, cfg = self.raw_model, self.cfg
-        if self.d.is_main:
-            try:
-                write_text_atomic(self.run_dir / "config.toml", to_toml(cfg))
-            except OSError as e:
-                raise write_failure(e, self.run_dir / "config.toml") from None
-        self.log(f"model: {m.num_params() / 1e6:.2f}M parameters ({m.num_params(non_embedding=True) / 1e6:.2f}M "
-                 f"non-embedding), {m.flops_per_token() / 1e6:.1f} MFLOP/token; device {self.device}, precision "
-                 f"{self.precision}, {self.d.world_size} process(es){' FSDP' if cfg.train.fsdp else ''}, "
-                 f"micro-batch {self.micro} x {self.accum} accumulation, attention {self.attention}")
-
-    def _log_step(self, stats: dict, scale: float) -> None:
-        """The loss averaged over processes; rank 0 logs it with the window's throughput. Starts a new window."""
-        self.train_loss = float(runtime.all_mean(stats["loss"].clone(), self.d))
-        if self.tracker is not None:
-            speed = self.window.record(self.tokens_per_step, self.raw_model.flops_per_token(), self.peak,
-                                       self.d.world_size)
-            self.tracker.log({"step": self.step, "loss": self.train_loss, "lr": scale * self.cfg.optim.lr,
-                              **{f"lr_{g['role']}": g["lr"] for g in self.optimizer.param_groups},
-                              "grad_norm": float(stats["grad_norm"]), **speed,
-                              "peak_mem_mb": peak_memory_mb(self.device), "tokens_seen": self.tokens_seen,
-                              "elapsed_s": self._elapsed(), "eta_s": self._eta()})
-            if speed["data_ms"] > 0.1 * speed["compute_ms"]:
-                self.tracker_event(self.step, "slow_data", f"data loading takes {speed['data_ms']:.1f} ms per step, "
-                                   f"over 10% of compute ({speed['compute_ms']:.1f} ms)")
-        self.window.restart()
-
     def _elapsed(self) -> float:
         """Training seconds of this run, earlier sessions included."""
         return self.elapsed_before + self.clock() - self.t_start
-
-    def _eta(self) -> float:
-        """Seconds left at the window's pace, or to the end of the time budget when that comes first."""
-        remaining = self.window.eta(self.cfg.train.max_steps - self.step)
-        if self.time_budget:
-            remaining = min(remaining, self.time_budget - self._elapsed())
-        return max(remaining, 0.0)
 
     # ----------------------------------------------------------------- the run
 
