@@ -1,7 +1,7 @@
 """``--train.init_from``: where a fine-tuning run's architecture and first weights come from.
 
 A source is a tinylm run or checkpoint folder (an imported one included), a local Hugging Face GPT-2
-folder, or a hub name (``gpt2``, ``gpt2-medium``, ...). The new run takes the source's architecture
+or Llama folder, or a hub name (``gpt2``, ``gpt2-medium``, ...). The new run takes the source's architecture
 (``--model.*`` keys, except ``block_size``, which may shrink, and ``dropout``, a training setting),
 its weights, and a fresh optimizer; its data folder must use the source's tokenizer.
 """
@@ -15,17 +15,18 @@ from ..checkpoint import ARCH_KEYS, checkpoint_config, checkpoint_tokenizer, loa
 from ..config import Config, ModelConfig
 from ..errors import TinyLMError
 from ..tokenizer import Tokenizer
-from .hf_import import Imported, import_gpt2, is_hf_folder
+from .hf_import import Imported, import_hf, is_hf_folder
 
 
 def load_pretrained(spec: str) -> Imported:
-    """A run or checkpoint folder, a Hugging Face GPT-2 folder, or a hub name -> its model, weights and tokenizer."""
+    """A run or checkpoint folder, a Hugging Face GPT-2 or Llama folder, or a hub name -> its model, weights and
+    tokenizer."""
     path = Path(spec)
     if (path.exists() or path.is_symlink()) and not is_hf_folder(path):
         step_dir = resolve_checkpoint(path)
         return Imported(checkpoint_config(step_dir).model, load_part(step_dir, "model"),
                         checkpoint_tokenizer(step_dir), str(step_dir))
-    return import_gpt2(spec)
+    return import_hf(spec)
 
 
 def adopt_architecture(model: ModelConfig, source: ModelConfig) -> None:
