@@ -232,7 +232,8 @@ def cmd_import(args, extra) -> int:
     cfg.data.vocab_size = source.tokenizer.vocab_size
     step_dir = save_weights(cfg, source.state, source.tokenizer, source.source)
     m = cfg.model
-    print(f"{out}: {'GPT-2' if m.pos == 'learned' else 'Llama'} from {source.source} ({m.n_layer} layers, width {m.n_embd}, vocab {m.vocab_size}) "
+    family = "GPT-2" if m.pos == "learned" else "Llama"
+    print(f"{out}: {family} from {source.source} ({m.n_layer} layers, width {m.n_embd}, vocab {m.vocab_size}) "
           f"in {step_dir}")
     return 0
 

@@ -25,8 +25,7 @@ from ..config import ModelConfig
 from ..errors import TinyLMError
 from ..fileio import replace_dir, scratch_sibling, write_failure, write_text_atomic
 from ..tokenizer import ENDOFTEXT, Tokenizer
-from .hf_names import (ARCHITECTURES, GPT2_BLOCK, LAYERNORM_EPS, LLAMA_BLOCK, LLAMA_QKV, RMSNORM_EPS,
-                       mlp_hidden)
+from .hf_names import ARCHITECTURES, GPT2_BLOCK, LAYERNORM_EPS, LLAMA_BLOCK, LLAMA_QKV, RMSNORM_EPS, mlp_hidden
 
 FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 # the settings each family requires, as (key, value, what it is called there)

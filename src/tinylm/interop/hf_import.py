@@ -20,8 +20,7 @@ import torch
 from ..config import Config, ModelConfig
 from ..errors import TinyLMError
 from ..tokenizer import Tokenizer
-from .hf_names import (GPT2_BLOCK, LAYERNORM_EPS, LLAMA_BLOCK, LLAMA_QKV, RMSNORM_EPS, TANH_GELU,
-                       mlp_ratio_for)
+from .hf_names import GPT2_BLOCK, LAYERNORM_EPS, LLAMA_BLOCK, LLAMA_QKV, RMSNORM_EPS, TANH_GELU, mlp_ratio_for
 
 GPT2_VOCAB = 50257
 # files a hub download fetches: the config, one weights file, the tokenizer's two files

@@ -170,10 +170,10 @@ def load_hf(path: str | os.PathLike) -> BPETokenizer:
                   "end_of_word_suffix": bool(model.get("end_of_word_suffix")), "pre_tokenizer": pattern is None,
                   "add_prefix_space": any(s.get("add_prefix_space") for s in steps)}
         bad = next((k for k, v in unlike.items() if v), None)
-        if model.get("type") != "BPE" or bad:
-            what = f"a {model.get('type')!r} model" if model.get("type") != "BPE" else f"a {bad} setting"
-            raise TinyLMError(f"{path} has {what} with no tinylm counterpart; tinylm reads byte-level BPE "
-                              f"tokenizers like GPT-2's (no normalizer, byte fallback or prefix space)")
+        what = f"a {model.get('type')!r} model" if model.get("type") != "BPE" else bad and f"the setting {bad}"
+        if what:
+            raise TinyLMError(f"{path} holds {what}, which tinylm has no counterpart for; tinylm reads byte-level "
+                              f"BPE tokenizers like GPT-2's (no normalizer, byte fallback or prefix space)")
         vocab = {int(i): unicode_to_bytes(t) or t.encode("utf-8") for t, i in model["vocab"].items()}
         for added in doc.get("added_tokens") or []:
             vocab.setdefault(int(added["id"]), added["content"].encode("utf-8"))
