@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from tinylm import checkpoint as ckpt
 from tinylm.checkpoint import load_for_inference
 from tinylm.cli import main
-from tinylm.config import SampleConfig, build_config
+from tinylm.config import SampleConfig, build_config, default_name
+from tinylm.data import load_data_tokenizer, load_meta
 from tinylm.generate import generate
 from tinylm.interop.hf_import import import_hf, imported_model
 from tinylm.model import GPT
@@ -195,6 +196,62 @@ def test_init_from_a_run_and_resuming_the_fine_tuned_run(tmp_path, text_200k):
     again = tiny_config(tmp_path, text_200k, **{"run.name": "ft", "train.init_from": str(src.run_dir),
                                                "train.max_steps": 7})
     assert Trainer(again, resume=True, log=lambda *a: None).run().step == 7  # the architecture came back too
+
+
+def test_fine_tuning_an_own_tokenizer_run_with_its_tokenizer_file(tmp_path, text_200k):
+    """Run A trains its BPE on one text; run B fine-tunes A on another text prepared with A's tokenizer file."""
+    a = tiny_config(tmp_path, text_200k, **{"run.name": "a", "data.dir": str(tmp_path / "data" / "a"),
+                                           "data.tokenizer": "bpe", "data.vocab_size": 400, "train.max_steps": 5})
+    train(a, log=lambda *a: None)
+    other = tmp_path / "other.txt"
+    other.write_text(shared_text("tinyshakespeare/input.txt")[-150_000:])  # not in A's first 200K characters
+    tok_file = tmp_path / "data" / "a" / "tokenizer.txt"
+    b = tiny_config(tmp_path, other, **{"run.name": "b", "data.dir": str(tmp_path / "data" / "b"),
+                                       "data.tokenizer": str(tok_file), "train.init_from": str(a.run_dir),
+                                       "train.max_steps": 5})
+    assert default_name(b.data) == "other-tok-a"
+    trainer = Trainer(b, log=lambda *a: None)
+    meta = load_meta(b.data.dir)
+    assert meta["data"]["tokenizer"] == str(tok_file) and meta["vocab_size"] == 400
+    assert load_data_tokenizer(b.data.dir).same_ids(load_data_tokenizer(a.data.dir))
+    assert meta["train"]["tokens"] != load_meta(a.data.dir)["train"]["tokens"]  # the new text, not A's
+    weights = load_for_inference(a.run_dir, device="cpu").model.state_dict()
+    assert all(torch.equal(v, weights[k]) for k, v in trainer.raw_model.state_dict().items())
+    assert trainer.run().step == 5
+    # the same text prepared with another BPE of the same size: refused, naming both
+    c = tiny_config(tmp_path, other, **{"run.name": "c", "data.dir": str(tmp_path / "data" / "c"),
+                                       "data.tokenizer": "bpe", "data.vocab_size": 400,
+                                       "train.init_from": str(a.run_dir)})
+    with pytest.raises(Exception, match=r"--train.init_from .* uses the tokenizer bpe \(400 ids\), but --data.dir "
+                                        r".*c was prepared with another bpe \(400 ids\); prepare the data with "
+                                        r"--data.tokenizer .*step_000005/tokenizer.txt"):
+        Trainer(c, log=lambda *a: None)
+
+
+def test_a_tokenizer_file_that_cannot_be_used_is_refused_in_one_line(tmp_path, text_200k, bpe, capsys):
+    def prepare(tokenizer: str, *more: str) -> int:
+        return main(["prepare", "--data.corpus", str(text_200k), "--data.dir", str(tmp_path / "data"),
+                     "--data.tokenizer", tokenizer, "--run.progress", "false", *more])
+
+    assert prepare(str(tmp_path / "missing.txt")) == 2
+    refused(capsys, "--data.tokenizer", "missing.txt", "nor a tokenizer file (no such file)")
+    assert prepare(str(tmp_path)) == 2
+    refused(capsys, f"it is a folder: give the file in it, e.g. {tmp_path / 'tokenizer.txt'}")
+    assert prepare(str(text_200k)) == 2
+    refused(capsys, "is not a tinylm tokenizer file", "pass --data.tokenizer a file that `tinylm prepare`")
+    BPETokenizer(bpe.merges).save(tmp_path / "plain.txt")  # no special tokens
+    assert prepare(str(tmp_path / "plain.txt")) == 2
+    refused(capsys, "has no <|endoftext|> token")
+    assert not (tmp_path / "data").exists()
+    bpe.save(tmp_path / "tok.txt")
+    assert prepare(str(tmp_path / "tok.txt")) == 0
+    assert load_data_tokenizer(tmp_path / "data").same_ids(bpe)
+    bpe.truncated(300).save(tmp_path / "tok.txt")  # the file changes under the prepared folder
+    capsys.readouterr()
+    assert prepare(str(tmp_path / "tok.txt")) == 2
+    refused(capsys, "that file has changed since", "--force")
+    assert prepare(str(tmp_path / "tok.txt"), "--force") == 0
+    assert load_data_tokenizer(tmp_path / "data").vocab_size == 300
 
 
 # --------------------------------------------------------------------------- export

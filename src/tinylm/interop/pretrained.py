@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import ARCH_KEYS, checkpoint_config, checkpoint_tokenizer, load_part, resolve_checkpoint
+from ..checkpoint import ARCH_KEYS, TOKENIZER, checkpoint_config, checkpoint_tokenizer, load_part, resolve_checkpoint
 from ..config import Config, ModelConfig
 from ..errors import TinyLMError
 from ..tokenizer import Tokenizer
@@ -44,11 +44,14 @@ def start_from(cfg: Config, source: Imported, data_tokenizer: Tokenizer) -> dict
     """
     spec = cfg.train.init_from
     if not source.tokenizer.same_ids(data_tokenizer):
-        fix = ("prepare the data with --data.tokenizer gpt2 (and a --data.dir of its own)"
-               if getattr(source.tokenizer, "name", "") == "gpt2"
+        file = Path(source.source) / TOKENIZER  # a tinylm checkpoint's own copy
+        fix = ("prepare the data with --data.tokenizer gpt2" if getattr(source.tokenizer, "name", "") == "gpt2"
+               else f"prepare the data with --data.tokenizer {file}" if file.is_file()
                else "prepare the new data with that tokenizer")
-        raise TinyLMError(f"--train.init_from {spec} uses the tokenizer {source.tokenizer.describe()}, but "
-                          f"--data.dir {cfg.data.dir} was prepared with {data_tokenizer.describe()}; {fix}")
+        ours, theirs = source.tokenizer.describe(), data_tokenizer.describe()
+        raise TinyLMError(f"--train.init_from {spec} uses the tokenizer {ours}, but --data.dir {cfg.data.dir} was "
+                          f"prepared with {'another ' if theirs == ours else ''}{theirs}; {fix} (and a --data.dir "
+                          f"of its own)")
     block = cfg.model.block_size
     if source.model.pos == "learned" and block > source.model.block_size:
         raise TinyLMError(f"--model.block_size {block} is longer than the {source.model.block_size} positions "
