@@ -56,6 +56,9 @@ class ModelConfig:
     """Biases in linear layers and LayerNorm."""
     dropout: float = 0.0
     """Dropout on attention, residual branches and embeddings; 0 turns it off."""
+    attention: str = "auto"
+    """Attention kernel: sdpa (torch's fused kernel) | math (explicit matmuls) | auto (the faster, measured once per
+    machine, dtype and shape; SDPA on CUDA). Same results within the dtype's tolerance; not part of the checkpoint."""
 
 
 @dataclass
@@ -462,6 +465,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
 
     choices = {"model.mlp": ("gelu", "swiglu", "relu2"), "model.norm": ("layernorm", "rmsnorm"),
                "model.pos": ("learned", "rope"),
+               "model.attention": ("auto", "sdpa", "math"),
                "data.sampling": ("epoch", "random"), "data.encoding_errors": ("strict", "replace"),
                "data.doc_separator": ("eot", "blank", "line", "file"), "data.align": ("none", "doc"),
                "optim.name": ("adamw", "muon", "lion"),

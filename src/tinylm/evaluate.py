@@ -295,6 +295,8 @@ def evaluate_run(run: str | Path, *, checkpoint: str = "last", split: str | None
     # fp16 needs CUDA: a run trained in it is evaluated elsewhere in the best precision of that device
     precision = runtime.resolve_precision("auto" if cfg.train.precision == "fp16" and dev.type != "cuda"
                                           else cfg.train.precision, dev)
+    model.set_attention(runtime.broadcast_from_main(
+        model.choose_attention(dev, runtime.compute_dtype(precision), batch_size), d))
     result = ev.run(model, dev, precision, d)
     if not d.is_main:
         return None

@@ -69,12 +69,16 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return name
 
 
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype matmuls run in at ``precision`` (fp32 | bf16 | fp16)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
 def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """Mixed precision for the forward pass: weights stay fp32, matmuls run in ``precision``."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=compute_dtype(precision))
 
 
 # --------------------------------------------------------------------------- distributed

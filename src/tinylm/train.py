@@ -1,4 +1,4 @@
-"""The training loop: accumulation, precision, clipping, eval, logging, checkpoints, DDP.
+"""The training loop: setup, accumulation, clipping, the non-finite guard, evaluation points, DDP.
 
 One function, :func:`train`, used by the CLI, the tests and the benchmarks alike. Run it under
 ``torchrun --nproc_per_node N -m tinylm train ...`` for DistributedDataParallel (gloo on CPU,
@@ -18,18 +18,19 @@ import torch
 
 from . import checkpoint as ckpt
 from . import runtime
-from .accounting import ThroughputWindow, peak_flops, peak_memory_mb
+from .accounting import ThroughputWindow, peak_flops
 from .analysis.report import write_after_training
-from .config import Config, derive_names, grad_accum_steps, micro_batch_size, parse_duration, to_toml, validate
+from .config import Config, derive_names, grad_accum_steps, micro_batch_size, parse_duration, validate
 from .data import BatchLoader, TokenWindows, ensure_prepared, load_data_tokenizer
 from .diagnostics import nonfinite_report
 from .errors import TinyLMError
 from .evaluate import CurveChecks, EvalResult, Evaluator
-from .fileio import append_text, write_failure, write_text_atomic
-from .generate import check_prompt, sample_text
+from .generate import check_prompt
 from .model import GPT, label
 from .optim import build_optimizer, lr_scale, momentum_at, set_schedule
 from .tracking import Tracker, build_tracker
+from .train_log import Reporting
+from .train_state import Checkpointing
 
 
 def build_model(cfg: Config, rank: int, device: torch.device) -> GPT:
@@ -59,12 +60,13 @@ class TrainResult:
     stopped_early: bool
 
 
-class Trainer:
+class Trainer(Checkpointing, Reporting):
     """One training run: set up from a config, then :meth:`run`.
 
     The pieces are methods so each can be read (and tested) on its own: :meth:`train_step`
     is one optimizer step with accumulation, :meth:`evaluate` the fixed validation set (:mod:`tinylm.evaluate`),
-    :meth:`save` a checkpoint.
+    :meth:`save` a checkpoint; resuming and saving are :class:`tinylm.train_state.Checkpointing`'s,
+    logging :class:`tinylm.train_log.Reporting`'s.
     """
 
     clock = staticmethod(time.perf_counter)  # the loop's seconds (time budget, tokens/s, ETA); tests replace it
@@ -103,6 +105,11 @@ class Trainer:
         self.tokens_per_step = cfg.train.batch_size * cfg.model.block_size
         self.checks = CurveChecks(cfg.model.vocab_size, self.meta.get("unigram_entropy"), cfg.train.spike_factor)
         self.skips_in_a_row = 0
+        # steps since the last log line: (step, loss, finite), read on the host together at the next log step
+        self.pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        # fused AdamW skips a non-finite step on the device (found_inf): no host read per step. Muon, Lion and
+        # nonfinite = halt (which stops at the very step, with its batch) read the flag on the host at each step.
+        self.skip_on_device = bool(self.optimizer.defaults.get("fused")) and cfg.train.nonfinite == "skip"
         self.tracker: Tracker | None = None
 
     def _setup_process(self, cfg: Config, log) -> None:
@@ -117,22 +124,6 @@ class Trainer:
         self.precision = runtime.resolve_precision(cfg.train.precision, self.device)
         self.time_budget = parse_duration(cfg.train.time_budget)
         self.sharded = cfg.train.fsdp and d.world_size > 1  # FSDP: each process holds a shard of the weights
-
-    def _open_run_dir(self, resume: bool) -> tuple[Path, dict[str, dict] | None] | None:
-        """Lock the run folder (rank 0); under ``--resume``, the checkpoint every process continues from.
-
-        Returns (checkpoint, its parts as rank 0 loaded them; None in the other processes), or None
-        to start at step 0.
-        """
-        found = self.folder.open(self.cfg, resume, self.log) if self.d.is_main else None
-        # before preparing data, which may take long: a checkpoint of other settings is refused now (a fine-tuned
-        # run's model settings come from its checkpoint, see _init_from: _load checks it after they are adopted)
-        if found and not self.cfg.train.init_from:
-            ckpt.check_compatible(ckpt.checkpoint_config(found[0]), self.cfg, found[0])
-        path = runtime.broadcast_from_main(str(found[0]) if found else None, self.d)
-        if path is None:
-            return None
-        return Path(path), found[1] if found else None
 
     def _setup_data(self) -> None:
         """Prepare the data (rank 0; the others wait, then read it); the model's vocab size comes from it."""
@@ -152,21 +143,6 @@ class Trainer:
         self.tokenizer_bytes = (Path(cfg.data.dir) / self.meta["tokenizer_file"]).read_bytes()
         check_prompt(self.tok, cfg.sample.prompt, cfg.data.dir)  # else the first evaluation fails, and each resume
 
-    def _init_from(self, resume_from) -> dict[str, torch.Tensor] | None:
-        """``--train.init_from``: take the source's architecture; return its weights to start from (None for a
-        random init, or on resume, whose checkpoint holds the weights and took the source's architecture)."""
-        spec = self.cfg.train.init_from
-        if not spec:
-            return None
-        from .interop.pretrained import adopt_architecture, load_pretrained, start_from
-        if resume_from is not None:
-            adopt_architecture(self.cfg.model, ckpt.checkpoint_config(resume_from[0]).model)
-            return None
-        source = load_pretrained(spec)
-        state = start_from(self.cfg, source, self.tok)
-        self.log(f"init_from {source.source}: its architecture and weights, a fresh optimizer")
-        return state
-
     def _setup_model(self, init_state: dict[str, torch.Tensor] | None = None) -> None:
         """The model (its first weights ``init_state`` when given; wrapped for DDP/FSDP), its optimizer, and the
         fp16 gradient scaler."""
@@ -175,6 +151,10 @@ class Trainer:
         if init_state is not None:
             ckpt.load_state(self.raw_model, init_state, Path(cfg.train.init_from), "model")
         self.raw_model.activation_checkpointing = cfg.train.activation_checkpointing
+        kernel = self.raw_model.choose_attention(self.device, runtime.compute_dtype(self.precision),
+                                                 micro_batch_size(cfg, self.d.world_size))
+        self.attention = runtime.broadcast_from_main(kernel, self.d)  # every process runs the same kernel
+        self.raw_model.set_attention(self.attention)
         self.model = runtime.wrap_distributed(self.raw_model, self.d, self.device, fsdp=cfg.train.fsdp)
         self.optimizer = build_optimizer(self.raw_model, cfg.optim, self.device.type,
                                          torch.bfloat16 if self.precision == "bf16" else torch.float32)
@@ -191,62 +171,6 @@ class Trainer:
         self.evaluator = Evaluator.for_split(cfg.data.dir, "val", cfg.model.block_size, self.micro, self.tok,
                                              max_tokens=cfg.train.eval_tokens, rank=d.rank, world_size=d.world_size)
 
-    # ----------------------------------------------------------------- state
-
-    def _load(self, path: Path, parts: dict[str, dict]) -> None:
-        """Continue from checkpoint ``path``; ``parts`` are its loaded model, optimizer and trainer states."""
-        ckpt.check_compatible(ckpt.checkpoint_config(path), self.cfg, path)
-        state = parts["trainer"]
-        if state["world_size"] != self.d.world_size:
-            raise TinyLMError(f"checkpoint {path} was written by {state['world_size']} process(es), this run has "
-                              f"{self.d.world_size}; resume with the same --nproc_per_node")
-        self._load_weights(path, parts["model"], parts["optimizer"])
-        self.loader.load_state_dict(state["loader"])
-        self.scaler.load_state_dict(state["scaler"])
-        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]] * self.d.world_size  # older: one
-        runtime.set_rng_state(rngs[self.d.rank])
-        # trainer.pt is written before the evaluation at its step; meta.json learns that evaluation's result after
-        best_meta = ckpt.read_meta(path).get("best_val_loss")
-        self.best_val = min(state["best_val_loss"], math.inf if best_meta is None else best_meta)
-        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
-        self.elapsed_before = state["elapsed_s"]
-        self.log(f"resumed from {path} at step {self.step}")
-
-    def _load_weights(self, path: Path, model_state: dict, optim_state: dict) -> None:
-        """Model and optimizer state from a checkpoint; each group's hyperparameters from the config.
-
-        Loading replaces each group's settings with the saved ones; the config is the source of truth
-        for hyperparameters (peak LRs, decay, betas), the checkpoint for the optimizer's state.
-        """
-        settings = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
-        if self.sharded:
-            runtime.load_full_state_dicts(self.raw_model, self.optimizer, model_state, optim_state)
-        else:
-            ckpt.load_state(self.raw_model, model_state, path, "model")
-            ckpt.load_state(self.optimizer, optim_state, path, "optimizer")
-        for group, own in zip(self.optimizer.param_groups, settings, strict=True):
-            group.update(own)
-
-    def save(self, elapsed: float) -> Path | None:
-        """Checkpoint the current step (rank 0 writes). Written before evaluation, which could fail."""
-        states = runtime.full_state_dicts(self.raw_model, self.optimizer, sharded=self.sharded)
-        return self._write_checkpoint(*states, elapsed)
-
-    def _write_checkpoint(self, model_state: dict, optim_state: dict, elapsed: float) -> Path | None:
-        rng = runtime.gather_to_main(runtime.rng_state(), self.d)  # each process's: each draws its own dropout
-        if not self.d.is_main:
-            return None
-        trainer_state = {"step": self.step, "tokens_seen": self.tokens_seen, "best_val_loss": self.best_val,
-                         "elapsed_s": elapsed, "world_size": self.d.world_size, "loader": self.loader.state_dict(),
-                         "scaler": self.scaler.state_dict(), "rng": rng}
-        return ckpt.save_checkpoint(
-            self.run_dir / "checkpoints", self.step,
-            {"model": model_state, "optimizer": optim_state, "trainer": trainer_state},
-            {"tokens_seen": self.tokens_seen, "val_loss": None, "best_val_loss": self.best_val,
-             "precision": self.precision, "train_seconds": elapsed, "config": self.cfg.to_dict(),
-             "data_meta": self.meta, "device": runtime.device_name(self.device)},
-            files={ckpt.TOKENIZER: self.tokenizer_bytes}, keep_last=self.cfg.train.keep_last)
-
     # ----------------------------------------------------------------- steps
 
     def evaluate(self, passes: int | None = None) -> EvalResult:
@@ -259,17 +183,18 @@ class Trainer:
     def train_step(self, lr_scale: float) -> dict:
         """One optimizer step at ``lr_scale`` x each group's peak LR: accumulate gradients, clip, update (or skip).
 
-        Returns the step's stats; ``loss`` and ``grad_norm`` are tensors (read them only when logging).
+        Returns the step's stats; ``loss``, ``grad_norm`` and ``finite`` (False: the update was skipped) are
+        tensors on the device: reading one waits for the step to finish, so the loop reads them at log steps.
         """
         set_schedule(self.optimizer, lr_scale, momentum_at(self.step, self.cfg.optim))
         loss_sum, last_batch, data_s, compute_s = self._accumulate_gradients()
         t1 = self.clock()
         with label("optimizer"):  # `tinylm profile`'s ranges, here and below
-            grad_norm, skipped = self._clip_and_update(loss_sum, last_batch)
+            grad_norm, finite = self._clip_and_update(loss_sum, last_batch)
             self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.tokens_seen += self.tokens_per_step
-        return {"loss": loss_sum, "grad_norm": grad_norm, "skipped": skipped, "data_s": data_s,
+        return {"loss": loss_sum, "grad_norm": grad_norm, "finite": finite, "data_s": data_s,
                 "compute_s": compute_s + self.clock() - t1}
 
     def _accumulate_gradients(self) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], float, float]:
@@ -299,9 +224,9 @@ class Trainer:
         return loss_sum, (x, y), data_s, compute_s
 
     def _clip_and_update(self, loss_sum: torch.Tensor,
-                         batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, bool]:
-        """Clip the gradients and take the optimizer step, unless the loss or a gradient is not finite
-        (then halt or skip, as ``--train.nonfinite`` says). Returns (gradient norm, skipped)."""
+                         batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip the gradients and take the optimizer step, unless the loss or a gradient is not finite (then
+        skip, or halt as ``--train.nonfinite`` says). Returns (gradient norm, finite), both device tensors."""
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip)
@@ -310,43 +235,54 @@ class Trainer:
         finite = torch.isfinite(grad_norm) & torch.isfinite(loss_sum)
         if self.d.world_size > 1:  # every process must take the same decision
             finite = runtime.all_mean(finite.float(), self.d) == 1.0
-        skipped = not bool(finite) and self.precision != "fp16"  # fp16: the GradScaler skips by itself
-        if skipped:
-            self._on_nonfinite(batch, loss_sum, grad_norm)
-        else:
+        if self.precision == "fp16":  # the GradScaler skips overflowing steps by itself (and lowers its scale)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            self.skips_in_a_row = 0
-        return grad_norm, skipped
+            return grad_norm, torch.ones_like(finite)  # its skips calibrate the scale: not counted as failures
+        if self.skip_on_device:
+            self.optimizer.found_inf = (~finite).float()  # read by the fused kernel, as torch's GradScaler does
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.found_inf
+        elif bool(finite):
+            self.optimizer.step()
+        elif self.cfg.train.nonfinite == "halt":
+            self._halt(batch, loss_sum, grad_norm)
+        return grad_norm, finite
 
-    def _on_nonfinite(self, batch: tuple[torch.Tensor, torch.Tensor], loss: torch.Tensor,
-                      grad_norm: torch.Tensor) -> None:
-        """Halt, leaving the batch and a report (which gradients went bad first); or count the skip,
-        and halt after ``--train.max_skips`` in a row."""
+    def _halt(self, batch: tuple[torch.Tensor, torch.Tensor], loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """``--train.nonfinite halt``: stop at the step, leaving the batch and a report (which gradients went bad
+        first)."""
         step = self.step + 1
-        if self.cfg.train.nonfinite == "halt":
-            bundle = self.run_dir / f"nonfinite_step_{step:06d}"
-            bad = nonfinite_report(self.raw_model, batch, step, loss, grad_norm, self.cfg,
-                                   bundle if self.d.is_main else None, self.precision)
-            raise TinyLMError(f"non-finite loss/gradient at step {step} (loss {float(loss)}, grad norm "
-                              f"{float(grad_norm)}); first parameters with non-finite gradients: {bad[:5]}; "
-                              f"batch, weights and report saved in {bundle}: `tinylm doctor --nan {bundle}` names "
-                              f"the module. Lower --optim.lr, check the data, or use --train.nonfinite skip")
-        self.skips_in_a_row += 1
-        self.tracker_event(step, "nonfinite_skip", f"non-finite loss/gradient: update skipped "
-                                                   f"({self.skips_in_a_row} in a row)")
-        if self.skips_in_a_row >= self.cfg.train.max_skips:
-            raise TinyLMError(f"{self.skips_in_a_row} non-finite steps in a row (up to step {step}); training "
-                              f"has diverged: lower --optim.lr or --optim.warmup_steps, or resume from an "
-                              f"earlier checkpoint")
+        bundle = self.run_dir / f"nonfinite_step_{step:06d}"
+        bad = nonfinite_report(self.raw_model, batch, step, loss, grad_norm, self.cfg,
+                               bundle if self.d.is_main else None, self.precision)
+        raise TinyLMError(f"non-finite loss/gradient at step {step} (loss {float(loss)}, grad norm "
+                          f"{float(grad_norm)}); first parameters with non-finite gradients: {bad[:5]}; "
+                          f"batch, weights and report saved in {bundle}: `tinylm doctor --nan {bundle}` names "
+                          f"the module. Lower --optim.lr, check the data, or use --train.nonfinite skip")
 
-    def tracker_event(self, step: int, event: str, message: str, **fields) -> None:
-        if self.tracker is not None:
-            self.tracker.log({"step": step, "event": event, "message": message, **fields})
-
-    def _log_events(self, step: int, events: list[dict]) -> None:
-        for e in events:
-            self.tracker_event(step, **e)
+    def _settle(self) -> None:
+        """Read the steps since the last settle on the host, in one transfer: log each skipped (non-finite) step,
+        halt after ``--train.max_skips`` in a row, and watch the finite losses for spikes."""
+        if not self.pending:
+            return
+        rows = torch.stack([torch.stack((loss.float(), finite.float())) for _, loss, finite in self.pending]).tolist()
+        steps = [step for step, _, _ in self.pending]
+        self.pending = []
+        for step, (loss, finite) in zip(steps, rows, strict=True):
+            if finite:
+                self.skips_in_a_row = 0
+                self._log_events(step, self.checks.train(loss))
+                continue
+            self.skips_in_a_row += 1
+            self.tracker_event(step, "nonfinite_skip", f"non-finite loss/gradient: update skipped "
+                                                       f"({self.skips_in_a_row} in a row)")
+            if self.skips_in_a_row >= self.cfg.train.max_skips:
+                raise TinyLMError(f"{self.skips_in_a_row} non-finite steps in a row (up to step {step}); training "
+                                  f"has diverged: lower --optim.lr or --optim.warmup_steps, or resume from an "
+                                  f"earlier checkpoint")
 
     # ----------------------------------------------------------------- evaluation points and logging
 
@@ -367,56 +303,9 @@ class Trainer:
             self._write_sample(model_state, val_loss)
         return val_loss
 
-
-    def _write_sample(self, model_state: dict, val_loss: float) -> None:
-        """Append to samples.md what `tinylm sample` would give from this step's checkpoint."""
-        sampler = self.raw_model
-        if self.sharded:  # sharded weights: sample from a full copy
-            sampler = GPT(self.cfg.model).to(self.device)
-            sampler.load_state_dict(model_state)
-        text = sample_text(sampler, self.tok, self.cfg.sample, seed=self.cfg.train.seed)
-        entry = f"## step {self.step} (val loss {val_loss:.4f})\n\n```\n{text}\n```\n\n"
-        append_text(self.run_dir / "samples.md", entry)
-
-    def _describe(self) -> None:
-        """Write config.toml; log the model and the setup."""
-        m, cfg = self.raw_model, self.cfg
-        if self.d.is_main:
-            try:
-                write_text_atomic(self.run_dir / "config.toml", to_toml(cfg))
-            except OSError as e:
-                raise write_failure(e, self.run_dir / "config.toml") from None
-        self.log(f"model: {m.num_params() / 1e6:.2f}M parameters ({m.num_params(non_embedding=True) / 1e6:.2f}M "
-                 f"non-embedding), {m.flops_per_token() / 1e6:.1f} MFLOP/token; device {self.device}, precision "
-                 f"{self.precision}, {self.d.world_size} process(es){' FSDP' if cfg.train.fsdp else ''}, "
-                 f"micro-batch {self.micro} x {self.accum} accumulation")
-
-    def _log_step(self, stats: dict, scale: float) -> None:
-        """The loss averaged over processes; rank 0 logs it with the window's throughput. Starts a new window."""
-        self.train_loss = float(runtime.all_mean(stats["loss"].clone(), self.d))
-        if self.tracker is not None:
-            speed = self.window.record(self.tokens_per_step, self.raw_model.flops_per_token(), self.peak,
-                                       self.d.world_size)
-            self.tracker.log({"step": self.step, "loss": self.train_loss, "lr": scale * self.cfg.optim.lr,
-                              **{f"lr_{g['role']}": g["lr"] for g in self.optimizer.param_groups},
-                              "grad_norm": float(stats["grad_norm"]), **speed,
-                              "peak_mem_mb": peak_memory_mb(self.device), "tokens_seen": self.tokens_seen,
-                              "elapsed_s": self._elapsed(), "eta_s": self._eta()})
-            if speed["data_ms"] > 0.1 * speed["compute_ms"]:
-                self.tracker_event(self.step, "slow_data", f"data loading takes {speed['data_ms']:.1f} ms per step, "
-                                   f"over 10% of compute ({speed['compute_ms']:.1f} ms)")
-        self.window.restart()
-
     def _elapsed(self) -> float:
         """Training seconds of this run, earlier sessions included."""
         return self.elapsed_before + self.clock() - self.t_start
-
-    def _eta(self) -> float:
-        """Seconds left at the window's pace, or to the end of the time budget when that comes first."""
-        remaining = self.window.eta(self.cfg.train.max_steps - self.step)
-        if self.time_budget:
-            remaining = min(remaining, self.time_budget - self._elapsed())
-        return max(remaining, 0.0)
 
     # ----------------------------------------------------------------- the run
 
@@ -485,6 +374,8 @@ class Trainer:
             scale = lr_scale(self.step, self.cfg.optim, tc.max_steps, time_frac)
             stats = self._timed_step(scale)
             last = self._finished(self._elapsed())  # then the final evaluation follows: no other one at this step
+            if self.step % tc.log_interval == 0 or last or stop.requested:
+                self._settle()  # the only wait for the device between steps
             if self.step % tc.log_interval == 0 or last:  # the last step is logged: the final train loss
                 self._log_step(stats, scale)
             if not last:
@@ -498,7 +389,7 @@ class Trainer:
                 return False
 
     def _timed_step(self, scale: float) -> dict:
-        """:meth:`train_step`, counted in the throughput window and watched for loss spikes."""
+        """:meth:`train_step`, counted in the throughput window; its loss and skip flag wait for :meth:`_settle`."""
         first_compiled = self.step == 0 and self.cfg.train.compile
         stats = self.train_step(scale)
         if first_compiled:  # the first compiled step includes compilation: report it apart
@@ -507,8 +398,7 @@ class Trainer:
             self.window.restart()
         else:
             self.window.add(stats["data_s"], stats["compute_s"])
-        if not stats["skipped"]:
-            self._log_events(self.step, self.checks.train(float(stats["loss"])))
+        self.pending.append((self.step, stats["loss"], stats["finite"]))
         return stats
 
     def _eval_or_save(self) -> None:
