@@ -66,7 +66,8 @@ class DataConfig:
     corpus: str = "shakespeare"
     """Named corpus (shakespeare, tinyshakespeare, tinystories, pystdlib, ...) or a file/dir/glob."""
     tokenizer: str = "char"
-    """char | bpe (trained on the corpus) | gpt2 (GPT-2's 50257-token BPE)."""
+    """char | bpe (trained on the corpus) | gpt2 (GPT-2's 50257-token BPE) | a tinylm tokenizer file, e.g. another
+    run's data/<name>/tokenizer.txt (fine-tuning that run with --train.init_from needs its ids)."""
     vocab_size: int = 4096
     """Target vocabulary for tokenizer = bpe (ignored for char and gpt2)."""
     dir: str = ""
@@ -418,16 +419,33 @@ def parse_bytes(text: str) -> int | None:
     return int(float(m[1].replace("_", "")) * _BYTE_UNITS[unit])
 
 
+TOKENIZERS = ("char", "bpe", "gpt2")  # data.tokenizer's names; anything else is a tokenizer file
+
+
+def tokenizer_file(d: DataConfig) -> Path | None:
+    """``--data.tokenizer`` as a file path, or None when it names a tokenizer (char, bpe, gpt2)."""
+    return None if d.tokenizer in TOKENIZERS else Path(d.tokenizer)
+
+
 def default_name(d: DataConfig) -> str:
     """The folder name of a corpus + tokenizer (+ vocab for bpe, + the data.max_bytes cap), what data.dir and
     run.name default to: ``notes.txt`` char -> ``notes-char``, ``tinystories`` bpe 4096 -> ``tinystories-bpe4096``,
-    ``logs/**/*.log`` gpt2 -> ``logs-gpt2``. Another corpus or tokenizer gets another name, so a run on your own
-    text never lands in the demo's folders."""
+    ``logs/**/*.log`` gpt2 -> ``logs-gpt2``; a tokenizer file names its folder: ``notes.txt`` with
+    ``data/tinystories-bpe4096/tokenizer.txt`` -> ``notes-tok-tinystories-bpe4096``. Another corpus or tokenizer
+    gets another name, so a run on your own text never lands in the demo's folders."""
     parts = [p for p in re.split(r"[/\\]", d.corpus) if p not in ("", ".", "..", "~") and not set(p) & set("*?[")]
-    stem = Path(parts[-1]).stem if parts else ""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip(".-") or "corpus"
+    stem = _safe_name(Path(parts[-1]).stem if parts else "", "corpus")
     cap = "-" + re.sub(r"[^A-Za-z0-9.]+", "", d.max_bytes) if d.max_bytes.strip() else ""
+    file = tokenizer_file(d)
+    if file is not None:  # data/<name>/tokenizer.txt -> <name>; runs/<run>/checkpoints/<step>/tokenizer.txt -> <run>
+        folder = file.parents[2] if file.parent.parent.name == "checkpoints" else file.parent
+        return f"{stem}-tok-{_safe_name(folder.name if file.stem == 'tokenizer' else file.stem, 'file')}{cap}"
     return f"{stem}-{d.tokenizer}{d.vocab_size if d.tokenizer == 'bpe' else ''}{cap}"
+
+
+def _safe_name(name: str, fallback: str) -> str:
+    """``name`` safe in a folder name: ``"My Notes" -> "My-Notes"``; ``fallback`` when nothing is left."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-") or fallback
 
 
 def derive_names(cfg: Config) -> Config:
@@ -447,7 +465,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
 
     choices = {"model.mlp": ("gelu", "swiglu", "relu2"), "model.norm": ("layernorm", "rmsnorm"),
                "model.pos": ("learned", "rope"),
-               "model.attention": ("auto", "sdpa", "math"), "data.tokenizer": ("char", "bpe", "gpt2"),
+               "model.attention": ("auto", "sdpa", "math"),
                "data.sampling": ("epoch", "random"), "data.encoding_errors": ("strict", "replace"),
                "data.doc_separator": ("eot", "blank", "line", "file"), "data.align": ("none", "doc"),
                "optim.name": ("adamw", "muon", "lion"),
@@ -469,6 +487,11 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     need(m.vocab_size == 0 or m.vocab_size >= 2, "--model.vocab_size must be 0 (from the data) or >= 2")
     need(0.0 <= m.dropout < 1.0, f"--model.dropout {m.dropout} must be in [0, 1)")
     need(m.mlp_ratio > 0, "--model.mlp_ratio must be positive")
+    file = tokenizer_file(d)
+    need(file is None or file.is_file(),
+         f"--data.tokenizer {d.tokenizer!r} is not one of {', '.join(TOKENIZERS)}, nor a tokenizer file"
+         + (f" (it is a folder: give the file in it, e.g. {file / 'tokenizer.txt'})" if file and file.is_dir()
+            else " (no such file)") + "; pass another run's data/<name>/tokenizer.txt to reuse its tokenizer")
     need(d.tokenizer != "bpe" or d.vocab_size >= 257,
          f"--data.vocab_size {d.vocab_size} is too small for byte-level BPE: it needs the 256 byte "
          f"tokens plus at least one merge (use >= 257, e.g. 4096)")
