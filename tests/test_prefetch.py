@@ -5,37 +5,20 @@ The same code runs on CUDA with pinned memory and a copy stream; tests/test_cuda
 import pytest
 import torch
 
-from tinylm.config import Config, DataConfig, set_value, validate
-from tinylm.data import BatchLoader, PrefetchLoader, TokenWindows, prepare, with_prefetch
+from tinylm.config import Config, set_value, validate
+from tinylm.data import BatchLoader, PrefetchLoader, with_prefetch
 from tinylm.diagnostics import logged_losses
 from tinylm.errors import TinyLMError
 from tinylm.runtime import enable_tf32
 from tinylm.train import Trainer, train
 
-from conftest import tiny_config
-
-
-@pytest.fixture(scope="module")
-def windows(tmp_path_factory, text_200k) -> TokenWindows:
-    """About 190 windows of 16 characters: a loader of 4 goes round an epoch in ~48 batches."""
-    tmp = tmp_path_factory.mktemp("prefetch")
-    corpus = tmp / "corpus.txt"
-    corpus.write_text(text_200k.read_text(encoding="utf-8")[:3_400], encoding="utf-8")
-    cfg = DataConfig(corpus=str(corpus), dir=str(tmp / "prep"), tokenizer="char")
-    prepare(cfg, progress=False, log=lambda *a: None)
-    return TokenWindows(cfg.dir, "train", 16)
-
-
-def same_position(a: dict, b: dict) -> bool:
-    """Two loader states are the same position (the generator state is a tensor)."""
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k]
-                                        for k in a)
+from conftest import same_position, tiny_config
 
 
 @pytest.mark.parametrize("mode", ["epoch", "random"])
-def test_prefetching_gives_the_same_batches_and_positions(windows, mode):
-    plain = BatchLoader(windows, 4, mode=mode, seed=3)
-    ahead = PrefetchLoader(BatchLoader(windows, 4, mode=mode, seed=3))
+def test_prefetching_gives_the_same_batches_and_positions(small_windows, mode):
+    plain = BatchLoader(small_windows, 4, mode=mode, seed=3)
+    ahead = PrefetchLoader(BatchLoader(small_windows, 4, mode=mode, seed=3))
     n_epoch = len(plain._epoch_starts()) // 4
     for _ in range(n_epoch + 5):  # across an epoch's end (a new shift and permutation)
         assert same_position(ahead.state_dict(), plain.state_dict())  # consumed, not built ahead
@@ -45,42 +28,42 @@ def test_prefetching_gives_the_same_batches_and_positions(windows, mode):
     ahead.close()
 
 
-def test_a_prefetching_loader_resumes_where_its_batches_were_used(windows):
+def test_a_prefetching_loader_resumes_where_its_batches_were_used(small_windows):
     """Its position, saved mid-stream while the next batch is already built, continues with exactly the batches
     an uninterrupted loader gives next, whether it resumes with prefetching or without."""
-    ahead = PrefetchLoader(BatchLoader(windows, 4, seed=7))
+    ahead = PrefetchLoader(BatchLoader(small_windows, 4, seed=7))
     for _ in range(10):
         ahead.next_batch()
     state = ahead.state_dict()
     expected = [ahead.next_batch() for _ in range(6)]
-    again = PrefetchLoader(BatchLoader(windows, 4, seed=7))
+    again = PrefetchLoader(BatchLoader(small_windows, 4, seed=7))
     again.next_batch()  # a batch built ahead from the old position is dropped on load
     again.load_state_dict(state)
-    plain = BatchLoader(windows, 4, seed=7)
+    plain = BatchLoader(small_windows, 4, seed=7)
     plain.load_state_dict(state)
     for x, y in expected:
         for loader in (again, plain):
             nx, ny = loader.next_batch()
             assert torch.equal(nx, x) and torch.equal(ny, y)
     with pytest.raises(TinyLMError, match="differs from this run's"):  # the wrapped loader's check, unchanged
-        PrefetchLoader(BatchLoader(windows, 4, seed=8)).load_state_dict(state)
+        PrefetchLoader(BatchLoader(small_windows, 4, seed=8)).load_state_dict(state)
 
 
-def test_an_error_while_building_ahead_reaches_the_caller(windows):
+def test_an_error_while_building_ahead_reaches_the_caller(small_windows):
     class Broken(BatchLoader):
         def next_host_batch(self):
             raise TinyLMError("shard unreadable")
 
     with pytest.raises(TinyLMError, match="shard unreadable"):
-        PrefetchLoader(Broken(windows, 4)).next_batch()
+        PrefetchLoader(Broken(small_windows, 4)).next_batch()
 
 
-def test_prefetch_setting(windows):
-    loader = BatchLoader(windows, 4)
+def test_prefetch_setting(small_windows):
+    loader = BatchLoader(small_windows, 4)
     assert with_prefetch(loader, "off") is loader
     assert with_prefetch(loader, "auto") is loader  # a CPU device: the thread would compete with the step
     ahead = with_prefetch(loader, "on")
-    assert isinstance(ahead, PrefetchLoader) and ahead.w is windows
+    assert isinstance(ahead, PrefetchLoader) and ahead.w is small_windows
     cfg = Config()
     set_value(cfg, "data.prefetch", "always")
     with pytest.raises(TinyLMError, match=r"--data\.prefetch 'always' is not one of auto, on, off"):
