@@ -124,7 +124,7 @@ def test_fused_adamw_tf32_and_prefetch_are_on(tmp_path, text_200k):
     torch.set_float32_matmul_precision("highest")
     trainer = Trainer(cuda_config(tmp_path, text_200k), log=quiet)
     try:
-        assert torch.get_float32_matmul_precision() == "high" and torch.backends.cuda.matmul.allow_tf32
+        assert torch.get_float32_matmul_precision() == "high"
         assert isinstance(trainer.loader, PrefetchLoader)
         opt = trainer.optimizer
         assert opt.defaults["fused"] is True and all(g["fused"] for g in opt.param_groups)
