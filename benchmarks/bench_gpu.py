@@ -105,7 +105,7 @@ def tinylm_contender(data: DataConfig, runs: Path, batch: int, compile_model: bo
 
     opt = trainer.optimizer.defaults
     impl = "fused" if opt.get("fused") else "foreach" if opt.get("foreach") else "for-loop"
-    notes = (f"Trainer.train_step, mlp {cfg.model.mlp}, AdamW {impl}, loader {type(trainer.loader).__name__}"
+    notes = (f"Trainer.train_step, attention {trainer.attention}, AdamW {impl}, loader {type(trainer.loader).__name__}"
              + (", torch.compile" if compile_model else ""))
     return Contender(f"tinylm {'compiled' if compile_model else 'eager'} bf16", notes,
                      trainer.raw_model.num_params(), step, close)
