@@ -89,6 +89,9 @@ class DataConfig:
     """Non-UTF-8 bytes in the corpus: strict (stop with the file and offset) | replace (U+FFFD)."""
     num_workers: int = 0
     """Tokenizer worker processes for prepare; 0 = choose from the corpus size and CPU count."""
+    prefetch: str = "auto"
+    """Build the next training batch in a background thread during the step (pinned, non-blocking copy on CUDA):
+    auto (on CUDA only) | on | off."""
 
 
 @dataclass
@@ -468,6 +471,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
                "model.attention": ("auto", "sdpa", "math"),
                "data.sampling": ("epoch", "random"), "data.encoding_errors": ("strict", "replace"),
                "data.doc_separator": ("eot", "blank", "line", "file"), "data.align": ("none", "doc"),
+               "data.prefetch": ("auto", "on", "off"),
                "optim.name": ("adamw", "muon", "lion"),
                "optim.schedule": ("constant", "cosine", "wsd", "cosine_warmdown"),
                "optim.decay_shape": ("linear", "cosine", "1-sqrt"),

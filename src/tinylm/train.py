@@ -21,7 +21,7 @@ from . import runtime
 from .accounting import ThroughputWindow, peak_flops
 from .analysis.report import write_after_training
 from .config import Config, derive_names, grad_accum_steps, micro_batch_size, parse_duration, validate
-from .data import BatchLoader, TokenWindows, ensure_prepared, load_data_tokenizer
+from .data import BatchLoader, TokenWindows, ensure_prepared, load_data_tokenizer, with_prefetch
 from .diagnostics import nonfinite_report
 from .errors import TinyLMError
 from .evaluate import CurveChecks, EvalResult, Evaluator
@@ -121,6 +121,7 @@ class Trainer(Checkpointing, Reporting):
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.device = runtime.resolve_device(cfg.train.device, d.local_rank)
+        runtime.enable_tf32(self.device)
         self.precision = runtime.resolve_precision(cfg.train.precision, self.device)
         self.time_budget = parse_duration(cfg.train.time_budget)
         self.sharded = cfg.train.fsdp and d.world_size > 1  # FSDP: each process holds a shard of the weights
@@ -168,6 +169,7 @@ class Trainer(Checkpointing, Reporting):
         windows = TokenWindows(cfg.data.dir, "train", cfg.model.block_size)
         self.loader = BatchLoader(windows, self.micro, mode=cfg.data.sampling, seed=cfg.train.seed,
                                   rank=d.rank, world_size=d.world_size, device=self.device, align=cfg.data.align)
+        self.loader = with_prefetch(self.loader, cfg.data.prefetch)  # the next batch built during the step
         self.evaluator = Evaluator.for_split(cfg.data.dir, "val", cfg.model.block_size, self.micro, self.tok,
                                              max_tokens=cfg.train.eval_tokens, rank=d.rank, world_size=d.world_size)
 
