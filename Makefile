@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 SHARED ?= $(abspath ../shared)
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast test-gpu lint bench bench-gpu clean
 
 setup: $(BIN)/.setup-done
 
@@ -41,9 +41,19 @@ lint: setup
 test-fast: setup
 	TINYLM_SHARED_DATA=$(SHARED)/data TIKTOKEN_CACHE_DIR=$(SHARED)/tiktoken_cache $(BIN)/python -m pytest -q -m "not slow"
 
+# the GPU suite alone (tests/test_cuda.py; each test skips, saying why, where torch sees no CUDA device).
+# Needs a CUDA build of torch: make setup TORCH="torch>=2.4" (or your CUDA wheel)
+test-gpu: setup
+	TINYLM_SHARED_DATA=$(SHARED)/data TIKTOKEN_CACHE_DIR=$(SHARED)/tiktoken_cache $(BIN)/python -m pytest -q -m cuda tests/test_cuda.py
+
 bench: setup
 	$(BIN)/pip install --quiet -e ".[bench]" "$(TORCH)"
 	$(BIN)/python benchmarks/bench_train.py
+
+# GPT-2 small (124M, context 1024) training step on the GPU: tinylm eager and compiled vs Hugging Face GPT-2
+bench-gpu: setup
+	$(BIN)/pip install --quiet -e ".[bench]"
+	TINYLM_SHARED_DATA=$(SHARED)/data $(BIN)/python benchmarks/bench_gpu.py
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache

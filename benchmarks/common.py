@@ -88,6 +88,19 @@ def machine_line(info: dict[str, Any]) -> str:
             f"tinylm {info['tinylm']} (git {info['git']}); load average {load_average(info['loadavg'])}")
 
 
+def gpu_line(index: int = 0) -> str:
+    """CUDA device ``index`` on one line: name, memory, compute capability, SMs, CUDA and driver-side versions;
+    "no CUDA device" where torch sees none."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return f"no CUDA device (torch {torch.__version__})"
+    p = torch.cuda.get_device_properties(index)
+    return (f"{p.name}, {p.total_memory / 2**30:.0f} GiB, compute capability {p.major}.{p.minor}, "
+            f"{p.multi_processor_count} SMs; {torch.cuda.device_count()} GPU(s) visible; torch {torch.__version__}, "
+            f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")
+
+
 def load_average(loads: tuple[float, ...]) -> str:
     return " ".join(f"{x:.2f}" for x in loads)
 

@@ -56,3 +56,12 @@ def test_timers_and_cpu_sampling(benchmarks):
         assert 0 <= common.cpu_idle_pct(0.01) <= 100
         assert 0 <= common.busy_elsewhere(0.01) <= 1
     assert math.isnan(common.wait_for_quiet(0))  # 0: don't wait, don't measure
+
+
+def test_bench_gpu_without_cuda_says_so_in_one_line(benchmarks, monkeypatch):
+    bench_gpu = benchmarks("bench_gpu")
+    monkeypatch.setattr(bench_gpu.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as stop:
+        bench_gpu.main(["--steps", "1"])
+    message = str(stop.value.code)
+    assert "no CUDA device" in message and "make bench-gpu" in message and "\n" not in message

@@ -66,9 +66,10 @@ def tokens(model, prompts, s, **kw) -> list[list[list[int]]]:
 
 # --------------------------------------------------------------------------- the KV cache
 
+@pytest.mark.parametrize("kernel", ["sdpa", "math"])
 @pytest.mark.parametrize("kind", VARIANTS)
-def test_cached_logits_equal_full_recompute(kind):
-    model = tiny(**VARIANTS[kind])
+def test_cached_logits_equal_full_recompute(kind, kernel):
+    model = tiny(**VARIANTS[kind], attention=kernel)
     x = torch.randint(0, V, (3, 30))
     full, _ = model(x)  # (3, 30, V)
     cache = model.new_cache(3)
@@ -79,9 +80,10 @@ def test_cached_logits_equal_full_recompute(kind):
     assert cache.length == 30
 
 
+@pytest.mark.parametrize("kernel", ["sdpa", "math"])
 @pytest.mark.parametrize("kind", ["learned", "rope"])
-def test_left_padded_rows_see_what_they_would_see_alone(kind):
-    model = tiny(**VARIANTS[kind])
+def test_left_padded_rows_see_what_they_would_see_alone(kind, kernel):
+    model = tiny(**VARIANTS[kind], attention=kernel)
     a, b = torch.randint(0, V, (1, 20)), torch.randint(0, V, (1, 14))
     idx = torch.cat([a, torch.cat([torch.zeros(1, 6, dtype=torch.long), b], dim=1)])  # (2, 20), b left-padded
     valid = torch.ones(2, 20, dtype=torch.bool)

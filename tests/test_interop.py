@@ -5,17 +5,22 @@ the reference: logits agree to 1e-5 in fp32 and greedy generation gives the same
 """
 import hashlib
 import json
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tinylm import checkpoint as ckpt
 from tinylm.checkpoint import load_for_inference
 from tinylm.cli import main
-from tinylm.config import SampleConfig, build_config
+from tinylm.config import SampleConfig, build_config, default_name
+from tinylm.data import load_data_tokenizer, load_meta
 from tinylm.generate import generate
+from tinylm.interop.hf_import import import_hf, imported_model
 from tinylm.model import GPT
 from tinylm.tokenizer import BPETokenizer, CharTokenizer
+from tinylm.tokenizer.io import save_hf
 from tinylm.train import Trainer, train
 
 from conftest import REPO, shared_text, tiny_config
@@ -113,7 +118,7 @@ def test_import_refuses_other_models_and_existing_folders(tmp_path, hf_gpt2, cap
     other.mkdir()
     (other / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
     for change, needle in (({"activation_function": "relu"}, "activation_function = 'relu'"),
-                           ({"model_type": "llama"}, "holds a 'llama' model")):
+                           ({"model_type": "bert"}, "holds a 'bert' model; tinylm reads GPT-2 and Llama")):
         (other / "config.json").write_text(json.dumps({**json.loads((folder / "config.json").read_text()),
                                                        **change}))
         assert main(["import", str(other), "--out", str(tmp_path / "run")]) == 2
@@ -188,6 +193,62 @@ def test_init_from_a_run_and_resuming_the_fine_tuned_run(tmp_path, text_200k):
     again = tiny_config(tmp_path, text_200k, **{"run.name": "ft", "train.init_from": str(src.run_dir),
                                                "train.max_steps": 7})
     assert Trainer(again, resume=True, log=lambda *a: None).run().step == 7  # the architecture came back too
+
+
+def test_fine_tuning_an_own_tokenizer_run_with_its_tokenizer_file(tmp_path, text_200k):
+    """Run A trains its BPE on one text; run B fine-tunes A on another text prepared with A's tokenizer file."""
+    a = tiny_config(tmp_path, text_200k, **{"run.name": "a", "data.dir": str(tmp_path / "data" / "a"),
+                                           "data.tokenizer": "bpe", "data.vocab_size": 400, "train.max_steps": 5})
+    train(a, log=lambda *a: None)
+    other = tmp_path / "other.txt"
+    other.write_text(shared_text("tinyshakespeare/input.txt")[-150_000:])  # not in A's first 200K characters
+    tok_file = tmp_path / "data" / "a" / "tokenizer.txt"
+    b = tiny_config(tmp_path, other, **{"run.name": "b", "data.dir": str(tmp_path / "data" / "b"),
+                                       "data.tokenizer": str(tok_file), "train.init_from": str(a.run_dir),
+                                       "train.max_steps": 5})
+    assert default_name(b.data) == "other-tok-a"
+    trainer = Trainer(b, log=lambda *a: None)
+    meta = load_meta(b.data.dir)
+    assert meta["data"]["tokenizer"] == str(tok_file) and meta["vocab_size"] == 400
+    assert load_data_tokenizer(b.data.dir).same_ids(load_data_tokenizer(a.data.dir))
+    assert meta["train"]["tokens"] != load_meta(a.data.dir)["train"]["tokens"]  # the new text, not A's
+    weights = load_for_inference(a.run_dir, device="cpu").model.state_dict()
+    assert all(torch.equal(v, weights[k]) for k, v in trainer.raw_model.state_dict().items())
+    assert trainer.run().step == 5
+    # the same text prepared with another BPE of the same size: refused, naming both
+    c = tiny_config(tmp_path, other, **{"run.name": "c", "data.dir": str(tmp_path / "data" / "c"),
+                                       "data.tokenizer": "bpe", "data.vocab_size": 400,
+                                       "train.init_from": str(a.run_dir)})
+    with pytest.raises(Exception, match=r"--train.init_from .* uses the tokenizer bpe \(400 ids\), but --data.dir "
+                                        r".*c was prepared with another bpe \(400 ids\); prepare the data with "
+                                        r"--data.tokenizer .*step_000005/tokenizer.txt"):
+        Trainer(c, log=lambda *a: None)
+
+
+def test_a_tokenizer_file_that_cannot_be_used_is_refused_in_one_line(tmp_path, text_200k, bpe, capsys):
+    def prepare(tokenizer: str, *more: str) -> int:
+        return main(["prepare", "--data.corpus", str(text_200k), "--data.dir", str(tmp_path / "data"),
+                     "--data.tokenizer", tokenizer, "--run.progress", "false", *more])
+
+    assert prepare(str(tmp_path / "missing.txt")) == 2
+    refused(capsys, "--data.tokenizer", "missing.txt", "nor a tokenizer file (no such file)")
+    assert prepare(str(tmp_path)) == 2
+    refused(capsys, f"it is a folder: give the file in it, e.g. {tmp_path / 'tokenizer.txt'}")
+    assert prepare(str(text_200k)) == 2
+    refused(capsys, "is not a tinylm tokenizer file", "pass --data.tokenizer a file that `tinylm prepare`")
+    BPETokenizer(bpe.merges).save(tmp_path / "plain.txt")  # no special tokens
+    assert prepare(str(tmp_path / "plain.txt")) == 2
+    refused(capsys, "has no <|endoftext|> token")
+    assert not (tmp_path / "data").exists()
+    bpe.save(tmp_path / "tok.txt")
+    assert prepare(str(tmp_path / "tok.txt")) == 0
+    assert load_data_tokenizer(tmp_path / "data").same_ids(bpe)
+    bpe.truncated(300).save(tmp_path / "tok.txt")  # the file changes under the prepared folder
+    capsys.readouterr()
+    assert prepare(str(tmp_path / "tok.txt")) == 2
+    refused(capsys, "that file has changed since", "--force")
+    assert prepare(str(tmp_path / "tok.txt"), "--force") == 0
+    assert load_data_tokenizer(tmp_path / "data").vocab_size == 300
 
 
 # --------------------------------------------------------------------------- export
@@ -265,6 +326,91 @@ def test_export_refuses_a_char_tokenizer_and_a_foreign_folder(tmp_path, bpe, cap
     refused(capsys, f"--out {mine} exists and is not a tinylm Hugging Face export")
     assert files(mine) == {"config.json": hashlib.sha256(b"{}").hexdigest()}
 
+
+
+# --------------------------------------------------------------------------- eval of Hugging Face folders
+
+def eval_json(capsys, *args) -> dict:
+    """`tinylm eval ... --json`'s report."""
+    capsys.readouterr()
+    assert main(["eval", *map(str, args), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_eval_of_an_exported_folder_equals_eval_of_its_run(tmp_path, text_200k, arch, capsys):
+    cfg = tiny_config(tmp_path, text_200k, **{"data.tokenizer": "bpe", "data.vocab_size": 400, "train.max_steps": 10,
+                                             "train.eval_interval": 0, **FAMILIES[arch]})
+    train(cfg, log=lambda *a: None)
+    out = tmp_path / "hf"
+    assert main(["export", str(cfg.run_dir), "--format", "hf", "--out", str(out)]) == 0
+    text = tmp_path / "other.txt"
+    text.write_text(shared_text("tinyshakespeare/input.txt")[-30_000:])
+    ours = eval_json(capsys, cfg.run_dir, "--text", text)
+    theirs = eval_json(capsys, out, "--text", text, "--batch-size", "3")
+    assert ours["step"] == 10 and theirs["step"] is None and theirs["checkpoint"] == str(out)
+    assert (theirs["tokens"], theirs["bytes"]) == (ours["tokens"], ours["bytes"]) and ours["tokens"] > 5000
+    assert abs(theirs["loss"] - ours["loss"]) < TOL and abs(theirs["bits_per_byte"] - ours["bits_per_byte"]) < TOL
+    # read back, the folder is the run's model: its tokenizer, and every weight (GPT-2's zero biases aside)
+    run, source = load_for_inference(cfg.run_dir, device="cpu"), import_hf(str(out))
+    assert source.tokenizer.same_ids(run.tokenizer)
+    assert all(torch.equal(source.state[k], v) for k, v in run.model.state_dict().items())
+    same = [k for k in ckpt.ARCH_KEYS if k != "bias"]  # GPT-2 without biases reads back with zero biases
+    assert [getattr(source.model, k) for k in same] == [getattr(run.config.model, k) for k in same]
+
+
+def test_eval_of_a_transformers_gpt2_folder_is_transformers_loss(tmp_path, hf_gpt2, capsys):
+    """A folder save_pretrained wrote (no tokenizer files: GPT-2's own, from tiktoken) against the loss and
+    bits per byte computed here from transformers' logits on the same windows."""
+    hf, folder = hf_gpt2
+    enc = pytest.importorskip("tiktoken").get_encoding("gpt2")
+    text = shared_text("tinyshakespeare/input.txt")[-6_000:].strip()  # a document has no outer whitespace
+    (tmp_path / "t.txt").write_text(text)
+    report = eval_json(capsys, folder, "--text", tmp_path / "t.txt")
+    ids = [*enc.encode_ordinary(text), enc.eot_token]  # one document, then its end
+    T, sums = hf.config.n_positions, torch.zeros(3, dtype=torch.float64)  # nats, nats of text tokens, bytes
+    for o in range(0, len(ids) - 1, T):
+        window = torch.tensor([ids[o:o + T + 1]])
+        with torch.no_grad():
+            nats = F.cross_entropy(hf(window[:, :-1]).logits[0], window[0, 1:], reduction="none").double()
+        nbytes = torch.tensor([0 if t == enc.eot_token else len(enc.decode_single_token_bytes(t))
+                               for t in window[0, 1:].tolist()])
+        sums += torch.stack([nats.sum(), (nats * (nbytes > 0)).sum(), nbytes.sum()])
+    scored_bytes = len(text.encode()) - len(enc.decode_single_token_bytes(ids[0]))  # the targets: all but the first
+    assert report["tokens"] == len(ids) - 1 and report["bytes"] == int(sums[2]) == scored_bytes
+    assert abs(report["loss"] - sums[0].item() / (len(ids) - 1)) < TOL
+    assert abs(report["bits_per_byte"] - sums[1].item() / (math.log(2) * sums[2].item())) < TOL
+    assert 4 < report["bits_per_byte"] < 7  # random weights: near log2(50257) = 15.6 bits per ~3-byte token
+
+
+def test_a_transformers_llama_folder_reads_as_the_same_model(tmp_path, bpe):
+    """The reverse of the Llama export on a folder transformers built: an odd MLP width, an untied head."""
+    config = dict(vocab_size=bpe.vocab_size, hidden_size=32, intermediate_size=87, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64, rms_norm_eps=1e-6)
+    torch.manual_seed(0)
+    hf = shake(transformers.LlamaForCausalLM(transformers.LlamaConfig(**config)))
+    hf.save_pretrained(tmp_path / "llama")
+    save_hf(bpe, tmp_path / "llama" / "tokenizer.json")
+    source = import_hf(str(tmp_path / "llama"))
+    assert source.model.tie_embeddings is False and source.tokenizer.same_ids(bpe)
+    x = tokens(64, bpe.vocab_size)
+    with torch.no_grad():
+        assert (hf(x).logits - imported_model(source, tmp_path / "llama", "cpu")(x)[0]).abs().max() < TOL
+
+
+def test_eval_of_a_folder_refuses_what_it_cannot_score(tmp_path, hf_gpt2, bpe, capsys):
+    _, folder = hf_gpt2
+    (tmp_path / "t.txt").write_text("To be, or not to be.")
+    assert main(["eval", str(folder)]) == 2
+    refused(capsys, "is a Hugging Face model folder", "score a file with --text FILE")
+    grouped = tmp_path / "grouped"
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=bpe.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, rms_norm_eps=1e-6)).save_pretrained(grouped)
+    save_hf(bpe, grouped / "tokenizer.json")
+    capsys.readouterr()  # transformers' progress bar
+    assert main(["eval", str(grouped), "--text", str(tmp_path / "t.txt")]) == 2
+    refused(capsys, "num_key_value_heads = 2 has no tinylm counterpart", "a key/value head per query head")
 
 
 @pytest.mark.slow

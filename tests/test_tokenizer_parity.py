@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from tinylm.errors import TinyLMError
 from tinylm.tokenizer import DisallowedSpecial
 from tinylm.tokenizer.bpe import BPETokenizer, encode_reference
-from tinylm.tokenizer.io import load_tiktoken_ranks, save_hf, save_tiktoken_ranks, to_hf_tokenizer
+from tinylm.tokenizer.io import load_hf, load_tiktoken_ranks, save_hf, save_tiktoken_ranks, to_hf_tokenizer
 
 from conftest import shared_text, stdlib_text
 
@@ -207,6 +207,33 @@ def test_hf_export_of_gpt2(gpt2, gpt2_enc, tmp_path):
     assert [gpt2.id_to_token(i) for i in range(gpt2.n_vocab)] == names
     assert [gpt2.token_to_id(t) for t in names] == list(range(gpt2.n_vocab))
     assert gpt2.token_to_id("Ġworld") == hf.token_to_id("Ġworld") == 995 and gpt2.token_to_id("nope nope") is None
+
+
+def test_a_tokenizer_json_reads_back_as_the_same_tokenizer(trained, gpt2, gpt2_enc, tmp_path):
+    """load_hf reads what save_hf wrote, and GPT-2's own layout (ByteLevel splitting with its regex),
+    saved by `tokenizers` itself; what it cannot encode the same way is refused by name."""
+    tokenizers = pytest.importorskip("tokenizers")
+    save_hf(trained, tmp_path / "ours.json")
+    assert load_hf(tmp_path / "ours.json").same_ids(trained)
+    hf = to_hf_tokenizer(gpt2)  # GPT-2's tokenizer.json: ByteLevel pre-tokenizer with use_regex, no Split step
+    hf.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    hf.save(str(tmp_path / "gpt2.json"))
+    back = load_hf(tmp_path / "gpt2.json")
+    assert back.same_ids(gpt2)
+    text = shared_text("tinystories/valid-head.txt")[:50_000] + EOT + stdlib_text(20_000)
+    assert back.encode(text, allowed_special="all") == hf.encode(text).ids == \
+        gpt2_enc.encode(text, allowed_special="all")
+    hf.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=True)
+    hf.save(str(tmp_path / "prefix.json"))
+    with pytest.raises(TinyLMError, match=r"prefix.json holds the setting add_prefix_space, which tinylm has no"):
+        load_hf(tmp_path / "prefix.json")
+    wordpiece = tokenizers.Tokenizer(tokenizers.models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    wordpiece.save(str(tmp_path / "wp.json"))
+    with pytest.raises(TinyLMError, match=r"holds a 'WordPiece' model, which tinylm has no counterpart"):
+        load_hf(tmp_path / "wp.json")
+    (tmp_path / "bad.json").write_text('{"model": []}')
+    with pytest.raises(TinyLMError, match=r"cannot read .*bad.json as a Hugging Face tokenizer.json"):
+        load_hf(tmp_path / "bad.json")
 
 
 def test_bad_ranks_are_rejected():

@@ -51,9 +51,17 @@ def _poison_at(trainer: Trainer, steps: set[int]):
     trainer.raw_model.register_forward_hook(hook)
 
 
-def test_nonfinite_skip_drops_the_update_and_continues(tmp_path, text_200k):
-    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 12, "train.log_interval": 1})
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_nonfinite_skip_drops_the_update_and_continues(tmp_path, text_200k, optimizer):
+    # log_interval 4: the flags are read at steps 4, 8, 12 only, yet step 5 is the one skipped and logged
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 12, "train.log_interval": 4,
+                                              "optim.name": optimizer, "optim.embed_lr": 3e-3})
     trainer = Trainer(cfg, log=quiet)
+    # fused AdamW skips on the device (no host read per step); Muon reads the flag on the host
+    assert trainer.skip_on_device == (optimizer == "adamw")
+    settles = []
+    settle = trainer._settle
+    trainer._settle = lambda: (settles.append(trainer.step), settle())[1]
     _poison_at(trainer, {5})
     weights = {}  # (1-based) step -> the weights as that step starts
 
@@ -65,6 +73,7 @@ def test_nonfinite_skip_drops_the_update_and_continues(tmp_path, text_200k):
     assert result.step == 12
     events = [r for r in records(cfg.run_dir) if r.get("event") == "nonfinite_skip"]
     assert [e["step"] for e in events] == [5]
+    assert settles == [4, 8, 12]  # the host waited for the device at log steps only
     # the poisoned step changed nothing: the weights after step 5 are those before it
     assert all(torch.equal(a, b) for a, b in zip(weights[5], weights[6], strict=True))
     assert all(torch.isfinite(p).all() for p in trainer.raw_model.parameters())

@@ -16,10 +16,13 @@ import resource
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from .fileio import write_text_atomic
+
+T = TypeVar("T")
 
 # Datasheet dense peak FLOP/s (bf16/fp16 tensor cores without sparsity, fp32 without TF32), by a
 # pattern of the name torch reports ("NVIDIA H100 PCIe", "NVIDIA H100 80GB HBM3", "NVIDIA L40S").
@@ -101,10 +104,6 @@ class ThroughputWindow:
         return steps_left * max(self.seconds, 1e-9) / max(self.steps, 1)
 
 
-def _cache_file() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tinylm" / "cpu_peak.json"
-
-
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -137,20 +136,25 @@ def measure_cpu_peak(dtype: torch.dtype, trials: int = 5, seconds: float = 0.2, 
     return best
 
 
-def cpu_peak_flops(dtype: torch.dtype) -> float:
-    """The probe's result, cached in ~/.cache/tinylm/cpu_peak.json per CPU model, torch version,
-    thread count and dtype."""
-    key = f"{_cpu_name()}|torch {torch.__version__}|{torch.get_num_threads()} threads|{dtype}"
-    path = _cache_file()
+def machine_cached(name: str, key: str, measure: Callable[[], T]) -> T:
+    """``measure()``'s result, cached in ~/.cache/tinylm/<name>.json per CPU model, torch version, thread
+    count and ``key``: probes that depend on the machine run once per machine (delete the file to redo them)."""
+    key = f"{_cpu_name()}|torch {torch.__version__}|{torch.get_num_threads()} threads|{key}"
+    path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tinylm" / f"{name}.json"
     try:
         cache = json.loads(path.read_text())
     except (OSError, ValueError):
         cache = {}
     if key not in cache:
-        cache[key] = measure_cpu_peak(dtype)
+        cache[key] = measure()
         with contextlib.suppress(OSError):  # a read-only home is no reason to fail a run
             write_text_atomic(path, json.dumps(cache, indent=1))
     return cache[key]
+
+
+def cpu_peak_flops(dtype: torch.dtype) -> float:
+    """The matmul probe's result (:func:`measure_cpu_peak`), measured once per machine and dtype."""
+    return machine_cached("cpu_peak", str(dtype), lambda: measure_cpu_peak(dtype))
 
 
 def peak_flops(device: torch.device, precision: str) -> float | None:

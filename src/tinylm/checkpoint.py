@@ -342,7 +342,9 @@ def load_for_inference(path: str | Path, which: str = "last", device: str | None
     load_state(model, load_part(step_dir, "model"), step_dir, "model")
     model.eval()
     tok = checkpoint_tokenizer(step_dir)
-    model.to(resolve_device(device or cfg.train.device, flag="--device"))
+    dev = resolve_device(device or cfg.train.device, flag="--device")
+    model.to(dev)
+    model.choose_attention(dev, model.wte.weight.dtype, batch=1)  # for reading prompts, one at a time
     return Loaded(step_dir, cfg, model, tok)
 
 

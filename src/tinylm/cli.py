@@ -6,6 +6,7 @@
     tinylm sample   runs/shakespeare-char [--prompt "ROMEO:"] [--strategy top_p --top-p 0.9] [--n 3]
     tinylm decode-report runs/shakespeare-char [--strategies greedy,top_p] [--n 5]
     tinylm eval     runs/shakespeare-char [--checkpoint best] [--split train] [--tokens all] [--text file.txt]
+    tinylm eval     hf/gpt2 --text file.txt      (a Hugging Face GPT-2 or Llama folder, e.g. an export)
     tinylm info     runs/shakespeare-char
     tinylm export   runs/shakespeare-char --out model.safetensors | --format hf --out hf/shakespeare
     tinylm import   gpt2 --out runs/gpt2
@@ -164,7 +165,8 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"{report['checkpoint']} (step {report['step']}) on {report['on']}:\n"
+        what = "a Hugging Face folder" if report["step"] is None else f"step {report['step']}"
+        print(f"{report['checkpoint']} ({what}) on {report['on']}:\n"
               f"loss {report['loss']:.4f}  perplexity {report['perplexity']:.3f}  bits per byte "
               f"{report['bits_per_byte']:.4f}  tokens {report['tokens']:,}  bytes {report['bytes']:,}")
     return 0
@@ -226,17 +228,18 @@ def cmd_import(args: argparse.Namespace, extra: list[str]) -> int:
 
     from .checkpoint import save_weights
     from .config import Config
-    from .interop.hf_import import import_gpt2
+    from .interop.hf_import import import_hf
     out = Path(args.out)
     cfg = Config()
     cfg.run.dir, cfg.run.name = str(out.parent), out.name
-    source = import_gpt2(args.source)
+    source = import_hf(args.source)
     cfg.model = source.model
     cfg.data.tokenizer = "gpt2" if getattr(source.tokenizer, "name", "") == "gpt2" else "bpe"
     cfg.data.vocab_size = source.tokenizer.vocab_size
     step_dir = save_weights(cfg, source.state, source.tokenizer, source.source)
     m = cfg.model
-    print(f"{out}: GPT-2 from {source.source} ({m.n_layer} layers, width {m.n_embd}, vocab {m.vocab_size}) "
+    family = "GPT-2" if m.pos == "learned" else "Llama"
+    print(f"{out}: {family} from {source.source} ({m.n_layer} layers, width {m.n_embd}, vocab {m.vocab_size}) "
           f"in {step_dir}")
     return 0
 
@@ -486,15 +489,17 @@ def _add_tokenizer_commands(sub: argparse._SubParsersAction) -> None:
 def _add_eval_command(sub: argparse._SubParsersAction) -> None:
     help = "Loss, perplexity and bits per byte of a checkpoint on its run's split or on a text file."
     sp = sub.add_parser("eval", help=help, description=f"{help} Under torchrun the processes share the windows.")
-    sp.add_argument("run", help="run folder (runs/<name>) or a checkpoint folder")
+    sp.add_argument("run", help="run folder (runs/<name>), a checkpoint folder, or a Hugging Face GPT-2 or Llama "
+                                "folder (with --text)")
     sp.add_argument("--checkpoint", default="last", choices=("last", "best"))
     sp.add_argument("--split", choices=("val", "train"), help="the run's prepared split to score (default val)")
     sp.add_argument("--tokens", metavar="N|all",
                     help="tokens to score from the start (default: the run's train.eval_tokens on a split, all "
                          "of a text)")
     sp.add_argument("--text", metavar="FILE", help="score this UTF-8 text file, tokenized with the run's tokenizer")
-    sp.add_argument("--batch-size", type=int, help="windows per forward pass (default: the run's micro-batch; "
-                                                   "the result does not depend on it)")
+    sp.add_argument("--batch-size", type=int, help="windows per forward pass (default: the run's micro-batch, or "
+                                                   "4096 tokens' worth for a Hugging Face folder; the result "
+                                                   "does not depend on it)")
     sp.add_argument("--device", help="cpu | cuda | cuda:N | mps | auto (default: the run's train.device)")
     sp.add_argument("--json", action="store_true", help="print JSON")
     sp.set_defaults(func=cmd_eval)
@@ -579,7 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("import", help="Make a run folder from a Hugging Face GPT-2 model (folder or hub name).",
                         description="Make a run folder from a Hugging Face GPT-2 model: a local folder (config.json "
                                     "+ model.safetensors or pytorch_model.bin) or a hub name such as gpt2 (needs "
-                                    "the hf extra). Sample, export or fine-tune it (--train.init_from RUN).")
+                                    "the hf extra); a Llama folder that `tinylm export --format hf` wrote is read "
+                                    "too. Sample, export or fine-tune it (--train.init_from RUN).")
     sp.add_argument("source", help="a folder, or a hub name: gpt2, gpt2-medium, openai-community/gpt2-large, ...")
     sp.add_argument("--out", required=True, help="the run folder to create, e.g. runs/gpt2")
     sp.set_defaults(func=cmd_import, overrides=False)

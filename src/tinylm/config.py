@@ -16,7 +16,7 @@ import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .config_check import convert_value, validate
+from .config_check import convert_value, tokenizer_file, validate
 from .errors import TinyLMError
 
 if sys.version_info >= (3, 11):
@@ -55,6 +55,9 @@ class ModelConfig:
     """Biases in linear layers and LayerNorm."""
     dropout: float = 0.0
     """Dropout on attention, residual branches and embeddings; 0 turns it off."""
+    attention: str = "auto"
+    """Attention kernel: sdpa (torch's fused kernel) | math (explicit matmuls) | auto (the faster, measured once per
+    machine, dtype and shape; SDPA on CUDA). Same results within the dtype's tolerance; not part of the checkpoint."""
 
 
 @dataclass
@@ -62,7 +65,8 @@ class DataConfig:
     corpus: str = "shakespeare"
     """Named corpus (shakespeare, tinyshakespeare, tinystories, pystdlib, ...) or a file/dir/glob."""
     tokenizer: str = "char"
-    """char | bpe (trained on the corpus) | gpt2 (GPT-2's 50257-token BPE)."""
+    """char | bpe (trained on the corpus) | gpt2 (GPT-2's 50257-token BPE) | a tinylm tokenizer file, e.g. another
+    run's data/<name>/tokenizer.txt (fine-tuning that run with --train.init_from needs its ids)."""
     vocab_size: int = 4096
     """Target vocabulary for tokenizer = bpe (ignored for char and gpt2)."""
     dir: str = ""
@@ -84,6 +88,9 @@ class DataConfig:
     """Non-UTF-8 bytes in the corpus: strict (stop with the file and offset) | replace (U+FFFD)."""
     num_workers: int = 0
     """Tokenizer worker processes for prepare; 0 = choose from the corpus size and CPU count."""
+    prefetch: str = "auto"
+    """Build the next training batch in a background thread during the step (pinned, non-blocking copy on CUDA):
+    auto (on CUDA only) | on | off."""
 
 
 @dataclass
@@ -365,13 +372,22 @@ def build_config(preset: str | Path | None = None, overrides: list[str] | None =
 def default_name(d: DataConfig) -> str:
     """The folder name of a corpus + tokenizer (+ vocab for bpe, + the data.max_bytes cap), what data.dir and
     run.name default to: ``notes.txt`` char -> ``notes-char``, ``tinystories`` bpe 4096 -> ``tinystories-bpe4096``,
-    ``logs/**/*.log`` gpt2 -> ``logs-gpt2``. Another corpus or tokenizer gets another name, so a run on your own
-    text never lands in the demo's folders."""
+    ``logs/**/*.log`` gpt2 -> ``logs-gpt2``; a tokenizer file names its folder: ``notes.txt`` with
+    ``data/tinystories-bpe4096/tokenizer.txt`` -> ``notes-tok-tinystories-bpe4096``. Another corpus or tokenizer
+    gets another name, so a run on your own text never lands in the demo's folders."""
     parts = [p for p in re.split(r"[/\\]", d.corpus) if p not in ("", ".", "..", "~") and not set(p) & set("*?[")]
-    stem = Path(parts[-1]).stem if parts else ""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip(".-") or "corpus"
+    stem = _safe_name(Path(parts[-1]).stem if parts else "", "corpus")
     cap = "-" + re.sub(r"[^A-Za-z0-9.]+", "", d.max_bytes) if d.max_bytes.strip() else ""
+    file = tokenizer_file(d)
+    if file is not None:  # data/<name>/tokenizer.txt -> <name>; runs/<run>/checkpoints/<step>/tokenizer.txt -> <run>
+        folder = file.parents[2] if file.parent.parent.name == "checkpoints" else file.parent
+        return f"{stem}-tok-{_safe_name(folder.name if file.stem == 'tokenizer' else file.stem, 'file')}{cap}"
     return f"{stem}-{d.tokenizer}{d.vocab_size if d.tokenizer == 'bpe' else ''}{cap}"
+
+
+def _safe_name(name: str, fallback: str) -> str:
+    """``name`` safe in a folder name: ``"My Notes" -> "My-Notes"``; ``fallback`` when nothing is left."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-") or fallback
 
 
 def derive_names(cfg: Config) -> Config:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import TinyLMError
 from .strategies import check_sample
 
 if TYPE_CHECKING:
-    from .config import Config
+    from .config import Config, DataConfig
 
 
 def convert_value(key: str, value: object, typ: type) -> bool | int | float | str:
@@ -68,6 +69,14 @@ def parse_bytes(text: str) -> int | None:
     return int(float(m[1].replace("_", "")) * _BYTE_UNITS[unit])
 
 
+TOKENIZERS = ("char", "bpe", "gpt2")  # data.tokenizer's names; anything else is a tokenizer file
+
+
+def tokenizer_file(d: DataConfig) -> Path | None:
+    """``--data.tokenizer`` as a file path, or None when it names a tokenizer (char, bpe, gpt2)."""
+    return None if d.tokenizer in TOKENIZERS else Path(d.tokenizer)
+
+
 def parse_duration(text: str) -> float | None:
     """Seconds in a duration: ``"90s" -> 90``, ``"10m" -> 600``, ``"1h30m" -> 5400``, ``"600" -> 600``; "" -> None."""
     text = text.strip().lower()
@@ -100,9 +109,11 @@ def validate(cfg: Config, world_size: int = 1) -> None:
             raise TinyLMError(msg)
 
     choices = {"model.mlp": ("gelu", "swiglu", "relu2"), "model.norm": ("layernorm", "rmsnorm"),
-               "model.pos": ("learned", "rope"), "data.tokenizer": ("char", "bpe", "gpt2"),
+               "model.pos": ("learned", "rope"),
+               "model.attention": ("auto", "sdpa", "math"),
                "data.sampling": ("epoch", "random"), "data.encoding_errors": ("strict", "replace"),
                "data.doc_separator": ("eot", "blank", "line", "file"), "data.align": ("none", "doc"),
+               "data.prefetch": ("auto", "on", "off"),
                "optim.name": ("adamw", "muon", "lion"),
                "optim.schedule": ("constant", "cosine", "wsd", "cosine_warmdown"),
                "optim.decay_shape": ("linear", "cosine", "1-sqrt"),
@@ -122,6 +133,11 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     need(m.vocab_size == 0 or m.vocab_size >= 2, "--model.vocab_size must be 0 (from the data) or >= 2")
     need(0.0 <= m.dropout < 1.0, f"--model.dropout {m.dropout} must be in [0, 1)")
     need(m.mlp_ratio > 0, "--model.mlp_ratio must be positive")
+    file = tokenizer_file(d)
+    need(file is None or file.is_file(),
+         f"--data.tokenizer {d.tokenizer!r} is not one of {', '.join(TOKENIZERS)}, nor a tokenizer file"
+         + (f" (it is a folder: give the file in it, e.g. {file / 'tokenizer.txt'})" if file and file.is_dir()
+            else " (no such file)") + "; pass another run's data/<name>/tokenizer.txt to reuse its tokenizer")
     need(d.tokenizer != "bpe" or d.vocab_size >= 257,
          f"--data.vocab_size {d.vocab_size} is too small for byte-level BPE: it needs the 256 byte "
          f"tokens plus at least one merge (use >= 257, e.g. 4096)")

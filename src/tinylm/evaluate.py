@@ -206,6 +206,11 @@ class CurveChecks:
 
 # --------------------------------------------------------------------------- tinylm eval
 
+# tokens per forward pass when scoring a Hugging Face folder: its context may be long and its vocabulary
+# large (GPT-2: 4 windows of 1024 -> 0.8 GB of fp32 logits)
+HF_BATCH_TOKENS = 4096
+
+
 def parse_tokens(text: str | None) -> int | None:
     """``--tokens``: "all" -> 0 (the whole split or text), "100000" or "1e5" -> 100000, None -> None (the default)."""
     if text is None or text == "all":
@@ -252,27 +257,51 @@ def evaluate_run(run: str | Path, *, checkpoint: str = "last", split: str | None
                  text: str | None = None, batch_size: int | None = None, device: str | None = None) -> dict | None:
     """`tinylm eval`: a checkpoint's loss, perplexity and bits per byte on its run's split or on a text file.
 
-    ``tokens``: targets to score (0 = all; default the run's ``train.eval_tokens`` on a split, all of a
-    text); ``batch_size``: windows per forward pass (default the run's micro-batch; the result does not
+    ``run`` may also be a Hugging Face GPT-2 or Llama folder (``tinylm export --format hf`` writes one;
+    transformers' ``save_pretrained`` too), scored on ``text`` with its own tokenizer: a model's bits per
+    byte beside GPT-2's on the same file. ``tokens``: targets to score (0 = all; default the run's
+    ``train.eval_tokens`` on a split, all of a text); ``batch_size``: windows per forward pass (default
+    the run's micro-batch, or :data:`HF_BATCH_TOKENS` tokens' worth for a folder; the result does not
     depend on it). Under torchrun the processes share the work. Returns the report on rank 0, else None.
     """
     from .checkpoint import checkpoint_config, load_for_inference, read_meta, resolve_checkpoint
     from .config_check import micro_batch_size
+    from .interop.hf_import import config_for_eval, import_hf, imported_model, is_hf_folder
     if batch_size is not None and batch_size < 1:
         raise TinyLMError(f"--batch-size {batch_size} must be positive")
     if text is not None and split is not None:
         raise TinyLMError("give --split or --text, not both: --text scores a file instead of the run's split")
-    step_dir = resolve_checkpoint(run, checkpoint)
-    device = device or checkpoint_config(step_dir).train.device
+    folder = Path(run)
+    hf = is_hf_folder(folder)
+    if hf:
+        if text is None or checkpoint != "last":
+            raise TinyLMError(f"{run} is a Hugging Face model folder: it has neither a prepared split nor "
+                              f"checkpoints; score a file with --text FILE")
+        source = import_hf(str(folder))
+        if source.tokenizer.eot_token is None:
+            raise TinyLMError(f"the tokenizer of {run} has no <|endoftext|> token, which tinylm puts between the "
+                              f"documents of --text; add it to the folder's tokenizer as a special token")
+        cfg = config_for_eval(folder, source)
+    else:
+        step_dir = resolve_checkpoint(run, checkpoint)
+        cfg = checkpoint_config(step_dir)
+    device = device or cfg.train.device
     d = runtime.init_distributed(device)
     dev = runtime.resolve_device(device, d.local_rank, flag="--device")  # one GPU per process under torchrun
-    path, cfg, model, tok = load_for_inference(step_dir, device=str(dev))
-    batch_size = batch_size or micro_batch_size(cfg, d.world_size)
-    ev, source = _evaluator(path, cfg, tok, split or "val", text, tokens, batch_size, d)
+    if hf:
+        path, model, tok, step = folder, imported_model(source, folder, dev), source.tokenizer, None
+        batch_size = batch_size or max(1, HF_BATCH_TOKENS // cfg.model.block_size)
+    else:
+        path, cfg, model, tok = load_for_inference(step_dir, device=str(dev))
+        step = read_meta(path)["step"]
+        batch_size = batch_size or micro_batch_size(cfg, d.world_size)
+    ev, source_text = _evaluator(path, cfg, tok, split or "val", text, tokens, batch_size, d)
     # fp16 needs CUDA: a run trained in it is evaluated elsewhere in the best precision of that device
     precision = runtime.resolve_precision("auto" if cfg.train.precision == "fp16" and dev.type != "cuda"
                                           else cfg.train.precision, dev)
+    model.set_attention(runtime.broadcast_from_main(
+        model.choose_attention(dev, runtime.compute_dtype(precision), batch_size), d))
     result = ev.run(model, dev, precision, d)
     if not d.is_main:
         return None
-    return {"checkpoint": str(path), "step": read_meta(path)["step"], "on": source, **result.as_dict()}
+    return {"checkpoint": str(path), "step": step, "on": source_text, **result.as_dict()}

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .attention import attend, choose
 from .config import ModelConfig
 
 Rope = tuple[torch.Tensor, torch.Tensor] | None  # (cos2, sin2) at the positions at hand; None: learned positions
@@ -188,6 +189,7 @@ class CausalSelfAttention(nn.Module):
         self.q_norm = nn.RMSNorm(self.head_size, eps=1e-6) if cfg.qk_norm else None
         self.k_norm = nn.RMSNorm(self.head_size, eps=1e-6) if cfg.qk_norm else None
         self.dropout = cfg.dropout
+        self.kernel = "sdpa" if cfg.attention == "auto" else cfg.attention  # GPT.choose_attention resolves auto
 
     def forward(self, x: torch.Tensor, B: int, rope: Rope, cache: KVCache | None, mask: Mask) -> torch.Tensor:
         """x (B*T, C) -> (B*T, C). With a cache, the T tokens also attend to the stored ones
@@ -203,9 +205,7 @@ class CausalSelfAttention(nn.Module):
                 q, k = apply_rope(torch.stack((q, k)), *rope).unbind(0)  # rotate both in one go
             if cache is not None:
                 k, v = cache.store(self.layer, k, v)  # each (B, nh, length + T, hs)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if isinstance(mask, str) else mask,
-                                               is_causal=isinstance(mask, str),
-                                               dropout_p=self.dropout if self.training else 0.0)
+            y = attend(q, k, v, mask, self.dropout if self.training else 0.0, self.kernel)
             y = y.transpose(1, 2).reshape(B * T, C)  # (B*T, C): heads side by side again
         with label("attn.proj"):
             return dropout(self.proj(y), self.dropout, self.training)
@@ -337,6 +337,20 @@ class GPT(nn.Module):
             # the loss in fp32 even under autocast: log-softmax over a large vocab loses bits in bf16
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
             return logits, loss
+
+    def choose_attention(self, device: torch.device, dtype: torch.dtype, batch: int, seq: int | None = None) -> str:
+        """Resolve ``model.attention`` for ``batch`` sequences of ``seq`` tokens (default block_size) in ``dtype`` on
+        ``device`` (:func:`tinylm.attention.choose`: auto measures once per machine) and set it in every layer.
+        Until called, auto runs SDPA. Returns the kernel: sdpa | math."""
+        c = self.cfg
+        kind = choose(c.attention, device, dtype, (batch, c.n_head, seq or c.block_size, c.n_embd // c.n_head))
+        self.set_attention(kind)
+        return kind
+
+    def set_attention(self, kind: str) -> None:
+        """Run attention with ``kind`` (sdpa | math) in every layer."""
+        for block in self.blocks:
+            block.attn.kernel = kind
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         """An empty KV cache for ``batch`` rows and up to ``max_len`` (default block_size) positions."""

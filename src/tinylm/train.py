@@ -23,7 +23,7 @@ from .accounting import ThroughputWindow, peak_flops
 from .analysis.report import write_after_training
 from .config import Config, derive_names, validate
 from .config_check import grad_accum_steps, micro_batch_size, parse_duration
-from .data import BatchLoader, TokenWindows, ensure_prepared, load_data_tokenizer
+from .data import BatchLoader, TokenWindows, ensure_prepared, load_data_tokenizer, with_prefetch
 from .diagnostics import nonfinite_report
 from .errors import TinyLMError
 from .evaluate import CurveChecks, EvalResult, Evaluator
@@ -107,6 +107,11 @@ class Trainer(Checkpointing, Reporting):
         self.tokens_per_step = cfg.train.batch_size * cfg.model.block_size
         self.checks = CurveChecks(cfg.model.vocab_size, self.meta.get("unigram_entropy"), cfg.train.spike_factor)
         self.skips_in_a_row = 0
+        # steps since the last log line: (step, loss, finite), read on the host together at the next log step
+        self.pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        # fused AdamW skips a non-finite step on the device (found_inf): no host read per step. Muon, Lion and
+        # nonfinite = halt (which stops at the very step, with its batch) read the flag on the host at each step.
+        self.skip_on_device = bool(self.optimizer.defaults.get("fused")) and cfg.train.nonfinite == "skip"
         self.tracker: Tracker | None = None
 
     def _setup_process(self, cfg: Config, log: Callable[[str], None]) -> None:
@@ -118,6 +123,7 @@ class Trainer(Checkpointing, Reporting):
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.device = runtime.resolve_device(cfg.train.device, d.local_rank)
+        runtime.enable_tf32(self.device)
         self.precision = runtime.resolve_precision(cfg.train.precision, self.device)
         self.time_budget = parse_duration(cfg.train.time_budget)
         self.sharded = cfg.train.fsdp and d.world_size > 1  # FSDP: each process holds a shard of the weights
@@ -148,6 +154,10 @@ class Trainer(Checkpointing, Reporting):
         if init_state is not None:
             ckpt.load_state(self.raw_model, init_state, Path(cfg.train.init_from), "model")
         self.raw_model.activation_checkpointing = cfg.train.activation_checkpointing
+        kernel = self.raw_model.choose_attention(self.device, runtime.compute_dtype(self.precision),
+                                                 micro_batch_size(cfg, self.d.world_size))
+        self.attention = runtime.broadcast_from_main(kernel, self.d)  # every process runs the same kernel
+        self.raw_model.set_attention(self.attention)
         self.model = runtime.wrap_distributed(self.raw_model, self.d, self.device, fsdp=cfg.train.fsdp)
         self.optimizer = build_optimizer(self.raw_model, cfg.optim, self.device.type,
                                          torch.bfloat16 if self.precision == "bf16" else torch.float32)
@@ -161,6 +171,7 @@ class Trainer(Checkpointing, Reporting):
         windows = TokenWindows(cfg.data.dir, "train", cfg.model.block_size)
         self.loader = BatchLoader(windows, self.micro, mode=cfg.data.sampling, seed=cfg.train.seed,
                                   rank=d.rank, world_size=d.world_size, device=self.device, align=cfg.data.align)
+        self.loader = with_prefetch(self.loader, cfg.data.prefetch)  # the next batch built during the step
         self.evaluator = Evaluator.for_split(cfg.data.dir, "val", cfg.model.block_size, self.micro, self.tok,
                                              max_tokens=cfg.train.eval_tokens, rank=d.rank, world_size=d.world_size)
 
@@ -176,17 +187,18 @@ class Trainer(Checkpointing, Reporting):
     def train_step(self, lr_scale: float) -> dict:
         """One optimizer step at ``lr_scale`` x each group's peak LR: accumulate gradients, clip, update (or skip).
 
-        Returns the step's stats; ``loss`` and ``grad_norm`` are tensors (read them only when logging).
+        Returns the step's stats; ``loss``, ``grad_norm`` and ``finite`` (False: the update was skipped) are
+        tensors on the device: reading one waits for the step to finish, so the loop reads them at log steps.
         """
         set_schedule(self.optimizer, lr_scale, momentum_at(self.step, self.cfg.optim))
         loss_sum, last_batch, data_s, compute_s = self._accumulate_gradients()
         t1 = self.clock()
         with label("optimizer"):  # `tinylm profile`'s ranges, here and below
-            grad_norm, skipped = self._clip_and_update(loss_sum, last_batch)
+            grad_norm, finite = self._clip_and_update(loss_sum, last_batch)
             self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.tokens_seen += self.tokens_per_step
-        return {"loss": loss_sum, "grad_norm": grad_norm, "skipped": skipped, "data_s": data_s,
+        return {"loss": loss_sum, "grad_norm": grad_norm, "finite": finite, "data_s": data_s,
                 "compute_s": compute_s + self.clock() - t1}
 
     def _accumulate_gradients(self) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], float, float]:
@@ -216,9 +228,9 @@ class Trainer(Checkpointing, Reporting):
         return loss_sum, (x, y), data_s, compute_s
 
     def _clip_and_update(self, loss_sum: torch.Tensor,
-                         batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, bool]:
-        """Clip the gradients and take the optimizer step, unless the loss or a gradient is not finite
-        (then halt or skip, as ``--train.nonfinite`` says). Returns (gradient norm, skipped)."""
+                         batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip the gradients and take the optimizer step, unless the loss or a gradient is not finite (then
+        skip, or halt as ``--train.nonfinite`` says). Returns (gradient norm, finite), both device tensors."""
         self.scaler.unscale_(self.optimizer)
         clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip)
@@ -227,35 +239,54 @@ class Trainer(Checkpointing, Reporting):
         finite = torch.isfinite(grad_norm) & torch.isfinite(loss_sum)
         if self.d.world_size > 1:  # every process must take the same decision
             finite = runtime.all_mean(finite.float(), self.d) == 1.0
-        skipped = not bool(finite) and self.precision != "fp16"  # fp16: the GradScaler skips by itself
-        if skipped:
-            self._on_nonfinite(batch, loss_sum, grad_norm)
-        else:
+        if self.precision == "fp16":  # the GradScaler skips overflowing steps by itself (and lowers its scale)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            self.skips_in_a_row = 0
-        return grad_norm, skipped
+            return grad_norm, torch.ones_like(finite)  # its skips calibrate the scale: not counted as failures
+        if self.skip_on_device:
+            self.optimizer.found_inf = (~finite).float()  # read by the fused kernel, as torch's GradScaler does
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.found_inf
+        elif bool(finite):
+            self.optimizer.step()
+        elif self.cfg.train.nonfinite == "halt":
+            self._halt(batch, loss_sum, grad_norm)
+        return grad_norm, finite
 
-    def _on_nonfinite(self, batch: tuple[torch.Tensor, torch.Tensor], loss: torch.Tensor,
-                      grad_norm: torch.Tensor) -> None:
-        """Halt, leaving the batch and a report (which gradients went bad first); or count the skip,
-        and halt after ``--train.max_skips`` in a row."""
+    def _halt(self, batch: tuple[torch.Tensor, torch.Tensor], loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """``--train.nonfinite halt``: stop at the step, leaving the batch and a report (which gradients went bad
+        first)."""
         step = self.step + 1
-        if self.cfg.train.nonfinite == "halt":
-            bundle = self.run_dir / f"nonfinite_step_{step:06d}"
-            bad = nonfinite_report(self.raw_model, batch, step, loss, grad_norm, self.cfg,
-                                   bundle if self.d.is_main else None, self.precision)
-            raise TinyLMError(f"non-finite loss/gradient at step {step} (loss {float(loss)}, grad norm "
-                              f"{float(grad_norm)}); first parameters with non-finite gradients: {bad[:5]}; "
-                              f"batch, weights and report saved in {bundle}: `tinylm doctor --nan {bundle}` names "
-                              f"the module. Lower --optim.lr, check the data, or use --train.nonfinite skip")
-        self.skips_in_a_row += 1
-        self.tracker_event(step, "nonfinite_skip", f"non-finite loss/gradient: update skipped "
-                                                   f"({self.skips_in_a_row} in a row)")
-        if self.skips_in_a_row >= self.cfg.train.max_skips:
-            raise TinyLMError(f"{self.skips_in_a_row} non-finite steps in a row (up to step {step}); training "
-                              f"has diverged: lower --optim.lr or --optim.warmup_steps, or resume from an "
-                              f"earlier checkpoint")
+        bundle = self.run_dir / f"nonfinite_step_{step:06d}"
+        bad = nonfinite_report(self.raw_model, batch, step, loss, grad_norm, self.cfg,
+                               bundle if self.d.is_main else None, self.precision)
+        raise TinyLMError(f"non-finite loss/gradient at step {step} (loss {float(loss)}, grad norm "
+                          f"{float(grad_norm)}); first parameters with non-finite gradients: {bad[:5]}; "
+                          f"batch, weights and report saved in {bundle}: `tinylm doctor --nan {bundle}` names "
+                          f"the module. Lower --optim.lr, check the data, or use --train.nonfinite skip")
+
+    def _settle(self) -> None:
+        """Read the steps since the last settle on the host, in one transfer: log each skipped (non-finite) step,
+        halt after ``--train.max_skips`` in a row, and watch the finite losses for spikes."""
+        if not self.pending:
+            return
+        rows = torch.stack([torch.stack((loss.float(), finite.float())) for _, loss, finite in self.pending]).tolist()
+        steps = [step for step, _, _ in self.pending]
+        self.pending = []
+        for step, (loss, finite) in zip(steps, rows, strict=True):
+            if finite:
+                self.skips_in_a_row = 0
+                self._log_events(step, self.checks.train(loss))
+                continue
+            self.skips_in_a_row += 1
+            self.tracker_event(step, "nonfinite_skip", f"non-finite loss/gradient: update skipped "
+                                                       f"({self.skips_in_a_row} in a row)")
+            if self.skips_in_a_row >= self.cfg.train.max_skips:
+                raise TinyLMError(f"{self.skips_in_a_row} non-finite steps in a row (up to step {step}); training "
+                                  f"has diverged: lower --optim.lr or --optim.warmup_steps, or resume from an "
+                                  f"earlier checkpoint")
 
     # ----------------------------------------------------------------- evaluation points and logging
 
@@ -347,6 +378,8 @@ class Trainer(Checkpointing, Reporting):
             scale = lr_scale(self.step, self.cfg.optim, tc.max_steps, time_frac)
             stats = self._timed_step(scale)
             last = self._finished(self._elapsed())  # then the final evaluation follows: no other one at this step
+            if self.step % tc.log_interval == 0 or last or stop.requested:
+                self._settle()  # the only wait for the device between steps
             if self.step % tc.log_interval == 0 or last:  # the last step is logged: the final train loss
                 self._log_step(stats, scale)
             if not last:
@@ -360,7 +393,7 @@ class Trainer(Checkpointing, Reporting):
                 return False
 
     def _timed_step(self, scale: float) -> dict:
-        """:meth:`train_step`, counted in the throughput window and watched for loss spikes."""
+        """:meth:`train_step`, counted in the throughput window; its loss and skip flag wait for :meth:`_settle`."""
         first_compiled = self.step == 0 and self.cfg.train.compile
         stats = self.train_step(scale)
         if first_compiled:  # the first compiled step includes compilation: report it apart
@@ -369,8 +402,7 @@ class Trainer(Checkpointing, Reporting):
             self.window.restart()
         else:
             self.window.add(stats["data_s"], stats["compute_s"])
-        if not stats["skipped"]:
-            self._log_events(self.step, self.checks.train(float(stats["loss"])))
+        self.pending.append((self.step, stats["loss"], stats["finite"]))
         return stats
 
     def _eval_or_save(self) -> None:

@@ -32,6 +32,7 @@ class Reporting:
     sharded: bool
     micro: int
     accum: int
+    attention: str
     raw_model: GPT
     optimizer: torch.optim.Optimizer
     tok: Tokenizer
@@ -74,7 +75,7 @@ class Reporting:
         self.log(f"model: {m.num_params() / 1e6:.2f}M parameters ({m.num_params(non_embedding=True) / 1e6:.2f}M "
                  f"non-embedding), {m.flops_per_token() / 1e6:.1f} MFLOP/token; device {self.device}, precision "
                  f"{self.precision}, {self.d.world_size} process(es){' FSDP' if cfg.train.fsdp else ''}, "
-                 f"micro-batch {self.micro} x {self.accum} accumulation")
+                 f"micro-batch {self.micro} x {self.accum} accumulation, attention {self.attention}")
 
     def _log_step(self, stats: dict, scale: float) -> None:
         """The loss averaged over processes; rank 0 logs it with the window's throughput. Starts a new window."""

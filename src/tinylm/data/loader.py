@@ -8,6 +8,7 @@ With ``--data.align doc`` training windows start only where documents start (``<
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -136,14 +137,14 @@ class BatchLoader:
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y), each (micro_batch, T) int64 on the device; y is x shifted left by one."""
+        x, y = self.next_host_batch()
+        return to_device(x, self.device), to_device(y, self.device)
+
+    def next_host_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`next_batch` still in host memory (the stream advances the same way)."""
         starts = self._next_global_starts()
         mine = starts[self.rank * self.micro_batch:(self.rank + 1) * self.micro_batch]
-        x, y = self.w.gather(mine.tolist())
-        if self.device.type == "cuda":
-            # pinned host memory lets the copy overlap with compute
-            return (x.pin_memory().to(self.device, non_blocking=True),
-                    y.pin_memory().to(self.device, non_blocking=True))
-        return x.to(self.device), y.to(self.device)
+        return self.w.gather(mine.tolist())
 
     def state_dict(self) -> dict:
         return {"mode": self.mode, "seed": self.seed, "align": self.align, "epoch": self.epoch, "pos": self.pos,
@@ -158,3 +159,86 @@ class BatchLoader:
         self.epoch, self.pos, self._perm = state["epoch"], state["pos"], None
         self.gen.set_state(state["gen"])
 
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; to a GPU from pinned host memory with ``non_blocking``, so the copy is queued on the
+    current CUDA stream and overlaps with what the GPU is computing instead of stalling the host."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def with_prefetch(loader: BatchLoader, setting: str) -> BatchLoader | PrefetchLoader:
+    """``loader`` as ``--data.prefetch`` says: on | off | auto (on for a CUDA device only: on a CPU the
+    background thread would take a core from the step's matmuls)."""
+    on = setting == "on" or (setting == "auto" and loader.device.type == "cuda")
+    return PrefetchLoader(loader) if on else loader
+
+
+class PrefetchLoader:
+    """A :class:`BatchLoader` that builds the next batch in a background thread while the current step runs.
+
+    The batches are the wrapped loader's, in the same order, bit for bit. :meth:`state_dict` is the position
+    after the batches handed out, never the one being built ahead, so a checkpoint resumes exactly where
+    training was. On CUDA the worker copies each batch from pinned memory on a stream of its own; the step's
+    stream waits for that copy (an event, not a host sync).
+    """
+
+    def __init__(self, loader: BatchLoader):
+        self.loader = loader
+        self.device = loader.device
+        self._consumed = loader.state_dict()  # the position after the last batch handed out
+        self._ahead: Future | None = None  # the batch being built: (x, y, copy-done event, position after it)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tinylm-prefetch")
+        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+
+    @property
+    def w(self) -> TokenWindows:
+        """The wrapped loader's windows."""
+        return self.loader.w
+
+    def _build(self) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.Event | None, dict]:
+        """In the worker thread: the wrapped loader's next batch on the device, and its position after it."""
+        x, y = self.loader.next_host_batch()
+        position = self.loader.state_dict()
+        if self._stream is None:
+            return to_device(x, self.device), to_device(y, self.device), None, position
+        with torch.cuda.stream(self._stream):
+            x, y = to_device(x, self.device), to_device(y, self.device)
+            copied = torch.cuda.Event()
+            copied.record(self._stream)
+        return x, y, copied, position
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next (x, y) on the device (see :meth:`BatchLoader.next_batch`); then starts building the one after."""
+        if self._ahead is None:
+            self._ahead = self._pool.submit(self._build)
+        x, y, copied, position = self._ahead.result()
+        self._ahead = self._pool.submit(self._build)
+        if copied is not None:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(copied)  # kernels queued from here on see the finished copy
+            for t in (x, y):  # made on the worker's stream, used on this one: not reused before this one is done
+                t.record_stream(stream)
+        self._consumed = position
+        return x, y
+
+    def _cancel_ahead(self) -> None:
+        """Wait for the batch being built and drop it."""
+        if self._ahead is not None:
+            self._ahead.exception()  # waits; an error there concerns a batch nobody will use
+            self._ahead = None
+
+    def state_dict(self) -> dict:
+        return dict(self._consumed)
+
+    def load_state_dict(self, state: dict) -> None:
+        self._cancel_ahead()
+        self.loader.load_state_dict(state)
+        self._consumed = self.loader.state_dict()
+
+    def close(self) -> None:
+        """Stop the worker thread (it also stops when this loader is garbage-collected)."""
+        self._cancel_ahead()
+        self._pool.shutdown()

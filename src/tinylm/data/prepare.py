@@ -23,10 +23,10 @@ import numpy as np
 
 from .. import corpora
 from ..config import DataConfig
-from ..config_check import parse_bytes
+from ..config_check import parse_bytes, tokenizer_file
 from ..errors import TinyLMError
 from ..fileio import pid_alive, replace_dir, scratch_sibling, write_bytes_atomic, write_text_atomic
-from ..tokenizer import ENDOFTEXT, CharTokenizer, Tokenizer
+from ..tokenizer import ENDOFTEXT, CharTokenizer, Tokenizer, load_tokenizer
 from .shards import META_FILE, META_FORMAT, SHARD_VERSION, TOKENIZER_FILE, UnreadableMeta, load_meta, write_shard
 
 SHARD_TOKENS = 100_000_000  # tokens per shard file: 200 MB at uint16
@@ -45,12 +45,14 @@ def _texts(cfg: DataConfig, corpus: corpora.Corpus, separator: str) -> Iterator[
 
 
 def build_tokenizer(cfg: DataConfig, corpus: corpora.Corpus) -> Tokenizer:
-    """Train (char, bpe) or load (gpt2) the tokenizer named by ``cfg.tokenizer``.
+    """Train (char, bpe) or load (gpt2, a tokenizer file) the tokenizer named by ``cfg.tokenizer``.
 
     Every one has ``<|endoftext|>``: the id :func:`prepare` puts after each document. It learns from
     the training text only, except that a char tokenizer also collects a corpus's own validation
     file's characters (it could not encode the split otherwise; byte-level BPE encodes any text).
     """
+    if tokenizer_file(cfg) is not None:
+        return file_tokenizer(cfg)
     if cfg.tokenizer == "char":
         # documents are separated by the id, not by characters: the corpus need not contain "\n"
         texts = _texts(cfg, corpus, "")
@@ -65,6 +67,17 @@ def build_tokenizer(cfg: DataConfig, corpus: corpora.Corpus) -> Tokenizer:
     # documents separated by <|endoftext|>: the trainer never merges across it
     return BPETokenizer.train(_texts(cfg, corpus, ENDOFTEXT), vocab_size=cfg.vocab_size, special_tokens=[ENDOFTEXT],
                               progress=True)
+
+
+def file_tokenizer(cfg: DataConfig) -> Tokenizer:
+    """The tokenizer in the file ``--data.tokenizer`` names (another run's, so that its ids carry over)."""
+    path = tokenizer_file(cfg)
+    tok = load_tokenizer(path, fix="pass --data.tokenizer a file that `tinylm prepare` or `tinylm tokenizer "
+                                   "train` wrote, such as another run's data/<name>/tokenizer.txt")
+    if tok.eot_token is None:
+        raise TinyLMError(f"--data.tokenizer {path} has no {ENDOFTEXT} token, which prepare puts after every "
+                          f"document; use a data folder's tokenizer.txt (each has it)")
+    return tok
 
 
 _worker_tokenizer: Tokenizer | None = None
@@ -316,6 +329,12 @@ def _refuse_stale(meta: dict, cfg: DataConfig) -> None:
     if cfg.tokenizer != "bpe":
         wanted.pop("vocab_size")
     stale = {k: (meta["data"].get(k), v) for k, v in wanted.items() if meta["data"].get(k) != v}
+    # the same file name, but has the file changed since?
+    if (not stale and tokenizer_file(cfg) is not None
+            and not load_tokenizer(Path(cfg.dir) / meta["tokenizer_file"]).same_ids(file_tokenizer(cfg))):
+        raise TinyLMError(f"{cfg.dir} was prepared with the tokenizer in --data.tokenizer {cfg.tokenizer}, and "
+                          f"that file has changed since; run `tinylm prepare` with --data.dir pointing at a new "
+                          f"folder, or pass --force to `tinylm prepare` to rebuild this one")
     if stale:
         diff = ", ".join(f"--data.{k} was {old!r}, now {new!r}" for k, (old, new) in stale.items())
         raise TinyLMError(f"{cfg.dir} was prepared with other settings ({diff}); run `tinylm prepare` "

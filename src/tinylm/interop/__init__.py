@@ -1,6 +1,7 @@
-"""Other tools' model folders: GPT-2 weights in (``hf_import``), Hugging Face folders out (``hf_export``).
+"""Other tools' model folders: Hugging Face GPT-2 and Llama folders in (``hf_import``) and out (``hf_export``).
 
-``pretrained`` is where a run's ``--train.init_from`` comes from: a tinylm run or checkpoint, a
-local Hugging Face GPT-2 folder, or a hub name such as ``gpt2``. Neither direction needs
-``transformers``; the tests use it to check that both sides compute the same logits.
+``hf_names`` is the one table of their names and settings, read both ways. ``pretrained`` is where a
+run's ``--train.init_from`` comes from: a tinylm run or checkpoint, a local Hugging Face folder, or
+a hub name such as ``gpt2``; ``tinylm eval`` scores a Hugging Face folder through ``hf_import`` too.
+Neither direction needs ``transformers``; the tests use it to check that both sides compute the same logits.
 """

@@ -25,6 +25,7 @@ from ..config import ModelConfig
 from ..errors import TinyLMError
 from ..fileio import replace_dir, scratch_sibling, write_failure, write_text_atomic
 from ..tokenizer import ENDOFTEXT, Tokenizer
+from .hf_names import ARCHITECTURES, GPT2_BLOCK, LAYERNORM_EPS, LLAMA_BLOCK, LLAMA_QKV, RMSNORM_EPS, mlp_hidden
 
 FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 # the settings each family requires, as (key, value, what it is called there)
@@ -32,7 +33,6 @@ FAMILIES = {
     "gpt2": {"pos": "learned", "norm": "layernorm", "mlp": "gelu", "qk_norm": False},
     "llama": {"pos": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": False, "bias": False},
 }
-ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
 
 
 def family(m: ModelConfig) -> str:
@@ -47,17 +47,11 @@ def family(m: ModelConfig) -> str:
     return name
 
 
-def mlp_hidden(m: ModelConfig) -> int:
-    """The MLP's hidden width, as model.MLP computes it."""
-    hidden = int(m.mlp_ratio * m.n_embd)
-    return int(2 * hidden / 3) if m.mlp == "swiglu" else hidden
-
-
 def gpt2_files(m: ModelConfig, state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
     """GPT2Config's fields and GPT2LMHeadModel's tensors for a GPT-2-family tinylm model."""
     config = {"architectures": [ARCHITECTURES["gpt2"]], "model_type": "gpt2", "vocab_size": m.vocab_size,
               "n_positions": m.block_size, "n_embd": m.n_embd, "n_layer": m.n_layer, "n_head": m.n_head,
-              "n_inner": mlp_hidden(m), "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+              "n_inner": mlp_hidden(m), "activation_function": "gelu_new", "layer_norm_epsilon": LAYERNORM_EPS,
               "resid_pdrop": m.dropout, "embd_pdrop": m.dropout, "attn_pdrop": m.dropout,
               "scale_attn_weights": True, "tie_word_embeddings": m.tie_embeddings}
 
@@ -68,9 +62,7 @@ def gpt2_files(m: ModelConfig, state: dict[str, torch.Tensor]) -> tuple[dict, di
            "transformer.ln_f.weight": state["norm_f.weight"],
            "transformer.ln_f.bias": bias("norm_f.bias", m.n_embd)}
     for i in range(m.n_layer):
-        for hf, ours, conv in (("ln_1", "norm1", False), ("attn.c_attn", "attn.qkv", True),
-                               ("attn.c_proj", "attn.proj", True), ("ln_2", "norm2", False),
-                               ("mlp.c_fc", "mlp.up", True), ("mlp.c_proj", "mlp.down", True)):
+        for hf, (ours, conv) in GPT2_BLOCK.items():
             w = state[f"blocks.{i}.{ours}.weight"]
             out[f"transformer.h.{i}.{hf}.weight"] = w.t() if conv else w
             out[f"transformer.h.{i}.{hf}.bias"] = bias(f"blocks.{i}.{ours}.bias", w.size(0))
@@ -84,7 +76,7 @@ def llama_files(m: ModelConfig, state: dict[str, torch.Tensor]) -> tuple[dict, d
     config = {"architectures": [ARCHITECTURES["llama"]], "model_type": "llama", "vocab_size": m.vocab_size,
               "hidden_size": m.n_embd, "intermediate_size": mlp_hidden(m), "num_hidden_layers": m.n_layer,
               "num_attention_heads": m.n_head, "num_key_value_heads": m.n_head, "head_dim": m.n_embd // m.n_head,
-              "hidden_act": "silu", "max_position_embeddings": m.block_size, "rms_norm_eps": 1e-6,
+              "hidden_act": "silu", "max_position_embeddings": m.block_size, "rms_norm_eps": RMSNORM_EPS,
               # rope_theta for transformers 4.x, rope_parameters for 5.x
               "rope_theta": m.rope_base, "rope_parameters": {"rope_type": "default", "rope_theta": m.rope_base},
               "attention_bias": False, "mlp_bias": False, "attention_dropout": m.dropout,
@@ -92,14 +84,9 @@ def llama_files(m: ModelConfig, state: dict[str, torch.Tensor]) -> tuple[dict, d
     out = {"model.embed_tokens.weight": state["wte.weight"], "model.norm.weight": state["norm_f.weight"]}
     for i in range(m.n_layer):
         b, hf = f"blocks.{i}.", f"model.layers.{i}."
-        q, k, v = state[b + "attn.qkv.weight"].chunk(3, dim=0)  # rows: all heads' q, then k, then v
-        out |= {hf + "input_layernorm.weight": state[b + "norm1.weight"],
-                hf + "self_attn.q_proj.weight": q, hf + "self_attn.k_proj.weight": k,
-                hf + "self_attn.v_proj.weight": v, hf + "self_attn.o_proj.weight": state[b + "attn.proj.weight"],
-                hf + "post_attention_layernorm.weight": state[b + "norm2.weight"],
-                hf + "mlp.gate_proj.weight": state[b + "mlp.gate.weight"],
-                hf + "mlp.up_proj.weight": state[b + "mlp.up.weight"],
-                hf + "mlp.down_proj.weight": state[b + "mlp.down.weight"]}
+        qkv = state[b + "attn.qkv.weight"].chunk(3, dim=0)  # rows: all heads' q, then k, then v
+        out |= {f"{hf}{name}.weight": w for name, w in zip(LLAMA_QKV, qkv, strict=True)}
+        out |= {f"{hf}{theirs}.weight": state[f"{b}{ours}.weight"] for theirs, ours in LLAMA_BLOCK.items()}
     if not m.tie_embeddings:
         out["lm_head.weight"] = state["lm_head.weight"]
     return config, out

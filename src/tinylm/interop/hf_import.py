@@ -1,9 +1,11 @@
-"""Hugging Face GPT-2 folders (or hub names) -> tinylm's model config, weights and tokenizer.
+"""Hugging Face GPT-2 and Llama folders (or hub names) -> tinylm's model config, weights and tokenizer.
 
-A GPT-2 folder holds ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin``, loaded
-with ``weights_only``), and usually GPT-2's ``vocab.json`` + ``merges.txt``. GPT-2 is tinylm's
-default architecture with biases: learned positions, LayerNorm (eps 1e-5), tanh-approximated GELU,
-a tied head. Its Conv1D layers store weights as (in, out), the transpose of ``nn.Linear``'s.
+A folder holds ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin``, loaded with
+``weights_only``), and its tokenizer as ``tokenizer.json`` or GPT-2's ``vocab.json`` + ``merges.txt``.
+GPT-2 is tinylm's default architecture with biases: learned positions, LayerNorm (eps 1e-5),
+tanh-approximated GELU, a tied head. Llama is rotary positions, RMSNorm (eps 1e-6), SwiGLU and no
+biases: what ``tinylm export --format hf`` writes, read back. A setting tinylm does not compute the
+same way (grouped key/value heads, another eps, rope scaling, ...) is refused by name.
 """
 from __future__ import annotations
 
@@ -15,19 +17,17 @@ from typing import NamedTuple
 
 import torch
 
-from ..config import ModelConfig
+from ..config import Config, ModelConfig
 from ..errors import TinyLMError
 from ..tokenizer import Tokenizer
+from .hf_names import GPT2_BLOCK, LAYERNORM_EPS, LLAMA_BLOCK, LLAMA_QKV, RMSNORM_EPS, TANH_GELU, mlp_ratio_for
 
 GPT2_VOCAB = 50257
-#: GPT-2 activations that are the tanh approximation tinylm's gelu computes
-TANH_GELU = ("gelu_new", "gelu_pytorch_tanh")
 # files a hub download fetches: the config, one weights file, the tokenizer's two files
 HUB_FILES = ("config.json", "vocab.json", "merges.txt")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-# GPT-2 (HF) -> tinylm parameter names inside block i; True: a Conv1D weight, stored transposed
-BLOCK_PARAMS = {"ln_1": ("norm1", False), "attn.c_attn": ("attn.qkv", True), "attn.c_proj": ("attn.proj", True),
-                "ln_2": ("norm2", False), "mlp.c_fc": ("mlp.up", True), "mlp.c_proj": ("mlp.down", True)}
+# config.json's dtype -> the precision tinylm evaluates it in
+PRECISIONS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 class Imported(NamedTuple):
@@ -42,18 +42,43 @@ def is_hf_folder(path: Path) -> bool:
     return (path / "config.json").is_file() and any((path / f).is_file() for f in WEIGHT_FILES)
 
 
-def import_gpt2(source: str) -> Imported:
-    """A local GPT-2 folder, or a hub name such as ``gpt2`` / ``openai-community/gpt2-medium`` -> :class:`Imported`."""
+def import_hf(source: str) -> Imported:
+    """A local GPT-2 or Llama folder, or a hub name such as ``gpt2`` / ``openai-community/gpt2-medium``
+    -> :class:`Imported`."""
     folder = Path(source)
     if not folder.is_dir():
         folder = download_from_hub(source)
     elif not is_hf_folder(folder):
         raise TinyLMError(f"{folder} is not a Hugging Face model folder (it needs config.json and "
                           f"model.safetensors or pytorch_model.bin)")
-    hf = _read_config(folder)
-    cfg = gpt2_model_config(hf, folder)
-    state = gpt2_state_dict(_read_weights(folder), cfg, folder)
-    return Imported(cfg, state, gpt2_tokenizer(folder, cfg.vocab_size), str(source))
+    hf = read_config(folder)
+    model_config, state_dict = READERS[hf["model_type"]]
+    cfg = model_config(hf, folder)
+    state = state_dict(_read_weights(folder), cfg, folder)
+    return Imported(cfg, state, folder_tokenizer(folder, cfg.vocab_size), str(source))
+
+
+def config_for_eval(folder: Path, imported: Imported) -> Config:
+    """A run config for scoring an imported folder: its architecture, default data settings (documents
+    end at ``<|endoftext|>``), and the precision of its config.json's dtype (fp32 when it names none)."""
+    hf = read_config(folder)
+    cfg = Config()
+    cfg.model = imported.model
+    cfg.train.precision = PRECISIONS.get(hf.get("dtype") or hf.get("torch_dtype") or "float32", "fp32")
+    return cfg
+
+
+def imported_model(imported: Imported, folder: Path, device: torch.device | str) -> torch.nn.Module:
+    """The GPT holding an imported folder's weights, in eval mode on ``device``."""
+    from ..model import GPT
+    model = GPT(imported.model)
+    try:
+        model.load_state_dict(imported.state)
+    except (RuntimeError, ValueError) as e:  # a tensor of another shape than config.json says
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise TinyLMError(f"{folder}: the weights do not fit its config.json ({first[:200]}); the files come "
+                          f"from different models") from None
+    return model.eval().to(device)
 
 
 def download_from_hub(name: str) -> Path:
@@ -80,34 +105,62 @@ def download_from_hub(name: str) -> Path:
     return paths[0].parent
 
 
-def _read_config(folder: Path) -> dict:
+def read_config(folder: Path) -> dict:
+    """The folder's config.json, whose ``model_type`` is one tinylm reads."""
     try:
         hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise TinyLMError(f"{folder / 'config.json'} cannot be read ({type(e).__name__}: {e})") from None
-    if not isinstance(hf, dict) or hf.get("model_type") != "gpt2":
+    if not isinstance(hf, dict) or hf.get("model_type") not in READERS:
         kind = hf.get("model_type") if isinstance(hf, dict) else None
-        raise TinyLMError(f"{folder} holds a {kind!r} model; tinylm imports GPT-2 models (model_type gpt2)")
+        raise TinyLMError(f"{folder} holds a {kind!r} model; tinylm reads GPT-2 and Llama models (model_type "
+                          f"gpt2 or llama)")
     return hf
+
+
+def _refuse(folder: Path, hf: dict, unlike: dict[str, bool], computes: str) -> None:
+    """Name the first config.json setting in ``unlike`` that is true: tinylm would compute something else."""
+    bad = next((k for k, v in unlike.items() if v), None)
+    if bad:
+        raise TinyLMError(f"{folder / 'config.json'}: {bad} = {hf.get(bad)!r} has no tinylm counterpart "
+                          f"(tinylm computes {computes})")
 
 
 def gpt2_model_config(hf: dict, folder: Path) -> ModelConfig:
     """GPT2Config's fields -> ModelConfig; a setting tinylm cannot compute the same way is refused by name."""
     n_embd = hf.get("n_embd", 768)
-    n_inner = hf.get("n_inner") or 4 * n_embd
-    refuse = {"activation_function": hf.get("activation_function", "gelu_new") not in TANH_GELU,
-              "layer_norm_epsilon": hf.get("layer_norm_epsilon", 1e-5) != 1e-5,
-              "scale_attn_weights": not hf.get("scale_attn_weights", True),
-              "scale_attn_by_inverse_layer_idx": hf.get("scale_attn_by_inverse_layer_idx", False),
-              "add_cross_attention": hf.get("add_cross_attention", False)}
-    bad = [k for k, v in refuse.items() if v]
-    if bad:
-        raise TinyLMError(f"{folder / 'config.json'}: {bad[0]} = {hf.get(bad[0])!r} has no tinylm counterpart "
-                          f"(tinylm computes GPT-2 with tanh GELU, LayerNorm eps 1e-5, 1/sqrt(head size) scaling)")
+    _refuse(folder, hf, {"activation_function": hf.get("activation_function", "gelu_new") not in TANH_GELU,
+                         "layer_norm_epsilon": hf.get("layer_norm_epsilon", LAYERNORM_EPS) != LAYERNORM_EPS,
+                         "scale_attn_weights": not hf.get("scale_attn_weights", True),
+                         "scale_attn_by_inverse_layer_idx": hf.get("scale_attn_by_inverse_layer_idx", False),
+                         "add_cross_attention": hf.get("add_cross_attention", False)},
+            f"GPT-2 with tanh GELU, LayerNorm eps {LAYERNORM_EPS}, 1/sqrt(head size) scaling")
     return ModelConfig(vocab_size=hf.get("vocab_size", GPT2_VOCAB), block_size=hf.get("n_positions", 1024),
                        n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12), n_embd=n_embd,
-                       mlp="gelu", mlp_ratio=n_inner / n_embd, norm="layernorm", pos="learned", qk_norm=False,
+                       mlp="gelu", mlp_ratio=mlp_ratio_for(hf.get("n_inner") or 4 * n_embd, n_embd, "gelu"),
+                       norm="layernorm", pos="learned", qk_norm=False,
                        tie_embeddings=hf.get("tie_word_embeddings", True), bias=True, dropout=0.0)
+
+
+def llama_model_config(hf: dict, folder: Path) -> ModelConfig:
+    """LlamaConfig's fields (transformers' defaults where absent) -> ModelConfig, refusing what tinylm lacks."""
+    n_embd, n_head = hf.get("hidden_size", 4096), hf.get("num_attention_heads", 32)
+    rope = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling") or {}
+    _refuse(folder, hf, {"hidden_act": hf.get("hidden_act", "silu") != "silu",
+                         "rms_norm_eps": hf.get("rms_norm_eps", RMSNORM_EPS) != RMSNORM_EPS,
+                         "num_key_value_heads": hf.get("num_key_value_heads") not in (None, n_head),
+                         "head_dim": hf.get("head_dim") not in (None, n_embd // n_head),
+                         "attention_bias": hf.get("attention_bias", False), "mlp_bias": hf.get("mlp_bias", False),
+                         "rope_scaling": scaling.get("rope_type", scaling.get("type", "default")) != "default",
+                         "rope_parameters": rope.get("rope_type", "default") != "default"},
+            f"Llama with SiLU, RMSNorm eps {RMSNORM_EPS}, a key/value head per query head, no biases, plain "
+            f"rotary positions")
+    return ModelConfig(vocab_size=hf.get("vocab_size", 32000), block_size=hf.get("max_position_embeddings", 2048),
+                       n_layer=hf.get("num_hidden_layers", 32), n_head=n_head, n_embd=n_embd, mlp="swiglu",
+                       mlp_ratio=mlp_ratio_for(hf.get("intermediate_size", 11008), n_embd, "swiglu"),
+                       norm="rmsnorm", pos="rope", rope_base=float(rope.get("rope_theta", hf.get("rope_theta", 1e4))),
+                       qk_norm=False, tie_embeddings=hf.get("tie_word_embeddings", False), bias=False, dropout=0.0)
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -126,42 +179,67 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
         raise TinyLMError(f"cannot read {path} ({type(e).__name__}: {str(e)[:200]}); download it again") from None
 
 
-def gpt2_state_dict(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, folder: Path) -> dict[str, torch.Tensor]:
-    """GPT-2's tensor names (with or without the ``transformer.`` prefix) -> tinylm's, in fp32."""
-    src = {k.removeprefix("transformer."): v.float() for k, v in hf_state.items()}
-    names = {"wte.weight": "wte.weight", "wpe.weight": "wpe.weight",
-             "ln_f.weight": "norm_f.weight", "ln_f.bias": "norm_f.bias"}
-    transposed = set()
-    for i in range(cfg.n_layer):
-        for hf_name, (ours, conv) in BLOCK_PARAMS.items():
-            for p in ("weight", "bias"):
-                names[f"h.{i}.{hf_name}.{p}"] = f"blocks.{i}.{ours}.{p}"
-                if conv and p == "weight":
-                    transposed.add(f"h.{i}.{hf_name}.{p}")
+def _renamed(src: dict[str, torch.Tensor], names: dict[str, str], cfg: ModelConfig, folder: Path,
+             kind: str) -> dict[str, torch.Tensor]:
+    """``src`` under tinylm's names (``names``: theirs -> ours), every one present; the tied head added."""
     if not cfg.tie_embeddings:
         names["lm_head.weight"] = "lm_head.weight"
     missing = [k for k in names if k not in src]
     if missing:
         raise TinyLMError(f"{folder}: the weights lack {missing[0]} ({len(missing)} tensors missing); is this "
-                          f"a complete GPT-2 checkpoint?")
-    state = {ours: (src[k].t() if k in transposed else src[k]).contiguous() for k, ours in names.items()}
+                          f"a complete {kind} checkpoint?")
+    state = {ours: src[k].contiguous() for k, ours in names.items()}
     if cfg.tie_embeddings:
         state["lm_head.weight"] = state["wte.weight"]
     return state
 
 
-def gpt2_tokenizer(folder: Path, vocab_size: int) -> Tokenizer:
-    """The folder's ``vocab.json`` + ``merges.txt``; without them GPT-2's own (from tiktoken) when the
-    vocabulary is GPT-2's size."""
+def gpt2_state_dict(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, folder: Path) -> dict[str, torch.Tensor]:
+    """GPT-2's tensor names (with or without the ``transformer.`` prefix) -> tinylm's, in fp32."""
+    src = {k.removeprefix("transformer."): v.float() for k, v in hf_state.items()}
+    names = {"wte.weight": "wte.weight", "wpe.weight": "wpe.weight",
+             "ln_f.weight": "norm_f.weight", "ln_f.bias": "norm_f.bias"}
+    for i in range(cfg.n_layer):
+        for hf_name, (ours, conv) in GPT2_BLOCK.items():
+            for p in ("weight", "bias"):
+                names[f"h.{i}.{hf_name}.{p}"] = f"blocks.{i}.{ours}.{p}"
+                if conv and p == "weight" and f"h.{i}.{hf_name}.{p}" in src:
+                    src[f"h.{i}.{hf_name}.{p}"] = src[f"h.{i}.{hf_name}.{p}"].t()  # Conv1D: (in, out)
+    return _renamed(src, names, cfg, folder, "GPT-2")
+
+
+def llama_state_dict(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, folder: Path) -> dict[str, torch.Tensor]:
+    """LlamaForCausalLM's tensor names -> tinylm's, in fp32; q, k and v stacked into the fused qkv weight."""
+    src = {k: v.float() for k, v in hf_state.items()}
+    names = {"model.embed_tokens.weight": "wte.weight", "model.norm.weight": "norm_f.weight"}
+    for i in range(cfg.n_layer):
+        theirs = f"model.layers.{i}."
+        names |= {f"{theirs}{t}.weight": f"blocks.{i}.{ours}.weight" for t, ours in LLAMA_BLOCK.items()}
+        qkv = [src.get(f"{theirs}{t}.weight") for t in LLAMA_QKV]
+        if all(w is not None for w in qkv):
+            src[f"{theirs}qkv"] = torch.cat(qkv)  # (3 C, C): q's rows, then k's, then v's
+        names[f"{theirs}qkv"] = f"blocks.{i}.attn.qkv.weight"
+    return _renamed(src, names, cfg, folder, "Llama")
+
+
+READERS = {"gpt2": (gpt2_model_config, gpt2_state_dict), "llama": (llama_model_config, llama_state_dict)}
+
+
+def folder_tokenizer(folder: Path, vocab_size: int) -> Tokenizer:
+    """The folder's ``tokenizer.json``, else its ``vocab.json`` + ``merges.txt``; without either GPT-2's own
+    (from tiktoken) when the vocabulary is GPT-2's size."""
     from ..tokenizer.bpe import BPETokenizer
+    from ..tokenizer.io import load_hf
     vocab, merges = folder / "vocab.json", folder / "merges.txt"
-    if vocab.is_file() and merges.is_file():
+    if (folder / "tokenizer.json").is_file():
+        tok = load_hf(folder / "tokenizer.json")
+    elif vocab.is_file() and merges.is_file():
         tok = BPETokenizer.from_files(vocab, merges)
     elif vocab_size == GPT2_VOCAB:
         tok = BPETokenizer.from_tiktoken("gpt2")
     else:
-        raise TinyLMError(f"{folder} has no vocab.json + merges.txt, and its vocabulary ({vocab_size} ids) is not "
-                          f"GPT-2's ({GPT2_VOCAB}); add the tokenizer files to the folder")
+        raise TinyLMError(f"{folder} has no tokenizer.json or vocab.json + merges.txt, and its vocabulary "
+                          f"({vocab_size} ids) is not GPT-2's ({GPT2_VOCAB}); add the tokenizer files to the folder")
     if tok.vocab_size > vocab_size:
         raise TinyLMError(f"{folder}: the tokenizer has {tok.vocab_size} ids but the model only {vocab_size}")
     return tok

@@ -1,7 +1,7 @@
 """``--train.init_from``: where a fine-tuning run's architecture and first weights come from.
 
 A source is a tinylm run or checkpoint folder (an imported one included), a local Hugging Face GPT-2
-folder, or a hub name (``gpt2``, ``gpt2-medium``, ...). The new run takes the source's architecture
+or Llama folder, or a hub name (``gpt2``, ``gpt2-medium``, ...). The new run takes the source's architecture
 (``--model.*`` keys, except ``block_size``, which may shrink, and ``dropout``, a training setting),
 its weights, and a fresh optimizer; its data folder must use the source's tokenizer.
 """
@@ -11,21 +11,22 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import ARCH_KEYS, checkpoint_config, checkpoint_tokenizer, load_part, resolve_checkpoint
+from ..checkpoint import ARCH_KEYS, TOKENIZER, checkpoint_config, checkpoint_tokenizer, load_part, resolve_checkpoint
 from ..config import Config, ModelConfig
 from ..errors import TinyLMError
 from ..tokenizer import Tokenizer
-from .hf_import import Imported, import_gpt2, is_hf_folder
+from .hf_import import Imported, import_hf, is_hf_folder
 
 
 def load_pretrained(spec: str) -> Imported:
-    """A run or checkpoint folder, a Hugging Face GPT-2 folder, or a hub name -> its model, weights and tokenizer."""
+    """A run or checkpoint folder, a Hugging Face GPT-2 or Llama folder, or a hub name -> its model, weights and
+    tokenizer."""
     path = Path(spec)
     if (path.exists() or path.is_symlink()) and not is_hf_folder(path):
         step_dir = resolve_checkpoint(path)
         return Imported(checkpoint_config(step_dir).model, load_part(step_dir, "model"),
                         checkpoint_tokenizer(step_dir), str(step_dir))
-    return import_gpt2(spec)
+    return import_hf(spec)
 
 
 def adopt_architecture(model: ModelConfig, source: ModelConfig) -> None:
@@ -43,11 +44,14 @@ def start_from(cfg: Config, source: Imported, data_tokenizer: Tokenizer) -> dict
     """
     spec = cfg.train.init_from
     if not source.tokenizer.same_ids(data_tokenizer):
-        fix = ("prepare the data with --data.tokenizer gpt2 (and a --data.dir of its own)"
-               if getattr(source.tokenizer, "name", "") == "gpt2"
+        file = Path(source.source) / TOKENIZER  # a tinylm checkpoint's own copy
+        fix = ("prepare the data with --data.tokenizer gpt2" if getattr(source.tokenizer, "name", "") == "gpt2"
+               else f"prepare the data with --data.tokenizer {file}" if file.is_file()
                else "prepare the new data with that tokenizer")
-        raise TinyLMError(f"--train.init_from {spec} uses the tokenizer {source.tokenizer.describe()}, but "
-                          f"--data.dir {cfg.data.dir} was prepared with {data_tokenizer.describe()}; {fix}")
+        ours, theirs = source.tokenizer.describe(), data_tokenizer.describe()
+        raise TinyLMError(f"--train.init_from {spec} uses the tokenizer {ours}, but --data.dir {cfg.data.dir} was "
+                          f"prepared with {'another ' if theirs == ours else ''}{theirs}; {fix} (and a --data.dir "
+                          f"of its own)")
     block = cfg.model.block_size
     if source.model.pos == "learned" and block > source.model.block_size:
         raise TinyLMError(f"--model.block_size {block} is longer than the {source.model.block_size} positions "

@@ -284,7 +284,7 @@ def load_tokenizer(path: str | os.PathLike, fix: str = DATA_FOLDER_FIX) -> Token
     parts = header.split()
     if len(parts) != 2 or not parts[0].startswith("tinylm-"):
         raise TinyLMError(f"{path} is not a tinylm tokenizer file (first line {header[:60]!r}; "
-                          f"expected 'tinylm-<kind> <version>')")
+                          f"expected 'tinylm-<kind> <version>'); {fix}")
     kind, version = parts[0][len("tinylm-"):], parts[1]
     cls = _REGISTRY.get(kind)
     if cls is None:

@@ -11,7 +11,8 @@ writes the files other tools use:
   ``read_gpt2_files`` (``BPETokenizer.from_files`` reads them with it); the byte <-> printable
   character table they use (``bytes_to_unicode``, ``unicode_to_bytes``).
 - Hugging Face ``tokenizers``: ``to_hf_json`` / ``save_hf`` write a ``tokenizer.json`` that
-  ``tokenizers.Tokenizer.from_file`` loads and that encodes like ``encode(allowed_special="all")``.
+  ``tokenizers.Tokenizer.from_file`` loads and that encodes like ``encode(allowed_special="all")``;
+  ``load_hf`` reads one back (and GPT-2's own), any byte-level BPE without a normalizer.
 """
 from __future__ import annotations
 
@@ -151,6 +152,55 @@ def save_hf(tok: BPETokenizer, path: str | os.PathLike) -> None:
     """Write ``tokenizer.json`` for ``tokenizers.Tokenizer.from_file`` (and ``transformers``'
     ``PreTrainedTokenizerFast(tokenizer_file=...)``)."""
     write_text_atomic(path, json.dumps(to_hf_json(tok), ensure_ascii=False, indent=1) + "\n")
+
+
+def load_hf(path: str | os.PathLike) -> BPETokenizer:
+    """A Hugging Face ``tokenizer.json`` of a byte-level BPE -> BPETokenizer: one :func:`save_hf` wrote
+    (its ``Split`` regex is the pattern) or GPT-2's (``ByteLevel`` splits with GPT-2's own pattern).
+
+    Anything that would encode differently here is refused by name: another model type, a
+    normalizer, SentencePiece's byte fallback (Llama 2's tokenizer), a prefix space.
+    """
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        model, pre = doc["model"], doc.get("pre_tokenizer") or {}
+        steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+        pattern = _split_pattern(steps)
+        unlike = {"normalizer": doc.get("normalizer") is not None, "byte_fallback": bool(model.get("byte_fallback")),
+                  "continuing_subword_prefix": bool(model.get("continuing_subword_prefix")),
+                  "end_of_word_suffix": bool(model.get("end_of_word_suffix")), "pre_tokenizer": pattern is None,
+                  "add_prefix_space": any(s.get("add_prefix_space") for s in steps)}
+        bad = next((k for k, v in unlike.items() if v), None)
+        what = f"a {model.get('type')!r} model" if model.get("type") != "BPE" else bad and f"the setting {bad}"
+        if what:
+            raise TinyLMError(f"{path} holds {what}, which tinylm has no counterpart for; tinylm reads byte-level "
+                              f"BPE tokenizers like GPT-2's (no normalizer, byte fallback or prefix space)")
+        vocab = {int(i): unicode_to_bytes(t) or t.encode("utf-8") for t, i in model["vocab"].items()}
+        for added in doc.get("added_tokens") or []:
+            vocab.setdefault(int(added["id"]), added["content"].encode("utf-8"))
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+        pairs = [(unicode_to_bytes(a), unicode_to_bytes(b)) for a, b in merges]  # ValueError: not two tokens
+    except TinyLMError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:  # JSON of another shape
+        raise TinyLMError(f"cannot read {path} as a Hugging Face tokenizer.json ({type(e).__name__}: {e}); "
+                          f"pass the tokenizer.json of a byte-level BPE (such as GPT-2's)") from None
+    try:
+        return BPETokenizer.from_files(vocab, pairs, pattern)
+    except TinyLMError as e:  # say which file
+        raise TinyLMError(f"{path}: {e}") from None
+
+
+def _split_pattern(steps: list[dict]) -> str | None:
+    """The split regex of a tokenizer.json's pre-tokenizer steps; None when they are not one tinylm runs."""
+    kinds = [s.get("type") for s in steps]
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):  # GPT-2's own: ByteLevel splits
+        return "gpt2"
+    if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):  # what save_hf writes
+        split = steps[0]
+        if "Regex" in split.get("pattern", {}) and split.get("behavior") == "Isolated" and not split.get("invert"):
+            return split["pattern"]["Regex"]
+    return None
 
 
 def to_hf_tokenizer(tok: BPETokenizer) -> Any:
