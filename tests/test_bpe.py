@@ -40,8 +40,12 @@ PIECES = ["'s", "'ll", "'re", "'ve", "'m", "'d", "'t", "'S", " ", "  ", "   ", "
           "\r\n", " \n ", "\u00a0", "\u3000", "\x1c", "\u200b", "0", "123", "45678", "hello", "Hello",
           " world", "😀", "👋🏽", "🇫🇷", "日本語", "中文", "한국어", "é", "e\u0301", "ﬁ", "—", "...",
           "?!", EOT, "<|", "x", "ß", "İ", "Ω", "🙂🙂", "\\", "a b", "don't"]
-texts = st.one_of(st.text(max_size=60),
-                  st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=4)), max_size=25).map("".join))
+# code points this Python's Unicode database (14.0 in 3.11) leaves unassigned are left out: the `regex` package's
+# newer tables call some of them letters (U+323B0, Unicode 17) where tiktoken's Rust regex does not, so the two
+# pre-tokenizers disagree there for a reason outside tinylm
+assigned = st.characters(exclude_categories=("Cn", "Cs"))
+texts = st.one_of(st.text(assigned, max_size=60),
+                  st.lists(st.one_of(st.sampled_from(PIECES), st.text(assigned, max_size=4)), max_size=25).map("".join))
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
