@@ -291,7 +291,8 @@ class Doctor:
         norm_rel = abs(norm_a[0] - norm_b[0]) / max(norm_a[0], 1e-12)
         bound = ACCUM_BOUND[precision]
         summary = (f"{batch} x 1 vs {batch // accum} x {accum} (dropout off): max loss difference {diff:.2e} "
-                   f"over 3 steps, first gradient norm {norm_a[0]:.4g} vs {norm_b[0]:.4g} (bound {bound:g} in {precision})")
+                   f"over 3 steps, first gradient norm {norm_a[0]:.4g} vs {norm_b[0]:.4g} "
+                   f"(bound {bound:g} in {precision})")
         if diff <= bound and norm_rel <= bound * 10 and math.isfinite(diff):
             return Check("accumulation", "pass", diff, summary)
         return Check("accumulation", "fail", diff, summary, "accumulating micro-batches does not reproduce the full "
