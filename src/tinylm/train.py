@@ -23,7 +23,7 @@ from .accounting import ThroughputWindow, peak_flops
 from .analysis.report import write_after_training
 from .config import Config, derive_names, validate
 from .config_check import grad_accum_steps, micro_batch_size, parse_duration
-from .data import BatchLoader, TokenWindows, ensure_prepared, load_data_tokenizer, with_prefetch
+from .data import BatchLoader, PrefetchLoader, TokenWindows, ensure_prepared, load_data_tokenizer, with_prefetch
 from .diagnostics import nonfinite_report
 from .errors import TinyLMError
 from .evaluate import CurveChecks, EvalResult, Evaluator
@@ -83,7 +83,11 @@ class Trainer(Checkpointing, Reporting):
             raise
 
     def close(self) -> None:
-        """Unlock the run folder (:meth:`run` does it when it ends; the OS does it if the process dies)."""
+        """Stop the prefetching worker and unlock the run folder (:meth:`run` does it when it ends; the OS does it
+        if the process dies)."""
+        loader = getattr(self, "loader", None)  # absent when setup failed before the batches
+        if isinstance(loader, PrefetchLoader):
+            loader.close()
         self.folder.close()
 
     # ----------------------------------------------------------------- setup
