@@ -168,6 +168,15 @@ def test_the_progress_bar_says_when_it_evaluates_then_shows_the_fresh_val_loss()
                                    "loss 2.0000 val 2.2500 1,000 tok/s"]
 
 
+def test_the_progress_bar_shows_the_loops_eta_not_one_counted_to_max_steps(capsys):
+    sink = ConsoleSink(100_000, 0, progress=True)  # a time-budgeted run: max_steps far beyond where it ends
+    sink.log({"step": 10, "loss": 2.0, "tokens_per_s": 1000.0, "eta_s": 90.0})
+    sink.close()
+    bar = capsys.readouterr().err
+    assert "eta 01:30" in bar
+    assert "<" not in bar and "it/s" not in bar and "step/s" not in bar  # tqdm's own remaining time and rate
+
+
 def test_the_trainer_announces_each_evaluation(tmp_path, text_200k, monkeypatch):
     seen = []
     monkeypatch.setattr(ConsoleSink, "status", lambda self, message: seen.append(message))

@@ -61,8 +61,9 @@ class ConsoleSink:
 
     def __init__(self, total_steps: int, start_step: int, progress: bool, plain_every: int = 0):
         self.plain_every = plain_every
-        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                        file=sys.stderr) if progress else None
+        # tqdm's own time left counts to max_steps; the loop's eta_s also knows the time budget, so show that
+        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr,
+                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]") if progress else None
         self.last: dict = {}
         self.text = ""  # the bar's figures, as the last record left them
 
@@ -73,7 +74,10 @@ class ConsoleSink:
         self.last.update({k: v for k, v in record.items() if v is not None})
         r = self.last
         val = f"{r['val_loss']:.4f}" if "val_loss" in r else "-"
-        text = self.text = f"loss {r.get('loss', float('nan')):.4f} val {val} {r.get('tokens_per_s', 0):,.0f} tok/s"
+        text = f"loss {r.get('loss', float('nan')):.4f} val {val} {r.get('tokens_per_s', 0):,.0f} tok/s"
+        if "eta_s" in r:
+            text += f" eta {tqdm.format_interval(r['eta_s'])}"
+        self.text = text
         if self.bar is not None:
             self.bar.n = record["step"]
             self.bar.set_postfix_str(text, refresh=True)
