@@ -28,8 +28,9 @@ from pathlib import Path
 
 from common import SHARED, Meter, machine, machine_line, time_call
 
-from tinylm.corpora import iter_chunks
-from tinylm.tokenizer.bpe import BPETokenizer, encode_reference
+from tinylm.documents import iter_chunks
+from tinylm.tokenizer.bpe import BPETokenizer
+from tinylm.tokenizer.bpe_encode import encode_reference
 from tinylm.tokenizer.bpe_train import merge_incremental, merge_naive
 from tinylm.tokenizer.pretokenize import count_pretokens
 

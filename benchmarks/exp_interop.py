@@ -79,11 +79,11 @@ def export_figure(family: dict[str, str], out: Path, name: str) -> tuple[float, 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tinylm.checkpoint import save_weights
     from tinylm.cli import main
     from tinylm.config import Config, SampleConfig, set_value
     from tinylm.generate import generate
     from tinylm.model import GPT
+    from tinylm.run_folder import save_weights
     from tinylm.tokenizer import BPETokenizer
     tok = BPETokenizer.from_tiktoken("gpt2")
     cfg = Config()

@@ -14,11 +14,12 @@ import regex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tinylm.corpora import iter_chunks
+from tinylm.documents import iter_chunks
 from tinylm.errors import TinyLMError
 from tinylm.tokenizer import DisallowedSpecial, load_tokenizer, train_bpe
 from tinylm.tokenizer.base import parse_ids
-from tinylm.tokenizer.bpe import BPETokenizer, encode_reference
+from tinylm.tokenizer.bpe import BPETokenizer
+from tinylm.tokenizer.bpe_encode import encode_reference
 from tinylm.tokenizer.bpe_train import merge_incremental, merge_naive
 from tinylm.tokenizer.io import to_hf_json
 from tinylm.tokenizer.pretokenize import CL100K_PATTERN, GPT2_PATTERN, count_pretokens, iter_blocks, last_cut
@@ -202,7 +203,7 @@ def test_fast_path_equals_reference_and_round_trips(stories_tok, text):
 @FAST
 @given(text=texts, cuts=st.lists(st.integers(0, 200), max_size=6), block=st.integers(1, 40))
 def test_encoding_block_by_block_equals_encoding_the_whole(stories_tok, text, cuts, block):
-    """What lets a corpus be encoded chunk by chunk (tinylm.corpora.iter_chunks cuts at the same places)."""
+    """What lets a corpus be encoded chunk by chunk (tinylm.documents.iter_chunks cuts at the same places)."""
     bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
     chunks = [text[a:b] for a, b in itertools.pairwise(bounds)]
     blocks = list(iter_blocks(chunks, block_chars=block))

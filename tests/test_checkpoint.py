@@ -22,6 +22,7 @@ from tinylm.cli import main
 from tinylm.diagnostics import logged_losses
 from tinylm.errors import TinyLMError
 from tinylm.model import GPT
+from tinylm.run_folder import LOCK, RunLock
 from tinylm.train import Trainer, train
 
 from conftest import cli_args, tiny_config
@@ -52,7 +53,7 @@ def snapshot(folder):
     """Every file's content hash (and every link's target) under ``folder``; the lock file aside."""
     out = {}
     for p in sorted(folder.rglob("*")):
-        if p.name == ckpt.LOCK:
+        if p.name == LOCK:
             continue
         if p.is_symlink():
             out[str(p.relative_to(folder))] = "-> " + os.readlink(p)
@@ -267,22 +268,22 @@ def test_a_second_train_on_a_running_run_folder_is_refused_naming_the_holder(tmp
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    ckpt.RunLock(cfg.run_dir).release()  # the kernel dropped the lock of the killed process
+    RunLock(cfg.run_dir).release()  # the kernel dropped the lock of the killed process
 
 
 def test_the_run_lock_is_released_when_training_ends(tmp_path, text_200k):
     cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 3, "train.eval_interval": 0})
     train(cfg, log=quiet)
-    ckpt.RunLock(cfg.run_dir).release()
+    RunLock(cfg.run_dir).release()
     with pytest.raises(TinyLMError, match="already exists"):  # a failed start unlocks too
         Trainer(cfg, log=quiet)
-    ckpt.RunLock(cfg.run_dir).release()
+    RunLock(cfg.run_dir).release()
 
 
 def test_the_lock_file_exists_only_while_a_run_holds_it(tmp_path, text_200k, trained, capsys):
     """A finished run leaves no .lock, nor does a start refused after it took the lock: a resume with other
     settings, or a run folder that exists without --resume."""
-    assert not (trained.run_dir / ckpt.LOCK).exists()
+    assert not (trained.run_dir / LOCK).exists()
     cfg = copy_run(trained, tmp_path, text_200k)
     before = sorted(p.relative_to(cfg.run_dir) for p in cfg.run_dir.rglob("*"))
     for extra, why in ((["--resume", "--model.n_layer", "3"], "--model.n_layer: checkpoint 2, this run 3"),
@@ -300,16 +301,16 @@ def test_a_lock_file_its_holder_removed_is_not_taken(tmp_path, monkeypatch):
     def flock_as_the_holder_leaves(fd, operation):
         real_flock(fd, operation)
         if not locked:  # the first file this process locks was removed by its holder a moment before
-            (tmp_path / ckpt.LOCK).unlink()
+            (tmp_path / LOCK).unlink()
         locked.append(fd)
 
     monkeypatch.setattr(fcntl, "flock", flock_as_the_holder_leaves)
-    lock = ckpt.RunLock(tmp_path)
-    assert len(locked) == 2 and (tmp_path / ckpt.LOCK).is_file()
+    lock = RunLock(tmp_path)
+    assert len(locked) == 2 and (tmp_path / LOCK).is_file()
     with pytest.raises(TinyLMError, match="is in use by tinylm pid"):
-        ckpt.RunLock(tmp_path)
+        RunLock(tmp_path)
     lock.release()
-    assert not (tmp_path / ckpt.LOCK).exists()
+    assert not (tmp_path / LOCK).exists()
 
 
 # --------------------------------------------------------------------------- item 5: run.name is one folder name

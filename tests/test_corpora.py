@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 
 from tinylm import corpora, shakespeare
 from tinylm import download as download_module
-from tinylm.corpora import Corpus, data_dir, download, get_corpus, iter_chunks
+from tinylm.corpora import Corpus, data_dir, download, get_corpus
+from tinylm.documents import iter_chunks
 from tinylm.errors import TinyLMError
 
 from conftest import SHARED_DATA as SHARED

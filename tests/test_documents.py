@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from tinylm import corpora
+from tinylm import documents
 from tinylm.config import DataConfig
 from tinylm.config_check import parse_bytes
-from tinylm.corpora import Corpus, iter_documents
+from tinylm.corpora import Corpus
 from tinylm.data import BatchLoader, TokenWindows, load_data_tokenizer, load_meta, prepare, read_shard
+from tinylm.documents import iter_documents
 from tinylm.errors import TinyLMError
 from tinylm.tokenizer import ENDOFTEXT
 from tinylm.tokenizer.bpe import BPETokenizer
@@ -182,11 +183,11 @@ def test_max_bytes_spans_files_and_refuses_a_cap_below_the_first_document(tmp_pa
     a = write(tmp_path, "aaaa\n", "a.txt")
     b = write(tmp_path, f"bb{ENDOFTEXT}ccc{ENDOFTEXT}dddd", "b.txt")
     corpus = Corpus("two", (a, b))
-    assert corpora.byte_limits(corpus, 5 + 20, "eot") == [5, 18]  # a whole, b up to its second marker
+    assert documents.byte_limits(corpus, 5 + 20, "eot") == [5, 18]  # a whole, b up to its second marker
     assert ["".join(d) for d in iter_documents(corpus, max_bytes=25)] == ["aaaa", "bb", "ccc"]
-    assert corpora.byte_limits(corpus, 7, "file") == [5, 0]
+    assert documents.byte_limits(corpus, 7, "file") == [5, 0]
     with pytest.raises(TinyLMError, match=r"--data\.max_bytes 3 holds no whole document"):
-        corpora.byte_limits(corpus, 3, "eot")
+        documents.byte_limits(corpus, 3, "eot")
 
 
 def test_max_bytes_is_a_prepare_setting(tmp_path):

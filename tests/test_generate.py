@@ -567,7 +567,7 @@ def test_cli_sample_moves_the_model_to_the_device(trained_run, capsys, monkeypat
 
     from tinylm import checkpoint
     from tinylm.cli import main
-    from tinylm.generate import Completion
+    from tinylm.decode_state import Completion
     asked, used = [], []
 
     def resolve(name, local_rank=0, flag="--train.device"):

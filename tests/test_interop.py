@@ -19,6 +19,7 @@ from tinylm.data import load_data_tokenizer, load_meta
 from tinylm.generate import generate
 from tinylm.interop.hf_import import import_hf, imported_model
 from tinylm.model import GPT
+from tinylm.run_folder import save_weights
 from tinylm.tokenizer import BPETokenizer, CharTokenizer
 from tinylm.tokenizer.io import save_hf
 from tinylm.train import Trainer, train
@@ -264,7 +265,7 @@ def tinylm_run(tmp_path, tok, seed=0, **model):
     cfg.model.vocab_size = tok.vocab_size
     torch.manual_seed(seed)
     gpt = shake(GPT(cfg.model), seed)
-    ckpt.save_weights(cfg, gpt.state_dict(), tok, "test")
+    save_weights(cfg, gpt.state_dict(), tok, "test")
     return cfg, gpt
 
 

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from tinylm.errors import TinyLMError
 from tinylm.tokenizer import DisallowedSpecial
-from tinylm.tokenizer.bpe import BPETokenizer, encode_reference
+from tinylm.tokenizer.bpe import BPETokenizer
+from tinylm.tokenizer.bpe_encode import encode_reference
 from tinylm.tokenizer.io import load_hf, load_tiktoken_ranks, save_hf, save_tiktoken_ranks, to_hf_tokenizer
 
 from conftest import shared_text, stdlib_text

@@ -14,6 +14,7 @@ from tinylm import checkpoint as ckpt
 from tinylm.cli import main
 from tinylm.diagnostics import logged_losses
 from tinylm.errors import TinyLMError
+from tinylm.run_folder import LOCK
 from tinylm.runtime import resolve_precision
 from tinylm.train import Trainer, build_model, train
 
@@ -164,7 +165,7 @@ def test_cli_errors_are_one_line_messages(tmp_path, capsys):
 def _tree(root):
     """Every file under root with its bytes, to show a refusal changed nothing (but the run lock's
     line naming its latest holder)."""
-    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ckpt.LOCK}
+    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != LOCK}
 
 
 def test_unencodable_sample_prompt_is_refused_before_step_1(tmp_path, text_200k, capsys):

@@ -7,22 +7,18 @@
 
 A step directory is written under a temporary name, every file fsynced, then renamed: a crash
 leaves either no directory or a complete one. Loading uses ``torch.load(weights_only=True)``,
-which never executes pickled code. The run folder itself is locked (``<run>/.lock``) by the one
-process training in it (:class:`RunFolder`). :func:`load_for_inference` is the one way to get a
-checkpoint's model, config and tokenizer ready to generate from.
+which never executes pickled code. :func:`load_for_inference` is the one way to get a checkpoint's
+model, config and tokenizer ready to generate from. The run folder around the checkpoints (its
+lock, a folder of imported weights) is :mod:`tinylm.run_folder`'s.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import itertools
 import json
 import os
 import pickle
 import platform
 import re
 import shutil
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,7 +39,6 @@ PARTS = ("model", "optimizer", "trainer")
 TENSOR_FILES = tuple(f"{part}.pt" for part in PARTS)
 TOKENIZER = "tokenizer.txt"  # the checkpoint's own copy: the data folder's may be prepared again later
 WEIGHTS_ONLY = "weights_only"  # meta.json flag: model.pt alone, no training state (a model `tinylm import` made)
-LOCK = ".lock"
 
 
 def _step_name(step: int) -> str:
@@ -294,34 +289,6 @@ def checkpoint_tokenizer(ckpt: Path) -> Tokenizer:
     return load_tokenizer(_tokenizer_file(ckpt), fix="use another checkpoint (each holds its own tokenizer.txt)")
 
 
-def save_weights(cfg: Config, state: dict, tokenizer: Tokenizer, source: str) -> Path:
-    """A new run folder ``cfg.run_dir`` holding weights alone (what `tinylm import` makes): one step-0
-    checkpoint with model.pt, the tokenizer and meta.json, beside config.toml. Sample, info, export and
-    eval read it like any run; ``--train.init_from`` fine-tunes from it. Returns the step folder.
-
-    A folder that exists and holds anything is refused (tinylm replaces only what it made).
-    """
-    from .config import to_toml
-    if cfg.run_dir.is_dir() and any(cfg.run_dir.iterdir()):  # refused before the lock file is made in it
-        raise TinyLMError(f"run folder {cfg.run_dir} already exists; choose another --out")
-    folder = RunFolder(cfg.run_dir)
-    try:
-        folder.open(cfg, resume=False)
-        step_dir = save_checkpoint(cfg.run_dir / "checkpoints", 0, {"model": state},
-                                   {"tokens_seen": 0, "val_loss": None, "best_val_loss": None,
-                                    "config": cfg.to_dict(), WEIGHTS_ONLY: True, "imported_from": source},
-                                   files={TOKENIZER: tokenizer.file_text().encode("utf-8")})
-        write_text_atomic(cfg.run_dir / "config.toml", to_toml(cfg))
-    except OSError as e:
-        folder.discard()
-        raise write_failure(e, cfg.run_dir) from None
-    except BaseException:
-        folder.discard()
-        raise
-    folder.close()
-    return step_dir
-
-
 class Loaded(NamedTuple):
     """A checkpoint ready to generate from; unpacks as ``path, cfg, model, tok``."""
     path: Path  # the step folder
@@ -346,111 +313,6 @@ def load_for_inference(path: str | Path, which: str = "last", device: str | None
     model.to(dev)
     model.choose_attention(dev, model.wte.weight.dtype, batch=1)  # for reading prompts, one at a time
     return Loaded(step_dir, cfg, model, tok)
-
-
-class RunLock:
-    """An exclusive OS lock on ``<run>/.lock`` while a process trains in the run folder; the file
-    exists only while it is held (:meth:`release` removes it).
-
-    ``flock`` belongs to the open file, so the kernel drops it when the process ends, crash or
-    SIGKILL included: a run folder is never left locked (a killed process leaves the file, which
-    the next start locks again). The file names the holder for the process that is refused.
-    """
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / LOCK
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as e:
-                raise write_failure(e, self.path) from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(fd, 300).decode("utf-8", "replace").strip() or "another process"
-                os.close(fd)
-                raise TinyLMError(f"run folder {run_dir} is in use by {holder}; wait for it to end (or stop it), "
-                                  f"or choose another --run.name") from None
-            if _same_file(fd, self.path):
-                break
-            os.close(fd)  # the holder removed that file as it let go: lock the one at the path now
-        self._fd: int | None = fd
-        try:  # who holds it, for the message above; the lock works without it (e.g. on a full disk)
-            os.ftruncate(fd, 0)
-            os.write(fd, f"tinylm pid {os.getpid()} on {socket.gethostname()} since "
-                         f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
-        except OSError:
-            pass
-
-    def release(self) -> None:
-        """Remove the lock file, then unlock (in that order: a process that opened the file meanwhile sees,
-        once it holds the lock, that the path no longer names it, and starts again)."""
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                if _same_file(self._fd, self.path):
-                    self.path.unlink()
-            os.close(self._fd)
-            self._fd = None
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    """Whether ``path`` still names the open file ``fd``."""
-    try:
-        st, own = os.stat(path), os.fstat(fd)
-    except FileNotFoundError:
-        return False
-    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
-
-
-class RunFolder:
-    """A training run's folder: made (with any missing parents) and locked by the process that
-    trains in it; :meth:`discard` leaves no trace of a start refused before training."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        # the folders this start creates (the run folder first): discard() removes them again
-        self.new_dirs = list(itertools.takewhile(lambda p: not p.exists(), (path, *path.parents)))
-        self.lock: RunLock | None = None
-
-    def open(self, cfg: Config, resume: bool, log: Callable[[str], None] = print) -> tuple[Path, dict] | None:
-        """Create and lock the folder; under ``--resume`` also load its newest readable checkpoint (see
-        :func:`load_latest`): (step folder, its parts). Without ``--resume`` a folder holding anything is refused.
-
-        ``--resume`` on a run that died before its first checkpoint starts it again from step 0.
-        """
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            file = next((p for p in (self.path, *self.path.parents) if p.exists() and not p.is_dir()), self.path)
-            raise TinyLMError(f"{file} is a file, not a folder; --run.dir {cfg.run.dir} --run.name {cfg.run.name} "
-                              f"must name a folder: choose another --run.dir") from None
-        except OSError as e:
-            raise write_failure(e, self.path) from None
-        self.lock = RunLock(self.path)
-        try:
-            if not resume and any(p.name != LOCK for p in self.path.iterdir()):
-                raise TinyLMError(f"run folder {self.path} already exists; pass --resume to continue it, "
-                                  f"or choose another --run.name")
-            return load_latest(self.path / "checkpoints", log) if resume else None
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        """Unlock the folder and remove its lock file (the OS unlocks it too if the process dies)."""
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
-
-    def discard(self) -> None:
-        """Unlock (which removes the lock file), then remove each folder this start made, as long as nothing
-        else was written there."""
-        self.close()
-        try:
-            for folder in self.new_dirs:
-                folder.rmdir()
-        except OSError:  # not empty (something else was written), or never made: keep the rest
-            pass
 
 
 # keys that must agree between a checkpoint and the run that loads it

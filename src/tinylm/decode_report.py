@@ -34,9 +34,10 @@ import numpy as np
 import torch
 
 from .config import Config, SampleConfig, set_value, validate
+from .decode_state import Completion
 from .errors import TinyLMError
 from .fileio import write_text_atomic
-from .generate import Completion, encode_prompt, generate
+from .generate import encode_prompt, generate
 from .model import GPT
 from .plotting import pyplot, save_figure
 from .strategies import SAMPLING, STRATEGIES, describe_settings, is_off

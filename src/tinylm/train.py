@@ -30,6 +30,7 @@ from .evaluate import CurveChecks, EvalResult, Evaluator
 from .generate import check_prompt
 from .model import GPT, label
 from .optim import build_optimizer, lr_scale, momentum_at, set_schedule
+from .run_folder import RunFolder
 from .tracking import Tracker, build_tracker
 from .train_log import Reporting
 from .train_state import Checkpointing
@@ -75,7 +76,7 @@ class Trainer(Checkpointing, Reporting):
 
     def __init__(self, cfg: Config, *, resume: bool = False, log: Callable[[str], None] = print):
         derive_names(cfg)  # data.dir and run.name left "" come from the corpus and tokenizer
-        self.folder = ckpt.RunFolder(cfg.run_dir)  # locked by rank 0 until close()
+        self.folder = RunFolder(cfg.run_dir)  # locked by rank 0 until close()
         try:
             self._setup(cfg, resume, log)
         except BaseException:

@@ -17,6 +17,7 @@ from .config import Config
 from .data import BatchLoader
 from .errors import TinyLMError
 from .model import GPT
+from .run_folder import RunFolder
 from .tokenizer import Tokenizer
 
 
@@ -26,7 +27,7 @@ class Checkpointing:
     cfg: Config
     d: runtime.Dist
     log: Callable[..., None]
-    folder: ckpt.RunFolder
+    folder: RunFolder
     run_dir: Path
     device: torch.device
     precision: str

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import corpora
+from .. import corpora, documents
 from ..config import DataConfig
 from ..config_check import parse_bytes, tokenizer_file
 from ..errors import TinyLMError
@@ -40,7 +40,7 @@ PREPARE_KEYS = ("corpus", "tokenizer", "vocab_size", "val_fraction", "encoding_e
 
 def _texts(cfg: DataConfig, corpus: corpora.Corpus, separator: str) -> Iterator[str]:
     """The corpus's text as ``cfg`` reads it (documents, cap), ``separator`` between documents."""
-    return corpora.iter_corpus(corpus, errors=cfg.encoding_errors, separator=separator,
+    return documents.iter_corpus(corpus, errors=cfg.encoding_errors, separator=separator,
                                doc_separator=cfg.doc_separator, max_bytes=parse_bytes(cfg.max_bytes))
 
 
@@ -58,7 +58,7 @@ def build_tokenizer(cfg: DataConfig, corpus: corpora.Corpus) -> Tokenizer:
         texts = _texts(cfg, corpus, "")
         val = corpus.validation()
         if val is not None:
-            texts = itertools.chain(texts, corpora.iter_corpus(val, errors=cfg.encoding_errors, separator="",
+            texts = itertools.chain(texts, documents.iter_corpus(val, errors=cfg.encoding_errors, separator="",
                                                                doc_separator=cfg.doc_separator))
         return CharTokenizer.train(texts, special_tokens=[ENDOFTEXT])
     from ..tokenizer.bpe import BPETokenizer
@@ -99,9 +99,9 @@ def _encode(tok: Tokenizer, text: str | None) -> np.ndarray:
 
 
 def _token_stream(tok: Tokenizer, docs: Iterator[Iterator[str]], workers: int) -> Iterator[np.ndarray]:
-    """Token arrays in corpus order, the end-of-text id after every document (see corpora.iter_documents).
+    """Token arrays in corpus order, the end-of-text id after every document (see documents.iter_documents).
 
-    Chunks end where the pre-tokenizer would split anyway (see corpora.iter_chunks), so encoding
+    Chunks end where the pre-tokenizer would split anyway (see documents.iter_chunks), so encoding
     chunk by chunk gives the same ids as encoding each document whole.
     """
     assert tok.eot_token is not None, "build_tokenizer gives every tokenizer <|endoftext|>"
@@ -260,12 +260,12 @@ def _write_folder(work: Path, tok: Tokenizer, corpus: corpora.Corpus, cfg: DataC
     """Tokenize the corpus into ``work``: shards, document starts, the tokenizer file, then meta.json (returned)."""
     dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
     workers = _auto_workers(cfg, corpus)
-    docs = corpora.iter_documents(corpus, errors=cfg.encoding_errors, doc_separator=cfg.doc_separator,
+    docs = documents.iter_documents(corpus, errors=cfg.encoding_errors, doc_separator=cfg.doc_separator,
                                   max_bytes=parse_bytes(cfg.max_bytes))
     train = _Tokens(work / "train.tokens", tok, docs, dtype, workers)
     val = corpus.validation()
     if val is not None:  # the corpus's own validation text, read whole (max_bytes caps the training text)
-        val_docs = corpora.iter_documents(val, errors=cfg.encoding_errors, doc_separator=cfg.doc_separator)
+        val_docs = documents.iter_documents(val, errors=cfg.encoding_errors, doc_separator=cfg.doc_separator)
         held = _Tokens(work / "val.tokens", tok, val_docs, dtype, workers)
         parts = {"train": (train, 0, train.n), "val": (held, 0, held.n)}
     else:
@@ -345,7 +345,7 @@ def _refuse_stale(meta: dict, cfg: DataConfig) -> None:
 def encode_file(path: Path, tok: Tokenizer, cfg: DataConfig) -> np.ndarray:
     """A text file's tokens as :func:`prepare` would write them with ``tok`` and ``cfg``'s reading settings
     (documents, separators, encoding errors): what ``tinylm eval --text`` scores."""
-    docs = corpora.iter_documents(corpora.Corpus(str(path), (Path(path),)), errors=cfg.encoding_errors,
+    docs = documents.iter_documents(corpora.Corpus(str(path), (Path(path),)), errors=cfg.encoding_errors,
                                   doc_separator=cfg.doc_separator)
     parts = list(_token_stream(tok, docs, workers=1))
     return np.concatenate(parts) if parts else np.zeros(0, np.uint32)

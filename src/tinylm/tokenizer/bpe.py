@@ -6,11 +6,9 @@ then the special tokens. Text is cut into pre-tokens by a split regex (GPT-2's b
 special token. Training (learning the merges) is in :mod:`.bpe_train`; other file formats and
 Hugging Face export in :mod:`.io`.
 
-Encoding semantics are tiktoken's: inside a pre-token, repeatedly join the adjacent pair whose
-*joined bytes* have the lowest id (leftmost on ties; :func:`bpe_merge`). ``encode`` runs that in
-Rust through a ``tiktoken.Encoding`` built from our ranks; :func:`encode_reference` is the same
-thing in readable Python, and the tests hold the two to identical ids. The encode methods and
-their special-token rules are the :class:`~.base.Tokenizer` interface's (tiktoken's).
+How ids are computed (tiktoken's Rust BPE running our ranks, and the readable Python reference
+it is tested against) is :mod:`.bpe_encode`'s. The encode methods and their special-token rules
+are the :class:`~.base.Tokenizer` interface's (tiktoken's).
 :func:`train_bpe` is the functional form: a text file -> ``(vocab, merges)`` as bytes.
 """
 from __future__ import annotations
@@ -22,32 +20,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import regex
-
 from ..errors import TinyLMError
 from ..fileio import write_text_atomic
-from .base import ENDOFTEXT, Specials, Tokenizer, check_special_tokens, register
+from .base import ENDOFTEXT, Tokenizer, check_special_tokens, register
+from .bpe_encode import RankEncoder, bpe_merge, encode_reference
 from .bpe_train import learn_merges
 from .pretokenize import PATTERNS, count_pretokens, resolve_pattern
-
-
-def bpe_merge(piece: bytes, ranks: Mapping[bytes, int], below: int | None = None) -> list[bytes]:
-    """Join the adjacent pair whose joined bytes have the lowest rank (leftmost on ties), until
-    no pair is a token (of rank < ``below``, when given).
-
-    With GPT-2's ranks: ``b" hello"`` -> [b" ", b"h", b"e", b"l", b"l", b"o"] -> ... -> [b" hello"].
-    """
-    parts = [piece[i:i + 1] for i in range(len(piece))]
-    while len(parts) > 1:
-        best_i, best_rank = -1, below
-        for i in range(len(parts) - 1):
-            r = ranks.get(parts[i] + parts[i + 1])
-            if r is not None and (best_rank is None or r < best_rank):  # '<': leftmost wins ties
-                best_i, best_rank = i, r
-        if best_i < 0:
-            break
-        parts[best_i:best_i + 2] = [parts[best_i] + parts[best_i + 1]]
-    return parts
 
 
 def recover_merges(ranks: Mapping[bytes, int]) -> tuple[list[int], list[tuple[int, int]]]:
@@ -79,15 +57,6 @@ def recover_merges(ranks: Mapping[bytes, int]) -> tuple[list[int], list[tuple[in
                               f"tokens; these ranks are not a BPE vocabulary")
         merges.append((ranks[parts[0]], ranks[parts[1]]))
     return byte_ids, merges
-
-
-def _fix_surrogates(text: str) -> str:
-    """Lone surrogates cannot be UTF-8 encoded: replace them with U+FFFD, as tiktoken does."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 @register
@@ -140,8 +109,7 @@ class BPETokenizer(Tokenizer):
             max(self.special_tokens.values(), default=n - 1) + 1 - n)
         for s, i in self.special_tokens.items():
             self._id_to_bytes[i] = s.encode("utf-8")
-        self._cache: dict[bytes, list[int]] = {}
-        self._tiktoken = None  # built on first use by _fast()
+        self.encoder = RankEncoder(self.ranks, self.pattern, self.special_tokens, self.vocab_size)
 
     # -- sizes and state --------------------------------------------------------------------
     @property
@@ -216,50 +184,15 @@ class BPETokenizer(Tokenizer):
 
     # -- encoding ---------------------------------------------------------------------------
     def _encode(self, text: str, allowed: set[str]) -> list[int]:
-        """The fast path: tiktoken's Rust BPE running our ranks (the reference when it cannot)."""
-        fast = self._fast()
+        """The fast path: tiktoken's Rust BPE running our ranks (:func:`.encode_reference` when it cannot)."""
+        fast = self.encoder.fast()
         if fast is None:
-            return self._encode_python(text, allowed)
+            return encode_reference(self, text, allowed)
         return fast.encode(text, allowed_special=allowed, disallowed_special=())
-
-    def _encode_python(self, text: str, allowed: set[str]) -> list[int]:
-        """:func:`encode_reference`'s body: split out the allowed special tokens, cut the rest with
-        the pattern, then BPE each pre-token's UTF-8 bytes (:meth:`_bpe`)."""
-        return self._encode_with_specials(_fix_surrogates(text), allowed, self._encode_plain)
-
-    def _encode_plain(self, text: str) -> list[int]:
-        return [i for piece in self._findall()(text) for i in self._bpe(piece.encode("utf-8"))]
-
-    def _findall(self):
-        return regex.compile(self.pattern).findall  # `regex` caches compiled patterns
-
-    def _bpe(self, piece: bytes) -> list[int]:
-        """The ids of one pre-token (:func:`bpe_merge`), cached per distinct pre-token."""
-        ids = self._cache.get(piece)
-        if ids is None:
-            ids = [self.ranks[p] for p in bpe_merge(piece, self.ranks)]
-            if len(self._cache) > 200_000:  # bound memory on endless streams
-                self._cache.clear()
-            self._cache[piece] = ids
-        return ids
-
-    def _fast(self):
-        """The ``tiktoken.Encoding`` for our ranks (None if tiktoken cannot compile the pattern)."""
-        if self._tiktoken is None:
-            import tiktoken
-            try:
-                self._tiktoken = tiktoken.Encoding(
-                    f"tinylm-bpe-{self.vocab_size}", pat_str=self.pattern,
-                    mergeable_ranks=self.ranks, special_tokens=self.special_tokens)
-            except ValueError as e:  # e.g. a look-behind tiktoken's regex engine lacks
-                warnings.warn(f"tiktoken cannot use the split pattern ({e}); encoding with the "
-                              f"slower pure-Python encoder", stacklevel=3)
-                self._tiktoken = False
-        return self._tiktoken or None
 
     def to_tiktoken(self) -> Any:
         """A ``tiktoken.Encoding`` with our ranks, pattern and special tokens."""
-        fast = self._fast()
+        fast = self.encoder.fast()
         if fast is None:
             raise TinyLMError("tiktoken cannot compile this tokenizer's split pattern; use a "
                               "pattern without look-behind (e.g. 'gpt2')")
@@ -440,17 +373,6 @@ class BPETokenizer(Tokenizer):
         pattern = enc._pat_str
         name = next((k for k, v in PATTERNS.items() if v == pattern), None)
         return cls.from_ranks(enc._mergeable_ranks, dict(enc._special_tokens), name or pattern, enc.name)
-
-
-def encode_reference(tok: BPETokenizer, text: str, allowed_special: Specials = frozenset()) -> list[int]:
-    """The readable pure-Python encoder: the specification ``tok.encode`` (tiktoken's Rust BPE
-    running our ranks) is tested against, and its fallback for patterns tiktoken cannot compile.
-
-    Split out the allowed special tokens, cut the rest with the pattern, then BPE each
-    pre-token's UTF-8 bytes (:func:`bpe_merge`, cached per distinct pre-token). Special-token
-    text that is not allowed is encoded as ordinary text (no disallowed check: that is ``encode``'s).
-    """
-    return tok._encode_python(text, tok.allowed_specials(allowed_special))
 
 
 def _from_byte_pairs(vocab: Mapping[int, bytes], merges: Sequence[tuple[bytes, bytes]], pattern: str,
