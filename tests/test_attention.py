@@ -85,7 +85,7 @@ def test_auto_measures_once_per_machine_and_shape_and_keeps_the_faster(monkeypat
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     calls = []
 
-    def fake_measure(dtype, shape):
+    def fake_measure(dtype, shape, dropout):
         calls.append(shape)
         return {"sdpa": 1.0, "math": 0.5 if shape[0] == 8 else 0.95}  # 0.95: within the margin, not chosen
 
@@ -102,6 +102,26 @@ def test_auto_measures_once_per_machine_and_shape_and_keeps_the_faster(monkeypat
 def test_measure_times_both_kernels():
     times = attention.measure(torch.float32, (2, 2, 16, 8), trials=1)
     assert set(times) == {"sdpa", "math"} and all(t > 0 for t in times.values())
+
+
+def test_training_with_dropout_is_probed_apart_and_leaves_the_random_state(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    seen = []
+    real = attention.measure
+
+    def spy(dtype, shape, dropout):
+        seen.append(dropout)
+        return real(dtype, shape, dropout, trials=1)
+
+    monkeypatch.setattr(attention, "measure", spy)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=32, dropout=0.2))
+    state = torch.random.get_rng_state()
+    model.choose_attention(torch.device("cpu"), torch.float32, batch=2, training=True)
+    model.choose_attention(torch.device("cpu"), torch.float32, batch=2)  # evaluation and generation: no dropout
+    assert torch.equal(torch.random.get_rng_state(), state)  # probing must not change what training draws
+    assert seen == [0.2, 0.0]
+    keys = json.loads((tmp_path / "tinylm" / "attention.json").read_text())
+    assert sum("dropout 0.2" in key for key in keys) == 1 and len(keys) == 2
 
 
 def test_unknown_kind_is_refused_by_the_config():

@@ -56,22 +56,25 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
     return torch.bmm(weights, vf).view(B, nh, T, hs)
 
 
-def choose(kind: str, device: torch.device, dtype: torch.dtype, shape: tuple[int, int, int, int]) -> str:
+def choose(kind: str, device: torch.device, dtype: torch.dtype, shape: tuple[int, int, int, int],
+           dropout: float = 0.0) -> str:
     """The kernel to run for ``kind`` (auto | sdpa | math) on ``device`` in ``dtype`` for queries of ``shape``
-    (batch, heads, tokens, head size): ``kind`` itself unless auto; auto = SDPA on CUDA, elsewhere the faster of
-    the two by :func:`measure` (cached per machine, dtype and shape)."""
+    (batch, heads, tokens, head size) with attention ``dropout`` (training's; 0 for evaluation and generation):
+    ``kind`` itself unless auto; auto = SDPA on CUDA, elsewhere the faster of the two by :func:`measure` (cached
+    per machine, dtype, shape and dropout: with dropout, SDPA leaves its fast CPU kernel)."""
     if kind != "auto":
         return kind
     if device.type != "cpu":
         return "sdpa"
-    key = f"{dtype}|causal {'x'.join(map(str, shape))}"
-    times = machine_cached("attention", key, lambda: measure(dtype, shape))
+    key = f"{dtype}|causal {'x'.join(map(str, shape))}" + (f"|dropout {dropout:g}" if dropout else "")
+    times = machine_cached("attention", key, lambda: measure(dtype, shape, dropout))
     return "math" if times["math"] < MARGIN * times["sdpa"] else "sdpa"
 
 
-def measure(dtype: torch.dtype, shape: tuple[int, int, int, int], trials: int = 3) -> dict[str, float]:
-    """Seconds of one causal forward + backward of each kernel at ``shape`` in ``dtype`` on the CPU (the best of
-    ``trials``, after a warm-up): {"sdpa": s, "math": s}."""
+def measure(dtype: torch.dtype, shape: tuple[int, int, int, int], dropout: float = 0.0,
+            trials: int = 3) -> dict[str, float]:
+    """Seconds of one causal forward + backward of each kernel at ``shape`` in ``dtype`` with ``dropout`` on the CPU
+    (the best of ``trials``, after a warm-up): {"sdpa": s, "math": s}."""
     g = torch.Generator().manual_seed(0)  # its own stream: probing must not move training's random state
     q, k, v = (torch.randn(shape, dtype=dtype, generator=g).requires_grad_() for _ in range(3))
     times = {}
@@ -79,7 +82,8 @@ def measure(dtype: torch.dtype, shape: tuple[int, int, int, int], trials: int = 
         best = math.inf
         for trial in range(trials + 1):
             t0 = time.perf_counter()
-            attend(q, k, v, "causal", 0.0, kind).sum().backward()
+            with torch.random.fork_rng(devices=[]):  # dropout's masks must not move training's random state
+                attend(q, k, v, "causal", dropout, kind).sum().backward()
             if trial:  # the first call warms up
                 best = min(best, time.perf_counter() - t0)
         times[kind] = best

@@ -338,12 +338,14 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
             return logits, loss
 
-    def choose_attention(self, device: torch.device, dtype: torch.dtype, batch: int, seq: int | None = None) -> str:
+    def choose_attention(self, device: torch.device, dtype: torch.dtype, batch: int, seq: int | None = None,
+                         training: bool = False) -> str:
         """Resolve ``model.attention`` for ``batch`` sequences of ``seq`` tokens (default block_size) in ``dtype`` on
-        ``device`` (:func:`tinylm.attention.choose`: auto measures once per machine) and set it in every layer.
-        Until called, auto runs SDPA. Returns the kernel: sdpa | math."""
+        ``device``, with the config's dropout when ``training`` (:func:`tinylm.attention.choose`: auto measures once
+        per machine) and set it in every layer. Until called, auto runs SDPA. Returns the kernel: sdpa | math."""
         c = self.cfg
-        kind = choose(c.attention, device, dtype, (batch, c.n_head, seq or c.block_size, c.n_embd // c.n_head))
+        kind = choose(c.attention, device, dtype, (batch, c.n_head, seq or c.block_size, c.n_embd // c.n_head),
+                      c.dropout if training else 0.0)
         self.set_attention(kind)
         return kind
 

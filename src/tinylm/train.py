@@ -160,7 +160,7 @@ class Trainer(Checkpointing, Reporting):
             ckpt.load_state(self.raw_model, init_state, Path(cfg.train.init_from), "model")
         self.raw_model.activation_checkpointing = cfg.train.activation_checkpointing
         kernel = self.raw_model.choose_attention(self.device, runtime.compute_dtype(self.precision),
-                                                 micro_batch_size(cfg, self.d.world_size))
+                                                 micro_batch_size(cfg, self.d.world_size), training=True)
         self.attention = runtime.broadcast_from_main(kernel, self.d)  # every process runs the same kernel
         self.raw_model.set_attention(self.attention)
         self.model = runtime.wrap_distributed(self.raw_model, self.d, self.device, fsdp=cfg.train.fsdp)
