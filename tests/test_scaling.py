@@ -100,6 +100,8 @@ def test_a_tiny_study_runs_fits_predicts_and_verifies(tmp_path, text_200k, monke
     assert pred["measured"] is not None and pred["error"] == pytest.approx(pred["loss"] / pred["measured"] - 1)
     text = (out / "scaling.md").read_text()
     assert "## Prediction" in text and "Measured:" in text and "Chinchilla" in text
+    inside = pred["low"] <= pred["measured"] <= pred["high"]
+    assert f"{'inside' if inside else 'outside'} the 95% interval" in text
     assert json.loads((out / "scaling.json").read_text())["law"]["params"].keys() == set(scaling.PARAMS)
     assert (out / "scaling.png").is_file()
     if result["frontier"]:  # a frontier `tinylm plan --scaling` can read

@@ -305,7 +305,10 @@ def render(result: dict, figure: str | None) -> str:
         lines += ["## Prediction", "", f"N = {pred['N']:,}, D = {pred['D']:,}: predicted loss {pred['loss']:.4f} "
                   f"[{pred['low']:.4f}, {pred['high']:.4f}]"]
         if pred.get("measured") is not None:
-            lines += ["", f"Measured: {pred['measured']:.4f}; the prediction is off by {pred['error']:+.2%}."]
+            where = "inside" if pred["low"] <= pred["measured"] <= pred["high"] else "outside"
+            lines += ["", f"Measured: {pred['measured']:.4f}; the prediction is off by {pred['error']:+.2%}, "
+                      f"{where} the 95% interval (which resamples the study's runs: it does not hold each run's "
+                      "seed noise or the error of the law's form, so it is narrow for an extrapolation)."]
         lines.append("")
     lines += ["## Plots", "", f"![scaling]({figure})" if figure else
               "(no plots: matplotlib is not installed; `pip install 'tinylm[plot]'`)", ""]
