@@ -78,13 +78,13 @@ def measure(dtype: torch.dtype, shape: tuple[int, int, int, int], dropout: float
     g = torch.Generator().manual_seed(0)  # its own stream: probing must not move training's random state
     q, k, v = (torch.randn(shape, dtype=dtype, generator=g).requires_grad_() for _ in range(3))
     times = {}
-    for kind in ("sdpa", "math"):
-        best = math.inf
-        for trial in range(trials + 1):
-            t0 = time.perf_counter()
-            with torch.random.fork_rng(devices=[]):  # dropout's masks must not move training's random state
+    with torch.random.fork_rng(devices=[]):  # dropout's masks must not move training's random state either
+        for kind in ("sdpa", "math"):
+            best = math.inf
+            for trial in range(trials + 1):
+                t0 = time.perf_counter()
                 attend(q, k, v, "causal", dropout, kind).sum().backward()
-            if trial:  # the first call warms up
-                best = min(best, time.perf_counter() - t0)
-        times[kind] = best
+                if trial:  # the first call warms up
+                    best = min(best, time.perf_counter() - t0)
+            times[kind] = best
     return times
