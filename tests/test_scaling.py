@@ -37,8 +37,24 @@ def test_parabola_finds_a_known_optimum():
 def test_sizes_are_depths_or_depth_x_width():
     assert scaling.parse_size("3") == {"n_layer": 3, "n_embd": 192, "n_head": 3}
     assert scaling.parse_size("2x96") == {"n_layer": 2, "n_embd": 96, "n_head": 1}
+    assert scaling.parse_size("2x96", head_size=32) == {"n_layer": 2, "n_embd": 96, "n_head": 3}
     with pytest.raises(TinyLMError, match="multiple of 64"):
         scaling.parse_size("2x200")
+
+
+def test_the_window_keeps_pairs_near_the_optimum(tmp_path):
+    cfg = tiny_config(tmp_path, "abc" * 100)  # 8 x 32 = 256 tokens a step
+    shapes = [scaling.parse_size(s) for s in ("1x64", "2x64", "2x128")]
+    count = scaling.non_embedding_counter(cfg)
+    everything, none_left = scaling.study_points(cfg, [1e10, 1e11], shapes, count)
+    assert len(everything) == 6 and none_left == []
+    kept, left = scaling.study_points(cfg, [1e10, 1e11], shapes, count, window=(1, 100))
+    for _, _, n, d in kept:
+        assert 1 <= d / n <= 100
+    assert len(kept) + len(left) == 6 and left and kept
+    assert all(not 1 <= tpp <= 100 for _, _, tpp in left)
+    assert {(c, name) for c, name, _ in left} == {(c, f"{p.overrides['model.n_layer']}x{p.overrides['model.n_embd']}")
+                                                 for p, c, n, d in everything if not 1 <= d / n <= 100}
 
 
 def test_frontier_through_known_optima():
@@ -90,10 +106,14 @@ def test_a_tiny_study_runs_fits_predicts_and_verifies(tmp_path, text_200k, monke
     base.write_text(to_toml(cfg))
     out = tmp_path / "study"
     result = scaling.run_scaling(base, [3e8, 1e9], ["1", "2x64", "2"], out, verify=(4e5, 3e4), resamples=10,
-                                 log=lambda *a: None)
+                                 head_size=32, log=lambda *a: None)
     assert len(calls) == 7  # 2 budgets x 3 depths + the verification run
     runs = result["runs"]
     assert [r["size"] for r in runs] == ["1x64", "2x64", "2x128"] * 2 and all(r["loss"] for r in runs)
+    import tomllib  # head_size=32: two heads at width 64, four at 128
+    heads = {p.name: tomllib.loads((p / "seed0" / "config.toml").read_text())["model"]["n_head"]
+             for p in (out / "runs").iterdir()}
+    assert heads["C=1e+09,size=1x64"] == 2 and heads["C=1e+09,size=2x128"] == 4
     for r in runs:  # D = C / 6N, to within one step of tokens
         assert abs(r["D"] - r["budget"] / (6 * r["N"])) <= 8 * 32 / 2 or r["D"] == 8 * 32
     pred = result["prediction"]
@@ -106,3 +126,10 @@ def test_a_tiny_study_runs_fits_predicts_and_verifies(tmp_path, text_200k, monke
     assert (out / "scaling.png").is_file()
     if result["frontier"]:  # a frontier `tinylm plan --scaling` can read
         assert load_frontier(out).a == pytest.approx(result["frontier"]["a"])
+
+
+def test_a_bad_window_is_one_line(capsys):
+    from tinylm.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["scaling", "--budgets", "1e12", "--tokens-per-param", "50,2"])
+    assert e.value.code == 2 and "0 < LOW < HIGH" in capsys.readouterr().err

@@ -24,14 +24,14 @@ ASPECT = 64  # n_embd / n_layer, the shape rule (nanochat's depth x 64; GPT-2 sm
 TABLE_SIZES = (10e6, 25e6, 50e6, 124e6, 350e6, 774e6, 1.3e9, 2.7e9, 7e9)  # --table: the seeds' cost model
 
 
-def shape_for(n_layer: int, n_embd: int | None = None) -> dict[str, int]:
-    """The model of a depth under tinylm's shape rule: width 64 x depth (unless given), heads of 64 (one head
-    below width 128).
+def shape_for(n_layer: int, n_embd: int | None = None, head_size: int = HEAD_SIZE) -> dict[str, int]:
+    """The model of a depth under tinylm's shape rule: width 64 x depth (unless given), heads of ``head_size``
+    (64: one head below width 128).
 
     ``shape_for(12) -> {"n_layer": 12, "n_embd": 768, "n_head": 12}`` (GPT-2 small's shape).
     """
     n_embd = n_embd or ASPECT * n_layer
-    return {"n_layer": n_layer, "n_embd": n_embd, "n_head": max(1, n_embd // HEAD_SIZE)}
+    return {"n_layer": n_layer, "n_embd": n_embd, "n_head": max(1, n_embd // head_size)}
 
 
 def depth_for(params: float) -> int:

@@ -2,10 +2,12 @@
 
 For each compute budget C, models of several sizes (a depth, width 64 x depth, heads of 64: the shape
 rule of :func:`tinylm.analysis.plan.shape_for`; or depth x width, e.g. 2x96, for the finer steps a small
-study needs) are each trained on D = C / 6N tokens, their LR schedule sized
-to D (max_steps = D / tokens per step), through the sweep runner. N is the **non-embedding** parameter
-count, as Kaplan et al. and Chinchilla's fits use; counting the embeddings too moves the
-tokens-per-parameter figure, most for small models, whose embeddings are a large share.
+study needs; a smaller head size keeps several heads in narrow models) are each trained on D = C / 6N
+tokens, their LR schedule sized to D (max_steps = D / tokens per step), through the sweep runner. A
+tokens-per-parameter window keeps each budget's sizes near its optimum, as Chinchilla's IsoFLOP curves
+do: a model that sees a fraction of a token per parameter measures how fast it starts, not its size.
+N is the **non-embedding** parameter count, as Kaplan et al. and Chinchilla's fits use; counting the
+embeddings too moves the tokens-per-parameter figure, most for small models, whose embeddings are a large share.
 
 Fits:
 
@@ -31,7 +33,7 @@ from numpy.typing import ArrayLike
 
 from ..errors import TinyLMError
 from ..fileio import write_text_atomic
-from .plan import shape_for
+from .plan import HEAD_SIZE, shape_for
 from .sweep import Point, run_points
 
 if TYPE_CHECKING:
@@ -174,11 +176,12 @@ def tokens_per_step(cfg: Config) -> int:
     return cfg.train.batch_size * cfg.model.block_size
 
 
-def parse_size(text: str) -> dict[str, int]:
-    """``"3" -> shape_for(3)`` (width 192), ``"2x96" -> 2 layers of width 96, one head``."""
+def parse_size(text: str, head_size: int = HEAD_SIZE) -> dict[str, int]:
+    """``"3" -> shape_for(3)`` (width 192), ``"2x96" -> 2 layers of width 96, one head`` (three of 32 with
+    ``head_size=32``)."""
     depth, _, width = text.strip().lower().partition("x")
     try:
-        shape = shape_for(int(depth), int(width) if width else None)
+        shape = shape_for(int(depth), int(width) if width else None, head_size)
     except ValueError:
         raise TinyLMError(f"--sizes {text!r}: give depths (3) or depth x width (2x96), comma-separated") from None
     if shape["n_layer"] < 1 or shape["n_embd"] % shape["n_head"] or shape["n_embd"] < 2:
@@ -190,15 +193,20 @@ def size_name(shape: dict[str, int]) -> str:
     return f"{shape['n_layer']}x{shape['n_embd']}"
 
 
-def study_points(cfg: Config, budgets: list[float], sizes: list[dict], counts: Callable[[dict], int]) -> list[tuple]:
-    """(Point, budget, N, D) for every budget x size: D = C / 6N tokens, the schedule sized to D."""
-    out = []
+def study_points(cfg: Config, budgets: list[float], sizes: list[dict], counts: Callable[[dict], int],
+                 window: tuple[float, float] | None = None) -> tuple[list[tuple], list[tuple]]:
+    """(Point, budget, N, D) for every budget x size whose D / N lies in ``window`` (all without one):
+    D = C / 6N tokens, the schedule sized to D; and (budget, size name, D / N) of the pairs left out."""
+    out, skipped = [], []
     for c, shape in itertools.product(budgets, sizes):
         n = counts(shape)
         steps = max(1, round(c / (6 * n) / tokens_per_step(cfg)))
-        out.append((_point(f"C={c:.3g},size={size_name(shape)}", cfg, shape, steps), c, n,
-                    steps * tokens_per_step(cfg)))
-    return out
+        d = steps * tokens_per_step(cfg)
+        if window and not window[0] <= d / n <= window[1]:
+            skipped.append((c, size_name(shape), d / n))
+            continue
+        out.append((_point(f"C={c:.3g},size={size_name(shape)}", cfg, shape, steps), c, n, d))
+    return out, skipped
 
 
 def _point(name: str, cfg: Config, shape: dict, steps: int) -> Point:
@@ -225,21 +233,26 @@ def non_embedding_counter(cfg: Config) -> Callable[[dict], int]:
 
 def run_scaling(config: str | Path | None, budgets: list[float], sizes: list[str], out: str | Path, *,
                 verify: tuple[float, float] | None = None, predict_at: tuple[float, float] | None = None,
-                jobs: int = 1, threads: int | None = None, overrides: list[str] | None = None,
+                head_size: int = HEAD_SIZE, tokens_per_param: tuple[float, float] | None = None, jobs: int = 1,
+                threads: int | None = None, overrides: list[str] | None = None,
                 resamples: int = 200, log: Callable[[str], None] = print) -> dict:
     """Train the study, fit both laws, predict (and with ``verify`` = (N, D), train that model and compare).
-    Writes scaling.json, scaling.md and scaling.png to ``out``; returns scaling.json's content."""
+    ``tokens_per_param`` = (low, high) trains only the budget x size pairs whose D / N lies in it. Writes scaling.json,
+    scaling.md and scaling.png to ``out``; returns scaling.json's content."""
     from ..config import build_config
     from .plan import depth_for
     out = Path(out)
     cfg = build_config(config, overrides or [])
     count = non_embedding_counter(cfg)
-    shapes = sorted((parse_size(str(s)) for s in sizes), key=count)
-    plan = study_points(cfg, sorted(budgets), shapes, count)
+    shapes = sorted((parse_size(str(s), head_size) for s in sizes), key=count)
+    plan, skipped = study_points(cfg, sorted(budgets), shapes, count, tokens_per_param)
+    if not plan:
+        raise TinyLMError(f"no budget x size pair has D / N within --tokens-per-param {tokens_per_param[0]:g},"
+                          f"{tokens_per_param[1]:g}; widen the window or change --sizes / --budgets")
     target = verify or predict_at
     extra = []
     if target:
-        shape = shape_for(depth_for(target[0]))
+        shape = shape_for(depth_for(target[0]), head_size=head_size)
         steps = max(1, round(target[1] / tokens_per_step(cfg)))
         target = (count(shape), steps * tokens_per_step(cfg))
         extra = [_point(f"verify,size={size_name(shape)},D={target[1]:.3g}", cfg, shape, steps)] if verify else []
@@ -249,7 +262,9 @@ def run_scaling(config: str | Path | None, budgets: list[float], sizes: list[str
     runs = [{"budget": c, "size": f"{p.overrides['model.n_layer']}x{p.overrides['model.n_embd']}", "N": n, "D": d,
              "loss": final.get(p.name)} for p, c, n, d in plan]
     done = [r for r in runs if r["loss"] is not None]
-    result: dict = {"runs": runs, "convention": "N = non-embedding parameters; C = 6ND"}
+    result: dict = {"runs": runs, "convention": "N = non-embedding parameters; C = 6ND", "head_size": head_size,
+                    "tokens_per_param_window": list(tokens_per_param) if tokens_per_param else None,
+                    "left_out": [{"budget": c, "size": name, "tokens_per_param": tpp} for c, name, tpp in skipped]}
     fits = {c: fit_parabola(c, [r["N"] for r in at], [r["loss"] for r in at]) for c in sorted(budgets)
             if len(at := [r for r in done if r["budget"] == c]) >= 3}
     parabolas = [p for p in fits.values() if p is not None]
@@ -283,6 +298,10 @@ def render(result: dict, figure: str | None) -> str:
              "|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['budget']:.3g} | {r['size']} | {r['N']:,} | {r['D']:,} | "
               f"{'failed' if r['loss'] is None else format(r['loss'], '.4f')} |" for r in result["runs"]]
+    if result.get("left_out"):
+        low, high = result["tokens_per_param_window"]
+        lines += ["", f"Not trained (D / N outside the window {low:g} to {high:g} tokens per parameter): " + ", ".join(
+            f"{x['size']} at {x['budget']:.3g} ({x['tokens_per_param']:.2g})" for x in result["left_out"]) + "."]
     lines += ["", "## Approach 2: IsoFLOP parabolas", "", "| budget C | N* | D* | tokens per parameter | loss at N* |",
               "|---:|---:|---:|---:|---:|"]
     lines += [f"| {p['budget']:.3g} | {p['n_opt']:.3g}{'' if p['bracketed'] else ' (outside the sizes)'} | "

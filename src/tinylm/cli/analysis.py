@@ -41,7 +41,8 @@ def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_scaling(args: argparse.Namespace, extra: list[str]) -> int:
     from ..analysis.scaling import run_scaling
     result = run_scaling(args.config, args.budgets, args.sizes, args.out, verify=args.verify, predict_at=args.predict,
-                         jobs=args.jobs, threads=args.threads, overrides=extra, resamples=args.resamples)
+                         head_size=args.head_size, tokens_per_param=args.tokens_per_param, jobs=args.jobs,
+                         threads=args.threads, overrides=extra, resamples=args.resamples)
     law, pred = result["law"]["params"], result.get("prediction")
     f = result["frontier"]
     print((f"frontier N* = {f['g']:.3g} C^{f['a']:.3f}" if f else "no frontier (see scaling.md)") +
@@ -67,6 +68,14 @@ def _pair(text: str) -> tuple[float, float]:
     return values[0], values[1]
 
 
+def _window(text: str) -> tuple[float, float]:
+    values = _amounts(text)
+    if len(values) != 2 or not 0 < values[0] < values[1]:
+        raise argparse.ArgumentTypeError(f"{text!r}: give LOW,HIGH tokens per parameter with 0 < LOW < HIGH, "
+                                         "e.g. 1,1000")
+    return values[0], values[1]
+
+
 def _add_run_pool_flags(sp: argparse.ArgumentParser, config_help: str, out: str, out_help: str) -> None:
     """The flags of a command that trains many runs as child processes (sweep, scaling)."""
     sp.add_argument("--config", help=config_help)
@@ -89,6 +98,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--sizes", type=lambda t: [x for x in t.split(",") if x.strip()], default=["1", "2", "3", "4"],
                     help="model depths (width 64 x depth) or depth x width, e.g. 1x64,2x64,2x96,3x128 "
                          "(default 1,2,3,4)")
+    sp.add_argument("--head-size", type=int, default=64,
+                    help="attention head size of the study's models (default 64: one head below width 128; 32 keeps "
+                         "several heads in narrow models)")
+    sp.add_argument("--tokens-per-param", type=_window, metavar="LOW,HIGH",
+                    help="train only the budget x size pairs with D / N in this range, e.g. 1,1000 "
+                         "(default: every pair)")
     sp.add_argument("--predict", type=_pair, metavar="N,D", help="predict the loss of N parameters on D tokens")
     sp.add_argument("--verify", type=_pair, metavar="N,D", help="predict, then train that model and compare")
     sp.add_argument("--resamples", type=int, default=200, help="bootstrap resamples for the intervals")
