@@ -124,6 +124,35 @@ def test_training_with_dropout_is_probed_apart_and_leaves_the_random_state(monke
     assert sum("dropout 0.2" in key for key in keys) == 1 and len(keys) == 2
 
 
+def test_attention_dropout_off_keeps_dropout_on_the_residual_branches_only(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    seen = []
+    real = attention.attend
+
+    def spy(q, k, v, mask, dropout_p, kind):
+        seen.append(dropout_p)
+        return real(q, k, v, mask, dropout_p, kind)
+
+    import tinylm.model
+    monkeypatch.setattr(tinylm.model, "attend", spy)
+    x = torch.randint(0, 32, (2, 16))
+    for weights in (True, False):
+        torch.manual_seed(0)
+        model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=32, dropout=0.5,
+                                attention_dropout=weights, attention="math"))
+        model.train()
+        a, b = model(x)[0], model(x)[0]
+        assert not torch.equal(a, b)  # residual and embedding dropout stay on either way
+    assert seen == [0.5, 0.5, 0.0, 0.0]
+    probed = []
+    monkeypatch.setattr(attention, "measure",
+                        lambda dtype, shape, dropout: probed.append(dropout) or {"sdpa": 1, "math": 2})
+    model = GPT(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=32, dropout=0.5,
+                            attention_dropout=False))
+    assert model.choose_attention(torch.device("cpu"), torch.float32, 2, training=True) == "sdpa"
+    assert probed == [0.0]  # the probe times the kernel training will run: without dropout on the weights
+
+
 def test_unknown_kind_is_refused_by_the_config():
     cfg = Config()
     cfg.model.attention = "flash"

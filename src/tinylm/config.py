@@ -55,6 +55,9 @@ class ModelConfig:
     """Biases in linear layers and LayerNorm."""
     dropout: float = 0.0
     """Dropout on attention, residual branches and embeddings; 0 turns it off."""
+    attention_dropout: bool = True
+    """Apply model.dropout to the attention weights too (GPT-2 and nanoGPT do); false keeps it on the residual
+    branches and embeddings only, and CPU SDPA's fast kernel, which dropout on the weights leaves (2x slower)."""
     attention: str = "auto"
     """Attention kernel: sdpa (torch's fused kernel) | math (explicit matmuls) | auto (the faster, measured once per
     machine, dtype and shape; SDPA on CUDA). Same results within the dtype's tolerance; not part of the checkpoint."""
