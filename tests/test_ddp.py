@@ -117,3 +117,31 @@ def test_eval_is_the_same_for_micro_batch_16_and_4_and_two_processes(single_run)
     for key in ("loss", "bits_per_byte"):
         assert abs(one4[key] - two4[key]) < 1e-6  # the same batches, shared out: only the sum's order differs
         assert abs(one16[key] - one4[key]) < bound
+
+
+SKEWED = """import os, sys, time
+from tinylm.train import Trainer
+if os.environ["RANK"] == "1":  # this process's clock runs 4x fast: it alone would think the budget spent
+    Trainer.clock = staticmethod(lambda: 4 * time.perf_counter())
+from tinylm.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_time_budget_ends_every_process_at_the_same_step(tmp_path, text_200k):
+    """Under DDP the budget is read from rank 0's clock: by its own clock rank 1 would stop first, and rank 0
+    would wait forever in its next gradient all-reduce."""
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 100_000, "train.time_budget": "3s",
+                                              "train.eval_interval": 0, "train.log_interval": 1,
+                                              "train.batch_size": 8, "train.threads": 1,
+                                              "train.precision": "fp32", "run.name": "budget"})
+    script = tmp_path / "skewed.py"
+    script.write_text(SKEWED)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                           str(script), "train", *cli_args(cfg)], env=ENV, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = [r for r in read_metrics(cfg.run_dir) if r.get("event") == "time_budget"]
+    assert len(events) == 1
+    steps = sorted(logged_losses(cfg.run_dir))
+    assert steps == list(range(1, steps[-1] + 1)) and steps[-1] == events[0]["step"] > 1

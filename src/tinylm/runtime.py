@@ -148,6 +148,15 @@ def all_sum(x: torch.Tensor, d: Dist) -> torch.Tensor:
     return x
 
 
+def main_float(x: float, d: Dist, device: torch.device) -> float:
+    """Rank 0's ``x`` in every process (every process must call it; one scalar broadcast)."""
+    if d.world_size == 1:
+        return x
+    box = torch.tensor([x], dtype=torch.float64, device=device)
+    dist.broadcast(box, src=0)
+    return float(box)
+
+
 def barrier(d: Dist) -> None:
     """Wait until every process gets here (e.g. until rank 0 has prepared the data)."""
     if d.world_size > 1:

@@ -316,6 +316,13 @@ class Trainer(Checkpointing, Reporting):
         """Training seconds of this run, earlier sessions included."""
         return self.elapsed_before + self.clock() - self.t_start
 
+    def _budget_elapsed(self) -> float:
+        """:meth:`_elapsed` by rank 0's clock in every process. Against a time budget the processes must agree on
+        the LR and on the last step: by their own clocks they differ, and a process that steps once more than the
+        others waits forever in a gradient all-reduce they left."""
+        elapsed = self._elapsed()
+        return runtime.main_float(elapsed, self.d, self.device) if self.time_budget else elapsed
+
     # ----------------------------------------------------------------- the run
 
     def run(self) -> TrainResult:
@@ -379,10 +386,10 @@ class Trainer(Checkpointing, Reporting):
         """Steps until ``max_steps`` or the time budget; True when a signal stopped it first."""
         tc = self.cfg.train
         while True:
-            time_frac = self._elapsed() / self.time_budget if self.time_budget else None
+            time_frac = self._budget_elapsed() / self.time_budget if self.time_budget else None
             scale = lr_scale(self.step, self.cfg.optim, tc.max_steps, time_frac)
             stats = self._timed_step(scale)
-            last = self._finished(self._elapsed())  # then the final evaluation follows: no other one at this step
+            last = self._finished(self._budget_elapsed())  # then the final evaluation follows: no other one at this step
             if self.step % tc.log_interval == 0 or last or stop.requested:
                 self._settle()  # the only wait for the device between steps
             if self.step % tc.log_interval == 0 or last:  # the last step is logged: the final train loss
