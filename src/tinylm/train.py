@@ -389,7 +389,7 @@ class Trainer(Checkpointing, Reporting):
             time_frac = self._budget_elapsed() / self.time_budget if self.time_budget else None
             scale = lr_scale(self.step, self.cfg.optim, tc.max_steps, time_frac)
             stats = self._timed_step(scale)
-            last = self._finished(self._budget_elapsed())  # then the final evaluation follows: no other one at this step
+            last = self._finished(self._budget_elapsed())  # then the final evaluation: no other one at this step
             if self.step % tc.log_interval == 0 or last or stop.requested:
                 self._settle()  # the only wait for the device between steps
             if self.step % tc.log_interval == 0 or last:  # the last step is logged: the final train loss
