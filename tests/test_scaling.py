@@ -40,6 +40,8 @@ def test_sizes_are_depths_or_depth_x_width():
     assert scaling.parse_size("2x96", head_size=32) == {"n_layer": 2, "n_embd": 96, "n_head": 3}
     with pytest.raises(TinyLMError, match="multiple of 64"):
         scaling.parse_size("2x200")
+    with pytest.raises(TinyLMError, match="positive head size"):
+        scaling.parse_size("2x64", head_size=0)
 
 
 def test_the_window_keeps_pairs_near_the_optimum(tmp_path):

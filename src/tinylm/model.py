@@ -189,7 +189,7 @@ class CausalSelfAttention(nn.Module):
         self.q_norm = nn.RMSNorm(self.head_size, eps=1e-6) if cfg.qk_norm else None
         self.k_norm = nn.RMSNorm(self.head_size, eps=1e-6) if cfg.qk_norm else None
         self.dropout = cfg.dropout
-        self.weights_dropout = cfg.dropout if cfg.attention_dropout else 0.0
+        self.weights_dropout = cfg.weights_dropout
         self.kernel = "sdpa" if cfg.attention == "auto" else cfg.attention  # GPT.choose_attention resolves auto
 
     def forward(self, x: torch.Tensor, B: int, rope: Rope, cache: KVCache | None, mask: Mask) -> torch.Tensor:
@@ -346,7 +346,7 @@ class GPT(nn.Module):
         per machine) and set it in every layer. Until called, auto runs SDPA. Returns the kernel: sdpa | math."""
         c = self.cfg
         kind = choose(c.attention, device, dtype, (batch, c.n_head, seq or c.block_size, c.n_embd // c.n_head),
-                      c.dropout if training and c.attention_dropout else 0.0)
+                      c.weights_dropout if training else 0.0)
         self.set_attention(kind)
         return kind
 

@@ -179,6 +179,8 @@ def tokens_per_step(cfg: Config) -> int:
 def parse_size(text: str, head_size: int = HEAD_SIZE) -> dict[str, int]:
     """``"3" -> shape_for(3)`` (width 192), ``"2x96" -> 2 layers of width 96, one head`` (three of 32 with
     ``head_size=32``)."""
+    if head_size < 1:
+        raise TinyLMError(f"--head-size {head_size}: give a positive head size, e.g. 32 or 64")
     depth, _, width = text.strip().lower().partition("x")
     try:
         shape = shape_for(int(depth), int(width) if width else None, head_size)
@@ -247,8 +249,11 @@ def run_scaling(config: str | Path | None, budgets: list[float], sizes: list[str
     shapes = sorted((parse_size(str(s), head_size) for s in sizes), key=count)
     plan, skipped = study_points(cfg, sorted(budgets), shapes, count, tokens_per_param)
     if not plan:
-        raise TinyLMError(f"no budget x size pair has D / N within --tokens-per-param {tokens_per_param[0]:g},"
-                          f"{tokens_per_param[1]:g}; widen the window or change --sizes / --budgets")
+        if tokens_per_param:
+            low, high = tokens_per_param
+            raise TinyLMError(f"no budget x size pair has D / N within --tokens-per-param {low:g},{high:g}; widen the "
+                              "window or change --sizes / --budgets")
+        raise TinyLMError("no budget x size pair to train; give --budgets and --sizes")
     target = verify or predict_at
     extra = []
     if target:

@@ -86,7 +86,7 @@ def _add_run_pool_flags(sp: argparse.ArgumentParser, config_help: str, out: str,
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """scaling, sweep, report and plan."""
-    from ..analysis.plan import parse_amount
+    from ..analysis.plan import HEAD_SIZE, parse_amount
     sp = sub.add_parser("scaling", help="IsoFLOP scaling study: fits, a prediction, and its verification.",
                         description="For each compute budget C, train models of each depth (width 64 x depth) on "
                                     "D = C / 6N tokens (N: non-embedding parameters); fit IsoFLOP parabolas "
@@ -98,9 +98,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--sizes", type=lambda t: [x for x in t.split(",") if x.strip()], default=["1", "2", "3", "4"],
                     help="model depths (width 64 x depth) or depth x width, e.g. 1x64,2x64,2x96,3x128 "
                          "(default 1,2,3,4)")
-    sp.add_argument("--head-size", type=int, default=64,
-                    help="attention head size of the study's models (default 64: one head below width 128; 32 keeps "
-                         "several heads in narrow models)")
+    sp.add_argument("--head-size", type=int, default=HEAD_SIZE,
+                    help=f"attention head size of the study's models (default {HEAD_SIZE}: one head below width 128; "
+                         "32 keeps several heads in narrow models)")
     sp.add_argument("--tokens-per-param", type=_window, metavar="LOW,HIGH",
                     help="train only the budget x size pairs with D / N in this range, e.g. 1,1000 "
                          "(default: every pair)")

@@ -52,7 +52,7 @@ def gpt2_files(m: ModelConfig, state: dict[str, torch.Tensor]) -> tuple[dict, di
     config = {"architectures": [ARCHITECTURES["gpt2"]], "model_type": "gpt2", "vocab_size": m.vocab_size,
               "n_positions": m.block_size, "n_embd": m.n_embd, "n_layer": m.n_layer, "n_head": m.n_head,
               "n_inner": mlp_hidden(m), "activation_function": "gelu_new", "layer_norm_epsilon": LAYERNORM_EPS,
-              "resid_pdrop": m.dropout, "embd_pdrop": m.dropout, "attn_pdrop": m.dropout * m.attention_dropout,
+              "resid_pdrop": m.dropout, "embd_pdrop": m.dropout, "attn_pdrop": m.weights_dropout,
               "scale_attn_weights": True, "tie_word_embeddings": m.tie_embeddings}
 
     def bias(name: str, size: int) -> torch.Tensor:  # no bias = a zero bias
@@ -79,7 +79,7 @@ def llama_files(m: ModelConfig, state: dict[str, torch.Tensor]) -> tuple[dict, d
               "hidden_act": "silu", "max_position_embeddings": m.block_size, "rms_norm_eps": RMSNORM_EPS,
               # rope_theta for transformers 4.x, rope_parameters for 5.x
               "rope_theta": m.rope_base, "rope_parameters": {"rope_type": "default", "rope_theta": m.rope_base},
-              "attention_bias": False, "mlp_bias": False, "attention_dropout": m.dropout * m.attention_dropout,
+              "attention_bias": False, "mlp_bias": False, "attention_dropout": m.weights_dropout,
               "tie_word_embeddings": m.tie_embeddings}
     out = {"model.embed_tokens.weight": state["wte.weight"], "model.norm.weight": state["norm_f.weight"]}
     for i in range(m.n_layer):
