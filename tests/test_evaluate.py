@@ -221,7 +221,7 @@ def test_curve_checks():
     assert late["event"] == "unigram_entropy" and not late["ok"] and "still above 1.1 x the unigram" in late["message"]
     assert checks.val(UNIGRAM_DEADLINE + 100, 2.0) == []  # said once
     reached = CurveChecks(100, 3.0, 3.0).val(200, 3.3)
-    assert reached[0]["ok"] and "has reached the unigram entropy 3.0000" in reached[0]["message"]
+    assert reached[0]["ok"] and "at or below 1.1 x the unigram entropy 3.0000" in reached[0]["message"]
     assert CurveChecks(100, None, 3.0).val(1000, 9.0) == []  # prepare did not measure it: no check
     spikes = CurveChecks(100, None, 3.0)
     assert all(spikes.train(1.0) == [] for _ in range(20))

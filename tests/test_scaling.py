@@ -92,6 +92,18 @@ def test_the_fit_recovers_known_parameters_from_noisy_losses():
     assert value == pytest.approx(float(scaling.predict(CHINCHILLA, 1e10, 2e11)), rel=0.01)
 
 
+def test_lr_width_scales_the_rate_inversely_with_the_width(tmp_path):
+    cfg = tiny_config(tmp_path, "abc" * 100, **{"optim.lr": 2e-3})
+    shapes = [scaling.parse_size(s) for s in ("1x64", "2x128")]
+    count = scaling.non_embedding_counter(cfg)
+    plain, _ = scaling.study_points(cfg, [1e10], shapes, count)
+    assert all("optim.lr" not in p.overrides for p, *_ in plain)  # one rate: the config's
+    scaled, _ = scaling.study_points(cfg, [1e10], shapes, count, lr_width=64)
+    assert [p.overrides["optim.lr"] for p, *_ in scaled] == pytest.approx([2e-3, 1e-3])
+    with pytest.raises(TinyLMError, match="--lr-width 0: give the width"):
+        scaling.run_scaling(None, [1e10], ["1"], tmp_path / "s", lr_width=0)
+
+
 @pytest.mark.slow
 def test_a_tiny_study_runs_fits_predicts_and_verifies(tmp_path, text_200k, monkeypatch):
     from tinylm.cli import main
@@ -108,7 +120,7 @@ def test_a_tiny_study_runs_fits_predicts_and_verifies(tmp_path, text_200k, monke
     base.write_text(to_toml(cfg))
     out = tmp_path / "study"
     result = scaling.run_scaling(base, [3e8, 1e9], ["1", "2x64", "2"], out, verify=(4e5, 3e4), resamples=10,
-                                 head_size=32, log=lambda *a: None)
+                                 head_size=32, lr_width=64, log=lambda *a: None)
     assert len(calls) == 7  # 2 budgets x 3 depths + the verification run
     runs = result["runs"]
     assert [r["size"] for r in runs] == ["1x64", "2x64", "2x128"] * 2 and all(r["loss"] for r in runs)
@@ -116,6 +128,7 @@ def test_a_tiny_study_runs_fits_predicts_and_verifies(tmp_path, text_200k, monke
     heads = {p.name: tomllib.loads((p / "seed0" / "config.toml").read_text())["model"]["n_head"]
              for p in (out / "runs").iterdir()}
     assert heads["C=1e+09,size=1x64"] == 2 and heads["C=1e+09,size=2x128"] == 4
+    assert [r["lr"] for r in runs[:3]] == pytest.approx([cfg.optim.lr, cfg.optim.lr, cfg.optim.lr / 2])  # lr_width=64
     for r in runs:  # D = C / 6N, to within one step of tokens
         assert abs(r["D"] - r["budget"] / (6 * r["N"])) <= 8 * 32 / 2 or r["D"] == 8 * 32
     pred = result["prediction"]

@@ -182,8 +182,8 @@ class CurveChecks:
             return []
         h = self.entropy
         if val_loss <= (1 + UNIGRAM_TOLERANCE) * h:
-            ok, message = True, (f"val loss {val_loss:.4f} has reached the unigram entropy {h:.4f} nats/token "
-                                 f"(within 10%) at step {step}: the token frequencies are learned")
+            ok, message = True, (f"val loss {val_loss:.4f} is at or below 1.1 x the unigram entropy {h:.4f} "
+                                 f"nats/token at step {step}: the token frequencies are learned")
         elif step >= UNIGRAM_DEADLINE:
             ok, message = False, (f"val loss {val_loss:.4f} is still above 1.1 x the unigram entropy {h:.4f} "
                                   f"nats/token at step {step} (a healthy run gets there within {UNIGRAM_DEADLINE}); "

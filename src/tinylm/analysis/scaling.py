@@ -196,9 +196,11 @@ def size_name(shape: dict[str, int]) -> str:
 
 
 def study_points(cfg: Config, budgets: list[float], sizes: list[dict], counts: Callable[[dict], int],
-                 window: tuple[float, float] | None = None) -> tuple[list[tuple], list[tuple]]:
+                 window: tuple[float, float] | None = None,
+                 lr_width: int | None = None) -> tuple[list[tuple], list[tuple]]:
     """(Point, budget, N, D) for every budget x size whose D / N lies in ``window`` (all without one):
-    D = C / 6N tokens, the schedule sized to D; and (budget, size name, D / N) of the pairs left out."""
+    D = C / 6N tokens, the schedule sized to D, the learning rate by :func:`_point`; and (budget, size name,
+    D / N) of the pairs left out."""
     out, skipped = [], []
     for c, shape in itertools.product(budgets, sizes):
         n = counts(shape)
@@ -207,15 +209,21 @@ def study_points(cfg: Config, budgets: list[float], sizes: list[dict], counts: C
         if window and not window[0] <= d / n <= window[1]:
             skipped.append((c, size_name(shape), d / n))
             continue
-        out.append((_point(f"C={c:.3g},size={size_name(shape)}", cfg, shape, steps), c, n, d))
+        out.append((_point(f"C={c:.3g},size={size_name(shape)}", cfg, shape, steps, lr_width), c, n, d))
     return out, skipped
 
 
-def _point(name: str, cfg: Config, shape: dict, steps: int) -> Point:
+def _point(name: str, cfg: Config, shape: dict, steps: int, lr_width: int | None = None) -> Point:
+    """One run of the study. With ``lr_width`` W, the config's learning rate is the one for width W and a model
+    of width w trains at lr x W / w: muP's rule for Adam on hidden matrices (Yang et al. 2022), here on every
+    group, since one rate for all widths over-drives the wide models."""
     warmup = min(cfg.optim.warmup_steps, steps // 10)  # warmup no longer than a tenth of the run
-    return Point(name, {"model.n_layer": shape["n_layer"], "model.n_embd": shape["n_embd"],
-                        "model.n_head": shape["n_head"], "train.max_steps": steps, "optim.warmup_steps": warmup,
-                        "train.eval_interval": 0, "train.time_budget": ""})
+    settings = {"model.n_layer": shape["n_layer"], "model.n_embd": shape["n_embd"], "model.n_head": shape["n_head"],
+                "train.max_steps": steps, "optim.warmup_steps": warmup, "train.eval_interval": 0,
+                "train.time_budget": ""}
+    if lr_width:
+        settings["optim.lr"] = cfg.optim.lr * lr_width / shape["n_embd"]
+    return Point(name, settings)
 
 
 def non_embedding_counter(cfg: Config) -> Callable[[dict], int]:
@@ -235,11 +243,13 @@ def non_embedding_counter(cfg: Config) -> Callable[[dict], int]:
 
 def run_scaling(config: str | Path | None, budgets: list[float], sizes: list[str], out: str | Path, *,
                 verify: tuple[float, float] | None = None, predict_at: tuple[float, float] | None = None,
-                head_size: int = HEAD_SIZE, tokens_per_param: tuple[float, float] | None = None, jobs: int = 1,
+                head_size: int = HEAD_SIZE, tokens_per_param: tuple[float, float] | None = None,
+                lr_width: int | None = None, jobs: int = 1,
                 threads: int | None = None, overrides: list[str] | None = None,
                 resamples: int = 200, log: Callable[[str], None] = print) -> dict:
     """Train the study, fit both laws, predict (and with ``verify`` = (N, D), train that model and compare).
-    ``tokens_per_param`` = (low, high) trains only the budget x size pairs whose D / N lies in it. Writes scaling.json,
+    ``tokens_per_param`` = (low, high) trains only the budget x size pairs whose D / N lies in it; ``lr_width``
+    scales the learning rate with the width (:func:`_point`). Writes scaling.json,
     scaling.md and scaling.png to ``out``; returns scaling.json's content."""
     from ..config import build_config
     from .plan import depth_for
@@ -247,7 +257,9 @@ def run_scaling(config: str | Path | None, budgets: list[float], sizes: list[str
     cfg = build_config(config, overrides or [])
     count = non_embedding_counter(cfg)
     shapes = sorted((parse_size(str(s), head_size) for s in sizes), key=count)
-    plan, skipped = study_points(cfg, sorted(budgets), shapes, count, tokens_per_param)
+    if lr_width is not None and lr_width < 1:
+        raise TinyLMError(f"--lr-width {lr_width}: give the width the config's learning rate is for, e.g. 96")
+    plan, skipped = study_points(cfg, sorted(budgets), shapes, count, tokens_per_param, lr_width)
     if not plan:
         if tokens_per_param:
             low, high = tokens_per_param
@@ -260,14 +272,16 @@ def run_scaling(config: str | Path | None, budgets: list[float], sizes: list[str
         shape = shape_for(depth_for(target[0]), head_size=head_size)
         steps = max(1, round(target[1] / tokens_per_step(cfg)))
         target = (count(shape), steps * tokens_per_step(cfg))
-        extra = [_point(f"verify,size={size_name(shape)},D={target[1]:.3g}", cfg, shape, steps)] if verify else []
+        extra = ([_point(f"verify,size={size_name(shape)},D={target[1]:.3g}", cfg, shape, steps, lr_width)]
+                 if verify else [])
     sweep = run_points([p for p, *_ in plan] + extra, config, out, jobs=jobs, threads=threads, overrides=overrides,
                        log=log, command="tinylm scaling")
     final = {r.point: r.final_val_loss for r in sweep.results if r.status == "ok"}
     runs = [{"budget": c, "size": f"{p.overrides['model.n_layer']}x{p.overrides['model.n_embd']}", "N": n, "D": d,
-             "loss": final.get(p.name)} for p, c, n, d in plan]
+             "lr": p.overrides.get("optim.lr", cfg.optim.lr), "loss": final.get(p.name)} for p, c, n, d in plan]
     done = [r for r in runs if r["loss"] is not None]
     result: dict = {"runs": runs, "convention": "N = non-embedding parameters; C = 6ND", "head_size": head_size,
+                    "lr_width": lr_width,
                     "tokens_per_param_window": list(tokens_per_param) if tokens_per_param else None,
                     "left_out": [{"budget": c, "size": name, "tokens_per_param": tpp} for c, name, tpp in skipped]}
     fits = {c: fit_parabola(c, [r["N"] for r in at], [r["loss"] for r in at]) for c in sorted(budgets)
@@ -299,9 +313,13 @@ def render(result: dict, figure: str | None) -> str:
     lines = ["# Scaling study", "",
              f"Convention: {result['convention']} (Kaplan et al. and Chinchilla fit non-embedding counts; with the "
              "embeddings counted, N grows and the tokens-per-parameter figure shrinks, most for small models).", "",
-             "## Runs", "", "| budget C | size (layers x width) | N | D | final val loss |",
-             "|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['budget']:.3g} | {r['size']} | {r['N']:,} | {r['D']:,} | "
+             "## Runs", ""]
+    if result.get("lr_width"):
+        lines += [f"Learning rate x {result['lr_width']} / width (the config's rate is the one for width "
+                  f"{result['lr_width']}).", ""]
+    lines += ["| budget C | size (layers x width) | N | D | learning rate | final val loss |",
+              "|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['budget']:.3g} | {r['size']} | {r['N']:,} | {r['D']:,} | {r['lr']:.3g} | "
               f"{'failed' if r['loss'] is None else format(r['loss'], '.4f')} |" for r in result["runs"]]
     if result.get("left_out"):
         low, high = result["tokens_per_param_window"]

@@ -41,7 +41,8 @@ def cmd_sweep(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_scaling(args: argparse.Namespace, extra: list[str]) -> int:
     from ..analysis.scaling import run_scaling
     result = run_scaling(args.config, args.budgets, args.sizes, args.out, verify=args.verify, predict_at=args.predict,
-                         head_size=args.head_size, tokens_per_param=args.tokens_per_param, jobs=args.jobs,
+                         head_size=args.head_size, tokens_per_param=args.tokens_per_param,
+                         lr_width=args.lr_width, jobs=args.jobs,
                          threads=args.threads, overrides=extra, resamples=args.resamples)
     law, pred = result["law"]["params"], result.get("prediction")
     f = result["frontier"]
@@ -104,6 +105,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--tokens-per-param", type=_window, metavar="LOW,HIGH",
                     help="train only the budget x size pairs with D / N in this range, e.g. 1,1000 "
                          "(default: every pair)")
+    sp.add_argument("--lr-width", type=int, metavar="W",
+                    help="the config's learning rate is the one for width W; width w trains at lr x W / w "
+                         "(muP's rule for Adam; default: one rate for every width)")
     sp.add_argument("--predict", type=_pair, metavar="N,D", help="predict the loss of N parameters on D tokens")
     sp.add_argument("--verify", type=_pair, metavar="N,D", help="predict, then train that model and compare")
     sp.add_argument("--resamples", type=int, default=200, help="bootstrap resamples for the intervals")
