@@ -120,8 +120,8 @@ def test_a_tiny_study_runs_fits_predicts_and_verifies(tmp_path, text_200k, monke
     base.write_text(to_toml(cfg))
     out = tmp_path / "study"
     result = scaling.run_scaling(base, [3e8, 1e9], ["1", "2x64", "2"], out, verify=(4e5, 3e4), resamples=10,
-                                 head_size=32, lr_width=64, log=lambda *a: None)
-    assert len(calls) == 7  # 2 budgets x 3 depths + the verification run
+                                 head_size=32, lr_width=64, seeds=2, log=lambda *a: None)
+    assert len(calls) == 14  # (2 budgets x 3 depths + the verification run) x 2 seeds
     runs = result["runs"]
     assert [r["size"] for r in runs] == ["1x64", "2x64", "2x128"] * 2 and all(r["loss"] for r in runs)
     import tomllib  # head_size=32: two heads at width 64, four at 128
@@ -129,6 +129,12 @@ def test_a_tiny_study_runs_fits_predicts_and_verifies(tmp_path, text_200k, monke
              for p in (out / "runs").iterdir()}
     assert heads["C=1e+09,size=1x64"] == 2 and heads["C=1e+09,size=2x128"] == 4
     assert [r["lr"] for r in runs[:3]] == pytest.approx([cfg.optim.lr, cfg.optim.lr, cfg.optim.lr / 2])  # lr_width=64
+    by_point: dict = {}  # seeds=2: each point's loss is the mean of its two runs
+    for r in json.loads((out / "results.json").read_text()):
+        by_point.setdefault(r["point"], []).append(r["final_val_loss"])
+    assert all(len(v) == 2 and v[0] != v[1] for v in by_point.values())
+    assert runs[0]["loss"] == pytest.approx(sum(by_point["C=3e+08,size=1x64"]) / 2) and runs[0]["seeds"] == 2
+    assert "(mean of 2 seeds)" in (out / "scaling.md").read_text()
     for r in runs:  # D = C / 6N, to within one step of tokens
         assert abs(r["D"] - r["budget"] / (6 * r["N"])) <= 8 * 32 / 2 or r["D"] == 8 * 32
     pred = result["prediction"]

@@ -244,12 +244,13 @@ def non_embedding_counter(cfg: Config) -> Callable[[dict], int]:
 def run_scaling(config: str | Path | None, budgets: list[float], sizes: list[str], out: str | Path, *,
                 verify: tuple[float, float] | None = None, predict_at: tuple[float, float] | None = None,
                 head_size: int = HEAD_SIZE, tokens_per_param: tuple[float, float] | None = None,
-                lr_width: int | None = None, jobs: int = 1,
+                lr_width: int | None = None, seeds: int = 1, jobs: int = 1,
                 threads: int | None = None, overrides: list[str] | None = None,
                 resamples: int = 200, log: Callable[[str], None] = print) -> dict:
     """Train the study, fit both laws, predict (and with ``verify`` = (N, D), train that model and compare).
     ``tokens_per_param`` = (low, high) trains only the budget x size pairs whose D / N lies in it; ``lr_width``
-    scales the learning rate with the width (:func:`_point`). Writes scaling.json,
+    scales the learning rate with the width (:func:`_point`); with ``seeds`` > 1 each point's loss is the mean
+    over its seeds. Writes scaling.json,
     scaling.md and scaling.png to ``out``; returns scaling.json's content."""
     from ..config import build_config
     from .plan import depth_for
@@ -274,14 +275,19 @@ def run_scaling(config: str | Path | None, budgets: list[float], sizes: list[str
         target = (count(shape), steps * tokens_per_step(cfg))
         extra = ([_point(f"verify,size={size_name(shape)},D={target[1]:.3g}", cfg, shape, steps, lr_width)]
                  if verify else [])
-    sweep = run_points([p for p, *_ in plan] + extra, config, out, jobs=jobs, threads=threads, overrides=overrides,
-                       log=log, command="tinylm scaling")
-    final = {r.point: r.final_val_loss for r in sweep.results if r.status == "ok"}
+    sweep = run_points([p for p, *_ in plan] + extra, config, out, seeds=seeds, jobs=jobs, threads=threads,
+                       overrides=overrides, log=log, command="tinylm scaling")
+    losses: dict[str, list[float]] = {}
+    for r in sweep.results:
+        if r.status == "ok":
+            losses.setdefault(r.point, []).append(r.final_val_loss)
+    final = {point: float(np.mean(values)) for point, values in losses.items()}
     runs = [{"budget": c, "size": f"{p.overrides['model.n_layer']}x{p.overrides['model.n_embd']}", "N": n, "D": d,
-             "lr": p.overrides.get("optim.lr", cfg.optim.lr), "loss": final.get(p.name)} for p, c, n, d in plan]
+             "lr": p.overrides.get("optim.lr", cfg.optim.lr), "loss": final.get(p.name),
+             "seeds": len(losses.get(p.name, []))} for p, c, n, d in plan]
     done = [r for r in runs if r["loss"] is not None]
     result: dict = {"runs": runs, "convention": "N = non-embedding parameters; C = 6ND", "head_size": head_size,
-                    "lr_width": lr_width,
+                    "lr_width": lr_width, "seeds": seeds,
                     "tokens_per_param_window": list(tokens_per_param) if tokens_per_param else None,
                     "left_out": [{"budget": c, "size": name, "tokens_per_param": tpp} for c, name, tpp in skipped]}
     fits = {c: fit_parabola(c, [r["N"] for r in at], [r["loss"] for r in at]) for c in sorted(budgets)
@@ -317,10 +323,14 @@ def render(result: dict, figure: str | None) -> str:
     if result.get("lr_width"):
         lines += [f"Learning rate x {result['lr_width']} / width (the config's rate is the one for width "
                   f"{result['lr_width']}).", ""]
-    lines += ["| budget C | size (layers x width) | N | D | learning rate | final val loss |",
-              "|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['budget']:.3g} | {r['size']} | {r['N']:,} | {r['D']:,} | {r['lr']:.3g} | "
-              f"{'failed' if r['loss'] is None else format(r['loss'], '.4f')} |" for r in result["runs"]]
+    seeds = result["seeds"]
+    lines += ["| budget C | size (layers x width) | N | D | learning rate | final val loss"
+              f"{f' (mean of {seeds} seeds)' if seeds > 1 else ''} |", "|---:|---:|---:|---:|---:|---:|"]
+    for r in result["runs"]:
+        loss = "failed" if r["loss"] is None else f"{r['loss']:.4f}"
+        if 0 < r["seeds"] < seeds:
+            loss += f" ({r['seeds']} of {seeds} seeds ran)"
+        lines.append(f"| {r['budget']:.3g} | {r['size']} | {r['N']:,} | {r['D']:,} | {r['lr']:.3g} | {loss} |")
     if result.get("left_out"):
         low, high = result["tokens_per_param_window"]
         lines += ["", f"Not trained (D / N outside the window {low:g} to {high:g} tokens per parameter): " + ", ".join(

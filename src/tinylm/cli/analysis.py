@@ -42,7 +42,7 @@ def cmd_scaling(args: argparse.Namespace, extra: list[str]) -> int:
     from ..analysis.scaling import run_scaling
     result = run_scaling(args.config, args.budgets, args.sizes, args.out, verify=args.verify, predict_at=args.predict,
                          head_size=args.head_size, tokens_per_param=args.tokens_per_param,
-                         lr_width=args.lr_width, jobs=args.jobs,
+                         lr_width=args.lr_width, seeds=args.seeds, jobs=args.jobs,
                          threads=args.threads, overrides=extra, resamples=args.resamples)
     law, pred = result["law"]["params"], result.get("prediction")
     f = result["frontier"]
@@ -80,6 +80,7 @@ def _window(text: str) -> tuple[float, float]:
 def _add_run_pool_flags(sp: argparse.ArgumentParser, config_help: str, out: str, out_help: str) -> None:
     """The flags of a command that trains many runs as child processes (sweep, scaling)."""
     sp.add_argument("--config", help=config_help)
+    sp.add_argument("--seeds", type=int, default=1, help="seeds per point: train.seed + 0, 1, ... (default 1)")
     sp.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
     sp.add_argument("--threads", type=int, help="torch threads per run (default: CPU cores / jobs)")
     sp.add_argument("--out", default=out, help=f"{out_help} (default {out})")
@@ -91,8 +92,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("scaling", help="IsoFLOP scaling study: fits, a prediction, and its verification.",
                         description="For each compute budget C, train models of each depth (width 64 x depth) on "
                                     "D = C / 6N tokens (N: non-embedding parameters); fit IsoFLOP parabolas "
-                                    "(N*(C)) and L(N, D) = E + A/N^alpha + B/D^beta with bootstrap intervals; "
-                                    f"predict, and with --verify train the predicted model. {OVERRIDES_HELP}")
+                                    "(N*(C)) and L(N, D) = E + A/N^alpha + B/D^beta (on each point's mean over "
+                                    "--seeds) with bootstrap intervals; predict, and with --verify train the "
+                                    "predicted model. "
+                                    f"{OVERRIDES_HELP}")
     _add_run_pool_flags(sp, "base TOML preset (data, context, batch, optimizer)", "runs/scaling",
                         "folder for the runs and results")
     sp.add_argument("--budgets", type=_amounts, required=True, help="compute budgets C in FLOPs, e.g. 1e12,3e12,1e13")
@@ -120,7 +123,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _add_run_pool_flags(sp, "base TOML preset every point starts from", "runs/sweep",
                         "folder for runs/, results and report")
     sp.add_argument("--grid", required=True, help="grid TOML, e.g. configs/ablations/architecture.toml")
-    sp.add_argument("--seeds", type=int, default=1, help="seeds per point: train.seed + 0, 1, ... (default 1)")
     sp.set_defaults(func=cmd_sweep, overrides=True)
     sp = sub.add_parser("report", help="A run's report: summary, curves, curve-health verdict, last sample.",
                         description="Write report.md (+ report.png with matplotlib) for a run folder, or a "
