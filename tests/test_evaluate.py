@@ -145,6 +145,10 @@ def test_eval_text_matches_the_same_text_prepared_as_a_split(trained, tmp_path, 
     assert _eval_json(capsys, trained.run_dir, "--checkpoint", "best", "--batch-size", "3")["loss"] == \
         pytest.approx(default["loss"], abs=1e-6)
     assert _eval_json(capsys, trained.run_dir, "--split", "train", "--tokens", "100")["tokens"] == 100
+    # a shorter context scores every target too, each from fewer tokens before it
+    assert on_text["context"] == trained.model.block_size
+    short = _eval_json(capsys, trained.run_dir, "--text", text, "--context", "4")
+    assert short["context"] == 4 and short["tokens"] == on_text["tokens"] and short["loss"] != on_text["loss"]
     assert main(["eval", str(trained.run_dir)]) == 0
     out = capsys.readouterr().out
     assert "(step 20) on the val split of" in out and "perplexity" in out and "bits per byte" in out
@@ -160,6 +164,8 @@ def test_eval_text_matches_the_same_text_prepared_as_a_split(trained, tmp_path, 
     (["{run}", "--text", "{tmp}/one.txt", "--split", "val"], "give --split or --text, not both"),
     (["{run}", "--tokens", "0"], "--tokens expects a positive whole number or all, got '0'"),
     (["{run}", "--batch-size", "0"], "--batch-size 0 must be positive"),
+    (["{run}", "--context", "0"], "--context 0: give 1 to 32, the model's context"),
+    (["{run}", "--context", "33"], "--context 33: give 1 to 32, the model's context"),
 ])
 def test_eval_refusals_are_one_line_and_touch_nothing(trained, tmp_path, capsys, argv, message):
     (tmp_path / "empty.txt").write_text("")

@@ -360,16 +360,19 @@ def test_eval_of_an_exported_folder_equals_eval_of_its_run(tmp_path, text_200k, 
     assert [getattr(source.model, k) for k in same] == [getattr(run.config.model, k) for k in same]
 
 
-def test_eval_of_a_transformers_gpt2_folder_is_transformers_loss(tmp_path, hf_gpt2, capsys):
+@pytest.mark.parametrize("context", [None, 24])
+def test_eval_of_a_transformers_gpt2_folder_is_transformers_loss(tmp_path, hf_gpt2, capsys, context):
     """A folder save_pretrained wrote (no tokenizer files: GPT-2's own, from tiktoken) against the loss and
-    bits per byte computed here from transformers' logits on the same windows."""
+    bits per byte computed here from transformers' logits on the same windows (of the folder's context, or of
+    ``--context``)."""
     hf, folder = hf_gpt2
     enc = pytest.importorskip("tiktoken").get_encoding("gpt2")
     text = shared_text("tinyshakespeare/input.txt")[-6_000:].strip()  # a document has no outer whitespace
     (tmp_path / "t.txt").write_text(text)
-    report = eval_json(capsys, folder, "--text", tmp_path / "t.txt")
+    report = eval_json(capsys, folder, "--text", tmp_path / "t.txt", *(["--context", context] if context else []))
     ids = [*enc.encode_ordinary(text), enc.eot_token]  # one document, then its end
-    T, sums = hf.config.n_positions, torch.zeros(3, dtype=torch.float64)  # nats, nats of text tokens, bytes
+    T, sums = context or hf.config.n_positions, torch.zeros(3, dtype=torch.float64)  # nats, nats of text, bytes
+    assert report["context"] == T
     for o in range(0, len(ids) - 1, T):
         window = torch.tensor([ids[o:o + T + 1]])
         with torch.no_grad():

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -254,7 +254,8 @@ def _evaluator(step_dir: Path, cfg: Config, tok: Tokenizer, split: str, text: st
 
 
 def evaluate_run(run: str | Path, *, checkpoint: str = "last", split: str | None = None, tokens: int | None = None,
-                 text: str | None = None, batch_size: int | None = None, device: str | None = None) -> dict | None:
+                 text: str | None = None, batch_size: int | None = None, device: str | None = None,
+                 context: int | None = None) -> dict | None:
     """`tinylm eval`: a checkpoint's loss, perplexity and bits per byte on its run's split or on a text file.
 
     ``run`` may also be a Hugging Face GPT-2 or Llama folder (``tinylm export --format hf`` writes one;
@@ -262,7 +263,9 @@ def evaluate_run(run: str | Path, *, checkpoint: str = "last", split: str | None
     byte beside GPT-2's on the same file. ``tokens``: targets to score (0 = all; default the run's
     ``train.eval_tokens`` on a split, all of a text); ``batch_size``: windows per forward pass (default
     the run's micro-batch, or :data:`HF_BATCH_TOKENS` tokens' worth for a folder; the result does not
-    depend on it). Under torchrun the processes share the work. Returns the report on rank 0, else None.
+    depend on it); ``context``: windows of at most this many tokens (default the model's context: set it to
+    compare models of different contexts on equal terms). Under torchrun the processes share the work. Returns
+    the report on rank 0, else None.
     """
     from .checkpoint import checkpoint_config, load_for_inference, read_meta, resolve_checkpoint
     from .config_check import micro_batch_size
@@ -290,11 +293,15 @@ def evaluate_run(run: str | Path, *, checkpoint: str = "last", split: str | None
     dev = runtime.resolve_device(device, d.local_rank, flag="--device")  # one GPU per process under torchrun
     if hf:
         path, model, tok, step = folder, imported_model(source, folder, dev), source.tokenizer, None
-        batch_size = batch_size or max(1, HF_BATCH_TOKENS // cfg.model.block_size)
     else:
         path, cfg, model, tok = load_for_inference(step_dir, device=str(dev))
         step = read_meta(path)["step"]
-        batch_size = batch_size or micro_batch_size(cfg, d.world_size)
+    if context is not None:
+        if not 1 <= context <= cfg.model.block_size:
+            raise TinyLMError(f"--context {context}: give 1 to {cfg.model.block_size}, the model's context")
+        cfg = replace(cfg, model=replace(cfg.model, block_size=context))
+    batch_size = batch_size or (max(1, HF_BATCH_TOKENS // cfg.model.block_size) if hf
+                                else micro_batch_size(cfg, d.world_size))
     ev, source_text = _evaluator(path, cfg, tok, split or "val", text, tokens, batch_size, d)
     # fp16 needs CUDA: a run trained in it is evaluated elsewhere in the best precision of that device
     precision = runtime.resolve_precision("auto" if cfg.train.precision == "fp16" and dev.type != "cuda"
@@ -304,4 +311,5 @@ def evaluate_run(run: str | Path, *, checkpoint: str = "last", split: str | None
     result = ev.run(model, dev, precision, d)
     if not d.is_main:
         return None
-    return {"checkpoint": str(path), "step": step, "on": source_text, **result.as_dict()}
+    return {"checkpoint": str(path), "step": step, "on": source_text, "context": cfg.model.block_size,
+            **result.as_dict()}

@@ -90,7 +90,7 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     try:
         report = evaluate_run(args.run, checkpoint=args.checkpoint, split=args.split,
                               tokens=parse_tokens(args.tokens), text=args.text, batch_size=args.batch_size,
-                              device=args.device)
+                              device=args.device, context=args.context)
     except BaseException:
         shutdown_distributed()
         raise
@@ -101,7 +101,7 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
         print(json.dumps(report, indent=2))
     else:
         what = "a Hugging Face folder" if report["step"] is None else f"step {report['step']}"
-        print(f"{report['checkpoint']} ({what}) on {report['on']}:\n"
+        print(f"{report['checkpoint']} ({what}) on {report['on']}, context {report['context']}:\n"
               f"loss {report['loss']:.4f}  perplexity {report['perplexity']:.3f}  bits per byte "
               f"{report['bits_per_byte']:.4f}  tokens {report['tokens']:,}  bytes {report['bytes']:,}")
     return 0
@@ -219,6 +219,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--batch-size", type=int, help="windows per forward pass (default: the run's micro-batch, or "
                                                    "4096 tokens' worth for a Hugging Face folder; the result "
                                                    "does not depend on it)")
+    sp.add_argument("--context", type=int, metavar="T",
+                    help="score windows of at most T tokens (default: the model's context); give two models "
+                         "the same T to compare them on equal terms")
     sp.add_argument("--device", help="cpu | cuda | cuda:N | mps | auto (default: the run's train.device)")
     sp.add_argument("--json", action="store_true", help="print JSON")
     sp.set_defaults(func=cmd_eval)
