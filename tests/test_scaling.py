@@ -154,3 +154,16 @@ def test_a_bad_window_is_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         main(["scaling", "--budgets", "1e12", "--tokens-per-param", "50,2"])
     assert e.value.code == 2 and "0 < LOW < HIGH" in capsys.readouterr().err
+
+
+def test_scaling_md_says_when_the_fit_gives_up_on_a_floor():
+    law = {"E": 1e-10, "A": 4.3, "B": 398.0, "alpha": 0.11, "beta": 0.46}
+    result = {"convention": "N = non-embedding parameters; C = 6ND", "lr_width": 96, "seeds": 2, "left_out": [],
+              "runs": [{"budget": 1e12, "size": "2x32", "N": 24736, "D": 6737920, "lr": 9e-3, "loss": 1.7, "seeds": 1}],
+              "parabolas": [], "no_minimum": [], "frontier": None, "law": {"params": law, "low": law, "high": law}}
+    text = scaling.render(result, None)
+    assert "E went to 0" in text and "(mean of 2 seeds)" in text and "1 of 2 seeds ran" in text
+    assert "Learning rate x 96 / width" in text and "| 0.009 |" in text
+    assert "E went to 0" not in scaling.render({**result, "law": {"params": {**law, "E": 0.5}, "low": law,
+                                                                  "high": law}}, None)
+

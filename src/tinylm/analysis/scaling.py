@@ -313,6 +313,9 @@ def run_scaling(config: str | Path | None, budgets: list[float], sizes: list[str
     return result
 
 
+E_NEGLIGIBLE = 1e-3  # a fitted E below this (nats) is the fit giving up on a floor, not a measured one
+
+
 def render(result: dict, figure: str | None) -> str:
     """scaling.md: the runs, both fits beside the published exponents, the prediction."""
     law = result["law"]
@@ -352,6 +355,10 @@ def render(result: dict, figure: str | None) -> str:
     lines += ["", "A small study spans little of N and D, so E, A, B and the exponents trade off against each other: "
               "wide intervals say the data do not pin them down. Character-level losses and a model family far "
               "below 100M parameters need not share Chinchilla's exponents.", ""]
+    if law["params"]["E"] < E_NEGLIGIBLE:
+        lines += [f"E went to 0 (below {E_NEGLIGIBLE:g}): over these sizes the data cannot tell an irreducible loss "
+                  "from a slowly falling A / N^alpha, so the N term holds both, and predictions far beyond the "
+                  "fitted sizes keep falling where a floor would stop them.", ""]
     pred = result.get("prediction")
     if pred:
         lines += ["## Prediction", "", f"N = {pred['N']:,}, D = {pred['D']:,}: predicted loss {pred['loss']:.4f} "
