@@ -465,16 +465,20 @@ def main(argv: list[str] | None = None) -> int:
         meta = prepare(setup.data, progress=False, log=lambda *a, **k: None)
         log(f"data: {path} ({len(ids):,} training characters, vocab {char_vocab}; "
             f"tinylm.data.prepare vocab {meta['vocab_size']})")
-        for v in (meta["vocab_size"] if s == "char" else int(s) for s in args.vocab.split(",")):
+        vocabs = [meta["vocab_size"] if s == "char" else int(s) for s in args.vocab.split(",")]
+        if min(vocabs) < meta["vocab_size"]:
+            sys.exit(f"bench_train.py: --vocab {args.vocab}: the prepared character data has {meta['vocab_size']} "
+                     f"ids (its characters and <|endoftext|>); give char or sizes >= {meta['vocab_size']}")
+        for v in vocabs:
             log(f"\n## vocab {v}")
             results.append(run_setting(setup, v, ids, args, log))
             log(f"  1-min load average per round boundary: {results[-1]['load_1min']}")
         if args.loop_check_steps:
-            log(f"\n## cross-check: tinylm.train.train (the whole loop, vocab {char_vocab}, its own batches, "
+            log(f"\n## cross-check: tinylm.train.train (the whole loop, vocab {meta['vocab_size']}, its own batches, "
                 f"run after the rounds)")
             loop = loop_check(setup, args.loop_check_steps, log)
         if args.profile:
-            prof = profile(setup, char_vocab, ids, args.profile, log)
+            prof = profile(setup, meta["vocab_size"], ids, args.profile, log)
 
     info["loadavg_end"] = os.getloadavg()
     log("\n## results\n")
