@@ -58,14 +58,14 @@ class ModelConfig:
     attention_dropout: bool = True
     """Apply model.dropout to the attention weights too (GPT-2 and nanoGPT do); false keeps it on the residual
     branches and embeddings only, and CPU SDPA's fast kernel, which dropout on the weights leaves (2x slower)."""
+    attention: str = "auto"
+    """Attention kernel: sdpa (torch's fused kernel) | math (explicit matmuls) | auto (the faster, measured once per
+    machine, dtype and shape; SDPA on CUDA). Same results within the dtype's tolerance; not part of the checkpoint."""
 
     @property
     def weights_dropout(self) -> float:
         """The dropout on the attention weights in training: model.dropout, or 0 with attention_dropout off."""
         return self.dropout if self.attention_dropout else 0.0
-    attention: str = "auto"
-    """Attention kernel: sdpa (torch's fused kernel) | math (explicit matmuls) | auto (the faster, measured once per
-    machine, dtype and shape; SDPA on CUDA). Same results within the dtype's tolerance; not part of the checkpoint."""
 
 
 @dataclass

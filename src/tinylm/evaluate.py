@@ -288,6 +288,8 @@ def evaluate_run(run: str | Path, *, checkpoint: str = "last", split: str | None
     else:
         step_dir = resolve_checkpoint(run, checkpoint)
         cfg = checkpoint_config(step_dir)
+    if context is not None and not 1 <= context <= cfg.model.block_size:
+        raise TinyLMError(f"--context {context}: give 1 to {cfg.model.block_size}, the model's context")
     device = device or cfg.train.device
     d = runtime.init_distributed(device)
     dev = runtime.resolve_device(device, d.local_rank, flag="--device")  # one GPU per process under torchrun
@@ -297,8 +299,6 @@ def evaluate_run(run: str | Path, *, checkpoint: str = "last", split: str | None
         path, cfg, model, tok = load_for_inference(step_dir, device=str(dev))
         step = read_meta(path)["step"]
     if context is not None:
-        if not 1 <= context <= cfg.model.block_size:
-            raise TinyLMError(f"--context {context}: give 1 to {cfg.model.block_size}, the model's context")
         cfg = replace(cfg, model=replace(cfg.model, block_size=context))
     batch_size = batch_size or (max(1, HF_BATCH_TOKENS // cfg.model.block_size) if hf
                                 else micro_batch_size(cfg, d.world_size))

@@ -255,11 +255,11 @@ def run_scaling(config: str | Path | None, budgets: list[float], sizes: list[str
     from ..config import build_config
     from .plan import depth_for
     out = Path(out)
+    if lr_width is not None and lr_width < 1:
+        raise TinyLMError(f"--lr-width {lr_width}: give the width the config's learning rate is for, e.g. 96")
     cfg = build_config(config, overrides or [])
     count = non_embedding_counter(cfg)
     shapes = sorted((parse_size(str(s), head_size) for s in sizes), key=count)
-    if lr_width is not None and lr_width < 1:
-        raise TinyLMError(f"--lr-width {lr_width}: give the width the config's learning rate is for, e.g. 96")
     plan, skipped = study_points(cfg, sorted(budgets), shapes, count, tokens_per_param, lr_width)
     if not plan:
         if tokens_per_param:
