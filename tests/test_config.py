@@ -59,7 +59,7 @@ def test_validation_messages_name_flags():
         validate(cfg, world_size=5)
     with pytest.raises(TinyLMError, match=r"--data\.vocab_size 100 is too small"):
         build_config(None, ["--data.tokenizer", "bpe", "--data.vocab_size", "100"])
-    with pytest.raises(TinyLMError, match=r"--model\.mlp 'tanh' is not one of gelu, swiglu, relu2"):
+    with pytest.raises(TinyLMError, match=r"--model\.mlp 'tanh' is not one of gelu_exact, gelu, swiglu, relu2"):
         build_config(None, ["--model.mlp", "tanh"])
 
 

@@ -6,6 +6,7 @@ the reference: logits agree to 1e-5 in fp32 and greedy generation gives the same
 import hashlib
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -88,6 +89,21 @@ def test_import_gives_transformers_logits(tmp_path, hf_gpt2, capsys):
     capsys.readouterr()
     assert main(["info", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["step"] == 0
+
+
+def test_import_of_exact_gelu_gpt2(tmp_path, hf_gpt2):
+    _, folder = hf_gpt2
+    exact = tmp_path / "exact"
+    shutil.copytree(folder, exact)
+    config = json.loads((exact / "config.json").read_text())
+    (exact / "config.json").write_text(json.dumps({**config, "activation_function": "gelu"}))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(exact).eval()
+    assert main(["import", str(exact), "--out", str(tmp_path / "run")]) == 0
+    _, cfg, model, _ = load_for_inference(tmp_path / "run", device="cpu")
+    assert cfg.model.mlp == "gelu_exact"
+    x = tokens(40, 50257)
+    with torch.no_grad():
+        assert (hf(x).logits - model(x)[0]).abs().max() < TOL
 
 
 def test_import_reads_pytorch_model_bin_with_weights_only(tmp_path, hf_gpt2, capsys):
@@ -269,8 +285,9 @@ def tinylm_run(tmp_path, tok, seed=0, **model):
     return cfg, gpt
 
 
-FAMILIES = {
-    "GPT2LMHeadModel": {"model.bias": "false", "model.tie_embeddings": "false"},
+FAMILIES = {  # the architecture transformers loads, then what tells the variant apart
+    "GPT2LMHeadModel": {"model.bias": "false", "model.tie_embeddings": "false"},  # exact GELU, the default
+    "GPT2LMHeadModel tanh": {"model.mlp": "gelu"},  # GPT-2's own GELU
     "LlamaForCausalLM": {"model.pos": "rope", "model.norm": "rmsnorm", "model.mlp": "swiglu", "model.rope_base": "500"},
 }
 
@@ -281,7 +298,9 @@ def test_export_loads_in_transformers_with_the_same_logits_and_greedy_tokens(tmp
     out = tmp_path / "hf"
     assert main(["export", str(cfg.run_dir), "--format", "hf", "--out", str(out)]) == 0
     hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
-    assert type(hf).__name__ == arch and hf.dtype == torch.float32
+    assert type(hf).__name__ == arch.split()[0] and hf.dtype == torch.float32
+    if arch.startswith("GPT2"):
+        assert hf.config.activation_function == ("gelu_new" if "tanh" in arch else "gelu")
     x = tokens(100, bpe.vocab_size)
     with torch.no_grad():
         assert (hf(x).logits - gpt(x)[0]).abs().max() < TOL

@@ -108,7 +108,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         if not cond:
             raise TinyLMError(msg)
 
-    choices = {"model.mlp": ("gelu", "swiglu", "relu2"), "model.norm": ("layernorm", "rmsnorm"),
+    choices = {"model.mlp": ("gelu_exact", "gelu", "swiglu", "relu2"), "model.norm": ("layernorm", "rmsnorm"),
                "model.pos": ("learned", "rope"),
                "model.attention": ("auto", "sdpa", "math"),
                "data.sampling": ("epoch", "random"), "data.encoding_errors": ("strict", "replace"),

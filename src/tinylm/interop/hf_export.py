@@ -2,8 +2,8 @@
 
 Two model families have the same computation as a tinylm configuration:
 
-* ``GPT2LMHeadModel``: learned positions, LayerNorm, GELU (tanh). tinylm without biases is GPT-2
-  with zero biases (LayerNorm's included); GPT-2's Conv1D stores weights as (in, out).
+* ``GPT2LMHeadModel``: learned positions, LayerNorm, GELU (tanh: GPT-2's ``gelu_new``; or exact). tinylm
+  without biases is GPT-2 with zero biases (LayerNorm's included); GPT-2's Conv1D stores weights as (in, out).
 * ``LlamaForCausalLM``: rotary positions, RMSNorm (eps 1e-6), SwiGLU, no biases; tinylm's fused
   qkv matrix is split into q_proj, k_proj and v_proj, its rotation pairs (i, i + hs/2) as Llama's.
 
@@ -25,22 +25,32 @@ from ..config import ModelConfig
 from ..errors import TinyLMError
 from ..fileio import replace_dir, scratch_sibling, write_failure, write_text_atomic
 from ..tokenizer import ENDOFTEXT, Tokenizer
-from .hf_names import ARCHITECTURES, GPT2_BLOCK, LAYERNORM_EPS, LLAMA_BLOCK, LLAMA_QKV, RMSNORM_EPS, mlp_hidden
+from .hf_names import (
+    ARCHITECTURES,
+    GELU_FROM_HF,
+    GPT2_BLOCK,
+    LAYERNORM_EPS,
+    LLAMA_BLOCK,
+    LLAMA_QKV,
+    RMSNORM_EPS,
+    mlp_hidden,
+)
 
 FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
-# the settings each family requires, as (key, value, what it is called there)
+# the settings each family requires: each key's allowed values
 FAMILIES = {
-    "gpt2": {"pos": "learned", "norm": "layernorm", "mlp": "gelu", "qk_norm": False},
-    "llama": {"pos": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": False, "bias": False},
+    "gpt2": {"pos": ("learned",), "norm": ("layernorm",), "mlp": tuple(GELU_FROM_HF.values()), "qk_norm": (False,)},
+    "llama": {"pos": ("rope",), "norm": ("rmsnorm",), "mlp": ("swiglu",), "qk_norm": (False,), "bias": (False,)},
 }
 
 
 def family(m: ModelConfig) -> str:
     """``gpt2`` or ``llama``: the family whose computation ``m`` is; otherwise an error naming the option."""
     name = "gpt2" if m.pos == "learned" else "llama"
-    wrong = [f"--model.{k} {json.dumps(getattr(m, k))}" for k, v in FAMILIES[name].items() if getattr(m, k) != v]
+    wrong = [f"--model.{k} {json.dumps(getattr(m, k))}" for k, v in FAMILIES[name].items() if getattr(m, k) not in v]
     if wrong:
-        need = ", ".join(f"--model.{k} {json.dumps(v)}" for k, v in FAMILIES[name].items())
+        need = ", ".join(f"--model.{k} {' or '.join(json.dumps(x) for x in dict.fromkeys(v))}"
+                         for k, v in FAMILIES[name].items())
         raise TinyLMError(f"the Hugging Face export cannot write {', '.join(wrong)}: with --model.pos {m.pos} it "
                           f"writes {ARCHITECTURES[name]}, which needs {need}; use --format safetensors for the "
                           f"weights alone")
@@ -49,9 +59,10 @@ def family(m: ModelConfig) -> str:
 
 def gpt2_files(m: ModelConfig, state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
     """GPT2Config's fields and GPT2LMHeadModel's tensors for a GPT-2-family tinylm model."""
+    activation = next(hf for hf, ours in GELU_FROM_HF.items() if ours == m.mlp)
     config = {"architectures": [ARCHITECTURES["gpt2"]], "model_type": "gpt2", "vocab_size": m.vocab_size,
               "n_positions": m.block_size, "n_embd": m.n_embd, "n_layer": m.n_layer, "n_head": m.n_head,
-              "n_inner": mlp_hidden(m), "activation_function": "gelu_new", "layer_norm_epsilon": LAYERNORM_EPS,
+              "n_inner": mlp_hidden(m), "activation_function": activation, "layer_norm_epsilon": LAYERNORM_EPS,
               "resid_pdrop": m.dropout, "embd_pdrop": m.dropout, "attn_pdrop": m.weights_dropout,
               "scale_attn_weights": True, "tie_word_embeddings": m.tie_embeddings}
 

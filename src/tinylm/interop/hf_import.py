@@ -20,7 +20,7 @@ import torch
 from ..config import Config, ModelConfig
 from ..errors import TinyLMError
 from ..tokenizer import Tokenizer
-from .hf_names import GPT2_BLOCK, LAYERNORM_EPS, LLAMA_BLOCK, LLAMA_QKV, RMSNORM_EPS, TANH_GELU, mlp_ratio_for
+from .hf_names import GELU_FROM_HF, GPT2_BLOCK, LAYERNORM_EPS, LLAMA_BLOCK, LLAMA_QKV, RMSNORM_EPS, mlp_ratio_for
 
 GPT2_VOCAB = 50257
 # files a hub download fetches: the config, one weights file, the tokenizer's two files
@@ -129,15 +129,16 @@ def _refuse(folder: Path, hf: dict, unlike: dict[str, bool], computes: str) -> N
 def gpt2_model_config(hf: dict, folder: Path) -> ModelConfig:
     """GPT2Config's fields -> ModelConfig; a setting tinylm cannot compute the same way is refused by name."""
     n_embd = hf.get("n_embd", 768)
-    _refuse(folder, hf, {"activation_function": hf.get("activation_function", "gelu_new") not in TANH_GELU,
+    act = hf.get("activation_function", "gelu_new")
+    _refuse(folder, hf, {"activation_function": act not in GELU_FROM_HF,
                          "layer_norm_epsilon": hf.get("layer_norm_epsilon", LAYERNORM_EPS) != LAYERNORM_EPS,
                          "scale_attn_weights": not hf.get("scale_attn_weights", True),
                          "scale_attn_by_inverse_layer_idx": hf.get("scale_attn_by_inverse_layer_idx", False),
                          "add_cross_attention": hf.get("add_cross_attention", False)},
-            f"GPT-2 with tanh GELU, LayerNorm eps {LAYERNORM_EPS}, 1/sqrt(head size) scaling")
+            f"GPT-2 with tanh or exact GELU, LayerNorm eps {LAYERNORM_EPS}, 1/sqrt(head size) scaling")
     return ModelConfig(vocab_size=hf.get("vocab_size", GPT2_VOCAB), block_size=hf.get("n_positions", 1024),
                        n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12), n_embd=n_embd,
-                       mlp="gelu", mlp_ratio=mlp_ratio_for(hf.get("n_inner") or 4 * n_embd, n_embd, "gelu"),
+                       mlp=GELU_FROM_HF[act], mlp_ratio=mlp_ratio_for(hf.get("n_inner") or 4 * n_embd, n_embd, "gelu"),
                        norm="layernorm", pos="learned", qk_norm=False,
                        tie_embeddings=hf.get("tie_word_embeddings", True), bias=True, dropout=0.0)
 

@@ -12,8 +12,8 @@ from ..errors import TinyLMError
 ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
 LAYERNORM_EPS = 1e-5  # nn.LayerNorm's default, GPT-2's layer_norm_epsilon
 RMSNORM_EPS = 1e-6  # model.make_norm's RMSNorm, Llama's rms_norm_eps
-#: GPT-2 activations that are the tanh approximation tinylm's gelu computes
-TANH_GELU = ("gelu_new", "gelu_pytorch_tanh")
+#: GPT-2's activation_function -> the tinylm model.mlp that computes it (export writes the first name of each)
+GELU_FROM_HF = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact"}
 
 # GPT-2 (HF, inside transformer.h.<i>) -> tinylm (inside blocks.<i>), each with a weight and a bias;
 # True: a Conv1D layer, which stores its weight as (in, out), the transpose of nn.Linear's
