@@ -9,8 +9,8 @@ Contenders (one process, one thread setting, the same sequence of batches for ea
 
 * tinylm, precision "auto" (what ``tinylm train`` uses by default: bf16 only where the CPU has
   AVX512-BF16/AMX, else fp32), then the other precision path forced (fp32 where auto is bf16; bf16 where
-  auto is fp32 only with --emulated-bf16: emulated bf16 is tens of times slower), then ``torch.compile`` (auto precision; the compile time is reported apart
-  from the steady-state step time).
+  auto is fp32 only with --emulated-bf16: emulated bf16 is tens of times slower), then ``torch.compile``
+  (auto precision; the compile time is reported apart from the steady-state step time).
 * transformers ``GPT2LMHeadModel(GPT2Config(...))``, random init, its default attention
   implementation and default ``torch.optim.AdamW`` implementation, in fp32 and under bf16 autocast (bf16 as
   for tinylm).
@@ -21,7 +21,8 @@ batch 32, dropout 0, tied embeddings, learned positions, GELU MLP x4. Same optim
 the libraries' own choices and are printed: tinylm has no biases and LayerNorm without bias,
 decays only hidden matrices, uses fused AdamW and its own attention choice, and its default GELU is the exact
 (erf) one, faster on a CPU than GPT-2's tanh approximation (a tinylm row with tanh GELU is timed too, HF's function
-in tinylm's step); GPT-2 has biases everywhere and decays every parameter (plain ``model.parameters()``, as a user would write it).
+in tinylm's step); GPT-2 has biases everywhere and decays every parameter (plain ``model.parameters()``, as a
+user would write it).
 
 Method: random windows of tiny Shakespeare (character ids built with numpy, fixed seed); warm-up
 steps excluded; the timed steps are split into rounds run in turn (A B C D E, A B C D E) so that
