@@ -260,7 +260,7 @@ def run_setting(setup: Setup, vocab: int, ids: np.ndarray, args, log) -> dict:
     for c in contenders[1:]:
         c.loader = None  # the data wait is timed once, beside the default contender
     if args.peer:
-        contenders += [make_hf(vocab, p) for p in ("fp32", "bf16")[:1 + bf16]]
+        contenders += [make_hf(vocab, p) for p in (("fp32", "bf16") if bf16 else ("fp32",))]
     if not bf16:
         log("  bf16 contenders skipped: this CPU has no AVX512-BF16/AMX, so bf16 is emulated (tens of times slower "
             "than fp32 on an AVX2-only CPU) and the bf16 goals are not measurable here; --emulated-bf16 runs them")

@@ -39,7 +39,8 @@ from .hf_names import (
 FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 # the settings each family requires: each key's allowed values
 FAMILIES = {
-    "gpt2": {"pos": ("learned",), "norm": ("layernorm",), "mlp": tuple(GELU_FROM_HF.values()), "qk_norm": (False,)},
+    "gpt2": {"pos": ("learned",), "norm": ("layernorm",), "mlp": tuple(dict.fromkeys(GELU_FROM_HF.values())),
+             "qk_norm": (False,)},
     "llama": {"pos": ("rope",), "norm": ("rmsnorm",), "mlp": ("swiglu",), "qk_norm": (False,), "bias": (False,)},
 }
 
@@ -49,7 +50,7 @@ def family(m: ModelConfig) -> str:
     name = "gpt2" if m.pos == "learned" else "llama"
     wrong = [f"--model.{k} {json.dumps(getattr(m, k))}" for k, v in FAMILIES[name].items() if getattr(m, k) not in v]
     if wrong:
-        need = ", ".join(f"--model.{k} {' or '.join(json.dumps(x) for x in dict.fromkeys(v))}"
+        need = ", ".join(f"--model.{k} {' or '.join(json.dumps(x) for x in v)}"
                          for k, v in FAMILIES[name].items())
         raise TinyLMError(f"the Hugging Face export cannot write {', '.join(wrong)}: with --model.pos {m.pos} it "
                           f"writes {ARCHITECTURES[name]}, which needs {need}; use --format safetensors for the "
