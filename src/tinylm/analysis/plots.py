@@ -134,6 +134,11 @@ def plot_scaling(result: dict, parabolas: list, law: LawFit | None, path: Path) 
             iso.plot(np.exp(xs), np.polyval(fit.coeffs, xs), "-", color=f"C{i}", alpha=0.6)
             iso.plot([fit.n_opt], [fit.loss_opt], "*", color=f"C{i}", ms=12)
     iso.set(xscale="log", xlabel="non-embedding parameters N", ylabel="final val loss", title="IsoFLOP curves")
+    # a study spans about a decade of sizes: label the sizes studied (e.g. 98k), not the log axis' minor ticks
+    from matplotlib.ticker import EngFormatter, NullFormatter
+    iso.set_xticks(sorted({r["N"] for r in runs}))
+    iso.xaxis.set_major_formatter(EngFormatter(places=0, sep=""))
+    iso.xaxis.set_minor_formatter(NullFormatter())
     iso.legend(fontsize=7)
     if result["frontier"]:
         cs = np.array([p.budget for p in parabolas])
@@ -142,8 +147,11 @@ def plot_scaling(result: dict, parabolas: list, law: LawFit | None, path: Path) 
         f = result["frontier"]
         front.plot(grid, f["g"] * grid ** f["a"], "-", label=f"N* = {f['g']:.2g} C^{f['a']:.2f}")
         front.legend(fontsize=7)
-    front.set(xscale="log", yscale="log", xlabel="compute C = 6ND (FLOPs)", ylabel="N*",
-              title="fitted frontier" if result["frontier"] else "no frontier (< 2 budgets with a minimum)")
+        front.set(xscale="log", yscale="log", xlabel="compute C = 6ND (FLOPs)", ylabel="N*", title="fitted frontier")
+    else:  # empty log axes would show a meaningless 1-10 range
+        front.set_axis_off()
+        front.text(0.5, 0.5, "no frontier: fewer than 2 budgets have\na loss minimum near the sizes trained",
+                   ha="center", va="center", transform=front.transAxes)
     fitted = [float(law.predict(r["N"], r["D"])[0]) for r in runs]
     pvm.plot([r["loss"] for r in runs], fitted, "o", label="study runs")
     pred = result.get("prediction")
