@@ -87,6 +87,23 @@ def enable_tf32(device: torch.device) -> bool:
     return True
 
 
+def check_compiler(device: torch.device, flag: str) -> None:
+    """torch.compile on a CPU builds C++ kernels: without a working compiler it fails at the first step from
+    deep inside torch. Say so now, in one line (``flag``: the option that asked for compiling)."""
+    if device.type != "cpu":
+        return
+    try:  # inductor's own search ($CXX, then g++); a private function, so only where this torch has it
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:
+        return
+    try:
+        get_cpp_compiler()
+    except RuntimeError as e:  # torch._inductor.exc.InvalidCxxCompiler
+        raise TinyLMError(f"{flag} true needs a C++ compiler on the CPU (torch.compile builds C++ kernels) and none "
+                          f"works here (torch looks for $CXX, else g++): install one (e.g. apt install g++) or pass "
+                          f"{flag} false") from e
+
+
 def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """Mixed precision for the forward pass: weights stay fp32, matmuls run in ``precision``."""
     if precision == "fp32":

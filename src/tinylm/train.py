@@ -130,6 +130,8 @@ class Trainer(Checkpointing, Reporting):
         self.device = runtime.resolve_device(cfg.train.device, d.local_rank)
         runtime.enable_tf32(self.device)
         self.precision = runtime.resolve_precision(cfg.train.precision, self.device)
+        if cfg.train.compile:  # before the run folder opens
+            runtime.check_compiler(self.device, "--train.compile")
         self.time_budget = parse_duration(cfg.train.time_budget)
         self.sharded = cfg.train.fsdp and d.world_size > 1  # FSDP: each process holds a shard of the weights
 

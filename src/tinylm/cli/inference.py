@@ -25,6 +25,7 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
 
     from ..checkpoint import load_for_inference
     from ..generate import generate_text
+    from ..runtime import check_compiler
     from ..strategies import SAMPLING, describe_strategy
     path, cfg, model, tok = load_for_inference(args.run, args.checkpoint, device=args.device)
     _sample_settings(cfg, args, extra)
@@ -33,6 +34,7 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
     stops = args.stop or []
     print(f"tinylm: {path.name}, {describe_strategy(s)}, seed {seed}", file=sys.stderr)
     if s.compile:
+        check_compiler(model.wte.weight.device, "--sample.compile")
         model.compile_decoding()  # compiled at the first generated token
 
     def emit(_row: int, piece: str) -> None:
