@@ -538,13 +538,12 @@ def test_cli_sample_strategies_and_errors(trained_run, capsys):
     assert "only --sample.* settings" in capsys.readouterr().err
 
 
-def test_cli_compiled_sampling_without_a_cpu_compiler_is_a_one_line_error(trained_run, capsys, monkeypatch):
+def test_cli_compiled_sampling_without_a_cpu_compiler_is_a_one_line_error(trained_run, capsys):
     from torch._inductor import config as inductor_config
 
     from tinylm.cli import main
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/g++",))  # inductor's compiler search list
-    monkeypatch.delenv("CXX", raising=False)
-    assert main(["sample", str(trained_run), "--max-new-tokens", "5", "--sample.compile", "true"]) == 2
+    with inductor_config.patch({"cpp.cxx": ("/nonexistent/g++",)}):  # inductor's compiler search list
+        assert main(["sample", str(trained_run), "--max-new-tokens", "5", "--sample.compile", "true"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "Traceback" not in err[-1] and "--sample.compile true needs a C++ compiler" in err[-1]
 

@@ -185,12 +185,11 @@ def test_unencodable_sample_prompt_is_refused_before_step_1(tmp_path, text_200k,
     assert _tree(cfg.run_dir) == before
 
 
-def test_compile_without_a_cpu_compiler_is_refused_before_step_1(tmp_path, text_200k, capsys, monkeypatch):
+def test_compile_without_a_cpu_compiler_is_refused_before_step_1(tmp_path, text_200k, capsys):
     from torch._inductor import config as inductor_config
-    monkeypatch.setattr(inductor_config.cpp, "cxx", (str(tmp_path / "no-such-g++"),))  # inductor's search list
-    monkeypatch.delenv("CXX", raising=False)
     cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 4, "train.compile": True})
-    assert main(["train", *cli_args(cfg)]) == 2
+    with inductor_config.patch({"cpp.cxx": (str(tmp_path / "no-such-g++"),)}):  # inductor's compiler search list
+        assert main(["train", *cli_args(cfg)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "--train.compile true needs a C++ compiler" in err and "--train.compile false" in err
