@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tinylm import checkpoint as ckpt
+from tinylm import runtime
 from tinylm.cli import main
 from tinylm.config import ModelConfig
 from tinylm.diagnostics import crash_harness, logged_losses
@@ -142,6 +143,20 @@ def test_time_budget_ends_decayed(tmp_path, text_200k):
     assert steps[-1]["lr"] < 0.2 * cfg.optim.lr  # reached (nearly) the floor of 0.1 * lr
     assert steps[-1]["elapsed_s"] == 4.0 and steps[7]["elapsed_s"] == 2.0
     assert ckpt.read_meta(ckpt.resolve_checkpoint(cfg.run_dir))["step"] == result.step
+
+
+def test_a_time_budget_reads_the_clock_once_per_step(tmp_path, text_200k, monkeypatch):
+    """Under DDP each read of the budget's clock is a broadcast from rank 0 (a host sync): one per step serves both
+    the step's LR and the stop check."""
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 10**6, "train.time_budget": "3s",
+                                              "train.eval_interval": 4, "train.log_interval": 1})
+    trainer = Trainer(cfg, log=quiet)
+    StepClock(trainer, 0.25)
+    reads = []
+    monkeypatch.setattr(runtime, "main_float", lambda x, d, device: reads.append(x) or x)
+    result = trainer.run()
+    assert result.step == 12 and len(reads) == 12 + 1  # one before the first step, then one after each
+    assert [r["lr"] for r in records(cfg.run_dir) if "lr" in r][-1] < 0.2 * cfg.optim.lr  # decayed by the clock
 
 
 def test_bf16_autocast_runs_attention_and_mlp_matmuls_in_bf16():

@@ -387,11 +387,15 @@ class Trainer(Checkpointing, Reporting):
     def _train_until_done(self, stop: runtime.StopSignal) -> bool:
         """Steps until ``max_steps`` or the time budget; True when a signal stopped it first."""
         tc = self.cfg.train
+        # one clock read per step (under DDP a broadcast, a host sync) serves the stop check after the step and the
+        # next step's LR; that LR does not see an evaluation or save in between until one step later
+        elapsed = self._budget_elapsed()
         while True:
-            time_frac = self._budget_elapsed() / self.time_budget if self.time_budget else None
+            time_frac = elapsed / self.time_budget if self.time_budget else None
             scale = lr_scale(self.step, self.cfg.optim, tc.max_steps, time_frac)
             stats = self._timed_step(scale)
-            last = self._finished(self._budget_elapsed())  # then the final evaluation: no other one at this step
+            elapsed = self._budget_elapsed()
+            last = self._finished(elapsed)  # then the final evaluation: no other one at this step
             if self.step % tc.log_interval == 0 or last or stop.requested:
                 self._settle()  # the only wait for the device between steps
             if self.step % tc.log_interval == 0 or last:  # the last step is logged: the final train loss
