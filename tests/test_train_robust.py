@@ -369,3 +369,7 @@ def test_torch_compile_matches_eager_and_reports_compile_time(tmp_path, text_200
     assert max(abs(a[s] - b[s]) for s in a) < 1e-4
     events = [r for r in records(compiled.run_dir) if r.get("event") == "compiled"]
     assert len(events) == 1 and events[0]["compile_s"] > 0
+    compiled.train.max_steps = 8  # a resumed session compiles again at its first step: reported apart as well
+    train(compiled, resume=True, log=quiet)
+    events = [r for r in records(compiled.run_dir) if r.get("event") == "compiled"]
+    assert [e["step"] for e in events] == [1, 7] and events[1]["compile_s"] > 0

@@ -109,6 +109,7 @@ class Trainer(Checkpointing, Reporting):
             self._load(path, parts if parts is not None else ckpt.load_parts(path))
         if cfg.train.compile:
             self.model = torch.compile(self.model)
+        self.compiling = cfg.train.compile  # the first step of this session (new or resumed) compiles
         self.tokens_per_step = cfg.train.batch_size * cfg.model.block_size
         self.checks = CurveChecks(cfg.model.vocab_size, self.meta.get("unigram_entropy"), cfg.train.spike_factor)
         self.skips_in_a_row = 0
@@ -412,7 +413,7 @@ class Trainer(Checkpointing, Reporting):
 
     def _timed_step(self, scale: float) -> dict:
         """:meth:`train_step`, counted in the throughput window; its loss and skip flag wait for :meth:`_settle`."""
-        first_compiled = self.step == 0 and self.cfg.train.compile
+        first_compiled, self.compiling = self.compiling, False
         stats = self.train_step(scale)
         if first_compiled:  # the first compiled step includes compilation: report it apart
             self.tracker_event(self.step, "compiled", f"first step incl. torch.compile: {stats['compute_s']:.1f}s",
