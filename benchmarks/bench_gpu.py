@@ -3,8 +3,11 @@
     .venv/bin/python benchmarks/bench_gpu.py                      # or: make bench-gpu
     .venv/bin/python benchmarks/bench_gpu.py --steps 10 --warmup 2 --no-compile     # smoke test
     .venv/bin/python benchmarks/bench_gpu.py --batch 32 --json bench_gpu.json       # for BENCHMARKS.md
+    .venv/bin/python benchmarks/bench_gpu.py --smoke            # no GPU: the whole script on the CPU, a tiny shape
 
-Without a CUDA device it says so in one line and exits (status 1).
+Without a CUDA device it says so in one line and exits (status 1). ``--smoke`` runs every contender on the CPU at a
+tiny shape (2 layers, width 64, context 64, vocab 256, fp32) for a few steps: it checks the script itself (the
+test suite runs it), so a GPU session's short time is not spent on a crash; its figures mean nothing.
 
 Contenders, one after another in one process (each freed before the next, so each peak memory is its own):
 
@@ -32,13 +35,14 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -53,14 +57,32 @@ from tinylm.model import GPT
 from tinylm.runtime import autocast_context, enable_tf32
 from tinylm.train import Trainer
 
-N_LAYER, N_EMBD, N_HEAD, BLOCK, VOCAB = 12, 768, 12, 1024, 50257
 SEED = 1337
 MFU_GOAL, DATA_WAIT_GOAL = 0.40, 0.01  # the issue's goals for the compiled bf16 step on an H100/H200
 
 
-def model_config() -> ModelConfig:
-    return ModelConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=N_LAYER, n_head=N_HEAD, n_embd=N_EMBD,
-                       pos="learned", norm="layernorm", mlp="gelu", tie_embeddings=True, bias=True, dropout=0.0)
+@dataclass(frozen=True)
+class Setup:
+    """Where and at what shape the contenders run: GPT-2 small in bf16 on the GPU, or ``--smoke``'s tiny CPU check."""
+    device: torch.device = field(default_factory=lambda: torch.device("cuda"))
+    precision: str = "bf16"
+    n_layer: int = 12
+    n_embd: int = 768
+    n_head: int = 12
+    block: int = 1024
+    vocab: int = 50257
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(vocab_size=self.vocab, block_size=self.block, n_layer=self.n_layer, n_head=self.n_head,
+                           n_embd=self.n_embd, pos="learned", norm="layernorm", mlp="gelu", tie_embeddings=True,
+                           bias=True, dropout=0.0)
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+
+SMOKE = Setup(torch.device("cpu"), "fp32", n_layer=2, n_embd=64, n_head=2, block=64, vocab=256)
 
 
 @dataclass
@@ -72,7 +94,7 @@ class Result:
     step_ms: float  # mean over the timed steps
     tokens_per_s: float
     mfu: float | None
-    peak_mem_gib: float
+    peak_mem_gib: float  # nan on the CPU (--smoke)
     data_wait_pct: float  # host time getting batches, % of the step
     final_loss: float
 
@@ -86,11 +108,11 @@ class Contender:
     close: Callable[[], None]
 
 
-def tinylm_contender(data: DataConfig, runs: Path, batch: int, compile_model: bool) -> Contender:
+def tinylm_contender(setup: Setup, data: DataConfig, runs: Path, batch: int, compile_model: bool) -> Contender:
     """A real Trainer; its ``train_step`` on its own (prefetching) loader."""
-    cfg = Config(model=model_config(), data=data,
-                 train=TrainConfig(batch_size=batch, precision="bf16", device="cuda", compile=compile_model,
-                                   seed=SEED, eval_tokens=batch * BLOCK))
+    cfg = Config(model=setup.model_config(), data=data,
+                 train=TrainConfig(batch_size=batch, precision=setup.precision, device=setup.device.type,
+                                   compile=compile_model, seed=SEED, eval_tokens=batch * setup.block))
     cfg.run.dir, cfg.run.name, cfg.run.progress = str(runs), "compiled" if compile_model else "eager", False
     trainer = Trainer(cfg, log=lambda *a, **k: None)
 
@@ -107,30 +129,31 @@ def tinylm_contender(data: DataConfig, runs: Path, batch: int, compile_model: bo
     impl = "fused" if opt.get("fused") else "foreach" if opt.get("foreach") else "for-loop"
     notes = (f"Trainer.train_step, attention {trainer.attention}, AdamW {impl}, loader {type(trainer.loader).__name__}"
              + (", torch.compile" if compile_model else ""))
-    return Contender(f"tinylm {'compiled' if compile_model else 'eager'} bf16", notes,
+    return Contender(f"tinylm {'compiled' if compile_model else 'eager'} {setup.precision}", notes,
                      trainer.raw_model.num_params(), step, close)
 
 
-def hf_contender(data: DataConfig, batch: int) -> Contender:
+def hf_contender(setup: Setup, data: DataConfig, batch: int) -> Contender:
     """GPT2LMHeadModel with a plain PyTorch step, fed the batches a tinylm loader of the same seed gives."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    device = torch.device("cuda")
+    device = setup.device
     torch.manual_seed(SEED)
-    config = GPT2Config(vocab_size=VOCAB, n_positions=BLOCK, n_embd=N_EMBD, n_layer=N_LAYER, n_head=N_HEAD,
+    config = GPT2Config(vocab_size=setup.vocab, n_positions=setup.block, n_embd=setup.n_embd, n_layer=setup.n_layer,
+                        n_head=setup.n_head,
                         activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     model = GPT2LMHeadModel(config).to(device).train()
     o = OptimConfig()
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
                             weight_decay=o.weight_decay, fused=True)
-    loader = with_prefetch(BatchLoader(TokenWindows(data.dir, "train", BLOCK), batch, seed=SEED, device=device),
+    loader = with_prefetch(BatchLoader(TokenWindows(data.dir, "train", setup.block), batch, seed=SEED, device=device),
                            "auto")
 
     def step() -> tuple[torch.Tensor, float]:
         t0 = time.perf_counter()
         x, y = loader.next_batch()
         data_s = time.perf_counter() - t0
-        with autocast_context("bf16", device):
+        with autocast_context(setup.precision, device):
             # shift_labels: train on exactly tinylm's (x, y) pairs (labels= alone would shift x itself)
             loss = model(input_ids=x, labels=y, shift_labels=y).loss
         loss.backward()
@@ -144,44 +167,51 @@ def hf_contender(data: DataConfig, batch: int) -> Contender:
             loader.close()
 
     notes = f"attn={model.config._attn_implementation}, act={config.activation_function}, AdamW fused"
-    return Contender("HF GPT-2 bf16", notes, sum(p.numel() for p in model.parameters()), step, close)
+    return Contender(f"HF GPT-2 {setup.precision}", notes, sum(p.numel() for p in model.parameters()), step, close)
 
 
-def measure(make: Callable[[], Contender], args, flops_per_token: float, peak: float | None, log) -> Result:
+def measure(setup: Setup, make: Callable[[], Contender], args, flops_per_token: float, peak: float | None,
+            log) -> Result:
     """Build, one first step (timed alone), warm-up steps, then ``args.steps`` timed steps; free everything."""
     gc.collect()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
+    cuda = setup.device.type == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     c = make()
     try:
-        torch.cuda.synchronize()
+        setup.synchronize()
         t0 = time.perf_counter()
         c.step()
-        torch.cuda.synchronize()
+        setup.synchronize()
         first = time.perf_counter() - t0
         for _ in range(args.warmup - 1):
             c.step()
-        torch.cuda.synchronize()
+        setup.synchronize()
         data_s, t0 = 0.0, time.perf_counter()
         for _ in range(args.steps):
             loss, wait = c.step()
             data_s += wait
-        torch.cuda.synchronize()
+        setup.synchronize()
         seconds = time.perf_counter() - t0
         step_s = seconds / args.steps
-        tokens_per_s = args.batch * BLOCK / step_s
+        tokens_per_s = args.batch * setup.block / step_s
+        peak_mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else math.nan
         result = Result(c.name, c.notes, c.params, first, 1000 * step_s, tokens_per_s,
-                        mfu(tokens_per_s, flops_per_token, peak), torch.cuda.max_memory_allocated() / 2**30,
-                        100 * data_s / seconds, float(loss))
+                        mfu(tokens_per_s, flops_per_token, peak), peak_mem, 100 * data_s / seconds, float(loss))
     finally:
         c.close()
     log(f"  {c.name}: first step {first:.1f} s, {result.step_ms:.1f} ms/step, {tokens_per_s:,.0f} tokens/s, "
-        f"MFU {pct(result.mfu)}, peak {result.peak_mem_gib:.1f} GiB, data wait {result.data_wait_pct:.2f}%")
+        f"MFU {pct(result.mfu)}, peak {gib(result.peak_mem_gib)}, data wait {result.data_wait_pct:.2f}%")
     return result
 
 
 def pct(x: float | None) -> str:
     return "n/a (GPU not in tinylm.accounting.GPU_PEAKS)" if x is None else f"{100 * x:.1f}%"
+
+
+def gib(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.1f} GiB"
 
 
 def markdown(results: list[Result]) -> str:
@@ -192,7 +222,7 @@ def markdown(results: list[Result]) -> str:
         ratio = f"{r.tokens_per_s / hf.tokens_per_s:.2f}" if hf else "-"
         mfu_cell = "n/a" if r.mfu is None else f"{100 * r.mfu:.1f}%"
         out.append(f"| {r.contender} | {r.step_ms:.1f} | {r.tokens_per_s:,.0f} | {mfu_cell} | "
-                   f"{r.peak_mem_gib:.1f} GiB | {r.data_wait_pct:.2f}% | {r.first_step_s:.1f} s | {ratio} | "
+                   f"{gib(r.peak_mem_gib)} | {r.data_wait_pct:.2f}% | {r.first_step_s:.1f} s | {ratio} | "
                    f"{r.notes}; {r.params / 1e6:.1f}M params |")
     return "\n".join(out)
 
@@ -212,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=16, help="sequences of 1024 tokens per step (one micro-batch)")
+    p.add_argument("--smoke", action="store_true",
+                   help="no GPU needed: every contender on the CPU at a tiny shape, to check the script itself")
     p.add_argument("--steps", type=int, default=30, help="timed steps per contender")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per contender, the first timed alone")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile contender")
@@ -222,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.batch < 1 or args.steps < 1 or args.warmup < 1:
         p.error("--batch, --steps and --warmup must be >= 1 (the first step pays for allocation and compilation)")
-    if not torch.cuda.is_available():
+    if not args.smoke and not torch.cuda.is_available():
         sys.exit(f"bench_gpu: {gpu_line()}: this benchmark needs an NVIDIA GPU and a CUDA build of torch; "
                  f"run `make bench-gpu` on a GPU machine")
     if args.peer:
@@ -237,34 +269,43 @@ def main(argv: list[str] | None = None) -> int:
     def log(*a) -> None:
         print(*a, flush=True)
 
-    device = torch.device("cuda")
-    enable_tf32(device)
+    setup = SMOKE if args.smoke else Setup()
+    enable_tf32(setup.device)
     info = machine("transformers")
     info["gpu"] = gpu_line()
-    log(f"# GPT-2 small training step on one GPU, {info['date']}")
+    title = "smoke test of this script on the CPU (tiny shape; the figures mean nothing)" if args.smoke else \
+        "GPT-2 small training step on one GPU"
+    log(f"# {title}, {info['date']}")
     log(f"GPU: {info['gpu']}")
     log(f"host: {machine_line(info)}")
-    peak = peak_flops(device, "bf16")
+    peak = peak_flops(setup.device, setup.precision)
     with torch.device("meta"):  # the FLOP count needs the shape, not the weights
-        flops_per_token = GPT(model_config()).flops_per_token()
-    log(f"shape: {asdict(model_config())}; batch {args.batch} x {BLOCK} = {args.batch * BLOCK:,} tokens/step; "
-        f"{flops_per_token / 1e6:.0f} MFLOP/token; peak {'unknown' if peak is None else f'{peak / 1e12:.0f} TFLOP/s'}"
-        f" (bf16 dense, datasheet)")
+        flops_per_token = GPT(setup.model_config()).flops_per_token()
+    log(f"shape: {asdict(setup.model_config())}; batch {args.batch} x {setup.block} = {args.batch * setup.block:,} "
+        f"tokens/step; {flops_per_token / 1e6:.0f} MFLOP/token; "
+        f"peak {'unknown' if peak is None else f'{peak / 1e12:.1f} TFLOP/s'} ({setup.precision})")
 
     path = shakespeare_path()
     results: list[Result] = []
+    cache_before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     with tempfile.TemporaryDirectory() as tmp:
         if args.compile and not args.warm_compile_cache:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor")  # read at first compile
-        data = DataConfig(corpus=str(path), tokenizer="char", dir=str(Path(tmp) / "shakespeare-char"))
-        prepare(data, progress=False, log=lambda *a, **k: None)
-        makers = [lambda: tinylm_contender(data, Path(tmp) / "runs", args.batch, False)]
-        if args.compile:
-            makers.append(lambda: tinylm_contender(data, Path(tmp) / "runs", args.batch, True))
-        if args.peer:
-            makers.append(lambda: hf_contender(data, args.batch))
-        for make in makers:
-            results.append(measure(make, args, flops_per_token, peak, log))
+        try:
+            data = DataConfig(corpus=str(path), tokenizer="char", dir=str(Path(tmp) / "shakespeare-char"))
+            prepare(data, progress=False, log=lambda *a, **k: None)
+            makers = [lambda: tinylm_contender(setup, data, Path(tmp) / "runs", args.batch, False)]
+            if args.compile:
+                makers.append(lambda: tinylm_contender(setup, data, Path(tmp) / "runs", args.batch, True))
+            if args.peer:
+                makers.append(lambda: hf_contender(setup, data, args.batch))
+            for make in makers:
+                results.append(measure(setup, make, args, flops_per_token, peak, log))
+        finally:  # the folder is gone after this block: a later compile in this process must not look there
+            if cache_before is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_before
 
     log("\n## results\n")
     log(markdown(results))
@@ -272,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     for line in goal_lines(results):
         log(line)
     if args.json:
-        write_text_atomic(args.json, json.dumps({"machine": info, "command": sys.argv, "batch": args.batch,
+        write_text_atomic(args.json, json.dumps({"machine": info, "command": sys.argv, "smoke": args.smoke,
+                                                 "batch": args.batch,
                                                  "steps": args.steps, "flops_per_token": flops_per_token,
                                                  "peak_flops": peak, "results": [asdict(r) for r in results]},
                                                 indent=2) + "\n")

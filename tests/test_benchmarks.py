@@ -65,3 +65,19 @@ def test_bench_gpu_without_cuda_says_so_in_one_line(benchmarks, monkeypatch):
         bench_gpu.main(["--steps", "1"])
     message = str(stop.value.code)
     assert "no CUDA device" in message and "make bench-gpu" in message and "\n" not in message
+
+
+def test_bench_gpu_smoke_runs_every_contender_on_the_cpu(benchmarks, tmp_path, capsys):
+    """`--smoke`: the whole GPU benchmark at a tiny shape on the CPU: the first GPU session must not find its bugs."""
+    pytest.importorskip("transformers")
+    bench_gpu = benchmarks("bench_gpu")
+    out = tmp_path / "smoke.json"
+    assert bench_gpu.main(["--smoke", "--steps", "2", "--warmup", "1", "--batch", "2", "--no-compile",
+                           "--json", str(out)]) == 0
+    import json
+    report = json.loads(out.read_text())
+    assert report["smoke"] and [r["contender"] for r in report["results"]] == ["tinylm eager fp32", "HF GPT-2 fp32"]
+    for r in report["results"]:
+        assert r["tokens_per_s"] > 0 and 0 < r["final_loss"] < 10 and r["params"] > 0
+    assert report["results"][0]["params"] == report["results"][1]["params"]  # the same model, both sides
+    assert "| tinylm eager fp32 |" in capsys.readouterr().out
