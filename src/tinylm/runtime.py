@@ -7,6 +7,7 @@ does the few collective operations the loop needs. Nothing here runs at import t
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import random
 import signal
@@ -143,10 +144,13 @@ def shutdown_distributed(*, finished: bool = False) -> None:
     """Leave the process group. After a run that ``finished`` on every process, first wait for all
     of them: a process that tears down its gloo threads while its last message to another is still
     in flight is aborted by C++ ("terminate called without an active exception", seen under load).
-    After an error there is no waiting: the others may never arrive."""
+    After an error there is no waiting: the others may never arrive. The run's cyclic garbage (FSDP's
+    module state, which holds the group) is collected first, so the group dies here and not during the
+    interpreter's exit, where gloo's threads abort the process the same way."""
     if dist.is_initialized():
         if finished:
             dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
 
 
