@@ -3,6 +3,7 @@ progress and final lines, a failed download that leaves nothing behind, and the 
 (`tinylm info`, config.toml, `--help`, lr-find, tracker locations)."""
 from __future__ import annotations
 
+import io
 import json
 import math
 
@@ -162,26 +163,77 @@ def test_the_progress_bar_says_when_it_evaluates_then_shows_the_fresh_val_loss()
     sink.log({"step": 5, "loss": 2.5, "tokens_per_s": 1000.0})
     sink.log({"step": 5, "val_loss": 2.75})
     sink.log({"step": 10, "loss": 2.0, "tokens_per_s": 1000.0})
-    sink.status("step 10: evaluating and sampling")
+    sink.status("step 10: evaluating")
     sink.log({"step": 10, "val_loss": 2.25})
-    assert sink.bar.shown[-2:] == ["loss 2.0000 val 2.7500 1,000 tok/s | step 10: evaluating and sampling",
+    assert sink.bar.shown[-2:] == ["step 10: evaluating | loss 2.0000 val 2.7500 1,000 tok/s",
                                    "loss 2.0000 val 2.2500 1,000 tok/s"]
 
 
-def test_the_progress_bar_shows_the_loops_eta_not_one_counted_to_max_steps(capsys):
-    sink = ConsoleSink(100_000, 0, progress=True)  # a time-budgeted run: max_steps far beyond where it ends
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_the_progress_bar_shows_the_loops_eta_not_one_counted_to_max_steps():
+    term = Terminal()
+    sink = ConsoleSink(100_000, 0, progress=True, file=term)  # a time-budgeted run: max_steps far beyond its end
     sink.log({"step": 10, "loss": 2.0, "tokens_per_s": 1000.0, "eta_s": 90.0})
     sink.close()
-    bar = capsys.readouterr().err
+    bar = term.getvalue()
     assert "eta 01:30" in bar
     assert "<" not in bar and "it/s" not in bar and "step/s" not in bar  # tqdm's own remaining time and rate
 
 
-def test_the_trainer_announces_each_evaluation(tmp_path, text_200k, monkeypatch):
+def test_a_budgeted_runs_bar_counts_to_the_step_the_budget_ends_it_at():
+    """Not 14%| 277/2000 at the end of every budgeted run: the total follows the budget when it ends the run first."""
+    term = Terminal()
+    sink = ConsoleSink(2000, 0, progress=True, time_budget=100.0, file=term)
+    sink.log({"step": 100, "loss": 2.0, "elapsed_s": 36.0})
+    assert (sink.bar.n, sink.bar.total) == (100, 278)  # 36% of the budget spent: about 278 steps at this pace
+    sink.log({"step": 277, "loss": 1.9, "elapsed_s": 100.0})
+    assert (sink.bar.n, sink.bar.total) == (277, 277)
+    sink.close()
+    assert "100%" in term.getvalue() and "277/277" in term.getvalue()
+    steps = ConsoleSink(50, 0, progress=True, time_budget=100.0, file=Terminal())  # the steps end it first
+    steps.log({"step": 40, "loss": 2.0, "elapsed_s": 10.0})
+    assert (steps.bar.n, steps.bar.total) == (40, 50)
+
+
+def test_what_the_run_is_doing_shows_on_an_80_column_terminal():
+    sink = ConsoleSink(2000, 0, progress=True, file=Terminal())
+    sink.log({"step": 250, "loss": 2.1234, "val_loss": 2.3456, "tokens_per_s": 12345.0, "eta_s": 312.0})
+    sink.status("step 250: evaluating")
+    line = sink.bar.format_meter(**{**sink.bar.format_dict, "ncols": 80})
+    assert len(line) <= 80 and "step 250: evaluating" in line
+
+
+def test_without_a_terminal_there_is_no_bar_but_one_plain_line_per_log(capsys):
+    piped = io.StringIO()  # a pipe, a file, a job scheduler's log
+    sink = ConsoleSink(100, 0, progress=True, time_budget=10.0, file=piped)
+    assert sink.bar is None
+    for step in (10, 20, 30):
+        sink.log({"step": step, "loss": 2.0, "tokens_per_s": 1000.0, "elapsed_s": step / 10})
+    sink.status("step 30: evaluating")
+    sink.log({"step": 30, "val_loss": 2.5})
+    sink.close()
+    out = capsys.readouterr()
+    assert "\r" not in out.out + out.err + piped.getvalue()
+    assert out.out.splitlines() == ["step 10 (10%): loss 2.0000 val - 1,000 tok/s",
+                                    "step 20 (20%): loss 2.0000 val - 1,000 tok/s",
+                                    "step 30 (30%): loss 2.0000 val - 1,000 tok/s",
+                                    "step 30: evaluating",
+                                    "step 30 (30%): loss 2.0000 val 2.5000 1,000 tok/s"]
+
+
+def test_the_trainer_says_what_it_does_at_each_evaluation_and_at_the_end(tmp_path, text_200k, monkeypatch):
     seen = []
     monkeypatch.setattr(ConsoleSink, "status", lambda self, message: seen.append(message))
-    train(tiny_config(tmp_path, text_200k, **{"train.max_steps": 6, "train.eval_interval": 3}), log=quiet)
-    assert seen == ["step 3: evaluating and sampling", "step 6: evaluating and sampling"]
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 6, "train.eval_interval": 3, "run.report": True})
+    lines = []
+    train(cfg, log=lines.append)
+    at = ["saving", "evaluating", "sampling"]
+    assert seen == [*(f"step 3: {a}" for a in at), *(f"step 6: {a}" for a in at), "step 6: writing the report"]
+    assert lines[-2].startswith("done at step 6") and lines[-1] == f"report: {cfg.run_dir / 'report.md'}"
 
 
 # --------------------------------------------------------------------------- a failed download

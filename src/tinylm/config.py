@@ -254,7 +254,7 @@ class RunConfig:
     dir: str = "runs"
     """Parent folder of run folders."""
     progress: bool = True
-    """Live progress bar on the console (off for CI logs)."""
+    """Live progress bar when the console is a terminal; false (or not a terminal): one plain line per log."""
     tensorboard: bool = False
     """Also write TensorBoard events to <run>/tb (needs the `track` extra)."""
     wandb: bool = False

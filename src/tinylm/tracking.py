@@ -11,10 +11,12 @@ import secrets
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from tqdm import tqdm
 
 from .config import Config
+from .config_check import parse_duration
 from .errors import TinyLMError
 from .fileio import write_failure, write_text_atomic
 
@@ -56,16 +58,36 @@ class JSONLSink:
 
 
 class ConsoleSink:
-    """A live progress bar (loss, val loss, tok/s, ETA), or plain lines when ``progress`` is off:
-    one per evaluation, plus one every ``plain_every`` steps when that is not 0."""
+    """A live progress bar (loss, val loss, tok/s, ETA) on a terminal; elsewhere (``progress`` off, or the
+    console a pipe, a file, a job scheduler's log) no ``\\r`` bar: one plain line per logged step and per
+    evaluation.
 
-    def __init__(self, total_steps: int, start_step: int, progress: bool, plain_every: int = 0):
-        self.plain_every = plain_every
+    The bar's total follows whichever ends the run first: ``max_steps``, or with a ``time_budget``
+    (seconds) the step the run reaches at its pace so far, so a budgeted run ends at 100%.
+    """
+
+    def __init__(self, max_steps: int, start_step: int, progress: bool, time_budget: float | None = None,
+                 file: TextIO | None = None):
+        self.max_steps, self.time_budget = max_steps, time_budget
+        file = file or sys.stderr
         # tqdm's own time left counts to max_steps; the loop's eta_s also knows the time budget, so show that
-        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr,
-                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]") if progress else None
+        self.bar = tqdm(total=max_steps, initial=start_step, unit="step", dynamic_ncols=True, file=file,
+                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]") \
+            if progress and file.isatty() else None
         self.last: dict = {}
         self.text = ""  # the bar's figures, as the last record left them
+
+    def fraction(self) -> float:
+        """How far the run is, 0..1: steps done of ``max_steps``, or budget spent, whichever is further."""
+        frac = self.last.get("step", 0) / self.max_steps
+        if self.time_budget and self.last.get("elapsed_s"):
+            frac = max(frac, self.last["elapsed_s"] / self.time_budget)
+        return min(frac, 1.0)
+
+    def expected_steps(self) -> int:
+        """The step the run ends at: ``max_steps``, or sooner, at this pace, when the time budget ends it first."""
+        step, frac = self.last.get("step", 0), self.fraction()
+        return self.max_steps if frac <= step / self.max_steps else max(step, round(step / frac))
 
     def log(self, record: dict) -> None:
         if "message" in record:  # an event (loss spike, slow data, non-finite step): say it
@@ -79,15 +101,18 @@ class ConsoleSink:
             text += f" eta {tqdm.format_interval(r['eta_s'])}"
         self.text = text
         if self.bar is not None:
-            self.bar.n = record["step"]
+            self.bar.total, self.bar.n = self.expected_steps(), record["step"]
             self.bar.set_postfix_str(text, refresh=True)
-        elif "val_loss" in record or (self.plain_every and record["step"] % self.plain_every == 0):
-            print(f"step {record['step']}: {text}", flush=True)
+        else:
+            print(f"step {record['step']} ({self.fraction():.0%}): {text}", flush=True)
 
     def status(self, message: str) -> None:
-        """Show what the run is doing until the next record (e.g. evaluating), beside the last figures."""
+        """Say what the run is doing until the next record (e.g. evaluating): first, so that an 80-column
+        bar cuts the figures, not the message."""
         if self.bar is not None:
-            self.bar.set_postfix_str(f"{self.text} | {message}" if self.text else message, refresh=True)
+            self.bar.set_postfix_str(f"{message} | {self.text}" if self.text else message, refresh=True)
+        else:
+            print(message, flush=True)
 
     def write(self, message: str) -> None:
         if self.bar is not None:
@@ -179,8 +204,7 @@ def build_tracker(cfg: Config, run_dir: Path, step: int, log: Callable[[str], No
     enabled (``log`` says where their files go); ``step`` is where the run starts (the console's
     progress bar starts there too)."""
     sinks = [JSONLSink(run_dir / METRICS_FILE),
-             ConsoleSink(cfg.train.max_steps, step, cfg.run.progress,
-                         plain_every=0 if cfg.train.eval_interval else 10 * cfg.train.log_interval)]
+             ConsoleSink(cfg.train.max_steps, step, cfg.run.progress, parse_duration(cfg.train.time_budget))]
     if cfg.run.tensorboard:
         sinks.append(TensorBoardSink(run_dir / "tb"))
         log(f"TensorBoard: events in {run_dir / 'tb'}; view them with `tensorboard --logdir {run_dir.parent}`")

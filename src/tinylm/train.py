@@ -299,11 +299,11 @@ class Trainer(Checkpointing, Reporting):
     # ----------------------------------------------------------------- evaluation points and logging
 
     def _eval_point(self, elapsed: float) -> float:
-        """Save, evaluate, mark the best checkpoint, write a sample."""
+        """Save, evaluate, mark the best checkpoint, write a sample (the console says which it is doing)."""
+        self._status("saving")
         model_state, optim_state = runtime.full_state_dicts(self.raw_model, self.optimizer, sharded=self.sharded)
         saved = self._write_checkpoint(model_state, optim_state, elapsed)
-        if self.tracker is not None:
-            self.tracker.status(f"step {self.step}: evaluating and sampling")
+        self._status("evaluating")
         result = self.evaluate()
         val_loss = result.loss
         self.best_val = min(self.best_val, val_loss)
@@ -312,6 +312,7 @@ class Trainer(Checkpointing, Reporting):
             self.tracker.log({"step": self.step, "val_loss": val_loss, "val_ppl": result.ppl, "val_bpb": result.bpb,
                               "tokens_seen": self.tokens_seen})
             self._log_events(self.step, self.checks.val(self.step, val_loss))
+            self._status("sampling")
             self._write_sample(model_state, val_loss)
         return val_loss
 
@@ -374,14 +375,18 @@ class Trainer(Checkpointing, Reporting):
                 val_loss = self._eval_point(train_seconds)
                 if stopped:
                     self.log(f"\nstopped by signal at step {self.step}; checkpoint saved, continue with --resume")
+                report_lines: list[str] = []  # said after the final line
+                if self.d.is_main and self.cfg.run.report:
+                    self._status("writing the report")
+                    write_after_training(self.run_dir, report_lines.append)
             finally:
                 if self.tracker is not None:
                     self.tracker.close()
         self.log(f"done at step {self.step}: final train loss {self.train_loss:.4f}, final val loss {val_loss:.4f} "
                  f"(best {self.best_val:.4f}); {self.tokens_seen:,} tokens in {train_seconds:.0f}s of training; "
                  f"run folder {self.run_dir}")
-        if self.d.is_main and self.cfg.run.report:
-            write_after_training(self.run_dir, self.log)
+        for line in report_lines:
+            self.log(line)
         return TrainResult(self.run_dir, self.step, self.train_loss, val_loss, self.best_val, self.tokens_seen,
                            train_seconds, stopped)
 

@@ -50,6 +50,11 @@ class Reporting:
         if self.tracker is not None:
             self.tracker.log({"step": step, "event": event, "message": message, **fields})
 
+    def _status(self, doing: str) -> None:
+        """Say on the console what the run is doing at this step (saving, evaluating, ...) until the next record."""
+        if self.tracker is not None:
+            self.tracker.status(f"step {self.step}: {doing}")
+
     def _log_events(self, step: int, events: list[dict]) -> None:
         for e in events:
             self.tracker_event(step, **e)
