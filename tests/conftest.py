@@ -96,6 +96,8 @@ def tiny_config(tmp_path: Path, corpus: Path, **overrides) -> Config:
 
     Precision is pinned to fp32: `auto` means bf16 on a CPU with native bf16 and fp32 elsewhere,
     and a test that compares numbers must not change with the machine. bf16 is tested by asking.
+    The device is pinned to the CPU: on a machine with a GPU `auto` means CUDA, and the suite must give
+    the same results there; a test about device choice asks for `auto` and says so in its name.
     """
     cfg = Config()
     base = {"data.corpus": str(corpus), "data.dir": str(tmp_path / "data"), "run.dir": str(tmp_path / "runs"),
@@ -103,6 +105,7 @@ def tiny_config(tmp_path: Path, corpus: Path, **overrides) -> Config:
             "model.n_embd": 32, "model.block_size": 32, "train.batch_size": 8, "train.max_steps": 30,
             "train.eval_interval": 10, "train.eval_tokens": 512, "train.log_interval": 5,
             "optim.lr": 1e-2, "optim.warmup_steps": 5, "sample.max_new_tokens": 20, "train.precision": "fp32",
+            "train.device": "cpu",
             "run.report": False}  # the end-of-run report (matplotlib) costs seconds: tests that check it ask for it
     base.update(overrides)
     for k, v in base.items():

@@ -199,14 +199,17 @@ def test_higher_temperature_gives_higher_entropy():
 
 
 def test_repetition_penalty_lowers_seen_tokens_probability():
-    logits = torch.randn(4, V) * 3
-    ids = torch.randint(0, V, (4, 10))
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, V, generator=g) * 3
+    ids = torch.randint(0, V, (4, 10), generator=g)  # rows see different numbers of distinct ids
     seen = token_counts(ids, V) > 0
     penalized = RepetitionPenalty(1.5)(logits, ids)
     assert (penalized[seen] < logits[seen]).all() and torch.equal(penalized[~seen], logits[~seen])
-    # relative to every unseen token, every seen token loses probability (the odds shrink) ...
-    odds = lambda lg: lg.softmax(-1)[seen].view(4, -1, 1) / lg.softmax(-1)[~seen].view(4, 1, -1)  # noqa: E731
-    assert (odds(penalized) < odds(logits)).all()
+    # relative to every unseen token, every seen token of its row loses probability (the odds shrink) ...
+    for row in range(4):
+        s, u = seen[row], ~seen[row]
+        odds = lambda lg: lg[row].softmax(-1)[s][:, None] / lg[row].softmax(-1)[u][None, :]  # noqa: E731,B023
+        assert (odds(penalized) < odds(logits)).all()
     # ... and one seen token loses probability outright
     one = torch.tensor([[7]] * 4)
     assert (RepetitionPenalty(1.5)(logits, one).softmax(-1)[:, 7] < logits.softmax(-1)[:, 7]).all()

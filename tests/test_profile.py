@@ -61,3 +61,47 @@ def test_flops_by_component_add_up_to_flops_per_token(mlp):
     assert sum(parts.values()) == model.flops_per_token() - 6 * norm_weights
     assert parts["attn.kernel"] == 12 * 4 * 128 * 256 and parts["head+loss"] == 6 * 65 * 128
     assert math.isclose(parts["mlp"] / parts["attn.proj"], 8.0, rel_tol=0.01)  # 2 x 4C^2 vs C^2 (swiglu: equal)
+
+
+def test_cuda_device_time_goes_to_the_range_open_when_each_kernel_was_launched():
+    """Synthetic CUDA profiler events (µs): kernels queued inside the MLP's range count for the MLP, whatever
+    the device ran meanwhile; backward's kernels, launched by autograd's thread while the main thread waits
+    in "backward", count for backward (the H200's table showed backward 0.00 ms reading host ranges)."""
+    from types import SimpleNamespace as E
+
+    from tinylm.profiling import _device_times
+
+    def ev(name, start, end, *kernel_us):
+        return E(name=name, time_range=E(start=start, end=end), kernels=[E(duration=d) for d in kernel_us])
+
+    events = [ev("forward", 0, 100), ev("mlp", 10, 40), ev("attn.kernel", 40, 60), ev("backward", 100, 300),
+              ev("cudaLaunchKernel", 20, 21, 500), ev("cudaLaunchKernel", 45, 46, 300),  # mlp, attention
+              ev("cudaLaunchKernel", 70, 71, 50),  # forward, in none of its parts
+              ev("cudaLaunchKernel", 150, 151, 900, 100),  # autograd's thread: no range of its own
+              ev("cudaLaunchKernel", 310, 311, 25)]  # after every range
+    assert _device_times(E(events=lambda: events)) == pytest.approx(
+        {"mlp": 500e-6, "attn.kernel": 300e-6, "forward": 50e-6, "backward": 1000e-6, "other": 25e-6})
+
+
+def test_the_cuda_table_shows_gpu_and_host_time_and_idle_time():
+    """On a GPU the table's time column is device time, beside the host's, and the GPU's idle time is a row:
+    a launch-bound model shows as one (here: 40 ms of wall per step, 25 of them with kernels running)."""
+    from tinylm.profiling import component_rows, format_table
+    flops = {k: 1.0 for k in FORWARD}
+    on_gpu = {"embedding": 0.001, "norm": 0.001, "attn.qkv": 0.002, "attn.kernel": 0.002, "attn.proj": 0.001,
+              "mlp": 0.004, "head+loss": 0.002, "forward": 0.001, "backward": 0.008, "optimizer": 0.002,
+              "other": 0.001}
+    host = {"forward": 0.020, "mlp": 0.005, "norm": 0.004, "backward": 0.012, "optimizer": 0.004, "data": 0.001}
+    rows = {row["label"]: row for row in component_rows(host, on_gpu, wall=0.080, steps=2, flops=flops)}
+    assert rows["mlp"]["ms_per_step"] == pytest.approx(2.0) and rows["mlp"]["host_ms_per_step"] == pytest.approx(2.5)
+    assert rows["backward"]["ms_per_step"] == pytest.approx(4.0)
+    assert rows["forward-rest"]["ms_per_step"] == pytest.approx(0.5)  # launched in forward, in none of its parts
+    assert rows["forward-rest"]["host_ms_per_step"] == pytest.approx(5.5)  # 20 - 5 - 4 ms, over 2 steps
+    assert rows["mlp"]["share_of_forward"] == pytest.approx(4 / 14)
+    assert rows["idle"]["ms_per_step"] == pytest.approx(40 - 12.5)
+    assert sum(row["share_of_step"] for row in rows.values()) == pytest.approx(1.0)
+    table = format_table({"rows": list(rows.values()), "model": "m", "batch": "8 x 1", "device": "cuda:0",
+                          "precision": "bf16", "threads": 1, "steps": 2, "step_ms": 40.0, "tokens_per_step": 8,
+                          "peak_memory_mb": 1.0})
+    assert "| component | GPU ms / step |" in table and "host ms / step |" in table
+    assert "| GPU idle (waiting for launches: host-bound where large) | 27.50 | 68.8% |" in table

@@ -24,27 +24,41 @@ from .fileio import write_text_atomic
 
 T = TypeVar("T")
 
-# Datasheet dense peak FLOP/s (bf16/fp16 tensor cores without sparsity, fp32 without TF32), by a
-# pattern of the name torch reports ("NVIDIA H100 PCIe", "NVIDIA H100 80GB HBM3", "NVIDIA L40S").
-# Most specific first, matched on word boundaries: "L4" must not take an L40's figures, nor "A10" an A100's.
-GPU_PEAKS: list[tuple[str, tuple[float, float]]] = [
-    (r"H100\b.*\bPCIe", (756e12, 51e12)), (r"H100\b.*\bNVL", (835e12, 60e12)), (r"H100", (989e12, 67e12)),
-    (r"H200", (989e12, 67e12)), (r"B200", (2250e12, 80e12)), (r"A100", (312e12, 19.5e12)),
-    (r"A10G", (125e12, 31e12)), (r"A10", (125e12, 31e12)), (r"L40S", (362e12, 91.6e12)),
-    (r"L40", (181e12, 90.5e12)), (r"L4", (121e12, 30e12)), (r"4090", (165e12, 82.6e12)),
-    (r"3090", (71e12, 35.6e12)), (r"V100", (125e12, 15.7e12)), (r"T4", (65e12, 8.1e12)),
+# Datasheet dense peak FLOP/s without sparsity, by a pattern of the name torch reports ("NVIDIA H100
+# PCIe", "NVIDIA H100 80GB HBM3", "NVIDIA L40S"): (bf16/fp16 tensor cores, TF32 tensor cores, plain fp32).
+# TF32 is what fp32 matmuls run on when torch allows it (tinylm does on CUDA: runtime.enable_tf32); None
+# where the GPU has no TF32 (Volta, Turing: fp32 matmuls run at the fp32 figure). Most specific first,
+# matched on word boundaries: "L4" must not take an L40's figures, nor "A10" an A100's.
+GPU_PEAKS: list[tuple[str, tuple[float, float | None, float]]] = [
+    (r"H100\b.*\bPCIe", (756e12, 378e12, 51e12)), (r"H100\b.*\bNVL", (835e12, 418e12, 60e12)),
+    (r"H100", (989e12, 495e12, 67e12)), (r"H200", (989e12, 495e12, 67e12)), (r"B200", (2250e12, 1100e12, 80e12)),
+    (r"A100", (312e12, 156e12, 19.5e12)), (r"A10G", (125e12, 62.5e12, 31e12)), (r"A10", (125e12, 62.5e12, 31e12)),
+    (r"L40S", (362e12, 183e12, 91.6e12)), (r"L40", (181e12, 90.5e12, 90.5e12)), (r"L4", (121e12, 60e12, 30e12)),
+    (r"4090", (165e12, 82.6e12, 82.6e12)), (r"3090", (71e12, 35.6e12, 35.6e12)), (r"V100", (125e12, None, 15.7e12)),
+    (r"T4", (65e12, None, 8.1e12)),
 ]
 
 
 def gpu_peak_flops(name: str, precision: str) -> float | None:
-    """The table's figure for a GPU name, or None for an unlisted GPU.
+    """The table's figure for a GPU name and the precision its matmuls run in (bf16 | fp16 | tf32 | fp32),
+    or None for an unlisted GPU.
 
-    ``gpu_peak_flops("NVIDIA L4", "bf16") -> 121e12``; ``gpu_peak_flops("NVIDIA L40", "bf16") -> 181e12``.
+    ``gpu_peak_flops("NVIDIA L4", "bf16") -> 121e12``; ``gpu_peak_flops("NVIDIA L40", "bf16") -> 181e12``;
+    ``gpu_peak_flops("NVIDIA H200", "tf32") -> 495e12``; ``gpu_peak_flops("Tesla V100", "tf32") -> 15.7e12``.
     """
-    for pattern, (half, single) in GPU_PEAKS:
+    for pattern, (half, tf32, single) in GPU_PEAKS:
         if re.search(rf"\b{pattern}\b", name):
+            if precision == "tf32":
+                return tf32 or single
             return single if precision == "fp32" else half
     return None
+
+
+def matmul_precision(device: torch.device, precision: str) -> str:
+    """What the matmuls of a run at ``precision`` really run in: ``"tf32"`` for fp32 on CUDA while torch
+    allows TF32 (``torch.get_float32_matmul_precision() != "highest"``), else ``precision`` itself."""
+    tf32 = device.type == "cuda" and precision == "fp32" and torch.get_float32_matmul_precision() != "highest"
+    return "tf32" if tf32 else precision
 
 
 def mfu(tokens_per_s: float, flops_per_token: float, peak: float | None, world_size: int = 1) -> float | None:
@@ -158,12 +172,23 @@ def cpu_peak_flops(dtype: torch.dtype) -> float:
 
 
 def peak_flops(device: torch.device, precision: str) -> float | None:
-    """Peak FLOP/s for MFU, or None when unknown (an unlisted GPU, MPS)."""
+    """Peak FLOP/s for MFU, or None when unknown (an unlisted GPU, MPS); see :func:`describe_peak`."""
     if device.type == "cpu":
         return cpu_peak_flops(torch.bfloat16 if precision == "bf16" else torch.float32)
     if device.type == "cuda":
-        return gpu_peak_flops(torch.cuda.get_device_name(device), precision)
+        return gpu_peak_flops(torch.cuda.get_device_name(device), matmul_precision(device, precision))
     return None
+
+
+def describe_peak(device: torch.device, precision: str, peak: float | None) -> str:
+    """Which peak MFU divides by, for a run's setup line and benchmark output:
+    ``"MFU against 495 TFLOP/s (NVIDIA H200, tf32 dense, datasheet)"``."""
+    if peak is None:
+        return "MFU: n/a (no peak FLOP/s known for this device: add it to accounting.GPU_PEAKS)"
+    kind = matmul_precision(device, precision)
+    if device.type == "cpu":
+        return f"MFU against {peak / 1e9:.0f} GFLOP/s (this CPU, {kind} matmul probe, measured)"
+    return f"MFU against {peak / 1e12:.0f} TFLOP/s ({torch.cuda.get_device_name(device)}, {kind} dense, datasheet)"
 
 
 def peak_memory_mb(device: torch.device) -> float:

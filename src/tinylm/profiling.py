@@ -12,6 +12,7 @@ and (with matplotlib) profile.png.
 """
 from __future__ import annotations
 
+import bisect
 import copy
 import json
 import tempfile
@@ -25,7 +26,7 @@ from torch.profiler import ProfilerActivity
 from .accounting import peak_memory_mb
 from .config import Config
 from .errors import TinyLMError
-from .fileio import write_text_atomic
+from .fileio import Outputs, write_text_atomic
 from .model import profile_labels
 from .plotting import pyplot, save_figure
 from .train import Trainer
@@ -37,15 +38,45 @@ FORWARD = {"embedding": "token + position embedding", "norm": "norms", "attn.qkv
 LOOP = {"backward": "backward", "optimizer": "optimizer step (clip + update)", "data": "data"}
 
 
-def _label_times(prof: torch.profiler.profile, cuda: bool) -> dict[str, float]:
-    """Seconds per label over the profiled steps: device time on a GPU (kernels run asynchronously, so
-    host time says little there), host time on a CPU."""
+def _label_times(prof: torch.profiler.profile) -> dict[str, float]:
+    """Host seconds per label over the profiled steps (each range's wall time on the host, its children
+    included). On a CPU this is where the time goes; on a GPU it is the time spent launching."""
+    return {e.key: e.cpu_time_total / 1e6 for e in prof.key_averages()
+            if e.key in FORWARD or e.key in LOOP or e.key == "forward"}
+
+
+def attribute_device_time(ranges: list[tuple[str, float, float]], launches: list[tuple[float, float]]
+                          ) -> dict[str, float]:
+    """Device time per label: each kernel counts for the innermost labelled range open on the host (on any
+    thread) when it was launched; a kernel launched outside every range counts for ``"other"``.
+
+    CUDA runs kernels asynchronously, so a range's host time says when work was queued, not what it cost;
+    and autograd launches backward kernels from its own thread, inside no range of that thread but while
+    the main thread waits inside "backward". ``ranges``: (label, host start, host end); ``launches``:
+    (host launch time, device seconds). ``attribute_device_time([("forward", 0, 10), ("mlp", 2, 5)],
+    [(3, 1.0), (6, 2.0), (12, 4.0)]) -> {"mlp": 1.0, "forward": 2.0, "other": 4.0}``
+    """
+    ranges = sorted(ranges, key=lambda r: r[1])
+    starts = [r[1] for r in ranges]
     out: dict[str, float] = {}
-    for e in prof.key_averages():
-        if e.key in FORWARD or e.key in LOOP or e.key == "forward":
-            device_us = getattr(e, "device_time_total", 0.0) if cuda else 0.0
-            out[e.key] = (device_us or e.cpu_time_total) / 1e6
+    for t, seconds in launches:
+        key = "other"
+        for i in range(bisect.bisect_right(starts, t) - 1, -1, -1):  # the latest-opened range still open at t
+            if ranges[i][2] >= t:
+                key = ranges[i][0]
+                break
+        out[key] = out.get(key, 0.0) + seconds
     return out
+
+
+def _device_times(prof: torch.profiler.profile) -> dict[str, float]:
+    """:func:`attribute_device_time` over a CUDA profile: the labelled ranges and every event that launched
+    device work (kernels, copies, memsets) with their device durations."""
+    events = prof.events()
+    labels = set(FORWARD) | set(LOOP) | {"forward"}
+    ranges = [(e.name, e.time_range.start, e.time_range.end) for e in events if e.name in labels]
+    launches = [(e.time_range.start, sum(k.duration for k in e.kernels) / 1e6) for e in events if e.kernels]
+    return attribute_device_time(ranges, launches)
 
 
 def profile(cfg: Config, *, steps: int = 5, out: str | Path | None = None,
@@ -55,6 +86,7 @@ def profile(cfg: Config, *, steps: int = 5, out: str | Path | None = None,
     if steps < 1:
         raise TinyLMError(f"profile needs --steps >= 1 (got {steps})")
     out = Path(out) if out else cfg.run_dir.with_name(f"{cfg.run.name}-profile")
+    files = Outputs(out / name for name in ("profile.md", "profile.json", "profile.png"))  # refused before profiling
     scratch = copy.deepcopy(cfg)
     scratch.train.compile = False  # compiled graphs fuse the components the table separates
     scratch.run.progress = scratch.run.tensorboard = scratch.run.wandb = False
@@ -69,9 +101,10 @@ def profile(cfg: Config, *, steps: int = 5, out: str | Path | None = None,
     md = format_table(result)
     log(md)
     png = out / "profile.png"
-    result["png"] = str(png) if _plot(result, png) else None
-    write_text_atomic(out / "profile.md", md + "\n")
-    write_text_atomic(out / "profile.json", json.dumps(result, indent=1))
+    with files:
+        result["png"] = str(png) if _plot(result, png) else None
+        write_text_atomic(out / "profile.md", md + "\n")
+        write_text_atomic(out / "profile.json", json.dumps(result, indent=1))
     log(f"wrote {out / 'profile.md'}, profile.json" + (", profile.png" if result["png"] else ""))
     return result
 
@@ -91,45 +124,68 @@ def _profile_steps(trainer: Trainer, steps: int) -> dict:
         if cuda:
             torch.cuda.synchronize(device)
         wall = time.perf_counter() - t0
-    times = _label_times(prof, cuda)
     model = trainer.raw_model
-    flops = model.flops_by_component()
-    total_flops = sum(flops.values())
-    forward = times.get("forward", 0.0)
-    rows = [{"component": name, "label": key, "ms_per_step": 1000 * times.get(key, 0.0) / steps,
-             "share_of_forward": times.get(key, 0.0) / forward if forward else None,
-             "flop_share": flops[key] / total_flops} for key, name in FORWARD.items()]
-    rows.append({"component": "forward: rest (residual adds, dropout, views)", "label": "forward-rest",
-                 "ms_per_step": 1000 * max(forward - sum(times.get(k, 0.0) for k in FORWARD), 0.0) / steps,
-                 "share_of_forward": None, "flop_share": None})
-    rows += [{"component": name, "label": key, "ms_per_step": 1000 * times.get(key, 0.0) / steps,
-              "share_of_forward": None, "flop_share": None} for key, name in LOOP.items()]
-    accounted = forward + sum(times.get(k, 0.0) for k in LOOP)
-    rows.append({"component": "other (loop bookkeeping, profiler)", "label": "other",
-                 "ms_per_step": 1000 * max(wall - accounted, 0.0) / steps, "share_of_forward": None,
-                 "flop_share": None})
-    step_ms = 1000 * wall / steps
-    for r in rows:
-        r["share_of_step"] = r["ms_per_step"] / step_ms
+    rows = component_rows(_label_times(prof), _device_times(prof) if cuda else None, wall, steps,
+                          model.flops_by_component())
     c = model.cfg
-    return {"rows": rows, "steps": steps, "step_ms": step_ms, "peak_memory_mb": peak_memory_mb(device),
+    return {"rows": rows, "steps": steps, "step_ms": 1000 * wall / steps, "peak_memory_mb": peak_memory_mb(device),
             "device": str(device), "precision": trainer.precision, "threads": torch.get_num_threads(),
             "model": f"{c.n_layer} layers, width {c.n_embd}, {c.n_head} heads, context {c.block_size}, "
                      f"vocab {c.vocab_size}, {c.mlp} MLP",
             "batch": f"{trainer.micro} x {trainer.accum} accumulation", "tokens_per_step": trainer.tokens_per_step}
 
 
+def component_rows(host: dict[str, float], on_gpu: dict[str, float] | None, wall: float, steps: int,
+                   flops: dict[str, float]) -> list[dict]:
+    """The table's rows from seconds per label over ``steps`` steps of ``wall`` seconds: ``host`` (from
+    :func:`_label_times`) and, on a GPU, ``on_gpu`` (:func:`_device_times`), which then sets the time column."""
+    host = {**host, "forward-rest": host.get("forward", 0.0) - sum(host.get(k, 0.0) for k in FORWARD)}
+    if on_gpu is None:
+        times = host
+    else:  # a kernel launched in a sub-range counts there; in "forward" itself only when in none of its parts
+        times = {**on_gpu, "forward-rest": on_gpu.get("forward", 0.0),
+                 "forward": sum(v for k, v in on_gpu.items() if k in FORWARD or k == "forward")}
+        host["other"] = wall - sum(host.get(k, 0.0) for k in ("forward", *LOOP))
+    forward, total_flops = times.get("forward", 0.0), sum(flops.values())
+
+    def row(name: str, key: str, seconds: float, flop_share: float | None = None) -> dict:
+        return {"component": name, "label": key, "ms_per_step": 1000 * seconds / steps,
+                "host_ms_per_step": 1000 * max(host.get(key, 0.0), 0.0) / steps,
+                "share_of_forward": seconds / forward if forward and flop_share is not None else None,
+                "flop_share": flop_share, "share_of_step": seconds / wall}
+
+    rows = [row(name, key, times.get(key, 0.0), flops[key] / total_flops) for key, name in FORWARD.items()]
+    rows.append(row("forward: rest (residual adds, dropout, views)", "forward-rest",
+                    max(times["forward-rest"], 0.0)))
+    rows += [row(name, key, times.get(key, 0.0)) for key, name in LOOP.items()]
+    if on_gpu is None:
+        accounted = forward + sum(times.get(k, 0.0) for k in LOOP)
+        rows.append(row("other (loop bookkeeping, profiler)", "other", max(wall - accounted, 0.0)))
+    else:  # device work launched outside every range, and the time the GPU had nothing to run
+        rows.append(row("other (kernels outside the labelled ranges)", "other", times.get("other", 0.0)))
+        busy = sum(on_gpu.values())
+        rows.append(row("GPU idle (waiting for launches: host-bound where large)", "idle", max(wall - busy, 0.0)))
+    return rows
+
+
 def format_table(r: dict) -> str:
     """The result as a markdown table with a heading line."""
     pct = lambda v: "" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    clock = "GPU" if r["device"].startswith("cuda") else "CPU"
     lines = [f"# Profile: {r['model']}, batch {r['batch']}", "",
              f"{r['device']}, {r['precision']}, {r['threads']} threads; {r['steps']} steps after one warm-up; "
              f"{r['step_ms']:.1f} ms per step ({r['tokens_per_step']:,} tokens); peak memory "
              f"{r['peak_memory_mb']:,.0f} MB", "",
-             "| component | ms / step | share of step | share of forward | share of FLOPs |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+             f"| component | {clock} ms / step | share of step | share of forward | share of FLOPs | host ms / step |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {row['component']} | {row['ms_per_step']:.2f} | {pct(row['share_of_step'])} | "
-              f"{pct(row['share_of_forward'])} | {pct(row['flop_share'])} |" for row in r["rows"]]
+              f"{pct(row['share_of_forward'])} | {pct(row['flop_share'])} | {row['host_ms_per_step']:.2f} |"
+              for row in r["rows"]]
+    if clock == "GPU":
+        lines += ["", "GPU ms: the kernels each labelled range launched (autograd's backward kernels, launched from "
+                  "its own thread, count in backward); host ms: the time the host spent inside the range, i.e. "
+                  "launching. Where the GPU idles for much of the step, the step is host-bound: compile "
+                  "(--train.compile true) or a larger batch."]
     lines += ["", "Share of FLOPs counts forward + backward matmul FLOPs per component (backward costs 2 x forward "
               "everywhere, so a forward share compares with it); norms and embeddings count 0."]
     return "\n".join(lines)

@@ -24,7 +24,11 @@ from .errors import TinyLMError
 
 
 def resolve_device(name: str, local_rank: int = 0, flag: str = "--train.device") -> torch.device:
-    """auto -> this process's CUDA device, else MPS, else the CPU; ``flag`` is the option named in errors."""
+    """auto -> this process's CUDA device, else MPS, else the CPU; ``flag`` is the option named in errors.
+
+    A CUDA device always comes back with its index (``cuda`` -> ``cuda:<local_rank>``), so what a run
+    records (:func:`device_name`) has one format: ``resolve_device("cuda") -> device("cuda", 0)``.
+    """
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank)
@@ -33,12 +37,17 @@ def resolve_device(name: str, local_rank: int = 0, flag: str = "--train.device")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise TinyLMError(f"{flag} {name}: no CUDA device is available; use {flag} cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    return torch.device("cuda", local_rank) if device.type == "cuda" and device.index is None else device
 
 
 def device_name(device: torch.device) -> str:
-    """What a run trained on, for its checkpoints and report: ``"cuda:0 (NVIDIA H100 80GB HBM3)"``, ``"cpu"``."""
-    return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+    """What a run trained on, for its checkpoints and report, in one format: ``"<type>[:<index>]"``, and on
+    CUDA the GPU's name: ``"cuda:0 (NVIDIA H100 80GB HBM3)"``, ``"cpu"``, ``"mps"``."""
+    if device.type != "cuda":
+        return str(device)
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -133,11 +142,23 @@ def init_distributed(device_name: str) -> Dist:
         return Dist()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and (device_name == "auto" or device_name.startswith("cuda"))
+    if use_cuda:
+        check_gpu_count(int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1)), torch.cuda.device_count())
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     if use_cuda:
         torch.cuda.set_device(local_rank)
     return Dist(rank, local_rank, world)
+
+
+def check_gpu_count(local_processes: int, gpus: int) -> None:
+    """One GPU per process: more processes on this machine than GPUs is refused in one line, by every
+    process (none is left waiting for the others), before any touches CUDA (``torch.cuda.set_device``
+    would kill the extra ones with "invalid device ordinal" and a page of traceback)."""
+    if local_processes > gpus:
+        raise TinyLMError(f"{local_processes} processes on this machine but {gpus} GPU(s): tinylm runs one process "
+                          f"per GPU; start at most {gpus} (torchrun --nproc_per_node {gpus}), or train on the CPU "
+                          f"over gloo with --train.device cpu")
 
 
 def shutdown_distributed(*, finished: bool = False) -> None:

@@ -360,8 +360,8 @@ class Trainer(Checkpointing, Reporting):
 
     def _run(self) -> TrainResult:
         """Describe, train until done, evaluate (and save) a last time, report."""
-        self._describe()
         self.peak = peak_flops(self.device, self.precision)  # for MFU; None when unknown
+        self._describe()
         self.tracker = build_tracker(self.cfg, self.run_dir, self.step, self.log) if self.d.is_main else None
         if self.step == 0:  # the loss on the first validation batch of each process
             self._log_events(0, self.checks.initial(self.evaluate(passes=1).loss))

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from . import runtime
-from .accounting import ThroughputWindow, peak_memory_mb
+from .accounting import ThroughputWindow, describe_peak, peak_memory_mb
 from .config import Config, to_toml
 from .fileio import append_text, write_failure, write_text_atomic
 from .generate import sample_text
@@ -80,7 +80,8 @@ class Reporting:
         self.log(f"model: {m.num_params() / 1e6:.2f}M parameters ({m.num_params(non_embedding=True) / 1e6:.2f}M "
                  f"non-embedding), {m.flops_per_token() / 1e6:.1f} MFLOP/token; device {self.device}, precision "
                  f"{self.precision}, {self.d.world_size} process(es){' FSDP' if cfg.train.fsdp else ''}, "
-                 f"micro-batch {self.micro} x {self.accum} accumulation, attention {self.attention}")
+                 f"micro-batch {self.micro} x {self.accum} accumulation, attention {self.attention}; "
+                 f"{describe_peak(self.device, self.precision, self.peak)}")
 
     def _log_step(self, stats: dict, scale: float) -> None:
         """The loss averaged over processes; rank 0 logs it with the window's throughput. Starts a new window."""
