@@ -234,6 +234,48 @@ def test_curve_checks():
     assert spikes.train(3.5)[0]["event"] == "loss_spike"
 
 
+def test_overfitting_is_said_once_when_val_rises_while_train_falls():
+    checks = CurveChecks(100, None, spike_factor=0)
+    for loss in (3.0, 2.9, 2.8, 2.7, 2.6):
+        checks.train(loss)
+    assert checks.val(100, 2.70) == []  # the best so far
+    for loss in (2.5, 2.4, 2.3, 2.2, 2.1):
+        checks.train(loss)
+    assert checks.val(200, 2.72) == []  # 0.7% above the best: noise, not a trend
+    for loss in (2.0, 1.9, 1.8, 1.7, 1.6):
+        checks.train(loss)
+    [event] = checks.val(300, 2.80)  # 3.7% above the best while the train loss (median of 5) fell 2.8 -> 1.8
+    assert event["event"] == "overfitting" and not event["ok"] and event["best_step"] == 100
+    assert "val loss 2.8000 is 3.7% above its best 2.7000 (step 100) while the train loss fell 2.8000 -> 1.8000" \
+        in event["message"]
+    for fix in ("more data", "--model.dropout", "--checkpoint best"):
+        assert fix in event["message"]
+    assert checks.val(400, 2.90) == []  # said once
+    flat = CurveChecks(100, None, spike_factor=0)  # val rises but train does not fall: not overfitting
+    for loss in (2.0,) * 5:
+        flat.train(loss)
+    flat.val(100, 2.5)
+    for loss in (2.1,) * 5:
+        flat.train(loss)
+    assert flat.val(200, 2.7) == []
+
+
+def test_a_resumed_run_does_not_repeat_the_checks_it_already_said(tmp_path, text_200k, monkeypatch):
+    import tinylm.evaluate
+    monkeypatch.setattr(tinylm.evaluate, "UNIGRAM_DEADLINE", 3)  # the tiny model is said to be late at step 3
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 3, "train.eval_interval": 3})
+    from tinylm.data import ensure_prepared
+    meta = ensure_prepared(cfg.data, progress=False, log=lambda *a: None)
+    meta["unigram_entropy"] = 0.5  # out of the tiny model's reach
+    (tmp_path / "data" / "meta.json").write_text(json.dumps(meta))
+    train(cfg, log=lambda *a: None)
+    cfg.train.max_steps = 6
+    train(cfg, resume=True, log=lambda *a: None)
+    records = read_metrics(cfg.run_dir)
+    assert [r["step"] for r in records if "val_loss" in r] == [3, 6]
+    assert [r["step"] for r in records if r.get("event") == "unigram_entropy"] == [3]
+
+
 def test_training_logs_the_checks_and_the_val_figures(tmp_path, text_200k):
     cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 10})
     from tinylm.data import ensure_prepared

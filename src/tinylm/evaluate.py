@@ -15,7 +15,8 @@ in the loss). Also here: the healthy-curve checks the trainer logs as events.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import statistics
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from . import runtime
+from .analysis.health import VAL_ABOVE_BEST
 from .errors import TinyLMError
 from .tokenizer import Tokenizer
 
@@ -161,12 +163,19 @@ class CurveChecks:
     * ``unigram_entropy`` (evaluations, once): the val loss gets within 10% of the unigram entropy of
       the training tokens (meta.json's, what a model that ignores the context reaches) within
       :data:`UNIGRAM_DEADLINE` steps; said when it does, or at the first evaluation past the deadline.
+    * ``overfitting`` (evaluations, once): the val loss more than :data:`~tinylm.analysis.health.VAL_ABOVE_BEST`
+      above its best while the train loss (median of the last 5 logged) fell since that best evaluation.
     * ``loss_spike`` (every step): the train loss above ``spike_factor`` x the median of the last 50.
+
+    ``said``: the once-only events earlier sessions of the run logged (a resumed run does not repeat them).
     """
 
-    def __init__(self, vocab_size: int, unigram_entropy: float | None, spike_factor: float):
+    def __init__(self, vocab_size: int, unigram_entropy: float | None, spike_factor: float,
+                 said: Collection[str] = ()):
         self.vocab_size, self.entropy, self.spike_factor = vocab_size, unigram_entropy, spike_factor
-        self.unigram_said = unigram_entropy is None
+        self.unigram_said = unigram_entropy is None or "unigram_entropy" in said
+        self.overfitting_said = "overfitting" in said
+        self.best: tuple[float, float | None, int] | None = None  # (val loss, train loss, step) of the best evaluation
         self.recent: list[float] = []  # the last train losses
 
     def initial(self, loss: float) -> list[Event]:
@@ -178,6 +187,27 @@ class CurveChecks:
         return [{"event": "initial_loss", "message": message, "ok": ok, "initial_loss": loss}]
 
     def val(self, step: int, val_loss: float) -> list[Event]:
+        return self._unigram(step, val_loss) + self._overfitting(step, val_loss)
+
+    def _overfitting(self, step: int, val_loss: float) -> list[Event]:
+        train = statistics.median(self.recent[-5:]) if self.recent else None
+        if self.best is None or val_loss < self.best[0]:
+            self.best = (val_loss, train, step)
+            return []
+        best, best_train, best_step = self.best
+        rise = val_loss / best - 1
+        if self.overfitting_said or train is None or best_train is None or rise <= VAL_ABOVE_BEST \
+                or train >= best_train:
+            return []
+        self.overfitting_said = True
+        message = (f"val loss {val_loss:.4f} is {rise:.1%} above its best {best:.4f} (step {best_step}) while the "
+                   f"train loss fell {best_train:.4f} -> {train:.4f}: overfitting, the model learns the training "
+                   f"text rather than the language; more data (a larger corpus), dropout (--model.dropout 0.1), or "
+                   f"the best checkpoint (--checkpoint best) instead of the last")
+        return [{"event": "overfitting", "message": message, "ok": False, "best_val_loss": best,
+                 "best_step": best_step}]
+
+    def _unigram(self, step: int, val_loss: float) -> list[Event]:
         if self.unigram_said:
             return []
         h = self.entropy

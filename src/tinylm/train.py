@@ -31,7 +31,7 @@ from .generate import check_prompt
 from .model import GPT, label
 from .optim import build_optimizer, lr_scale, momentum_at, set_schedule
 from .run_folder import RunFolder
-from .tracking import Tracker, build_tracker
+from .tracking import Tracker, build_tracker, read_metrics
 from .train_log import Reporting
 from .train_state import Checkpointing
 
@@ -111,7 +111,10 @@ class Trainer(Checkpointing, Reporting):
             self.model = torch.compile(self.model)
         self.compiling = cfg.train.compile  # the first step of this session (new or resumed) compiles
         self.tokens_per_step = cfg.train.batch_size * cfg.model.block_size
-        self.checks = CurveChecks(cfg.model.vocab_size, self.meta.get("unigram_entropy"), cfg.train.spike_factor)
+        said = {r["event"] for r in read_metrics(self.run_dir) if "event" in r and r["step"] <= self.step} \
+            if self.step else set()  # the once-only checks a resumed run said before
+        self.checks = CurveChecks(cfg.model.vocab_size, self.meta.get("unigram_entropy"), cfg.train.spike_factor,
+                                  said)
         self.skips_in_a_row = 0
         # steps since the last log line: (step, loss, finite), read on the host together at the next log step
         self.pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []

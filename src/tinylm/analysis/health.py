@@ -9,6 +9,8 @@ import math
 import statistics
 from dataclasses import dataclass
 
+VAL_ABOVE_BEST = 0.02  # a val loss more than 2% above its best has risen, beyond evaluation noise
+
 # the written rules, as the report prints them
 RULES = {
     "diverging": "a non-finite loss was logged, or the last 10% of logged train losses average more than 1.2 x "
@@ -18,7 +20,7 @@ RULES = {
     "still falling": "over the last 25% of logged steps the smoothed train loss fell more than 2%: undertrained, "
                      "more tokens would help",
     "overfitting": "the final val loss is more than 0.1 nats and 5% above the final smoothed train loss, or more "
-                   "than 2% above the best val loss",
+                   f"than {VAL_ABOVE_BEST:.0%} above the best val loss",
     "LR at the edge": "in the second half of the run, more than half of the logged gradient norms reach the clip "
                       "threshold (optim.grad_clip): the clip, not the LR, sets the step size",
 }
@@ -95,7 +97,7 @@ def overfitting(records: list[dict]) -> Finding:
         return Finding("overfitting", False, "no val loss or train loss logged")
     gap = val[-1] - smoothed(train)[-1]
     above_best = val[-1] / min(val) - 1
-    fired = (gap > 0.1 and gap > 0.05 * abs(smoothed(train)[-1])) or above_best > 0.02
+    fired = (gap > 0.1 and gap > 0.05 * abs(smoothed(train)[-1])) or above_best > VAL_ABOVE_BEST
     return Finding("overfitting", fired, f"val - train gap {gap:+.3f} nats; final val {above_best:.1%} above "
                                          f"its best")
 
