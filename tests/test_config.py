@@ -114,3 +114,18 @@ def test_non_utf8_toml_is_a_one_line_error(tmp_path, capsys):
 def test_presets_load_and_validate(preset):
     cfg = build_config(preset)
     assert cfg != Config()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_a_seed_outside_numpys_range_is_refused_at_config_time(seed):
+    with pytest.raises(TinyLMError, match=rf"--train.seed {seed} must be in \[0, 2\^32\)"):
+        build_config(None, ["--train.seed", seed])
+    build_config(None, ["--train.seed", str(2**32 - 1)])  # the largest seed numpy takes
+
+
+@pytest.mark.parametrize("base", ["0", "1", "-5", "inf", "nan"])
+def test_rope_base_must_be_above_one_at_config_time(base):
+    # rope_base 0 made every rotary frequency infinite: NaN losses at step 1, blamed on the learning rate
+    with pytest.raises(TinyLMError, match=r"--model.rope_base .* must be a finite number > 1"):
+        build_config(None, ["--model.pos", "rope", "--model.rope_base", base])
+    build_config(None, ["--model.pos", "rope", "--model.rope_base", "500000"])

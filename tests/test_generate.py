@@ -541,6 +541,14 @@ def test_cli_sample_strategies_and_errors(trained_run, capsys):
     assert "only --sample.* settings" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["sample", "decode-report"])
+def test_cli_seed_outside_numpys_range_is_one_line(trained_run, capsys, command):
+    from tinylm.cli import main
+    assert main([command, str(trained_run), "--seed", str(2**64)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"tinylm: error: --seed {2**64} must be in [0, 2^32) (numpy's seed range), e.g. 1337"]
+
+
 def test_cli_compiled_sampling_without_a_cpu_compiler_is_a_one_line_error(trained_run, capsys):
     from torch._inductor import config as inductor_config
 

@@ -100,6 +100,12 @@ def grad_accum_steps(cfg: Config, world_size: int = 1) -> int:
     return cfg.train.batch_size // (micro_batch_size(cfg, world_size) * world_size)
 
 
+def check_seed(seed: int, flag: str) -> None:
+    """A seed numpy and torch both take: [0, 2^32) (numpy's range; torch's is wider)."""
+    if not 0 <= seed < 2**32:
+        raise TinyLMError(f"{flag} {seed} must be in [0, 2^32) (numpy's seed range), e.g. 1337")
+
+
 def validate(cfg: Config, world_size: int = 1) -> None:
     """Check the tree once, early; every message names the flags to change."""
     m, d, o, t, s = cfg.model, cfg.data, cfg.optim, cfg.train, cfg.sample
@@ -130,6 +136,9 @@ def validate(cfg: Config, world_size: int = 1) -> None:
          f"--model.n_embd {m.n_embd} is not divisible by --model.n_head {m.n_head}")
     need(m.pos != "rope" or (m.n_embd // m.n_head) % 2 == 0,
          f"rotary positions need an even head size; --model.n_embd {m.n_embd} / --model.n_head {m.n_head} is odd")
+    need(m.rope_base > 1 and math.isfinite(m.rope_base),  # base 0: infinite frequencies, NaN at step 1
+         f"--model.rope_base {m.rope_base} must be a finite number > 1 (the rotary base; 10000 is usual, larger for "
+         f"long contexts)")
     need(m.vocab_size == 0 or m.vocab_size >= 2, "--model.vocab_size must be 0 (from the data) or >= 2")
     need(0.0 <= m.dropout < 1.0, f"--model.dropout {m.dropout} must be in [0, 1)")
     need(m.mlp_ratio > 0, "--model.mlp_ratio must be positive")
@@ -162,6 +171,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
          "--optim.momentum and --optim.momentum_warmup_start must be in [0, 1)")
     need(o.ns_steps >= 1 and o.momentum_warmup_steps >= 0,
          "--optim.ns_steps must be >= 1 and --optim.momentum_warmup_steps >= 0")
+    check_seed(t.seed, "--train.seed")
     need(t.eval_interval >= 0, "--train.eval_interval must be >= 0 (0 = only at the end)")
     need(t.eval_tokens >= 0, "--train.eval_tokens must be >= 0 (0 = the whole validation split)")
     need(t.micro_batch_size >= 0, "--train.micro_batch_size must be >= 0 (0 = no accumulation)")

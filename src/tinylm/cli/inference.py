@@ -20,6 +20,13 @@ def _sample_settings(cfg: Config, args: argparse.Namespace, extra: list[str]) ->
     sample_settings(cfg, extra, {k: v for k, v in vars(args).items() if k in keys})
 
 
+def _check_seed_flag(args: argparse.Namespace) -> None:
+    """--seed, when given, is checked before any checkpoint loads (the run's own seed was checked at training)."""
+    from ..config_check import check_seed
+    if args.seed is not None:
+        check_seed(args.seed, "--seed")
+
+
 def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
     from dataclasses import replace
 
@@ -27,6 +34,7 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
     from ..generate import generate_text
     from ..runtime import check_compiler
     from ..strategies import SAMPLING, describe_strategy
+    _check_seed_flag(args)
     path, cfg, model, tok = load_for_inference(args.run, args.checkpoint, device=args.device)
     _sample_settings(cfg, args, extra)
     s = cfg.sample
@@ -71,6 +79,7 @@ def cmd_decode_report(args: argparse.Namespace, extra: list[str]) -> int:
 
     from ..checkpoint import load_for_inference
     from ..decode_report import decode_report, parse_variant
+    _check_seed_flag(args)
     path, cfg, model, tok = load_for_inference(args.run, args.checkpoint, device=args.device)
     _sample_settings(cfg, args, extra)
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path
