@@ -59,6 +59,13 @@ class ModelConfig:
     attention_dropout: bool = True
     """Apply model.dropout to the attention weights too (GPT-2 and nanoGPT do); false keeps it on the residual
     branches and embeddings only, and CPU SDPA's fast kernel, which dropout on the weights leaves (2x slower)."""
+    vocab_pad_to: int = 1
+    """Pad the output head's product to a multiple of this many ids (64 or 128 suit GPU matrix tiles: 50257 ->
+    50304); the padding's logits are -inf, never returned or sampled, and parameters, checkpoints and exports keep
+    vocab_size, so a run may change it on resume. 1 = no padding. Not part of the checkpoint's architecture."""
+    loss_chunk: int = 0
+    """Compute the training loss (head, cross-entropy and their gradients) this many tokens at a time, never holding
+    the batch's logits: memory chunk x vocab instead of batch x context x vocab; 0 = the whole batch at once."""
     attention: str = "auto"
     """Attention kernel: sdpa (torch's fused kernel) | math (explicit matmuls) | auto (the faster, measured once per
     machine, dtype and shape; SDPA on CUDA). Same results within the dtype's tolerance; not part of the checkpoint."""

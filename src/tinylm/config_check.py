@@ -140,6 +140,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
          f"--model.rope_base {m.rope_base} must be a finite number > 1 (the rotary base; 10000 is usual, larger for "
          f"long contexts)")
     need(m.vocab_size == 0 or m.vocab_size >= 2, "--model.vocab_size must be 0 (from the data) or >= 2")
+    need(m.vocab_pad_to >= 1, f"--model.vocab_pad_to {m.vocab_pad_to} must be >= 1 (1 = no padding; 64 for GPUs)")
+    need(m.loss_chunk >= 0, f"--model.loss_chunk {m.loss_chunk} must be >= 0 (0 = the whole batch at once)")
     need(0.0 <= m.dropout < 1.0, f"--model.dropout {m.dropout} must be in [0, 1)")
     need(m.mlp_ratio > 0, "--model.mlp_ratio must be positive")
     file = tokenizer_file(d)

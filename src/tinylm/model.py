@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import attend, choose
 from .config import ModelConfig
+from .head_loss import chunked_cross_entropy
 
 Rope = tuple[torch.Tensor, torch.Tensor] | None  # (cos2, sin2) at the positions at hand; None: learned positions
 Mask = torch.Tensor | str | None  # "causal", None (every stored slot), or a boolean (B, 1, T, length + T)
@@ -43,6 +44,11 @@ def profile_labels() -> Iterator[None]:
         yield
     finally:
         _labels = before
+
+
+def padded_vocab(cfg: ModelConfig) -> int:
+    """The head's width: vocab_size rounded up to a multiple of vocab_pad_to (50257 with 64 -> 50304)."""
+    return -(-cfg.vocab_size // cfg.vocab_pad_to) * cfg.vocab_pad_to
 
 
 def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
@@ -269,6 +275,11 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
+        padding = padded_vocab(cfg) - cfg.vocab_size
+        # 0 for real ids, -inf for the padding: added to the padded head's output, it keeps padding out of every
+        # softmax (its probability is exactly 0, so is its gradient). Derived from the config: not saved.
+        self.register_buffer("head_mask", F.pad(torch.zeros(cfg.vocab_size), (0, padding), value=-math.inf)
+                             if padding else None, persistent=False)  # (padded vocab,)
         if cfg.pos == "rope":
             cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_base)
             # built once; derived from the config, so not saved in checkpoints
@@ -293,7 +304,8 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
                 valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) token ids -> logits (B, T, vocab), and the mean cross-entropy if targets given.
+        """idx (B, T) token ids -> logits (B, T, vocab), and the mean cross-entropy if targets given (with
+        ``model.loss_chunk`` the logits are None: the loss is computed in chunks without them).
 
         With a KV cache (generation), idx holds the T tokens that follow those already in it;
         their keys and values are stored, and only the last position's logits (B, 1, vocab) are
@@ -302,7 +314,7 @@ class GPT(nn.Module):
         all T tokens are left in ``cache.hidden`` (contrastive search compares them). ``valid``
         (B, T) marks real tokens when rows are left-padded (False = padding).
         """
-        B, T = idx.shape
+        (B, T), V = idx.shape, self.cfg.vocab_size
         if cache is None:
             if self.cfg.block_size < T:
                 raise ValueError(f"sequence of {T} tokens exceeds the context length {self.cfg.block_size}")
@@ -330,14 +342,29 @@ class GPT(nn.Module):
         if cache is not None:
             cache.length += T
             cache.hidden = x
-            return self.lm_head(x[:, -1:]), None  # (B, 1, vocab)
+            return self.head(x[:, -1:])[..., :V], None  # (B, 1, vocab)
         with label("head+loss"):
-            logits = self.lm_head(x)  # (B, T, vocab)
+            if targets is not None and self.cfg.loss_chunk:  # no logits kept: the loss alone
+                return None, chunked_cross_entropy(x.view(B * T, -1), self.head_weight(), self.head_mask,
+                                                   targets.view(-1), self.cfg.loss_chunk)
+            logits = self.head(x)  # (B, T, padded vocab)
             if targets is None:
-                return logits, None
+                return logits[..., :V], None  # (B, T, vocab)
             # the loss in fp32 even under autocast: log-softmax over a large vocab loses bits in bf16
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
-            return logits, loss
+            return logits[..., :V], loss
+
+    def head_weight(self) -> torch.Tensor:
+        """The output head's weight (vocab, C), with zero rows below it up to model.vocab_pad_to's multiple:
+        the head's product then has a tile-friendly width (GPT-2's 50257 -> 50304 with 64), while the
+        parameter, the checkpoints, the optimizer state and the exports keep the true vocabulary."""
+        w = self.lm_head.weight
+        return w if self.head_mask is None else F.pad(w, (0, 0, 0, self.head_mask.numel() - w.size(0)))
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Hidden states (..., C) -> logits (..., padded vocab), the padding at -inf; ``[..., :vocab_size]`` are
+        the ids' logits (what :meth:`forward` returns)."""
+        return F.linear(x, self.head_weight(), self.head_mask)
 
     def choose_attention(self, device: torch.device, dtype: torch.dtype, batch: int, seq: int | None = None,
                          training: bool = False) -> str:
