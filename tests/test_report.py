@@ -62,6 +62,21 @@ def test_overfitting_by_gap_and_by_rising_val():
     assert health.overfitting(steps([1.04] * 10) + rising).fired  # 5% above its best
 
 
+def test_still_falling_and_overfitting_together_read_as_overfitting():
+    """Train still falling while val rises is overfitting: the verdict does not also ask for more tokens."""
+    records = [*steps([4 - 0.1 * i for i in range(20)]), {"step": 100, "val_loss": 2.5},
+               {"step": 200, "val_loss": 2.8}]
+    findings = health.verdict(records, grad_clip=1.0)
+    fired = {f.rule: f for f in findings if f.fired}
+    assert set(fired) == {"still falling", "overfitting"}
+    assert "val loss rose (overfitting)" in fired["still falling"].detail
+    assert "more passes over it would not help" in fired["still falling"].detail
+    assert health.summary(findings) == health.OVERFITTING_WHILE_FALLING
+    assert "still falling" not in health.summary(findings)
+    alone = health.verdict(steps([4 - 0.1 * i for i in range(20)]), grad_clip=1.0)
+    assert health.summary(alone) == "still falling" and "overfitting" not in alone[3].detail
+
+
 def test_lr_at_the_edge_when_grad_norm_sits_at_the_clip():
     pinned = steps([2.0] * 10, grad_norm=1.0)
     assert health.lr_at_edge(pinned, 1.0).fired
@@ -112,6 +127,60 @@ def test_several_runs_overlaid_and_compared(run_dir, tmp_path, capsys):
     assert (tmp_path / "cmp" / "report.png").is_file()
     with pytest.raises(TinyLMError, match="needs --out"):
         write_report([run_dir, other])
+
+
+def figure_of(runs, tmp_path, monkeypatch):
+    """The report figure of ``runs``, caught before it is saved."""
+    from tinylm.analysis import plots
+    caught = []
+    monkeypatch.setattr(plots, "_save", lambda plt, fig, path: caught.append(fig) or True)
+    write_report(runs, tmp_path / "fig")
+    return {ax.get_title(): ax for ax in caught[0].axes}
+
+
+def test_every_axis_of_the_report_figure_says_what_and_in_which_unit(run_dir, tmp_path, monkeypatch):
+    axes = figure_of([run_dir], tmp_path, monkeypatch)
+    assert len(axes) == 8  # no two panels share a title (there were two called "loss")
+    for title, ax in axes.items():
+        assert ax.get_xlabel() and ax.get_ylabel(), title
+    assert axes["train (-) and val (o--) loss by step"].get_ylabel() == "loss (nats/token)"
+    assert axes["train (-) and val (o--) loss by tokens seen"].get_xlabel() == "tokens seen"
+    # AdamW's groups share one LR: each is still told apart, and the legend says which coincide
+    lr = axes["learning rate per parameter group"]
+    lines = [line for line in lr.get_lines() if not line.get_label().startswith("_")]
+    labels = [line.get_label() for line in lines]
+    assert labels == ["embeddings", "matrices (= embeddings)", "scalars (= embeddings)"]
+    assert len({(line.get_linestyle(), line.get_marker(), line.get_linewidth()) for line in lines}) == 3
+
+
+def other_tokenizer(run_dir, dest):
+    """A copy of the run that says it used a 300-id BPE tokenizer, with bits per byte unlike its loss."""
+    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("report.*", ".lock"))
+    config = (dest / "config.toml").read_text()
+    (dest / "config.toml").write_text(config.replace('tokenizer = "char"', 'tokenizer = "bpe"', 1))
+    rows = [json.loads(line) for line in (dest / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        if "val_bpb" in r:
+            r["val_loss"], r["val_bpb"] = r["val_loss"] + 2.0, r["val_bpb"] / 2  # worse per token, better per byte
+    (dest / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return dest
+
+
+def test_runs_with_different_tokenizers_are_compared_by_bits_per_byte(run_dir, tmp_path, monkeypatch):
+    bpe = other_tokenizer(run_dir, tmp_path / "bpe")
+    text = write_report([run_dir, bpe], tmp_path / "cmp").read_text()
+    assert "The runs' tokenizers differ" in text and "bits per byte are" in text
+    header = next(line for line in text.splitlines() if line.startswith("| run |"))
+    assert header.index("best val bits/byte") < header.index("best val loss (nats/token)")
+    row = next(line for line in text.splitlines() if line.startswith("| bpe |"))
+    bpb = min(r["val_bpb"] for r in read_metrics(bpe) if "val_bpb" in r)
+    assert "| bpe (" in row and f"| {bpb:.4f} |" in row
+    axes = figure_of([run_dir, bpe], tmp_path, monkeypatch)
+    first = axes["val bits per byte: compares across tokenizers"]
+    assert first.get_ylabel() == "bits/byte"
+    assert "loss per token by tokens seen: not comparable across tokenizers" in axes
+    same = write_report([run_dir, run_dir], tmp_path / "same").read_text()  # one tokenizer: losses lead
+    assert "tokenizers differ" not in same and "| run | params (non-emb) | tokens | best val |" in same
 
 
 def test_report_refuses_a_folder_that_is_not_a_run_and_a_foreign_report(run_dir, tmp_path):

@@ -18,7 +18,8 @@ RULES = {
     "loss spikes": "the trainer logged a loss_spike event (loss > train.spike_factor x the running median)",
     "plateau": "over the last 25% of logged steps the smoothed train loss fell less than 0.5% (needs >= 8 logs)",
     "still falling": "over the last 25% of logged steps the smoothed train loss fell more than 2%: undertrained, "
-                     "more tokens would help",
+                     "more tokens would help (unless overfitting fires too: then the train loss falls by learning "
+                     "the training text, and only new text helps)",
     "overfitting": "the final val loss is more than 0.1 nats and 5% above the final smoothed train loss, or more "
                    f"than {VAL_ABOVE_BEST:.0%} above the best val loss",
     "LR at the edge": "in the second half of the run, more than half of the logged gradient norms reach the clip "
@@ -115,12 +116,23 @@ def lr_at_edge(records: list[dict], grad_clip: float) -> Finding:
 
 
 def verdict(records: list[dict], grad_clip: float) -> list[Finding]:
-    """Every rule of :data:`RULES`, in order."""
-    return [diverging(records), loss_spikes(records), plateau(records), still_falling(records),
-            overfitting(records), lr_at_edge(records, grad_clip)]
+    """Every rule of :data:`RULES`, in order. A train loss still falling while the val loss rises is
+    overfitting, not undertraining: the still-falling finding then says so instead of asking for more tokens."""
+    falling, over = still_falling(records), overfitting(records)
+    if falling.fired and over.fired:
+        falling.detail += ("; but the val loss rose (overfitting): the train loss falls by learning the training "
+                           "text, so more passes over it would not help, new text would")
+    return [diverging(records), loss_spikes(records), plateau(records), falling, over, lr_at_edge(records, grad_clip)]
+
+
+OVERFITTING_WHILE_FALLING = "overfitting (the train loss still falls, the val loss does not: more new text would help)"
 
 
 def summary(findings: list[Finding]) -> str:
-    """One line: ``"healthy"`` or the rules that fired, e.g. ``"still falling, LR at the edge"``."""
+    """One line: ``"healthy"`` or the rules that fired, e.g. ``"still falling, LR at the edge"``; overfitting and
+    still falling together read as one finding, :data:`OVERFITTING_WHILE_FALLING`."""
     fired = [f.rule for f in findings if f.fired]
+    if "overfitting" in fired and "still falling" in fired:
+        fired.remove("still falling")
+        fired[fired.index("overfitting")] = OVERFITTING_WHILE_FALLING
     return ", ".join(fired) if fired else "healthy"

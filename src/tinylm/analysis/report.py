@@ -39,6 +39,11 @@ class Run:
     def name(self) -> str:
         return self.path.name
 
+    @property
+    def tokenizer(self) -> str:
+        """The run's tokenizer and vocabulary, e.g. "char (65 ids)": runs that differ in it mean other tokens."""
+        return f"{self.cfg.data.tokenizer} ({self.cfg.model.vocab_size} ids)"
+
     def series(self, key: str) -> list[tuple[int, float]]:
         """(step, value) of every record with ``key``; a step re-done after a resume keeps its later value."""
         return health._series(self.records, key)
@@ -46,6 +51,12 @@ class Run:
     def last(self, key: str) -> float | None:
         values = [v for _, v in self.series(key) if v is not None]
         return values[-1] if values else None
+
+
+def tokenizers_differ(runs: list[Run]) -> bool:
+    """True when a loss per token means different things across ``runs`` (a char token is one character, a BPE
+    token several): then bits per byte, which does not depend on the vocabulary, leads the comparison."""
+    return len({r.tokenizer for r in runs}) > 1
 
 
 def load_run(path: str | Path) -> Run:
@@ -91,7 +102,7 @@ def summarize(run: Run) -> dict:
         "steps": max((r["step"] for r in run.records), default=0),
         "final_train_loss": run.last("loss"), "final_val_loss": vals[-1] if vals else None,
         "best_val_loss": best, "perplexity": math.exp(best) if best is not None else None,
-        "val_bpb": min(bpbs) if bpbs else None,
+        "val_bpb": min(bpbs) if bpbs else None, "final_val_bpb": bpbs[-1] if bpbs else None,
         "tokens_per_s": _median(run, "tokens_per_s"), "mfu": _median(run, "mfu"),
         "data_share": _data_share(run),
         "verdict": health.verdict(run.records, run.cfg.optim.grad_clip),
@@ -162,12 +173,24 @@ def last_sample(run: Run) -> str | None:
 
 
 def comparison_lines(runs: list[Run], summaries: list[dict]) -> list[str]:
-    lines = ["| run | params (non-emb) | tokens | best val | final val | ppl | tok/s | time | verdict |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    lines += [f"| {r.name} | {fmt(s['non_embedding_parameters'])} | {fmt(s['tokens_seen'])} | "
-              f"{fmt(s['best_val_loss'])} | {fmt(s['final_val_loss'])} | {fmt(s['perplexity'], 2)} | "
+    """The comparison table; led by bits per byte, with a line that says why, when the runs' tokenizers differ."""
+    cells = [(r, s, [fmt(s["best_val_loss"]), fmt(s["final_val_loss"]), fmt(s["perplexity"], 2)])
+             for r, s in zip(runs, summaries, strict=True)]
+    head, align = "best val | final val | ppl", "---:|---:|---:"
+    lines = []
+    if tokenizers_differ(runs):
+        lines = ["The runs' tokenizers differ (" + ", ".join(f"{r.name}: {r.tokenizer}" for r in runs) + "): a loss "
+                 "per token is not comparable across them (a BPE token is several characters, a char token one), "
+                 "bits per byte are, so they lead the table and the plot.", ""]
+        head = "tokenizer | best val bits/byte | final val bits/byte | best val loss (nats/token) | ppl (per token)"
+        align = "---|---:|---:|---:|---:"
+        cells = [(r, s, [r.tokenizer, fmt(s["val_bpb"]), fmt(s["final_val_bpb"]), fmt(s["best_val_loss"]),
+                         fmt(s["perplexity"], 2)]) for r, s, _ in cells]
+    lines += [f"| run | params (non-emb) | tokens | {head} | tok/s | time | verdict |",
+              f"|---|---:|---:|{align}|---:|---:|---|"]
+    lines += [f"| {r.name} | {fmt(s['non_embedding_parameters'])} | {fmt(s['tokens_seen'])} | {' | '.join(c)} | "
               f"{fmt(s['tokens_per_s'], 0)} | {_duration(s['train_seconds'])} | {health.summary(s['verdict'])} |"
-              for r, s in zip(runs, summaries, strict=True)]
+              for r, s, c in cells]
     return lines
 
 
