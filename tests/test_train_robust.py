@@ -300,6 +300,9 @@ def test_export_safetensors(tmp_path, text_200k, capsys):
     saved = ckpt.load_part(ckpt.resolve_checkpoint(cfg.run_dir), "model")
     torch.testing.assert_close(model.state_dict()["lm_head.weight"], saved["wte.weight"])
     assert set(weights) == set(saved) - {"lm_head.weight"}
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # as every file tinylm writes, not safetensors' 0600
 
 
 @pytest.mark.slow

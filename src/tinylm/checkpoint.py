@@ -26,10 +26,10 @@ from typing import NamedTuple
 
 import torch
 
-from . import __version__
 from .config import Config, from_dict
 from .errors import TinyLMError
-from .fileio import fsync_dir, pid_alive, replace_dir, write_failure, write_text_atomic
+from .fileio import fsync_dir, pid_alive, replace_dir, write_bytes_atomic, write_failure, write_text_atomic
+from .interop import artifact
 from .model import GPT
 from .runtime import resolve_device
 from .tokenizer import Tokenizer, load_tokenizer
@@ -357,7 +357,7 @@ def export_safetensors(ckpt_dir: Path, out: Path) -> int:
 
     Returns the number of tensors written; the file appears complete or not at all.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
     if out.is_dir():
         raise TinyLMError(f"--out {out} is a folder; give a file name, e.g. --out {out / 'model.safetensors'}")
     if (out.exists() or out.is_symlink()) and not _is_tinylm_export(out):
@@ -371,12 +371,8 @@ def export_safetensors(ckpt_dir: Path, out: Path) -> int:
     checkpoint_tokenizer(ckpt_dir)  # refuse a damaged one before writing anything
     metadata = {"format": "pt", "tinylm_config": json.dumps(cfg.to_dict()),
                 "tinylm_tokenizer": _tokenizer_file(ckpt_dir).read_text(encoding="utf-8")}
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(tmp), metadata=metadata)
-        os.replace(tmp, out)
-    except Exception as e:  # OSError, or safetensors' own error around one (a full disk)
-        tmp.unlink(missing_ok=True)
+    try:  # the atomic writer: complete or absent, and the permissions of every file tinylm writes (not 0600)
+        write_bytes_atomic(out, save(state, metadata=metadata))
+    except OSError as e:
         raise write_failure(e, out) from None
     return len(state)
