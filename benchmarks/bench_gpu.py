@@ -1,8 +1,10 @@
 """GPT-2 small (124M, context 1024) training on one GPU: tinylm eager and compiled vs Hugging Face GPT-2, same batches.
 
     .venv/bin/python benchmarks/bench_gpu.py                      # or: make bench-gpu
-    .venv/bin/python benchmarks/bench_gpu.py --steps 10 --warmup 2 --no-compile     # smoke test
+    .venv/bin/python benchmarks/bench_gpu.py --contenders eager,plain --steps 10   # a subset
     .venv/bin/python benchmarks/bench_gpu.py --batch 32 --json bench_gpu.json       # for BENCHMARKS.md
+    .venv/bin/python benchmarks/bench_gpu.py --precision fp32 --contenders eager   # fp32 (TF32 matmuls) vs bf16
+    .venv/bin/python benchmarks/bench_gpu.py --variant pad64=model.vocab_pad_to:64  # + a tinylm compiled variant
     .venv/bin/python benchmarks/bench_gpu.py --smoke            # no GPU: the whole script on the CPU, a tiny shape
 
 Without a CUDA device it says so in one line and exits (status 1). ``--smoke`` runs every contender on the CPU at a
@@ -14,9 +16,16 @@ Contenders, one after another in one process (each freed before the next, so eac
 * tinylm eager: a ``tinylm.train.Trainer`` (bf16 autocast, fused AdamW, TF32, the prefetching loader: what
   ``tinylm train`` does on CUDA); each step is its ``train_step`` on its own loader's batches.
 * tinylm compiled: the same with ``--train.compile true``; the first step (compilation) is reported apart.
+* tinylm compiled variants (``--variant NAME=key:value,...``): the compiled Trainer with config overrides, e.g. a
+  padded vocabulary; one lever at a time, each in its own row.
 * transformers ``GPT2LMHeadModel(GPT2Config(...))``, random init, its default attention implementation, under
   bf16 autocast; a plain PyTorch step (forward, backward, clip 1.0, fused AdamW, zero_grad) fed by a tinylm
   loader with the same settings and seed: the same sequence of batches as tinylm's.
+* the plain PyTorch GPT (``peer_gpt.py``: what a user writes by hand after nanoGPT), compiled, with the same
+  plain step and batches as the Hugging Face contender.
+
+MFU counts the same useful FLOPs for every contender (tinylm's ``flops_per_token`` at the true vocabulary: a
+padded vocabulary's extra columns are not useful work).
 
 Shape (both): 12 layers, width 768, 12 heads, context 1024, vocab 50257, learned positions, LayerNorm and linear
 biases, tanh-GELU MLP x4, tied head, dropout 0. Optimizer: AdamW with tinylm's default hyperparameters (decay on
@@ -42,15 +51,16 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from bench_train import shakespeare_path
 from common import gpu_line, machine, machine_line
+from peer_gpt import PlainGPT
 
-from tinylm.accounting import mfu, peak_flops
-from tinylm.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
+from tinylm.accounting import describe_peak, mfu, peak_flops
+from tinylm.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig, set_value
 from tinylm.data import BatchLoader, TokenWindows, prepare, with_prefetch
 from tinylm.fileio import write_text_atomic
 from tinylm.model import GPT
@@ -58,7 +68,8 @@ from tinylm.runtime import autocast_context, enable_tf32
 from tinylm.train import Trainer
 
 SEED = 1337
-MFU_GOAL, DATA_WAIT_GOAL = 0.40, 0.01  # the issue's goals for the compiled bf16 step on an H100/H200
+# the goals for GPT-2 small in bf16 on an H100/H200: the compiled step, the eager one, the data wait
+MFU_GOAL, EAGER_MFU_GOAL, DATA_WAIT_GOAL = 0.50, 0.30, 0.01
 
 
 @dataclass(frozen=True)
@@ -108,12 +119,16 @@ class Contender:
     close: Callable[[], None]
 
 
-def tinylm_contender(setup: Setup, data: DataConfig, runs: Path, batch: int, compile_model: bool) -> Contender:
-    """A real Trainer; its ``train_step`` on its own (prefetching) loader."""
+def tinylm_contender(setup: Setup, data: DataConfig, runs: Path, batch: int, compile_model: bool,
+                     variant: tuple[str, dict[str, str]] | None = None) -> Contender:
+    """A real Trainer; its ``train_step`` on its own (prefetching) loader. ``variant``: (name, dotted overrides)."""
     cfg = Config(model=setup.model_config(), data=data,
                  train=TrainConfig(batch_size=batch, precision=setup.precision, device=setup.device.type,
                                    compile=compile_model, seed=SEED, eval_tokens=batch * setup.block))
-    cfg.run.dir, cfg.run.name, cfg.run.progress = str(runs), "compiled" if compile_model else "eager", False
+    name = variant[0] if variant else "compiled" if compile_model else "eager"
+    for key, value in (variant[1] if variant else {}).items():
+        set_value(cfg, key, value)
+    cfg.run.dir, cfg.run.name, cfg.run.progress = str(runs), name, False
     trainer = Trainer(cfg, log=lambda *a, **k: None)
 
     def step() -> tuple[torch.Tensor, float]:
@@ -128,9 +143,9 @@ def tinylm_contender(setup: Setup, data: DataConfig, runs: Path, batch: int, com
     opt = trainer.optimizer.defaults
     impl = "fused" if opt.get("fused") else "foreach" if opt.get("foreach") else "for-loop"
     notes = (f"Trainer.train_step, attention {trainer.attention}, AdamW {impl}, loader {type(trainer.loader).__name__}"
-             + (", torch.compile" if compile_model else ""))
-    return Contender(f"tinylm {'compiled' if compile_model else 'eager'} {setup.precision}", notes,
-                     trainer.raw_model.num_params(), step, close)
+             + (", torch.compile" if compile_model else "")
+             + "".join(f", {k} {v}" for k, v in (variant[1] if variant else {}).items()))
+    return Contender(f"tinylm {name} {setup.precision}", notes, trainer.raw_model.num_params(), step, close)
 
 
 def hf_contender(setup: Setup, data: DataConfig, batch: int) -> Contender:
@@ -143,19 +158,40 @@ def hf_contender(setup: Setup, data: DataConfig, batch: int) -> Contender:
                         n_head=setup.n_head,
                         activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     model = GPT2LMHeadModel(config).to(device).train()
+    # shift_labels: train on exactly tinylm's (x, y) pairs (labels= alone would shift x itself)
+    step, close = plain_step(setup, data, batch, model, lambda x, y: model(input_ids=x, labels=y, shift_labels=y).loss)
+    notes = f"attn={model.config._attn_implementation}, act={config.activation_function}, AdamW fused"
+    return Contender(f"HF GPT-2 {setup.precision}", notes, sum(p.numel() for p in model.parameters()), step, close)
+
+
+def plain_contender(setup: Setup, data: DataConfig, batch: int) -> Contender:
+    """peer_gpt.PlainGPT, compiled, with the same plain step and batches as the Hugging Face contender."""
+    torch.manual_seed(SEED)
+    model = PlainGPT(setup.vocab, setup.block, setup.n_layer, setup.n_embd, setup.n_head).to(setup.device).train()
+    compiled = torch.compile(model)
+    step, close = plain_step(setup, data, batch, model, compiled)
+    notes = f"peer_gpt.py: fused QKV, SDPA is_causal, vocab padded to {model.head.out_features}, torch.compile"
+    return Contender(f"plain PyTorch GPT compiled {setup.precision}", notes,
+                     sum(p.numel() for p in model.parameters()), step, close)
+
+
+def plain_step(setup: Setup, data: DataConfig, batch: int, model: torch.nn.Module,
+               loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+               ) -> tuple[Callable[[], tuple[torch.Tensor, float]], Callable[[], None]]:
+    """The step a user writes (forward under autocast, backward, clip 1.0, fused AdamW, zero_grad) on the batches
+    a tinylm loader of the same seed gives: (step, close)."""
     o = OptimConfig()
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
                             weight_decay=o.weight_decay, fused=True)
-    loader = with_prefetch(BatchLoader(TokenWindows(data.dir, "train", setup.block), batch, seed=SEED, device=device),
-                           "auto")
+    loader = with_prefetch(BatchLoader(TokenWindows(data.dir, "train", setup.block), batch, seed=SEED,
+                                       device=setup.device), "auto")
 
     def step() -> tuple[torch.Tensor, float]:
         t0 = time.perf_counter()
         x, y = loader.next_batch()
         data_s = time.perf_counter() - t0
-        with autocast_context(setup.precision, device):
-            # shift_labels: train on exactly tinylm's (x, y) pairs (labels= alone would shift x itself)
-            loss = model(input_ids=x, labels=y, shift_labels=y).loss
+        with autocast_context(setup.precision, setup.device):
+            loss = loss_of(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
         opt.step()
@@ -166,8 +202,7 @@ def hf_contender(setup: Setup, data: DataConfig, batch: int) -> Contender:
         if hasattr(loader, "close"):
             loader.close()
 
-    notes = f"attn={model.config._attn_implementation}, act={config.activation_function}, AdamW fused"
-    return Contender(f"HF GPT-2 {setup.precision}", notes, sum(p.numel() for p in model.parameters()), step, close)
+    return step, close
 
 
 def measure(setup: Setup, make: Callable[[], Contender], args, flops_per_token: float, peak: float | None,
@@ -227,15 +262,42 @@ def markdown(results: list[Result]) -> str:
     return "\n".join(out)
 
 
-def goal_lines(results: list[Result]) -> list[str]:
-    lines = []
-    for r in results:
-        if r.contender.startswith("tinylm compiled") and r.mfu is not None:
-            lines.append(f"{r.contender}: MFU {100 * r.mfu:.1f}% (goal >= {100 * MFU_GOAL:.0f}% on an H100/H200: "
-                         f"{'met' if r.mfu >= MFU_GOAL else 'NOT met'}), data wait {r.data_wait_pct:.2f}% of the "
-                         f"step (goal < {100 * DATA_WAIT_GOAL:.0f}%: "
-                         f"{'met' if r.data_wait_pct < 100 * DATA_WAIT_GOAL else 'NOT met'})")
-    return lines
+def goals(results: list[Result], precision: str) -> list[dict]:
+    """The GPU goals (GPT-2 small, bf16, on an H100/H200) checked on these results: each {goal, value, met}."""
+    by = {r.contender.rsplit(" ", 1)[0]: r for r in results}
+    compiled, eager, plain = by.get("tinylm compiled"), by.get("tinylm eager"), by.get("plain PyTorch GPT compiled")
+    out = []
+    if precision != "bf16":
+        return out
+    if compiled and compiled.mfu is not None:
+        out.append({"goal": f"tinylm compiled MFU >= {100 * MFU_GOAL:.0f}%", "value": f"{100 * compiled.mfu:.1f}%",
+                    "met": compiled.mfu >= MFU_GOAL})
+        out.append({"goal": f"tinylm compiled data wait < {100 * DATA_WAIT_GOAL:.0f}% of the step",
+                    "value": f"{compiled.data_wait_pct:.2f}%", "met": compiled.data_wait_pct < 100 * DATA_WAIT_GOAL})
+    if eager and eager.mfu is not None:
+        out.append({"goal": f"tinylm eager MFU >= {100 * EAGER_MFU_GOAL:.0f}%", "value": f"{100 * eager.mfu:.1f}%",
+                    "met": eager.mfu >= EAGER_MFU_GOAL})
+    if compiled and plain:
+        out.append({"goal": "tinylm compiled ahead of the plain PyTorch GPT (tokens/s)",
+                    "value": f"{compiled.tokens_per_s:,.0f} vs {plain.tokens_per_s:,.0f}",
+                    "met": compiled.tokens_per_s > plain.tokens_per_s})
+        if not math.isnan(compiled.peak_mem_gib):
+            out.append({"goal": "tinylm compiled peak memory <= the plain PyTorch GPT's",
+                        "value": f"{compiled.peak_mem_gib:.1f} vs {plain.peak_mem_gib:.1f} GiB",
+                        "met": compiled.peak_mem_gib <= plain.peak_mem_gib})
+    return out
+
+
+CONTENDERS = ("eager", "compiled", "hf", "plain")  # tinylm eager, tinylm compiled, HF GPT-2, peer_gpt.PlainGPT
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """``"pad64=model.vocab_pad_to:64,train.compile:true"`` -> ("pad64", {"model.vocab_pad_to": "64", ...})."""
+    name, _, spec = text.partition("=")
+    pairs = [item.partition(":") for item in spec.split(",") if item]
+    if not name or not pairs or any(not k or not sep for k, sep, _ in pairs):
+        raise ValueError(f"--variant {text!r}: write NAME=KEY:VALUE[,KEY:VALUE], e.g. pad64=model.vocab_pad_to:64")
+    return name, {k: v for k, _, v in pairs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,30 +308,42 @@ def main(argv: list[str] | None = None) -> int:
                    help="no GPU needed: every contender on the CPU at a tiny shape, to check the script itself")
     p.add_argument("--steps", type=int, default=30, help="timed steps per contender")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per contender, the first timed alone")
-    p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile contender")
-    p.add_argument("--no-peer", dest="peer", action="store_false", help="skip Hugging Face transformers")
+    p.add_argument("--contenders", default=",".join(CONTENDERS),
+                   help=f"comma-separated, in order, from {', '.join(CONTENDERS)} (default: all)")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
+                   help="bf16 autocast, or fp32 (TF32 matmuls on a GPU; MFU against the TF32 peak)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=KEY:VALUE[,KEY:VALUE]",
+                   help="add a tinylm compiled contender with these config overrides, e.g. "
+                        "pad64=model.vocab_pad_to:64 (repeatable)")
     p.add_argument("--warm-compile-cache", action="store_true",
                    help="use inductor's usual cache (default: a fresh one, so the first step is a cold compile)")
     p.add_argument("--json", type=Path, help="write every figure and the machine description here")
     args = p.parse_args(argv)
     if args.batch < 1 or args.steps < 1 or args.warmup < 1:
         p.error("--batch, --steps and --warmup must be >= 1 (the first step pays for allocation and compilation)")
+    chosen = [c for c in args.contenders.split(",") if c]
+    if unknown := [c for c in chosen if c not in CONTENDERS]:
+        p.error(f"--contenders: unknown {', '.join(unknown)}; choose from {', '.join(CONTENDERS)}")
+    try:
+        variants = [parse_variant(v) for v in args.variant]
+    except ValueError as e:
+        p.error(str(e))
     if not args.smoke and not torch.cuda.is_available():
         sys.exit(f"bench_gpu: {gpu_line()}: this benchmark needs an NVIDIA GPU and a CUDA build of torch; "
                  f"run `make bench-gpu` on a GPU machine")
-    if args.peer:
+    if "hf" in chosen:
         try:
             from transformers.utils import logging as hf_logging
         except ImportError:
             sys.exit("bench_gpu: transformers is not installed: `.venv/bin/pip install -e '.[bench]'` "
-                     "(or pass --no-peer to time tinylm alone)")
+                     "(or leave hf out of --contenders)")
         hf_logging.set_verbosity_error()
         warnings.filterwarnings("ignore", module="transformers")
 
     def log(*a) -> None:
         print(*a, flush=True)
 
-    setup = SMOKE if args.smoke else Setup()
+    setup = replace(SMOKE if args.smoke else Setup(), precision="fp32" if args.smoke else args.precision)
     enable_tf32(setup.device)
     info = machine("transformers")
     info["gpu"] = gpu_line()
@@ -282,23 +356,25 @@ def main(argv: list[str] | None = None) -> int:
     with torch.device("meta"):  # the FLOP count needs the shape, not the weights
         flops_per_token = GPT(setup.model_config()).flops_per_token()
     log(f"shape: {asdict(setup.model_config())}; batch {args.batch} x {setup.block} = {args.batch * setup.block:,} "
-        f"tokens/step; {flops_per_token / 1e6:.0f} MFLOP/token; "
-        f"peak {'unknown' if peak is None else f'{peak / 1e12:.1f} TFLOP/s'} ({setup.precision})")
+        f"tokens/step; {flops_per_token / 1e6:.0f} MFLOP/token; precision {setup.precision}; "
+        f"{describe_peak(setup.device, setup.precision, peak)}")
 
     path = shakespeare_path()
     results: list[Result] = []
     cache_before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     with tempfile.TemporaryDirectory() as tmp:
-        if args.compile and not args.warm_compile_cache:
+        if ({"compiled", "plain"} & set(chosen) or variants) and not args.warm_compile_cache:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor")  # read at first compile
         try:
             data = DataConfig(corpus=str(path), tokenizer="char", dir=str(Path(tmp) / "shakespeare-char"))
             prepare(data, progress=False, log=lambda *a, **k: None)
-            makers = [lambda: tinylm_contender(setup, data, Path(tmp) / "runs", args.batch, False)]
-            if args.compile:
-                makers.append(lambda: tinylm_contender(setup, data, Path(tmp) / "runs", args.batch, True))
-            if args.peer:
-                makers.append(lambda: hf_contender(setup, data, args.batch))
+            runs = Path(tmp) / "runs"
+            build = {"eager": lambda: tinylm_contender(setup, data, runs, args.batch, False),
+                     "compiled": lambda: tinylm_contender(setup, data, runs, args.batch, True),
+                     "hf": lambda: hf_contender(setup, data, args.batch),
+                     "plain": lambda: plain_contender(setup, data, args.batch)}
+            makers = [build[c] for c in chosen]
+            makers += [lambda v=v: tinylm_contender(setup, data, runs, args.batch, True, v) for v in variants]
             for make in makers:
                 results.append(measure(setup, make, args, flops_per_token, peak, log))
         finally:  # the folder is gone after this block: a later compile in this process must not look there
@@ -310,13 +386,16 @@ def main(argv: list[str] | None = None) -> int:
     log("\n## results\n")
     log(markdown(results))
     log("")
-    for line in goal_lines(results):
-        log(line)
+    checked = goals(results, setup.precision)
+    for g in checked:
+        log(f"{g['goal']}: {g['value']} ({'met' if g['met'] else 'NOT met'})")
     if args.json:
         write_text_atomic(args.json, json.dumps({"machine": info, "command": sys.argv, "smoke": args.smoke,
-                                                 "batch": args.batch,
+                                                 "batch": args.batch, "precision": setup.precision,
+                                                 "peak": describe_peak(setup.device, setup.precision, peak),
                                                  "steps": args.steps, "flops_per_token": flops_per_token,
-                                                 "peak_flops": peak, "results": [asdict(r) for r in results]},
+                                                 "peak_flops": peak, "results": [asdict(r) for r in results],
+                                                 "goals": checked},
                                                 indent=2) + "\n")
         log(f"wrote {args.json}")
     return 0

@@ -72,7 +72,7 @@ def test_bench_gpu_smoke_runs_every_contender_on_the_cpu(benchmarks, tmp_path, c
     pytest.importorskip("transformers")
     bench_gpu = benchmarks("bench_gpu")
     out = tmp_path / "smoke.json"
-    assert bench_gpu.main(["--smoke", "--steps", "2", "--warmup", "1", "--batch", "2", "--no-compile",
+    assert bench_gpu.main(["--smoke", "--steps", "2", "--warmup", "1", "--batch", "2", "--contenders", "eager,hf",
                            "--json", str(out)]) == 0
     import json
     report = json.loads(out.read_text())
@@ -80,4 +80,27 @@ def test_bench_gpu_smoke_runs_every_contender_on_the_cpu(benchmarks, tmp_path, c
     for r in report["results"]:
         assert r["tokens_per_s"] > 0 and 0 < r["final_loss"] < 10 and r["params"] > 0
     assert report["results"][0]["params"] == report["results"][1]["params"]  # the same model, both sides
+    assert "MFU against" in report["peak"]
     assert "| tinylm eager fp32 |" in capsys.readouterr().out
+
+
+def test_bench_gpu_variants_are_named_overrides(benchmarks):
+    bench_gpu = benchmarks("bench_gpu")
+    assert bench_gpu.parse_variant("pad=model.n_layer:3,train.threads:1") == (
+        "pad", {"model.n_layer": "3", "train.threads": "1"})
+    for bad in ("pad", "=model.n_layer:3", "pad=model.n_layer"):
+        with pytest.raises(ValueError, match="NAME=KEY:VALUE"):
+            bench_gpu.parse_variant(bad)
+
+
+def test_bench_gpu_goals_compare_tinylm_with_the_plain_peer(benchmarks):
+    bench_gpu = benchmarks("bench_gpu")
+    R = bench_gpu.Result
+    results = [R("tinylm eager bf16", "", 1, 1.0, 50.0, 3e5, 0.31, 10.0, 0.5, 5.0),
+               R("tinylm compiled bf16", "", 1, 20.0, 30.0, 5e5, 0.45, 9.0, 0.5, 5.0),
+               R("plain PyTorch GPT compiled bf16", "", 1, 20.0, 32.0, 4.8e5, 0.43, 8.5, 0.1, 5.0)]
+    met = {g["goal"]: g["met"] for g in bench_gpu.goals(results, "bf16")}
+    assert met == {"tinylm compiled MFU >= 50%": False, "tinylm compiled data wait < 1% of the step": True,
+                   "tinylm eager MFU >= 30%": True, "tinylm compiled ahead of the plain PyTorch GPT (tokens/s)": True,
+                   "tinylm compiled peak memory <= the plain PyTorch GPT's": False}
+    assert bench_gpu.goals(results, "fp32") == []  # the goals are bf16's
