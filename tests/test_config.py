@@ -12,7 +12,7 @@ from tinylm.config import (
     to_toml,
     validate,
 )
-from tinylm.config_check import grad_accum_steps
+from tinylm.config_check import grad_accum_steps, parse_duration
 from tinylm.errors import TinyLMError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,6 +114,15 @@ def test_non_utf8_toml_is_a_one_line_error(tmp_path, capsys):
 def test_presets_load_and_validate(preset):
     cfg = build_config(preset)
     assert cfg != Config()
+
+
+@pytest.mark.parametrize("preset", [p for p in sorted((REPO / "configs").glob("*.toml"))
+                                    if build_config(p).train.time_budget], ids=lambda p: p.name)
+def test_a_time_budgeted_preset_is_not_capped_by_its_step_count(preset):
+    """The budget ends the run on any machine, so a faster one trains longer: max_steps allows 1000 steps a
+    second, beyond any device's pace for a step (an H200 runs the tiny-Shakespeare CPU preset at ~50)."""
+    t = build_config(preset).train
+    assert t.max_steps >= 1000 * parse_duration(t.time_budget)
 
 
 @pytest.mark.parametrize("seed", ["-1", str(2**32)])
