@@ -280,6 +280,26 @@ def test_info_shows_precision_and_training_time(tmp_path, text_200k, capsys):
     assert "precision: fp32" in out and "training_time: " in out
 
 
+def test_info_rounds_its_numbers_for_people(tmp_path, text_200k, capsys):
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 3, "train.eval_interval": 3})
+    train(cfg, log=quiet)
+    capsys.readouterr()
+    assert main(["info", str(cfg.run_dir), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert main(["info", str(cfg.run_dir)]) == 0
+    lines = dict(line.strip().split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    assert lines["val_loss"] == f"{info['val_loss']:.4f}" != str(info["val_loss"])
+    n = info["parameters"]
+    assert n >= 10_000 and lines["parameters"] == f"{n:,} ({n / 1e3:.3g}K)"
+
+
+def test_version(capsys):
+    from tinylm import __version__
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"tinylm {__version__}\n"
+
+
 def test_info_on_an_older_checkpoint_says_what_was_not_recorded(tmp_path, text_200k, capsys):
     cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 3, "train.eval_interval": 0})
     train(cfg, log=quiet)

@@ -30,11 +30,13 @@ import difflib
 import sys
 
 from ..errors import TinyLMError
+from ..version import __version__
 from . import analysis, inference, tokenizer, training
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tinylm", description="Train small language models from raw text.")
+    p.add_argument("--version", action="version", version=f"tinylm {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for group in (training, inference, tokenizer, analysis):
         group.add_commands(sub)

@@ -143,8 +143,16 @@ def cmd_info(args: argparse.Namespace, extra: list[str]) -> int:
         print(json.dumps(info, indent=2))
     else:
         for k, v in info.items():
-            print(f"{k:>26}: {v}")
+            print(f"{k:>26}: {_readable(v)}")
     return 0
+
+
+def _readable(value: object) -> str:
+    """A `tinylm info` value for people: ``1.471823 -> "1.4718"``, ``2715648 -> "2,715,648 (2.72M)"``, None -> n/a."""
+    from ..analysis.report import fmt
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10_000:
+        return f"{value:,} ({fmt(value)})"
+    return fmt(value)
 
 
 def _duration(seconds: float) -> str:
