@@ -56,4 +56,4 @@ bench-gpu: setup
 	TINYLM_SHARED_DATA=$(SHARED)/data $(BIN)/python benchmarks/bench_gpu.py
 
 clean:
-	rm -rf $(VENV) runs data .pytest_cache
+	rm -rf $(VENV) runs data hf reports model.safetensors .pytest_cache

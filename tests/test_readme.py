@@ -124,3 +124,18 @@ def test_the_readme_states_the_number_of_tests():
         pytest.skip("only a run of the whole suite can count it")
     stated = int(re.search(r"about (\d+) tests", (REPO / "README.md").read_text(encoding="utf-8"))[1])
     assert abs(len(COLLECTED) - stated) <= 0.1 * stated, f"the suite has {len(COLLECTED)} tests, README says {stated}"
+
+
+def test_what_the_readmes_examples_write_in_the_repository_is_ignored_by_git_and_removed_by_make_clean():
+    """`--out hf/...` or `--out reports/...` run in a clone leave no untracked clutter, and `make clean` takes it."""
+    import subprocess
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git clone")
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    tops = {Path(out).parts[0] for out in re.findall(r"--out ([\w./-]+)", text) if out.upper() != out}
+    assert {"hf", "reports", "runs", "model.safetensors"} <= tops
+    clean = re.search(r"^clean:.*\n((?:\t.*\n)+)", (REPO / "Makefile").read_text(encoding="utf-8"), re.M)[1].split()
+    for top in sorted(tops):
+        probe = top if "." in top else f"{top}/x"  # a file, or something inside a folder
+        ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", probe], cwd=REPO).returncode == 0
+        assert ignored and top in clean, top
