@@ -12,7 +12,7 @@ from tinylm.config import (
     to_toml,
     validate,
 )
-from tinylm.config_check import grad_accum_steps, parse_duration
+from tinylm.config_check import format_duration, grad_accum_steps, parse_duration
 from tinylm.errors import TinyLMError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,3 +138,9 @@ def test_rope_base_must_be_above_one_at_config_time(base):
     with pytest.raises(TinyLMError, match=r"--model.rope_base .* must be a finite number > 1"):
         build_config(None, ["--model.pos", "rope", "--model.rope_base", base])
     build_config(None, ["--model.pos", "rope", "--model.rope_base", "500000"])
+
+
+@pytest.mark.parametrize("seconds, text", [(360, "6m"), (5400, "1h30m"), (90, "1m30s"), (6, "6s"), (3600, "1h"),
+                                           (3661.4, "1h1m1s"), (0, "0s")])
+def test_durations_are_written_as_the_readme_writes_them_and_read_back(seconds, text):
+    assert format_duration(seconds) == text and parse_duration(text) == round(seconds)

@@ -127,6 +127,18 @@ def test_resume_of_a_run_that_spent_its_time_budget_says_complete_and_writes_not
     assert snapshot(cfg.run_dir) == before
 
 
+def test_the_resume_hint_writes_durations_as_the_readme_does(tmp_path, text_200k, capsys):
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 10**6, "train.time_budget": "3m",
+                                              "train.eval_interval": 0})
+    trainer = Trainer(cfg, log=quiet)
+    StepClock(trainer, 60.0)
+    assert trainer.run().step == 3
+    capsys.readouterr()
+    assert main(["train", *cli_args(cfg), "--train.time_budget", "3m", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "(--train.time_budget 3m used: 3m of training)" in out and "e.g. --train.time_budget 6m" in out
+
+
 def test_a_resumed_run_knows_the_best_val_loss_of_its_last_evaluation(tmp_path, text_200k, capsys):
     cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 6, "train.eval_interval": 3})
     result = train(cfg, log=quiet)

@@ -90,6 +90,14 @@ def parse_duration(text: str) -> float | None:
     return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
 
 
+def format_duration(seconds: float) -> str:
+    """The inverse of :func:`parse_duration`, as the README writes durations: ``360 -> "6m"``, ``5400 -> "1h30m"``,
+    ``90 -> "1m30s"``, ``6 -> "6s"`` (whole seconds)."""
+    s = round(seconds)
+    parts = [(s // 3600, "h"), (s % 3600 // 60, "m"), (s % 60, "s")]
+    return "".join(f"{n}{u}" for n, u in parts if n) or "0s"
+
+
 def micro_batch_size(cfg: Config, world_size: int = 1) -> int:
     """Sequences per process per forward: --train.micro_batch_size, or (0) the process's share of the batch."""
     return cfg.train.micro_batch_size or cfg.train.batch_size // world_size

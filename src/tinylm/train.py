@@ -22,7 +22,7 @@ from . import runtime
 from .accounting import ThroughputWindow, peak_flops
 from .analysis.report import write_after_training
 from .config import Config, derive_names, validate
-from .config_check import grad_accum_steps, micro_batch_size, parse_duration
+from .config_check import format_duration, grad_accum_steps, micro_batch_size, parse_duration
 from .data import BatchLoader, PrefetchLoader, TokenWindows, ensure_prepared, load_data_tokenizer, with_prefetch
 from .diagnostics import nonfinite_report
 from .errors import TinyLMError
@@ -354,8 +354,8 @@ class Trainer(Checkpointing, Reporting):
             why = f"--train.max_steps {tc.max_steps}"
             more = f"--train.max_steps, e.g. --train.max_steps {2 * self.step}"
         else:
-            why = f"--train.time_budget {tc.time_budget} used: {self.elapsed_before:.0f}s of training"
-            more = f"--train.time_budget, e.g. --train.time_budget {2 * self.time_budget:.0f}s"
+            why = f"--train.time_budget {tc.time_budget} used: {format_duration(self.elapsed_before)} of training"
+            more = f"--train.time_budget, e.g. --train.time_budget {format_duration(2 * self.time_budget)}"
         self.log(f"run {self.run_dir} is complete: already at step {self.step} ({why}), best val loss "
                  f"{self.best_val:.4f}; nothing to do. To train further, resume with a higher {more}")
         return TrainResult(self.run_dir, self.step, math.nan, math.nan, self.best_val, self.tokens_seen,
