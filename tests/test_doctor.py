@@ -214,3 +214,22 @@ def test_doctor_nan_refuses_what_is_not_a_bundle(tmp_path, capsys):
     assert "is not a non-finite bundle" in err and "Traceback" not in err
     assert main(["doctor", "--nan", str(tmp_path), "--config", "x.toml"]) == 2
     assert "replays a saved step on its own" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("steps, vals, status, says", [
+    (30, [2.50, 2.68], "pass", "(spread 0.1800, rule 0.1): above the rule, not judged: after 30 steps seeds still "
+                               "differ in how fast they descend; the 0.1 rule applies from 200 steps (--steps 200)"),
+    (30, [2.50, 2.55], "pass", "(spread 0.0500, rule 0.1): within the rule; the 0.1 rule applies from 200 steps "
+                               "(--steps 200)"),
+    (200, [2.50, 2.55], "pass", "(spread 0.0500, rule 0.1): within the rule"),
+    (200, [2.50, 2.68], "warn", "(spread 0.1800, rule 0.1)"),
+])
+def test_a_seed_spread_says_how_it_stands_against_the_rule(tmp_path, text_200k, steps, vals, status, says):
+    """A PASS beside a spread above the rule says why it passes."""
+    from tinylm.doctor import Doctor
+    doc = Doctor(tiny_config(tmp_path, text_200k), FAST, log=quiet)
+    losses = [3.0] * steps
+    doc._runs = {"first": {"losses": losses, "device": "cpu"}, "again": {"losses": losses},
+                 "seeds": [{"val": v} for v in vals]}
+    check = doc.check_determinism()
+    assert check.status == status and check.summary.endswith(says)
