@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 SHARED ?= $(abspath ../shared)
 
-.PHONY: setup demo test test-fast test-gpu lint bench bench-gpu clean
+.PHONY: setup demo test test-fast test-gpu lint bench bench-gpu gpu-check clean
 
 setup: $(BIN)/.setup-done
 
@@ -55,5 +55,13 @@ bench-gpu: setup
 	$(BIN)/pip install --quiet -e ".[bench]"
 	TINYLM_SHARED_DATA=$(SHARED)/data $(BIN)/python benchmarks/bench_gpu.py
 
+# every GPU figure in one command, with the machine's own Python (no venv, nothing installed): the GPU tests, the
+# suite with the GPU visible, bench_gpu at batch 16 and 32, fp32 vs bf16, the profile, the GPU preset; writes
+# gpu-check/gpu-check.md and .json. GPU_PYTHON=.venv/bin/python to use the venv instead.
+GPU_PYTHON ?= python3
+gpu-check:
+	PYTHONPATH=src:benchmarks TINYLM_SHARED_DATA=$(SHARED)/data TIKTOKEN_CACHE_DIR=$(SHARED)/tiktoken_cache \
+		$(GPU_PYTHON) benchmarks/gpu_check.py --out gpu-check
+
 clean:
-	rm -rf $(VENV) runs data hf reports model.safetensors .pytest_cache
+	rm -rf $(VENV) runs data hf reports model.safetensors .pytest_cache gpu-check

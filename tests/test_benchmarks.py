@@ -104,3 +104,33 @@ def test_bench_gpu_goals_compare_tinylm_with_the_plain_peer(benchmarks):
                    "tinylm eager MFU >= 30%": True, "tinylm compiled ahead of the plain PyTorch GPT (tokens/s)": True,
                    "tinylm compiled peak memory <= the plain PyTorch GPT's": False}
     assert bench_gpu.goals(results, "fp32") == []  # the goals are bf16's
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_every_stage_on_the_cpu(benchmarks, tmp_path):
+    """`make gpu-check --smoke`: every stage on the CPU at tiny shapes, one report and one JSON, so the first minutes
+    of a GPU are not spent on a crash in the script (the figures mean nothing here)."""
+    pytest.importorskip("transformers")
+    gpu_check = benchmarks("gpu_check")
+    assert gpu_check.main(["--smoke", "--out", str(tmp_path)]) == 0
+    import json
+    report = json.loads((tmp_path / "gpu-check.json").read_text())
+    stages = report["stages"]
+    assert list(stages) == ["bench16", "cuda-tests", "precision", "profile", "preset", "bench32", "suite"]
+    assert all("error" not in s for s in stages.values()), {k: s.get("error") for k, s in stages.items()}
+    assert stages["cuda-tests"]["figures"]["counts"].get("skipped", 0) > 0  # no GPU: skipped, with the reason
+    assert stages["suite"]["figures"]["counts"]["passed"] > 0 and stages["suite"]["figures"]["failed"] == []
+    assert stages["profile"]["figures"]["step_ms"] > 0 and stages["preset"]["figures"]["steps"] > 0
+    md = (tmp_path / "gpu-check.md").read_text()
+    assert "## Goals" in md and "| tinylm eager fp32 |" in md and "smoke test on the CPU" in md
+
+
+def test_gpu_check_reads_pytest_summaries_and_refuses_unknown_stages(benchmarks, capsys):
+    gpu_check = benchmarks("gpu_check")
+    assert gpu_check.pytest_counts("..F\n= 2 failed, 598 passed, 5 skipped in 30.1s =") == {
+        "failed": 2, "passed": 598, "skipped": 5}
+    assert gpu_check.pytest_counts("1 error in 0.5s") == {"error": 1}
+    assert gpu_check.pytest_counts("no summary") == {}
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--smoke", "--only", "bench99"])
+    assert "unknown stage(s) bench99" in capsys.readouterr().err
