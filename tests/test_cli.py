@@ -1,4 +1,7 @@
 """The CLI wires library functions; these check the wiring and the messages people see."""
+import subprocess
+import sys
+
 import pytest
 
 from tinylm.cli import main
@@ -85,3 +88,32 @@ def test_commands_with_config_overrides_still_take_them(capsys):
     assert "lr = 0.0003" in capsys.readouterr().out
     assert main(["config", "--optim.lrr", "3e-4"]) == 2  # the config's own check, with its suggestions
     assert "unknown config key --optim.lrr; did you mean --optim.lr" in capsys.readouterr().err
+
+
+def torch_loaded(code: str, *args: str) -> bool:
+    """Whether ``python -c code args...`` in a fresh interpreter imported torch (checked as it exits)."""
+    probe = f"import atexit, sys\natexit.register(lambda: print('torch' in sys.modules, file=sys.stderr))\n{code}"
+    p = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return p.stderr.splitlines()[-1] == "True"
+
+
+CLI = "from tinylm.cli import main\nsys.exit(main())"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["config", "--keys"], ["doctor", "--help"],
+                                  ["tokenizer", "train", "--corpus", "TEXT", "--vocab-size", "260", "--workers", "1",
+                                   "--out", "OUT"]])
+def test_commands_that_compute_nothing_start_without_torch(tmp_path, english, argv):
+    """Importing torch takes seconds: only the commands that run a model may load it."""
+    argv = [english if a == "TEXT" else str(tmp_path / "tok.txt") if a == "OUT" else a for a in argv]
+    assert not torch_loaded(CLI, *argv)
+
+
+@pytest.mark.parametrize("code", ["import tinylm.config", "from tinylm import Config, TinyLMError, __version__"])
+def test_the_config_and_the_light_public_names_import_without_torch(code):
+    assert not torch_loaded(code)
+
+
+def test_a_public_name_that_needs_torch_loads_it_on_first_use():
+    assert torch_loaded("import tinylm\nassert 'torch' not in sys.modules\ntinylm.GPT")

@@ -1,17 +1,48 @@
 """tinylm: from raw text to a trained small language model and an honest report about it.
 
-The names a library user needs, importable from ``tinylm`` directly (this imports torch; the
-command line imports only what each command needs, from the modules themselves).
+The names a library user needs, importable from ``tinylm`` directly. Each is imported on first use
+(``from tinylm import train`` loads torch; ``import tinylm.config`` does not), so the command line,
+which imports only what each command needs, starts without torch.
 """
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from .checkpoint import load_for_inference
-from .config import Config, build_config
-from .errors import TinyLMError
-from .generate import generate, generate_text
-from .model import GPT
-from .tokenizer import BPETokenizer, CharTokenizer, Tokenizer, load_tokenizer
-from .train import Trainer, train
+import importlib
+import sys
+import types
+
+from .version import __version__
+
+# public name -> the module defining it
+_API = {"load_for_inference": "checkpoint", "Config": "config", "build_config": "config",
+        "TinyLMError": "errors", "generate": "generate", "generate_text": "generate", "GPT": "model",
+        "BPETokenizer": "tokenizer", "CharTokenizer": "tokenizer", "Tokenizer": "tokenizer",
+        "load_tokenizer": "tokenizer", "Trainer": "train", "train": "train"}
 
 __all__ = ["GPT", "BPETokenizer", "CharTokenizer", "Config", "TinyLMError", "Tokenizer", "Trainer", "__version__",
            "build_config", "generate", "generate_text", "load_for_inference", "load_tokenizer", "train"]
+
+
+def __getattr__(name: str) -> object:
+    """``tinylm.GPT`` and the other public names: imported from their module on first use."""
+    if name not in _API:
+        raise AttributeError(f"module 'tinylm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})
+
+
+class _Package(types.ModuleType):
+    """``tinylm.train`` and ``tinylm.generate`` are functions, named like the modules defining them.
+    Importing a submodule makes it an attribute of its package; for those two names the function
+    stays (the modules are ``sys.modules["tinylm.train"]`` and ``sys.modules["tinylm.generate"]``)."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if not (name in _API and isinstance(value, types.ModuleType)):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package  # the Python reference's "Customizing module attribute access"

@@ -33,6 +33,7 @@ from .interop import artifact
 from .model import GPT
 from .runtime import resolve_device
 from .tokenizer import Tokenizer, load_tokenizer
+from .version import __version__
 
 META = "meta.json"
 PARTS = ("model", "optimizer", "trainer")

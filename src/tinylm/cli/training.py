@@ -58,7 +58,8 @@ def cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace, extra: list[str]) -> int:
-    from ..doctor import doctor, options_from, run_config
+    from ..doctor import doctor, run_config
+    from ..doctor_options import options_from
     if args.nan:
         from ..diagnostics import format_nan_report, replay_bundle
         if args.run or args.config or extra:
@@ -84,7 +85,7 @@ def cmd_profile(args: argparse.Namespace, extra: list[str]) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """prepare, train, lr-find, doctor, profile and config: each reads ``--config PRESET`` and overrides."""
-    from ..doctor import CHECKS, DoctorOptions
+    from ..doctor_options import CHECKS, DoctorOptions
 
     def with_config(name: str, help: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=f"{help} {OVERRIDES_HELP}")

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
 from ..checkpoint import checkpoint_config, checkpoint_tokenizer, load_part
 from ..config import ModelConfig
 from ..errors import TinyLMError
 from ..fileio import replace_dir, scratch_sibling, write_failure, write_text_atomic
 from ..tokenizer import ENDOFTEXT, Tokenizer
+from ..version import __version__
 from .hf_names import (
     ARCHITECTURES,
     GELU_FROM_HF,
