@@ -56,6 +56,15 @@ def test_config_command(capsys):
     assert "--optim.lr (default 0.001): Peak learning rate of the hidden weight matrices" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("argv", [["config", "--keys"], ["config", "--model.n_layer", "3"]])
+def test_a_closed_pipe_ends_the_command_quietly(argv):
+    # `tinylm config --keys | head`: the reader is gone before tinylm writes
+    p = subprocess.Popen([sys.executable, "-m", "tinylm", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 141 and err == ""
+
+
 @pytest.mark.parametrize("argv, message", [
     (["info", "RUN", "--jsn"], "`tinylm info` has no flag --jsn; did you mean --json?"),
     (["info", "RUN", "--sample.temperature", "1"],

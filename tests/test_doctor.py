@@ -70,6 +70,25 @@ def test_lr_zero_fails_overfit(tmp_path, text_200k, monkeypatch):
     assert "LR 0" in checks["overfit"]["reason"] and "matrices 0" in checks["overfit"]["summary"]
 
 
+def test_a_healthy_one_layer_width_32_model_passes_overfit(tmp_path, text_200k):
+    # the smallest models the README trains (scaling's 1 x 32) learn one batch, slower than big ones: at the
+    # default LR 1e-3 its loss falls about a third in 50 steps, short of the halving the check once asked for
+    cfg = tiny_config(tmp_path, text_200k, **{"model.n_layer": 1, "model.n_head": 1, "optim.lr": 1e-3,
+                                              "train.threads": 1})
+    (check,) = doctor(cfg, DoctorOptions(checks=("overfit",)), log=quiet)["checks"]
+    assert check["status"] == "pass", check["summary"]
+    assert "5% below the start: without updates it stays put" in check["summary"]
+
+
+@pytest.mark.parametrize("flag, value", [("--steps", "0"), ("--seeds", "0"), ("--batch-size", "-1"),
+                                         ("--overfit-steps", "1")])
+def test_cli_doctor_refuses_sizes_that_run_nothing(tmp_path, text_200k, capsys, flag, value):
+    cfg = tiny_config(tmp_path, text_200k)
+    assert main(["doctor", *cli_args(cfg), flag, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"tinylm: error: doctor {flag} {value} must be at least ")
+
+
 def _patch_model(monkeypatch, change):
     build = train_module.build_model
 

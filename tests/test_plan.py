@@ -67,6 +67,18 @@ def test_refusals_say_what_to_do():
         planner.plan(params=1e6, gpu="h900")
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--flops", "1e400"], "--flops inf is too large to plan: its FLOPs or cost overflow a float"),
+    (["--params", "1e300"], "--params 1e+300 is too large to plan"),
+    (["--params", "1M", "--context", "-1"], "--context -1 must be at least 1 token"),
+    (["--table", "--context", "0"], "--context 0 must be at least 1 token"),
+])
+def test_cli_plan_refuses_absurd_amounts_in_one_line(capsys, argv, message):
+    assert main(["plan", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"tinylm: error: {message}")
+
+
 def test_cli_plan_prints_known_answers(capsys):
     assert main(["plan", "--params", "124M", "--gpu", "h100"]) == 0
     out = capsys.readouterr().out

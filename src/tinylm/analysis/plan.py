@@ -140,6 +140,14 @@ def plan(*, params: float | None = None, tokens: float | None = None, flops: flo
     if any(v <= 0 for v in given.values()) or n_gpus < 1 or (mfu is not None and not 0 < mfu <= 1):
         raise TinyLMError("--params, --tokens, --flops and --budget-usd must be positive, --gpus >= 1, "
                           "and --mfu in (0, 1]")
+    if context < 1:
+        raise TinyLMError(f"--context {context} must be at least 1 token (the sequence length attention spans, "
+                          f"e.g. 1024)")
+    (flag, value), = given.items()
+    too_large = TinyLMError(f"{flag} {value:g} is too large to plan: its FLOPs or cost overflow a float (above "
+                            f"~1.8e308); give a smaller amount")
+    if not math.isfinite(value):
+        raise too_large
     dev = device(gpu)
     mfu = mfu or dev.mfu
     peak = peak_flops(dev)
@@ -164,6 +172,8 @@ def plan(*, params: float | None = None, tokens: float | None = None, flops: flo
     flops_6nd = 6 * params * tokens
     total = flops_6nd + attention_flops_per_token(params, context) * tokens
     hours = total / speed / 3600
+    if not all(math.isfinite(x) for x in (params, tokens, total, hours * dev.usd_per_hour * n_gpus)):
+        raise too_large
     return Plan(params, tokens, flops_6nd, total, hours, hours * dev.usd_per_hour * n_gpus, gpu, n_gpus, mfu, peak,
                 rule)
 

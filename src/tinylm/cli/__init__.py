@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import sys
 
 from ..errors import TinyLMError
@@ -85,7 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         args.run, extra = extra[0], extra[1:]  # `tinylm doctor RUN ...`
     try:
         _check_unknown(_command_parser(parser, args), extra, getattr(args, "overrides", False))
-        return args.func(args, extra)
+        status = args.func(args, extra)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
+        return status
+    except BrokenPipeError:  # `tinylm config --keys | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the flush at exit fails no more
+        return 141  # quietly, as a Unix tool stopped by SIGPIPE (128 + 13)
     except TinyLMError as e:
         print(f"tinylm: error: {e}", file=sys.stderr)
         return 2
