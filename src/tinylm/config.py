@@ -174,8 +174,8 @@ class TrainConfig:
     log_interval: int = 10
     """Write a metrics line every this many steps."""
     precision: str = "auto"
-    """fp32 | bf16 (autocast) | fp16 (autocast + GradScaler, CUDA only) | auto (bf16 where the hardware is fast
-    at it)."""
+    """fp32 | bf16 (autocast) | fp16 (autocast + GradScaler, CUDA only) | fp8 (bf16 autocast with the blocks' Linear
+    layers in FP8 through torchao; GPUs of compute capability 8.9+) | auto (bf16 where the hardware is fast at it)."""
     device: str = "auto"
     """cpu | cuda | cuda:N | mps | auto."""
     seed: int = 1337

@@ -131,7 +131,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
                "optim.name": ("adamw", "muon", "lion"),
                "optim.schedule": ("constant", "cosine", "wsd", "cosine_warmdown"),
                "optim.decay_shape": ("linear", "cosine", "1-sqrt"),
-               "train.precision": ("auto", "fp32", "bf16", "fp16"), "train.nonfinite": ("skip", "halt")}
+               "train.precision": ("auto", "fp32", "bf16", "fp16", "fp8"), "train.nonfinite": ("skip", "halt")}
     for key, allowed in choices.items():
         sec, name = key.split(".")
         value = getattr(getattr(cfg, sec), name)

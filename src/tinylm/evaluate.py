@@ -333,9 +333,10 @@ def evaluate_run(run: str | Path, *, checkpoint: str = "last", split: str | None
     batch_size = batch_size or (max(1, HF_BATCH_TOKENS // cfg.model.block_size) if hf
                                 else micro_batch_size(cfg, d.world_size))
     ev, source_text = _evaluator(path, cfg, tok, split or "val", text, tokens, batch_size, d)
-    # fp16 needs CUDA: a run trained in it is evaluated elsewhere in the best precision of that device
-    precision = runtime.resolve_precision("auto" if cfg.train.precision == "fp16" and dev.type != "cuda"
-                                          else cfg.train.precision, dev)
+    # fp16 needs CUDA: a run trained in it is evaluated elsewhere in the best precision of that device; so is an
+    # fp8 run anywhere (its checkpoint holds plain weights: FP8 was only how its training multiplied)
+    other = cfg.train.precision == "fp8" or (cfg.train.precision == "fp16" and dev.type != "cuda")
+    precision = runtime.resolve_precision("auto" if other else cfg.train.precision, dev)
     model.set_attention(runtime.broadcast_from_main(
         model.choose_attention(dev, runtime.compute_dtype(precision), batch_size), d))
     result = ev.run(model, dev, precision, d)

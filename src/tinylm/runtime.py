@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import TinyLMError
+from .fp8 import check_fp8
 
 # --------------------------------------------------------------------------- device and precision
 
@@ -76,12 +77,14 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name == "fp16" and device.type != "cuda":
         raise TinyLMError("--train.precision fp16 needs CUDA (it relies on a gradient scaler and fast "
                           "fp16 kernels); on this device use bf16 or fp32")
+    if name == "fp8":
+        check_fp8(device)
     return name
 
 
 def compute_dtype(precision: str) -> torch.dtype:
-    """The dtype matmuls run in at ``precision`` (fp32 | bf16 | fp16)."""
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    """The dtype autocast runs in at ``precision`` (fp32 | bf16 | fp16 | fp8: bf16 beside its FP8 layers)."""
+    return {"bf16": torch.bfloat16, "fp8": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
 def enable_tf32(device: torch.device) -> bool:

@@ -27,6 +27,7 @@ from .data import BatchLoader, PrefetchLoader, TokenWindows, ensure_prepared, lo
 from .diagnostics import nonfinite_report
 from .errors import TinyLMError
 from .evaluate import CurveChecks, EvalResult, Evaluator
+from .fp8 import convert_to_fp8
 from .generate import check_prompt
 from .model import GPT, label
 from .optim import build_optimizer, lr_scale, momentum_at, set_schedule
@@ -164,6 +165,8 @@ class Trainer(Checkpointing, Reporting):
         self.raw_model = build_model(cfg, self.d.rank, self.device)
         if init_state is not None:
             ckpt.load_state(self.raw_model, init_state, Path(cfg.train.init_from), "model")
+        if self.precision == "fp8":  # the blocks' Linear layers swapped for torchao's, before compiling or DDP
+            convert_to_fp8(self.raw_model)
         self.raw_model.activation_checkpointing = cfg.train.activation_checkpointing
         kernel = self.raw_model.choose_attention(self.device, runtime.compute_dtype(self.precision),
                                                  micro_batch_size(cfg, self.d.world_size), training=True)

@@ -1,0 +1,73 @@
+"""--train.precision fp8: refused in one line where it cannot run (no GPU, a GPU without FP8, no torchao), and,
+where torchao can be imported, the layers it converts."""
+import importlib.util
+
+import pytest
+import torch
+
+from tinylm import fp8
+from tinylm.cli import main
+from tinylm.config import ModelConfig
+from tinylm.errors import TinyLMError
+from tinylm.model import GPT
+
+from conftest import cli_args, tiny_config
+
+
+def test_fp8_on_a_cpu_is_a_one_line_error_before_the_run_folder_opens(tmp_path, text_200k, capsys):
+    cfg = tiny_config(tmp_path, text_200k, **{"train.precision": "fp8", "train.max_steps": 2})
+    assert main(["train", *cli_args(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert "--train.precision fp8 needs a CUDA GPU" in err and "bf16" in err
+    assert not cfg.run_dir.exists()
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """A CUDA device of a chosen compute capability, as far as the fp8 check can tell."""
+    def make(capability: tuple[int, int], name: str) -> torch.device:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+        return torch.device("cuda", 0)
+    return make
+
+
+def test_fp8_on_a_gpu_without_fp8_tensor_cores_names_the_gpu(fake_gpu):
+    with pytest.raises(TinyLMError, match=r"NVIDIA A100-SXM4-80GB is 8\.0: use --train.precision bf16"):
+        fp8.check_fp8(fake_gpu((8, 0), "NVIDIA A100-SXM4-80GB"))
+
+
+def test_fp8_without_torchao_says_to_install_it(fake_gpu, monkeypatch):
+    device = fake_gpu((9, 0), "NVIDIA H100 80GB HBM3")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else real(name, *a))
+    with pytest.raises(TinyLMError, match="torchao is not installed: pip install torchao"):
+        fp8.check_fp8(device)
+
+
+def test_fp8_on_an_fp8_gpu_with_torchao_passes_the_check(fake_gpu, monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    fp8.check_fp8(fake_gpu((8, 9), "NVIDIA L4"))
+    fp8.check_fp8(fake_gpu((9, 0), "NVIDIA H200"))
+
+
+def test_the_layers_chosen_for_fp8_are_the_blocks_linears_only():
+    model = GPT(ModelConfig(vocab_size=97, block_size=16, n_layer=2, n_head=2, n_embd=32, tie_embeddings=False))
+    chosen = [fqn for fqn, m in model.named_modules() if fp8.in_fp8(fqn, m)]
+    assert chosen == [f"blocks.{i}.{name}" for i in range(2)
+                      for name in ("attn.qkv", "attn.proj", "mlp.up", "mlp.down")]
+    odd = GPT(ModelConfig(vocab_size=97, block_size=16, n_layer=1, n_head=2, n_embd=40))  # 40 % 16 != 0
+    assert [fqn for fqn, m in odd.named_modules() if fp8.in_fp8(fqn, m)] == []
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="torchao is not installed (optional)")
+def test_conversion_swaps_those_layers_and_keeps_the_checkpoint_layout():
+    from torchao.float8.float8_linear import Float8Linear
+    model = GPT(ModelConfig(vocab_size=97, block_size=16, n_layer=2, n_head=2, n_embd=32))
+    before = {k: v.shape for k, v in model.state_dict().items()}
+    assert fp8.convert_to_fp8(model) == 8
+    assert [n for n, m in model.named_modules() if isinstance(m, Float8Linear)] == \
+        [f"blocks.{i}.{name}" for i in range(2) for name in ("attn.qkv", "attn.proj", "mlp.up", "mlp.down")]
+    assert not isinstance(model.lm_head, Float8Linear) and model.lm_head.weight is model.wte.weight
+    assert {k: v.shape for k, v in model.state_dict().items()} == before
