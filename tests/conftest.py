@@ -137,9 +137,9 @@ def max_loss_difference(a: dict[int, float], b: dict[int, float], precision: str
 
 def imported_modules(module: str) -> set[str]:
     """Every module ``module`` imports at load time, transitively through tinylm's own modules, read
-    from the source (imports inside functions are on demand and not counted). The package's own
-    __init__, the public API facade that imports everything, is left out: this is about which
-    module depends on which. ``imported_modules("tinylm.config")`` -> {"tinylm.errors", "tomllib", ...}
+    from the source (imports inside functions are on demand and not counted); a package's __init__
+    counts as it runs on the way, the facade's included: ``imported_modules("tinylm.config")`` ->
+    {"tinylm", "tinylm.errors", "tomllib", ...}
     """
     src = REPO / "src"
 
@@ -172,11 +172,11 @@ def imported_modules(module: str) -> set[str]:
                 targets = [base] + [f"{base}.{a.name}" for a in node.names]
             # importing a.b.c runs a.b's __init__ too
             targets += [".".join(t.split(".")[:k]) for t in targets if t.startswith("tinylm.")
-                        for k in range(2, t.count(".") + 1)]
+                        for k in range(1, t.count(".") + 1)]
             for t in targets:
-                ours = t.startswith("tinylm.")
-                if (ours and source(t) is None) or t == "tinylm" or t in seen:
-                    continue  # a name from a module rather than a module; the facade; done already
+                ours = t.split(".")[0] == "tinylm"
+                if (ours and source(t) is None) or t in seen:
+                    continue  # a name from a module rather than a module; done already
                 seen.add(t)
                 if ours:
                     todo.append(t)
