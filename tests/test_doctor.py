@@ -227,6 +227,33 @@ def test_doctor_nan_replays_a_bundle(tmp_path, text_200k, capsys):
     assert json.loads(capsys.readouterr().out)["first_nonfinite"]["module"] == "blocks.0.mlp.up"
 
 
+class Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+@pytest.mark.parametrize("damage", ["pickle weights", "pickle batch", "truncate weights", "report"])
+def test_doctor_nan_refuses_a_malicious_or_damaged_bundle_in_one_line(tmp_path, text_200k, capsys, damage):
+    from tinylm.train import Trainer
+    cfg = tiny_config(tmp_path, text_200k, **{"train.nonfinite": "halt"})
+    trainer = Trainer(cfg, log=quiet)
+    with torch.no_grad():
+        trainer.raw_model.blocks[0].mlp.up.weight[3, 5] = float("nan")
+    with pytest.raises(Exception, match="non-finite loss/gradient at step 1"):
+        trainer.run()
+    bundle = cfg.run_dir / "nonfinite_step_000001"
+    if damage.startswith("pickle"):
+        torch.save({"x": torch.zeros(1), "evil": Evil()}, bundle / ("model.pt" if "weights" in damage else "batch.pt"))
+    elif damage == "truncate weights":
+        (bundle / "model.pt").write_bytes((bundle / "model.pt").read_bytes()[:100])
+    else:
+        (bundle / "report.json").write_text("{not json")
+    assert main(["doctor", "--nan", str(bundle)]) == 2
+    out = capsys.readouterr()
+    err = out.err.strip().splitlines()
+    assert len(err) == 1 and str(bundle) in err[0] and "this must never run" not in out.out + out.err
+
+
 def test_doctor_nan_refuses_what_is_not_a_bundle(tmp_path, capsys):
     assert main(["doctor", "--nan", str(tmp_path)]) == 2
     err = capsys.readouterr().err

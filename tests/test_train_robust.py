@@ -376,3 +376,51 @@ def test_torch_compile_matches_eager_and_reports_compile_time(tmp_path, text_200
     train(compiled, resume=True, log=quiet)
     events = [r for r in records(compiled.run_dir) if r.get("event") == "compiled"]
     assert [e["step"] for e in events] == [1, 7] and events[1]["compile_s"] > 0
+
+
+# --------------------------------------------------------------------------- damaged data: one line, exit 2
+
+def _prepared(tmp_path, text_200k, **overrides):
+    from tinylm.data import ensure_prepared
+    cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 2, "train.eval_interval": 0, **overrides})
+    ensure_prepared(cfg.data, progress=False, log=quiet)
+    return cfg
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+def test_a_token_id_beyond_the_vocabulary_is_one_line(tmp_path, text_200k, capsys):
+    import numpy as np
+
+    from tinylm.data import load_meta, read_shard, write_shard
+    from tinylm.evaluate import Evaluator
+    from tinylm.tokenizer import load_tokenizer
+    cfg = _prepared(tmp_path, text_200k)
+    data, vocab = cfg.data.dir, load_meta(cfg.data.dir)["vocab_size"]
+
+    def damage(split: str) -> None:  # every 8th id out of range: the first batch meets one
+        tokens = np.array(read_shard(tmp_path / "data" / f"{split}_000000.bin"))
+        tokens[::8] = vocab + 7
+        write_shard(tmp_path / "data" / f"{split}_000000.bin", tokens)
+    damage("train")
+    assert main(["train", *cli_args(cfg)]) == 2
+    assert one_line_error(capsys) == (f"tinylm: error: the train split of {data} holds token id {vocab + 7}, beyond "
+                                      f"the vocabulary's {vocab} ids: the shards are damaged or were made with another "
+                                      f"tokenizer; re-run `tinylm prepare --force` on them")
+    damage("val")
+    ev = Evaluator.for_split(data, "val", 32, 4, load_tokenizer(f"{data}/tokenizer.txt"))
+    with pytest.raises(TinyLMError, match=f"the val split of {data} holds token id {vocab + 7}"):
+        ev.run(GPT(ModelConfig(vocab_size=vocab, n_layer=1, n_head=2, n_embd=32, block_size=32)), torch.device("cpu"))
+
+
+def test_a_pickled_document_index_is_refused_in_one_line(tmp_path, text_200k, capsys):
+    import numpy as np
+    cfg = _prepared(tmp_path, text_200k, **{"data.align": "doc"})
+    np.save(tmp_path / "data" / "train_docs.npy", np.array([{"run": "code"}], dtype=object), allow_pickle=True)
+    assert main(["train", *cli_args(cfg)]) == 2
+    assert one_line_error(capsys).startswith(f"tinylm: error: {tmp_path / 'data' / 'train_docs.npy'} is not a plain "
+                                             f"array of document starts (")

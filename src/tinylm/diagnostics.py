@@ -204,14 +204,19 @@ def replay_bundle(bundle: str | Path, device: str = "cpu") -> dict:
     if not (bundle / WEIGHTS_FILE).is_file():
         raise TinyLMError(f"{bundle} has no {WEIGHTS_FILE} (written by an older tinylm or an FSDP run): the "
                           f"step cannot be replayed; its report.json lists the parameters with non-finite gradients")
-    report = json.loads((bundle / REPORT_FILE).read_text())
-    cfg = from_dict(report["config"])
+    try:
+        report = json.loads((bundle / REPORT_FILE).read_text(encoding="utf-8"))
+        cfg = from_dict(report["config"])
+    except (ValueError, KeyError, TypeError) as e:  # not JSON, or JSON without a config of this tinylm
+        raise TinyLMError(f"{bundle / REPORT_FILE} is corrupt ({type(e).__name__}: {e}); the bundle cannot be "
+                          f"replayed: train again with --train.nonfinite halt for a new one") from None
     dev = runtime.resolve_device(device, flag="--device")
     wanted = cfg.train.precision if cfg.train.precision != "fp16" or dev.type == "cuda" else "fp32"  # fp16: CUDA only
     precision = runtime.resolve_precision(wanted, dev)
     model = GPT(cfg.model).to(dev)
-    ckpt.load_state(model, torch.load(bundle / WEIGHTS_FILE, map_location=dev, weights_only=True), bundle, "model")
-    batch = torch.load(bundle / BATCH_FILE, map_location=dev, weights_only=True)
+    # tensors only: a pickle that would run code, or a damaged file, is refused in one line
+    ckpt.load_state(model, ckpt.load_part(bundle, Path(WEIGHTS_FILE).stem, dev), bundle, "model")
+    batch = ckpt.load_part(bundle, Path(BATCH_FILE).stem, dev)
     finding = hunt_nonfinite(model, (batch["x"], batch["y"]), precision)
     return {"bundle": str(bundle), "step": report["step"], "loss": report["loss"], "precision": precision,
             "device": str(dev), "first_nonfinite": finding.to_dict() if finding else None,

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from . import runtime
 from .analysis.health import VAL_ABOVE_BEST
+from .data.shards import check_token_ids
 from .errors import TinyLMError
 from .tokenizer import Tokenizer
 
@@ -98,6 +99,7 @@ class Evaluator:
         self.passes = -(-len(self.batches) // world_size)  # forward passes per process
         self.token_bytes = torch.tensor(token_bytes, dtype=torch.int64)
         self.tokens = sum(n for *_, n in self.windows)
+        self.source = "the text to score"  # what the segments are, for errors (for_split: the split)
 
     @classmethod
     def for_split(cls, data_dir: str | Path, split: str, block_size: int, batch_size: int, tok: Tokenizer,
@@ -107,6 +109,7 @@ class Evaluator:
         meta = load_meta(data_dir)
         segments = [read_shard(Path(data_dir) / name) for name in meta[split]["shards"]]
         ev = cls(segments, block_size, batch_size, tok.token_byte_lengths(), **kw)
+        ev.source = f"the {split} split of {data_dir}"
         if not ev.windows:
             raise TinyLMError(f"the {split} split of {data_dir} has {meta[split]['tokens']} token(s): nothing to "
                               f"evaluate (it needs 2); use a larger corpus or change --data.val_fraction")
@@ -115,6 +118,7 @@ class Evaluator:
     def _gather(self, batch: list[Window]) -> tuple[torch.Tensor, torch.Tensor]:
         n = batch[0][2]
         rows = np.stack([self.segments[s][o:o + n + 1] for s, o, _ in batch]).astype(np.int64)
+        check_token_ids(rows, len(self.token_bytes), self.source)
         buf = torch.from_numpy(rows)  # (B, n + 1)
         return buf[:, :-1], buf[:, 1:]
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import TinyLMError
-from .shards import load_meta, read_shard
+from .shards import check_token_ids, load_meta, read_shard
 
 
 class TokenWindows:
@@ -24,6 +24,7 @@ class TokenWindows:
     def __init__(self, data_dir: str | Path, split: str, block_size: int):
         meta = load_meta(data_dir)
         self.data_dir, self.split, self._meta = Path(data_dir), split, meta[split]
+        self.vocab_size = meta["vocab_size"]  # the tokenizer's; every id in the shards is below it
         self.shards = [read_shard(Path(data_dir) / name) for name in meta[split]["shards"]]
         self.block_size = block_size
         # usable start offsets per shard; windows never cross a shard boundary
@@ -45,7 +46,11 @@ class TokenWindows:
         if name is None or not (self.data_dir / name).is_file():
             raise TinyLMError(f"{self.data_dir} has no document index for its {self.split} split (it was prepared "
                               f"by an older tinylm); run `tinylm prepare --force` on it, or use --data.align none")
-        pos = np.load(self.data_dir / name, allow_pickle=False).astype(np.int64)  # document starts in the split
+        try:
+            pos = np.load(self.data_dir / name, allow_pickle=False).astype(np.int64)  # document starts in the split
+        except (ValueError, OSError) as e:  # a pickled object array (refused), a damaged file
+            raise TinyLMError(f"{self.data_dir / name} is not a plain array of document starts ({e}); run `tinylm "
+                              f"prepare --force` on {self.data_dir}, or use --data.align none") from None
         pos = np.maximum(pos - 1, 0)  # from the end-of-text id before each document
         lengths = np.cumsum([0, *(len(s) for s in self.shards)])
         shard = np.searchsorted(lengths, pos, side="right") - 1
@@ -64,7 +69,9 @@ class TokenWindows:
         for g in starts:
             shard, off = self.locate(int(g))
             rows.append(self.shards[shard][off:off + T + 1])
-        buf = torch.from_numpy(np.stack(rows).astype(np.int64))  # (B, T + 1)
+        rows = np.stack(rows)  # (B, T + 1)
+        check_token_ids(rows, self.vocab_size, f"the {self.split} split of {self.data_dir}")
+        buf = torch.from_numpy(rows.astype(np.int64))
         return buf[:, :-1].contiguous(), buf[:, 1:].contiguous()
 
 

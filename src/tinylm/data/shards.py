@@ -64,6 +64,16 @@ def read_shard(path: Path) -> np.memmap:
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
 
 
+def check_token_ids(rows: np.ndarray, vocab_size: int, where: str) -> None:
+    """Refuse a batch holding a token id the vocabulary lacks (a damaged shard, or one made with another
+    tokenizer): the embedding would fail with an index error, on a GPU a device-side assert that kills the
+    process. Checked per batch (a max over B x T ids), not over whole shards at start-up."""
+    top = int(rows.max(initial=0))
+    if top >= vocab_size:
+        raise TinyLMError(f"{where} holds token id {top}, beyond the vocabulary's {vocab_size} ids: the shards are "
+                          f"damaged or were made with another tokenizer; re-run `tinylm prepare --force` on them")
+
+
 class UnreadableMeta(TinyLMError):
     """A data folder's meta.json is there but is not JSON (damaged, or edited by hand)."""
 
