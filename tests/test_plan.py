@@ -65,6 +65,17 @@ def test_refusals_say_what_to_do():
         planner.plan(params=1e6, tokens=1e9)
     with pytest.raises(TinyLMError, match="not in the table"):
         planner.plan(params=1e6, gpu="h900")
+    with pytest.raises(TinyLMError, match="'12x' is not an amount; write"):
+        planner.parse_amount("12x")  # the library's own error, not the command line's
+
+
+@pytest.mark.parametrize("argv, flag", [(["plan", "--params", "12x"], "--params"),
+                                        (["scaling", "--budgets", "1e12,12x"], "--budgets")])
+def test_cli_names_the_flag_whose_amount_is_not_one(capsys, argv, flag):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert f"error: argument {flag}: '12x' is not an amount" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -225,11 +225,10 @@ def cost_table(gpu: str = "h100-spot", n_gpus: int = 1, mfu: float | None = None
 
 def parse_amount(text: str) -> float:
     """A count with an optional suffix: ``"124M" -> 124e6``, ``"2.5B" -> 2.5e9``, ``"1e18" -> 1e18``, ``"$500"``."""
-    import argparse
     m = re.fullmatch(r"\s*\$?([0-9.]+(?:e[+-]?[0-9]+)?)\s*([kmbt]?)\s*", text.replace("_", ""), re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an amount; write e.g. 124M, 2.5B, 1e18 or 500")
     try:
-        return float(m[1]) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[m[2].lower()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an amount; write e.g. 124M, 2.5B, 1e18 or 500") from None
+        if m:
+            return float(m[1]) * {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[m[2].lower()]
+    except ValueError:  # digits and dots that are no number: "1.2.3"
+        pass
+    raise TinyLMError(f"{text!r} is not an amount; write e.g. 124M, 2.5B, 1e18 or 500")

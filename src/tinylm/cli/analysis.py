@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import TinyLMError
 from .training import OVERRIDES_HELP
 
 
@@ -57,9 +58,17 @@ def cmd_scaling(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def _amounts(text: str) -> list[float]:
+def _amount(text: str) -> float:
+    """``plan.parse_amount`` as an argparse type: its refusal becomes the flag's error."""
     from ..analysis.plan import parse_amount
-    return [parse_amount(t) for t in text.split(",") if t.strip()]
+    try:
+        return parse_amount(text)
+    except TinyLMError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _amounts(text: str) -> list[float]:
+    return [_amount(t) for t in text.split(",") if t.strip()]
 
 
 def _pair(text: str) -> tuple[float, float]:
@@ -88,7 +97,7 @@ def _add_run_pool_flags(sp: argparse.ArgumentParser, config_help: str, out: str,
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """scaling, sweep, report and plan."""
-    from ..analysis.plan import HEAD_SIZE, parse_amount
+    from ..analysis.plan import HEAD_SIZE
     sp = sub.add_parser("scaling", help="IsoFLOP scaling study: fits, a prediction, and its verification.",
                         description="For each compute budget C, train models of each depth (width 64 x depth) on "
                                     "D = C / 6N tokens (N: non-embedding parameters); fit IsoFLOP parabolas "
@@ -139,7 +148,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                     "assumed MFUs: src/tinylm/analysis/gpus.py.")
     for flag, what in (("--params", "parameters, e.g. 124M"), ("--tokens", "training tokens, e.g. 2.5B"),
                        ("--flops", "training compute 6ND, e.g. 1e18"), ("--budget-usd", "dollars to spend")):
-        sp.add_argument(flag, type=parse_amount, help=what)
+        sp.add_argument(flag, type=_amount, help=what)
     sp.add_argument("--gpu", default="h100", help="device of the price table (default h100; cpu = this CPU)")
     sp.add_argument("--gpus", type=int, default=1, help="devices training together (default 1)")
     sp.add_argument("--mfu", type=float, help="model FLOPs utilization (default: the table's assumption)")
