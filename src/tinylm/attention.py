@@ -17,7 +17,6 @@ import torch.nn.functional as F
 
 from .accounting import machine_cached
 
-KINDS = ("auto", "sdpa", "math")
 MARGIN = 0.9  # the explicit form is chosen only when it takes under 90% of SDPA's time: SDPA is the default
 
 

@@ -120,7 +120,7 @@ class BPETokenizer(Tokenizer):
     def n_merges(self) -> int:
         return len(self.merges)
 
-    def __getstate__(self) -> dict:  # picklable for DataLoader workers: drop caches
+    def __getstate__(self) -> dict:  # prepare's encoding processes get a copy: what __init__ takes, no caches
         return {"merges": self.merges, "special_tokens": self.special_tokens,
                 "pattern": self.pattern, "byte_ids": self.byte_ids, "name": self.name}
 
