@@ -17,11 +17,11 @@ from tinylm.checkpoint import load_for_inference
 from tinylm.cli import main
 from tinylm.config import SampleConfig, build_config, default_name
 from tinylm.data import load_data_tokenizer, load_meta
-from tinylm.generate import generate
+from tinylm.generate import generate, generate_text
 from tinylm.interop.hf_import import import_hf, imported_model
 from tinylm.model import GPT
 from tinylm.run_folder import save_weights
-from tinylm.tokenizer import BPETokenizer, CharTokenizer
+from tinylm.tokenizer import ENDOFTEXT, BPETokenizer, CharTokenizer
 from tinylm.tokenizer.io import save_hf
 from tinylm.train import Trainer, train
 
@@ -285,11 +285,20 @@ def tinylm_run(tmp_path, tok, seed=0, **model):
     return cfg, gpt
 
 
+ROTARY = {"model.pos": "rope", "model.norm": "rmsnorm"}
 FAMILIES = {  # the architecture transformers loads, then what tells the variant apart
     "GPT2LMHeadModel": {"model.bias": "false", "model.tie_embeddings": "false"},  # exact GELU, the default
     "GPT2LMHeadModel tanh": {"model.mlp": "gelu"},  # GPT-2's own GELU
-    "LlamaForCausalLM": {"model.pos": "rope", "model.norm": "rmsnorm", "model.mlp": "swiglu", "model.rope_base": "500"},
+    "GPT2LMHeadModel relu2": {"model.mlp": "relu2", "model.bias": "true"},
+    "LlamaForCausalLM": {**ROTARY, "model.mlp": "swiglu", "model.rope_base": "500"},
+    "Qwen3ForCausalLM": {**ROTARY, "model.mlp": "swiglu", "model.qk_norm": "true", "model.tie_embeddings": "false"},
+    "ArceeForCausalLM": {**ROTARY, "model.mlp": "relu2"},  # the presets' architecture
+    "ArceeForCausalLM gelu": {**ROTARY, "model.mlp": "gelu", "model.tie_embeddings": "false"},
+    "ApertusForCausalLM": {**ROTARY, "model.mlp": "relu2", "model.qk_norm": "true"},
 }
+ACTIVATION = {"GPT2LMHeadModel": "gelu", "GPT2LMHeadModel tanh": "gelu_new", "GPT2LMHeadModel relu2": "relu2",
+              "LlamaForCausalLM": "silu", "Qwen3ForCausalLM": "silu", "ArceeForCausalLM": "relu2",
+              "ArceeForCausalLM gelu": "gelu_new", "ApertusForCausalLM": "relu2"}
 
 
 @pytest.mark.parametrize("arch", FAMILIES)
@@ -299,8 +308,8 @@ def test_export_loads_in_transformers_with_the_same_logits_and_greedy_tokens(tmp
     assert main(["export", str(cfg.run_dir), "--format", "hf", "--out", str(out)]) == 0
     hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     assert type(hf).__name__ == arch.split()[0] and hf.dtype == torch.float32
-    if arch.startswith("GPT2"):
-        assert hf.config.activation_function == ("gelu_new" if "tanh" in arch else "gelu")
+    config = hf.config.to_dict()
+    assert config.get("activation_function", config.get("hidden_act")) == ACTIVATION[arch]
     x = tokens(100, bpe.vocab_size)
     with torch.no_grad():
         assert (hf(x).logits - gpt(x)[0]).abs().max() < TOL
@@ -315,29 +324,70 @@ def test_export_loads_in_transformers_with_the_same_logits_and_greedy_tokens(tmp
     assert hf_tok(text).input_ids == bpe.encode(text, allowed_special="all")
     assert hf_tok.decode(bpe.encode(text, allowed_special="all")) == text
     assert hf_tok.eos_token == "<|endoftext|>" and hf.config.eos_token_id == bpe.eot_token
+    # read back, the folder is the run's model: its architecture and every weight (GPT-2's zero biases aside)
+    source = import_hf(str(out))
+    assert all(torch.equal(source.state[k], v) for k, v in gpt.state_dict().items())
+    same = [k for k in ckpt.ARCH_KEYS if k != "bias"]  # GPT-2 without biases reads back with zero biases
+    assert [getattr(source.model, k) for k in same] == [getattr(cfg.model, k) for k in same]
     # a second export replaces the first
     assert main(["export", str(cfg.run_dir), "--format", "hf", "--out", str(out)]) == 0
 
 
-@pytest.mark.parametrize(("model", "needle"), [
-    ({"model.mlp": "relu2"}, '--model.mlp "relu2"'),
-    ({"model.qk_norm": "true"}, "--model.qk_norm true"),
-    ({"model.pos": "rope", "model.norm": "layernorm", "model.mlp": "swiglu"}, '--model.norm "layernorm"'),
-    ({"model.pos": "rope", "model.norm": "rmsnorm", "model.mlp": "swiglu", "model.bias": "true"},
-     "--model.bias true"),
+PRESETS = sorted((REPO / "configs").glob("*.toml"))
+
+
+@pytest.mark.parametrize("preset", [p.name for p in PRESETS if "init_from" not in p.read_text()])
+def test_every_presets_model_exports_with_the_same_logits_and_greedy_text(tmp_path, bpe, preset, capsys):
+    """Each preset's architecture and tokenizer kind, shrunk to 2 layers of width 32 (the demo's and
+    tiny Shakespeare's: rotary + RMSNorm + ReLU², characters): transformers computes the same logits from the
+    exported folder, and AutoTokenizer + generate continue the preset's prompt with the same text. The GPT-2
+    fine-tuning preset trains GPT-2's own architecture: "GPT2LMHeadModel tanh" above."""
+    cfg = build_config(REPO / "configs" / preset, ["--model.n_layer", "2", "--model.n_embd", "32", "--model.n_head",
+                                                   "2", "--model.block_size", "128", "--run.dir", str(tmp_path),
+                                                   "--run.name", "m"])
+    char = cfg.data.tokenizer == "char"
+    tok = CharTokenizer.train([shared_text("tinyshakespeare/input.txt")], [ENDOFTEXT]) if char else bpe
+    cfg.model.vocab_size = tok.vocab_size
+    torch.manual_seed(0)
+    gpt = shake(GPT(cfg.model))
+    save_weights(cfg, gpt.state_dict(), tok, "test")
+    out = tmp_path / "hf"
+    assert main(["export", str(cfg.run_dir), "--format", "hf", "--out", str(out)]) == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    x = tokens(128, tok.vocab_size)
+    with torch.no_grad():
+        assert (hf(x).logits - gpt(x)[0]).abs().max() < TOL
+    greedy = SampleConfig(strategy="greedy", max_new_tokens=60, stop_at_eot=False)  # all 60, <|endoftext|> or not
+    ours = generate_text(gpt, tok, [cfg.sample.prompt], greedy)[0][0]
+    prompt = hf_tok(cfg.sample.prompt, return_tensors="pt").input_ids
+    assert prompt[0].tolist() == tok.encode(cfg.sample.prompt)
+    hf.generation_config.eos_token_id = None
+    theirs = hf.generate(prompt, max_new_tokens=60, do_sample=False)[0, prompt.size(1):]
+    assert len(ours.tokens) == 60 and hf_tok.decode(theirs) == ours.text
+    assert capsys.readouterr().out.startswith(f"{out}: {hf.config.architectures[0]} + tokenizer.json")
+
+
+@pytest.mark.parametrize(("model", "nearest"), [
+    ({"model.qk_norm": "true"}, "GPT2LMHeadModel's (--model.qk_norm false)"),
+    ({"model.pos": "rope", "model.norm": "layernorm", "model.mlp": "swiglu"},
+     "LlamaForCausalLM's (--model.norm rmsnorm)"),
+    ({**ROTARY, "model.mlp": "relu2", "model.bias": "true"}, "ArceeForCausalLM's (--model.bias false)"),
+    ({"model.norm": "rmsnorm", "model.mlp": "relu2"},  # two families one change away: both named
+     "GPT2LMHeadModel's (--model.norm layernorm) or ArceeForCausalLM's (--model.pos rope)"),
+    ({"model.mlp": "swiglu", "model.qk_norm": "true"},
+     "GPT2LMHeadModel's (--model.mlp gelu|gelu_exact|relu2 --model.qk_norm false) or "
+     "Qwen3ForCausalLM's (--model.pos rope --model.norm rmsnorm)"),
 ])
-def test_export_refuses_what_neither_family_computes_naming_the_option(tmp_path, bpe, model, needle, capsys):
+def test_export_refuses_what_no_family_computes_naming_the_nearest_settings(tmp_path, bpe, model, nearest, capsys):
     cfg, _ = tinylm_run(tmp_path, bpe, **model)
     assert main(["export", str(cfg.run_dir), "--format", "hf", "--out", str(tmp_path / "hf")]) == 2
-    refused(capsys, needle, "--format safetensors")
+    refused(capsys, "no Hugging Face architecture computes this model (--model.pos ", f"export are {nearest}: train",
+            "--format safetensors")
     assert not (tmp_path / "hf").exists()
 
 
-def test_export_refuses_a_char_tokenizer_and_a_foreign_folder(tmp_path, bpe, capsys):
-    cfg, _ = tinylm_run(tmp_path / "char", CharTokenizer("abc \n", ["<|endoftext|>"]))
-    assert main(["export", str(cfg.run_dir), "--format", "hf", "--out", str(tmp_path / "hf")]) == 2
-    refused(capsys, "writes BPE tokenizers; this run's is char (6 ids)")
-    assert not (tmp_path / "hf").exists()
+def test_export_refuses_a_foreign_folder(tmp_path, bpe, capsys):
     cfg, _ = tinylm_run(tmp_path / "bpe", bpe)
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -345,7 +395,6 @@ def test_export_refuses_a_char_tokenizer_and_a_foreign_folder(tmp_path, bpe, cap
     assert main(["export", str(cfg.run_dir), "--format", "hf", "--out", str(mine)]) == 2
     refused(capsys, f"--out {mine} exists and is not a tinylm Hugging Face export")
     assert files(mine) == {"config.json": hashlib.sha256(b"{}").hexdigest()}
-
 
 
 # --------------------------------------------------------------------------- eval of Hugging Face folders
@@ -357,7 +406,7 @@ def eval_json(capsys, *args) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-@pytest.mark.parametrize("arch", FAMILIES)
+@pytest.mark.parametrize("arch", ["GPT2LMHeadModel", "LlamaForCausalLM", "ArceeForCausalLM"])
 def test_eval_of_an_exported_folder_equals_eval_of_its_run(tmp_path, text_200k, arch, capsys):
     cfg = tiny_config(tmp_path, text_200k, **{"data.tokenizer": "bpe", "data.vocab_size": 400, "train.max_steps": 10,
                                              "train.eval_interval": 0, **FAMILIES[arch]})

@@ -3,6 +3,9 @@ import pytest
 from tinylm.cli import main
 from tinylm.errors import TinyLMError
 from tinylm.tokenizer import CharTokenizer, DisallowedSpecial, load_tokenizer
+from tinylm.tokenizer.io import load_hf, save_hf
+
+from conftest import shared_text
 
 
 def test_known_answer_and_round_trip():
@@ -108,3 +111,26 @@ def test_binary_file_is_a_one_line_error(tmp_path, capsys):
     assert main(["tokenizer", "encode", str(path), "--text", "a"]) == 2
     err = capsys.readouterr().err
     assert "is not a tinylm tokenizer file" in err and "Traceback" not in err
+
+
+def test_a_tokenizer_json_of_the_characters_encodes_decodes_and_reads_back_the_same(tmp_path):
+    """Hugging Face ``tokenizers`` runs the character vocabulary save_hf writes with tinylm's ids, line breaks
+    in runs, astral characters and <|endoftext|> included, decodes them back to the text, and load_hf reads it
+    back as the same tokenizer; a WordLevel vocabulary that tinylm would number otherwise is refused."""
+    tokenizers = pytest.importorskip("tokenizers")
+    text = shared_text("tinyshakespeare/input.txt", 100_000) + "\r\n\t déjà-vu \U0001F600  \n\n\n"
+    tok = CharTokenizer.train([text], special_tokens=["<|endoftext|>"])
+    save_hf(tok, tmp_path / "tokenizer.json")
+    hf = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    sample = text[-30_000:] + "<|endoftext|>" + text[:2_000]
+    ids = tok.encode(sample, allowed_special="all")
+    assert hf.encode(sample).ids == ids and len(ids) == len(sample) - len("<|endoftext|>") + 1
+    assert hf.decode(ids, skip_special_tokens=False) == sample
+    with pytest.raises(Exception, match="Missing"):  # a character it lacks is an error, as it is tinylm's
+        hf.encode("\u20ac")
+    back = load_hf(tmp_path / "tokenizer.json")
+    assert isinstance(back, CharTokenizer) and back.same_ids(tok)
+    other = tokenizers.Tokenizer(tokenizers.models.WordLevel({"b": 0, "a": 1}, unk_token="<unk>"))
+    other.save(str(tmp_path / "other.json"))
+    with pytest.raises(TinyLMError, match=r"other.json holds a 'WordLevel' model that is not a character vocab"):
+        load_hf(tmp_path / "other.json")

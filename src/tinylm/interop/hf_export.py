@@ -1,15 +1,21 @@
 """A tinylm checkpoint -> a Hugging Face folder that ``AutoModelForCausalLM`` and ``AutoTokenizer`` load.
 
-Two model families have the same computation as a tinylm configuration:
+Five transformers families have the same computation as tinylm configurations (transformers' own
+source read for each; the tests compare logits and greedy tokens):
 
-* ``GPT2LMHeadModel``: learned positions, LayerNorm, GELU (tanh: GPT-2's ``gelu_new``; or exact). tinylm
-  without biases is GPT-2 with zero biases (LayerNorm's included); GPT-2's Conv1D stores weights as (in, out).
-* ``LlamaForCausalLM``: rotary positions, RMSNorm (eps 1e-6), SwiGLU, no biases; tinylm's fused
-  qkv matrix is split into q_proj, k_proj and v_proj, its rotation pairs (i, i + hs/2) as Llama's.
+* ``GPT2LMHeadModel``: learned positions, LayerNorm, one activation (GELU tanh: GPT-2's ``gelu_new``;
+  exact GELU: ``gelu``; ReLU²: ``relu2``). tinylm without biases is GPT-2 with zero biases (LayerNorm's
+  included); GPT-2's Conv1D stores weights as (in, out).
+* rotary positions + RMSNorm (eps 1e-6) without biases, Llama's layout (:data:`hf_names.ROTARY`): tinylm's
+  fused qkv matrix is split into q_proj, k_proj and v_proj, its rotation pairs (i, i + hs/2) are Llama's.
+  SwiGLU is ``LlamaForCausalLM``, with QK-norm ``Qwen3ForCausalLM``; one activation (ReLU², GELU) is
+  ``ArceeForCausalLM`` (Llama with Nemotron's up/down MLP), with QK-norm ``ApertusForCausalLM``.
 
-Anything else (ReLU², QK-norm, a mix of the two families) is refused, naming the option. The BPE
-tokenizer goes out as ``tokenizer.json`` with ``<|endoftext|>`` as BOS and EOS. The folder is built
-beside ``--out`` and swapped in whole.
+No family computes the rest (learned positions with RMSNorm, SwiGLU or QK-norm; rotary positions with
+LayerNorm; a biased rotary model): the refusal names the nearest settings that export. A BPE tokenizer
+goes out as ``tokenizer.json`` as ``tokenizers`` runs it, a character vocabulary as a ``WordLevel`` model
+over single characters; ``<|endoftext|>`` is BOS and EOS. The folder is built beside ``--out`` and
+swapped in whole.
 """
 from __future__ import annotations
 
@@ -27,43 +33,52 @@ from ..tokenizer import ENDOFTEXT, Tokenizer
 from ..version import __version__
 from .hf_names import (
     ARCHITECTURES,
-    GELU_FROM_HF,
     GPT2_BLOCK,
+    HF_ACT,
     LAYERNORM_EPS,
-    LLAMA_BLOCK,
     LLAMA_QKV,
     RMSNORM_EPS,
+    ROTARY,
+    UNGATED,
     mlp_hidden,
+    rotary_block,
 )
 
 FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
-# the settings each family requires: each key's allowed values
+# model_type -> the settings its computation requires: each key's allowed values
 FAMILIES = {
-    "gpt2": {"pos": ("learned",), "norm": ("layernorm",), "mlp": tuple(dict.fromkeys(GELU_FROM_HF.values())),
-             "qk_norm": (False,)},
-    "llama": {"pos": ("rope",), "norm": ("rmsnorm",), "mlp": ("swiglu",), "qk_norm": (False,), "bias": (False,)},
+    "gpt2": {"pos": ("learned",), "norm": ("layernorm",), "mlp": UNGATED, "qk_norm": (False,)},
+    **{kind: {"pos": ("rope",), "norm": ("rmsnorm",), "mlp": ("swiglu",) if r.gated else UNGATED,
+              "qk_norm": (r.qk_norm,), "bias": (False,)} for kind, r in ROTARY.items()},
 }
+SETTINGS = tuple(dict.fromkeys(k for need in FAMILIES.values() for k in need))  # pos, norm, mlp, qk_norm, bias
 
 
 def family(m: ModelConfig) -> str:
-    """``gpt2`` or ``llama``: the family whose computation ``m`` is; otherwise an error naming the option."""
-    name = "gpt2" if m.pos == "learned" else "llama"
-    wrong = [f"--model.{k} {json.dumps(getattr(m, k))}" for k, v in FAMILIES[name].items() if getattr(m, k) not in v]
-    if wrong:
-        need = ", ".join(f"--model.{k} {' or '.join(json.dumps(x) for x in v)}"
-                         for k, v in FAMILIES[name].items())
-        raise TinyLMError(f"the Hugging Face export cannot write {', '.join(wrong)}: with --model.pos {m.pos} it "
-                          f"writes {ARCHITECTURES[name]}, which needs {need}; use --format safetensors for the "
-                          f"weights alone")
-    return name
+    """The model_type whose computation ``m`` is; otherwise an error naming the nearest settings that export
+    (those of the families that need the fewest changes)."""
+    wrong = {kind: [k for k, ok in need.items() if getattr(m, k) not in ok] for kind, need in FAMILIES.items()}
+    fewest = min(len(w) for w in wrong.values())
+    if fewest == 0:
+        return next(kind for kind, w in wrong.items() if not w)
+    nearest = " or ".join(f"{ARCHITECTURES[kind]}'s ("
+                          + " ".join(f"--model.{k} {'|'.join(map(_flag, FAMILIES[kind][k]))}" for k in w) + ")"
+                          for kind, w in wrong.items() if len(w) == fewest)
+    settings = " ".join(f"--model.{k} {_flag(getattr(m, k))}" for k in SETTINGS)
+    raise TinyLMError(f"no Hugging Face architecture computes this model ({settings}); the nearest settings that "
+                      f"export are {nearest}: train with those, or export the weights alone with --format safetensors")
+
+
+def _flag(value: object) -> str:
+    """A setting as the command line spells it: ``rope``, ``true``."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def gpt2_files(m: ModelConfig, state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
     """GPT2Config's fields and GPT2LMHeadModel's tensors for a GPT-2-family tinylm model."""
-    activation = next(hf for hf, ours in GELU_FROM_HF.items() if ours == m.mlp)
     config = {"architectures": [ARCHITECTURES["gpt2"]], "model_type": "gpt2", "vocab_size": m.vocab_size,
               "n_positions": m.block_size, "n_embd": m.n_embd, "n_layer": m.n_layer, "n_head": m.n_head,
-              "n_inner": mlp_hidden(m), "activation_function": activation, "layer_norm_epsilon": LAYERNORM_EPS,
+              "n_inner": mlp_hidden(m), "activation_function": HF_ACT[m.mlp], "layer_norm_epsilon": LAYERNORM_EPS,
               "resid_pdrop": m.dropout, "embd_pdrop": m.dropout, "attn_pdrop": m.weights_dropout,
               "scale_attn_weights": True, "tie_word_embeddings": m.tie_embeddings}
 
@@ -83,34 +98,33 @@ def gpt2_files(m: ModelConfig, state: dict[str, torch.Tensor]) -> tuple[dict, di
     return config, out
 
 
-def llama_files(m: ModelConfig, state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
-    """LlamaConfig's fields and LlamaForCausalLM's tensors for a Llama-family tinylm model."""
-    config = {"architectures": [ARCHITECTURES["llama"]], "model_type": "llama", "vocab_size": m.vocab_size,
+def rotary_files(kind: str, m: ModelConfig, state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The config fields and tensors of the rotary family ``kind`` (llama, qwen3, arcee, apertus)."""
+    r = ROTARY[kind]
+    config = {"architectures": [r.architecture], "model_type": kind, "vocab_size": m.vocab_size,
               "hidden_size": m.n_embd, "intermediate_size": mlp_hidden(m), "num_hidden_layers": m.n_layer,
               "num_attention_heads": m.n_head, "num_key_value_heads": m.n_head, "head_dim": m.n_embd // m.n_head,
-              "hidden_act": "silu", "max_position_embeddings": m.block_size, "rms_norm_eps": RMSNORM_EPS,
+              "hidden_act": "silu" if r.gated else HF_ACT[m.mlp], "max_position_embeddings": m.block_size,
+              "rms_norm_eps": RMSNORM_EPS,
               # rope_theta for transformers 4.x, rope_parameters for 5.x
               "rope_theta": m.rope_base, "rope_parameters": {"rope_type": "default", "rope_theta": m.rope_base},
-              "attention_bias": False, "mlp_bias": False, "attention_dropout": m.weights_dropout,
-              "tie_word_embeddings": m.tie_embeddings}
+              "attention_bias": False, "mlp_bias": False, "use_sliding_window": False,
+              "attention_dropout": m.weights_dropout, "tie_word_embeddings": m.tie_embeddings}
     out = {"model.embed_tokens.weight": state["wte.weight"], "model.norm.weight": state["norm_f.weight"]}
+    names = rotary_block(r)
     for i in range(m.n_layer):
         b, hf = f"blocks.{i}.", f"model.layers.{i}."
         qkv = state[b + "attn.qkv.weight"].chunk(3, dim=0)  # rows: all heads' q, then k, then v
         out |= {f"{hf}{name}.weight": w for name, w in zip(LLAMA_QKV, qkv, strict=True)}
-        out |= {f"{hf}{theirs}.weight": state[f"{b}{ours}.weight"] for theirs, ours in LLAMA_BLOCK.items()}
+        out |= {f"{hf}{theirs}.weight": state[f"{b}{ours}.weight"] for theirs, ours in names.items()}
     if not m.tie_embeddings:
         out["lm_head.weight"] = state["lm_head.weight"]
     return config, out
 
 
 def tokenizer_files(tok: Tokenizer, block_size: int) -> dict[str, dict]:
-    """tokenizer.json (BPE as Hugging Face ``tokenizers`` runs it) and tokenizer_config.json."""
-    from ..tokenizer.bpe import BPETokenizer
+    """tokenizer.json (as Hugging Face ``tokenizers`` runs it) and tokenizer_config.json."""
     from ..tokenizer.io import to_hf_json
-    if not isinstance(tok, BPETokenizer):
-        raise TinyLMError(f"the Hugging Face export writes BPE tokenizers; this run's is {tok.describe()}: export "
-                          f"the weights alone with --format safetensors, or train with --data.tokenizer bpe")
     special = {"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT} if tok.eot_token is not None else {}
     return {"tokenizer.json": to_hf_json(tok),
             "tokenizer_config.json": {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": block_size,
@@ -143,7 +157,8 @@ def export_hf(ckpt_dir: Path, out: Path) -> str:
     if (out.exists() or out.is_symlink()) and not (out.is_dir() and not any(out.iterdir())) and not _is_hf_export(out):
         raise TinyLMError(f"--out {out} exists and is not a tinylm Hugging Face export, so it is not replaced; "
                           f"choose another --out (a new or empty folder), or move it away")
-    config, tensors = (gpt2_files if name == "gpt2" else llama_files)(m, load_part(ckpt_dir, "model"))
+    state = load_part(ckpt_dir, "model")
+    config, tensors = gpt2_files(m, state) if name == "gpt2" else rotary_files(name, m, state)
     ids = {"bos_token_id": tok.eot_token, "eos_token_id": tok.eot_token}
     docs["config.json"] = {**config, **ids, "dtype": "float32", "torch_dtype": "float32", "use_cache": True,
                            "tinylm": {"version": __version__, "checkpoint": str(ckpt_dir)}}

@@ -1,11 +1,12 @@
-"""Hugging Face GPT-2 and Llama folders (or hub names) -> tinylm's model config, weights and tokenizer.
+"""Hugging Face GPT-2 and Llama-family folders (or hub names) -> tinylm's model config, weights and tokenizer.
 
 A folder holds ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin``, loaded with
 ``weights_only``), and its tokenizer as ``tokenizer.json`` or GPT-2's ``vocab.json`` + ``merges.txt``.
 GPT-2 is tinylm's default architecture with biases: learned positions, LayerNorm (eps 1e-5),
-tanh-approximated GELU, a tied head. Llama is rotary positions, RMSNorm (eps 1e-6), SwiGLU and no
-biases: what ``tinylm export --format hf`` writes, read back. A setting tinylm does not compute the
-same way (grouped key/value heads, another eps, rope scaling, ...) is refused by name.
+tanh-approximated GELU, a tied head. Llama (and Qwen3, Arcee, Apertus: ``hf_names.ROTARY``) is rotary
+positions, RMSNorm (eps 1e-6) and no biases: what ``tinylm export --format hf`` writes, read back. A
+setting tinylm does not compute the same way (grouped key/value heads, another eps, rope scaling, ...)
+is refused by name.
 """
 from __future__ import annotations
 
@@ -20,7 +21,17 @@ import torch
 from ..config import Config, ModelConfig
 from ..errors import TinyLMError
 from ..tokenizer import Tokenizer
-from .hf_names import GELU_FROM_HF, GPT2_BLOCK, LAYERNORM_EPS, LLAMA_BLOCK, LLAMA_QKV, RMSNORM_EPS, mlp_ratio_for
+from .hf_names import (
+    ACT_FROM_HF,
+    ARCHITECTURES,
+    GPT2_BLOCK,
+    LAYERNORM_EPS,
+    LLAMA_QKV,
+    RMSNORM_EPS,
+    ROTARY,
+    mlp_ratio_for,
+    rotary_block,
+)
 
 GPT2_VOCAB = 50257
 # files a hub download fetches: the config, one weights file, the tokenizer's two files
@@ -43,7 +54,7 @@ def is_hf_folder(path: Path) -> bool:
 
 
 def import_hf(source: str) -> Imported:
-    """A local GPT-2 or Llama folder, or a hub name such as ``gpt2`` / ``openai-community/gpt2-medium``
+    """A local GPT-2 or Llama-family folder, or a hub name such as ``gpt2`` / ``openai-community/gpt2-medium``
     -> :class:`Imported`."""
     folder = Path(source)
     if not folder.is_dir():
@@ -52,9 +63,12 @@ def import_hf(source: str) -> Imported:
         raise TinyLMError(f"{folder} is not a Hugging Face model folder (it needs config.json and "
                           f"model.safetensors or pytorch_model.bin)")
     hf = read_config(folder)
-    model_config, state_dict = READERS[hf["model_type"]]
-    cfg = model_config(hf, folder)
-    state = state_dict(_read_weights(folder), cfg, folder)
+    if hf["model_type"] == "gpt2":
+        cfg = gpt2_model_config(hf, folder)
+        state = gpt2_state_dict(_read_weights(folder), cfg, folder)
+    else:
+        cfg = rotary_model_config(hf, folder)
+        state = rotary_state_dict(hf["model_type"], _read_weights(folder), cfg, folder)
     return Imported(cfg, state, folder_tokenizer(folder, cfg.vocab_size), str(source))
 
 
@@ -111,10 +125,10 @@ def read_config(folder: Path) -> dict:
         hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise TinyLMError(f"{folder / 'config.json'} cannot be read ({type(e).__name__}: {e})") from None
-    if not isinstance(hf, dict) or hf.get("model_type") not in READERS:
+    if not isinstance(hf, dict) or hf.get("model_type") not in ARCHITECTURES:
         kind = hf.get("model_type") if isinstance(hf, dict) else None
-        raise TinyLMError(f"{folder} holds a {kind!r} model; tinylm reads GPT-2 and Llama models (model_type "
-                          f"gpt2 or llama)")
+        raise TinyLMError(f"{folder} holds a {kind!r} model; tinylm reads GPT-2 and Llama-family models "
+                          f"(model_type {', '.join(ARCHITECTURES)})")
     return hf
 
 
@@ -130,38 +144,45 @@ def gpt2_model_config(hf: dict, folder: Path) -> ModelConfig:
     """GPT2Config's fields -> ModelConfig; a setting tinylm cannot compute the same way is refused by name."""
     n_embd = hf.get("n_embd", 768)
     act = hf.get("activation_function", "gelu_new")
-    _refuse(folder, hf, {"activation_function": act not in GELU_FROM_HF,
+    _refuse(folder, hf, {"activation_function": act not in ACT_FROM_HF,
                          "layer_norm_epsilon": hf.get("layer_norm_epsilon", LAYERNORM_EPS) != LAYERNORM_EPS,
                          "scale_attn_weights": not hf.get("scale_attn_weights", True),
                          "scale_attn_by_inverse_layer_idx": hf.get("scale_attn_by_inverse_layer_idx", False),
                          "add_cross_attention": hf.get("add_cross_attention", False)},
-            f"GPT-2 with tanh or exact GELU, LayerNorm eps {LAYERNORM_EPS}, 1/sqrt(head size) scaling")
+            f"GPT-2 with activation_function {' | '.join(ACT_FROM_HF)}, LayerNorm eps {LAYERNORM_EPS}, "
+            f"1/sqrt(head size) scaling")
     return ModelConfig(vocab_size=hf.get("vocab_size", GPT2_VOCAB), block_size=hf.get("n_positions", 1024),
                        n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12), n_embd=n_embd,
-                       mlp=GELU_FROM_HF[act], mlp_ratio=mlp_ratio_for(hf.get("n_inner") or 4 * n_embd, n_embd, "gelu"),
+                       mlp=ACT_FROM_HF[act], mlp_ratio=mlp_ratio_for(hf.get("n_inner") or 4 * n_embd, n_embd, "gelu"),
                        norm="layernorm", pos="learned", qk_norm=False,
                        tie_embeddings=hf.get("tie_word_embeddings", True), bias=True, dropout=0.0)
 
 
-def llama_model_config(hf: dict, folder: Path) -> ModelConfig:
-    """LlamaConfig's fields (transformers' defaults where absent) -> ModelConfig, refusing what tinylm lacks."""
+def rotary_model_config(hf: dict, folder: Path) -> ModelConfig:
+    """A Llama-family config's fields (transformers' Llama defaults where absent) -> ModelConfig, refusing what
+    tinylm lacks."""
+    r = ROTARY[hf["model_type"]]
     n_embd, n_head = hf.get("hidden_size", 4096), hf.get("num_attention_heads", 32)
+    act = hf.get("hidden_act", "silu")
     rope = hf.get("rope_parameters") or {}
     scaling = hf.get("rope_scaling") or {}
-    _refuse(folder, hf, {"hidden_act": hf.get("hidden_act", "silu") != "silu",
+    _refuse(folder, hf, {"hidden_act": act != "silu" if r.gated else act not in ACT_FROM_HF,
                          "rms_norm_eps": hf.get("rms_norm_eps", RMSNORM_EPS) != RMSNORM_EPS,
                          "num_key_value_heads": hf.get("num_key_value_heads") not in (None, n_head),
                          "head_dim": hf.get("head_dim") not in (None, n_embd // n_head),
                          "attention_bias": hf.get("attention_bias", False), "mlp_bias": hf.get("mlp_bias", False),
+                         "use_sliding_window": hf.get("use_sliding_window", False),
                          "rope_scaling": scaling.get("rope_type", scaling.get("type", "default")) != "default",
                          "rope_parameters": rope.get("rope_type", "default") != "default"},
-            f"Llama with SiLU, RMSNorm eps {RMSNORM_EPS}, a key/value head per query head, no biases, plain "
-            f"rotary positions")
+            f"{r.architecture} with hidden_act {'silu' if r.gated else ' | '.join(ACT_FROM_HF)}, RMSNorm eps "
+            f"{RMSNORM_EPS}, a key/value head per query head, no biases, plain rotary positions")
+    mlp = "swiglu" if r.gated else ACT_FROM_HF[act]
     return ModelConfig(vocab_size=hf.get("vocab_size", 32000), block_size=hf.get("max_position_embeddings", 2048),
-                       n_layer=hf.get("num_hidden_layers", 32), n_head=n_head, n_embd=n_embd, mlp="swiglu",
-                       mlp_ratio=mlp_ratio_for(hf.get("intermediate_size", 11008), n_embd, "swiglu"),
+                       n_layer=hf.get("num_hidden_layers", 32), n_head=n_head, n_embd=n_embd, mlp=mlp,
+                       mlp_ratio=mlp_ratio_for(hf.get("intermediate_size", 11008), n_embd, mlp),
                        norm="rmsnorm", pos="rope", rope_base=float(rope.get("rope_theta", hf.get("rope_theta", 1e4))),
-                       qk_norm=False, tie_embeddings=hf.get("tie_word_embeddings", False), bias=False, dropout=0.0)
+                       qk_norm=r.qk_norm, tie_embeddings=hf.get("tie_word_embeddings", False), bias=False,
+                       dropout=0.0)
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -209,21 +230,20 @@ def gpt2_state_dict(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, folder:
     return _renamed(src, names, cfg, folder, "GPT-2")
 
 
-def llama_state_dict(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, folder: Path) -> dict[str, torch.Tensor]:
-    """LlamaForCausalLM's tensor names -> tinylm's, in fp32; q, k and v stacked into the fused qkv weight."""
+def rotary_state_dict(kind: str, hf_state: dict[str, torch.Tensor], cfg: ModelConfig,
+                      folder: Path) -> dict[str, torch.Tensor]:
+    """A Llama-family model's tensor names -> tinylm's, in fp32; q, k and v stacked into the fused qkv weight."""
     src = {k: v.float() for k, v in hf_state.items()}
     names = {"model.embed_tokens.weight": "wte.weight", "model.norm.weight": "norm_f.weight"}
+    block = rotary_block(ROTARY[kind])
     for i in range(cfg.n_layer):
         theirs = f"model.layers.{i}."
-        names |= {f"{theirs}{t}.weight": f"blocks.{i}.{ours}.weight" for t, ours in LLAMA_BLOCK.items()}
+        names |= {f"{theirs}{t}.weight": f"blocks.{i}.{ours}.weight" for t, ours in block.items()}
         qkv = [src.get(f"{theirs}{t}.weight") for t in LLAMA_QKV]
         if all(w is not None for w in qkv):
             src[f"{theirs}qkv"] = torch.cat(qkv)  # (3 C, C): q's rows, then k's, then v's
         names[f"{theirs}qkv"] = f"blocks.{i}.attn.qkv.weight"
-    return _renamed(src, names, cfg, folder, "Llama")
-
-
-READERS = {"gpt2": (gpt2_model_config, gpt2_state_dict), "llama": (llama_model_config, llama_state_dict)}
+    return _renamed(src, names, cfg, folder, ARCHITECTURES[kind])
 
 
 def folder_tokenizer(folder: Path, vocab_size: int) -> Tokenizer:

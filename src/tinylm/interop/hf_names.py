@@ -1,29 +1,61 @@
-"""The one table of how Hugging Face's GPT-2 and Llama name and size what tinylm computes, read both ways.
+"""The one table of how Hugging Face's model families name and size what tinylm computes, read both ways.
 
 ``hf_import`` reads a folder through it, ``hf_export`` writes one: a name changed here changes both.
+Two layouts: GPT-2's (learned positions, LayerNorm, one activation) and Llama's (rotary positions,
+RMSNorm, q/k/v/o projections), whose relatives differ only in the MLP and in QK-norm (:data:`ROTARY`).
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from ..config import ModelConfig
 from ..errors import TinyLMError
 
-ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
 LAYERNORM_EPS = 1e-5  # nn.LayerNorm's default, GPT-2's layer_norm_epsilon
-RMSNORM_EPS = 1e-6  # model.make_norm's RMSNorm, Llama's rms_norm_eps
-#: GPT-2's activation_function -> the tinylm model.mlp that computes it (export writes the first name of each)
-GELU_FROM_HF = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact"}
+RMSNORM_EPS = 1e-6  # model.make_norm's RMSNorm (and QK-norm's), the rotary families' rms_norm_eps
+#: an MLP of one activation (GPT-2's activation_function, Arcee's and Apertus's hidden_act) -> the tinylm model.mlp
+#: that computes it; export writes the first name of each (transformers.activations.ACT2FN defines them)
+ACT_FROM_HF = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact", "relu2": "relu2"}
+HF_ACT = {ours: hf for hf, ours in reversed(ACT_FROM_HF.items())}  # tinylm's model.mlp -> the name written
+UNGATED = tuple(dict.fromkeys(ACT_FROM_HF.values()))  # the model.mlp kinds of one activation: gelu, gelu_exact, relu2
 
 # GPT-2 (HF, inside transformer.h.<i>) -> tinylm (inside blocks.<i>), each with a weight and a bias;
 # True: a Conv1D layer, which stores its weight as (in, out), the transpose of nn.Linear's
 GPT2_BLOCK = {"ln_1": ("norm1", False), "attn.c_attn": ("attn.qkv", True), "attn.c_proj": ("attn.proj", True),
               "ln_2": ("norm2", False), "mlp.c_fc": ("mlp.up", True), "mlp.c_proj": ("mlp.down", True)}
-# Llama (HF, inside model.layers.<i>) -> tinylm (inside blocks.<i>), weights only
-LLAMA_BLOCK = {"input_layernorm": "norm1", "self_attn.o_proj": "attn.proj", "post_attention_layernorm": "norm2",
-               "mlp.gate_proj": "mlp.gate", "mlp.up_proj": "mlp.up", "mlp.down_proj": "mlp.down"}
 # tinylm's fused attn.qkv weight is these three stacked by rows: all heads' q, then k, then v
 LLAMA_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+
+
+class Rotary(NamedTuple):
+    """A transformers family with Llama's layout (``model.layers.<i>``, q/k/v/o_proj, RMSNorm, rotation pairs
+    (i, i + hs/2), no biases) and how it differs from Llama."""
+    architecture: str
+    gated: bool  # SwiGLU (gate_proj, up_proj: hidden_act silu) or one activation (up_proj: hidden_act in HF_ACT)
+    qk_norm: bool  # each head's q and k RMS-normalized before the rotation (self_attn.q_norm, k_norm)
+    norms: tuple[str, str] = ("input_layernorm", "post_attention_layernorm")  # a block's two RMSNorms
+
+
+#: model_type -> family: together they compute every rope + rmsnorm model without biases
+ROTARY = {"llama": Rotary("LlamaForCausalLM", gated=True, qk_norm=False),
+          "qwen3": Rotary("Qwen3ForCausalLM", gated=True, qk_norm=True),
+          "arcee": Rotary("ArceeForCausalLM", gated=False, qk_norm=False),
+          "apertus": Rotary("ApertusForCausalLM", gated=False, qk_norm=True,
+                            norms=("attention_layernorm", "feedforward_layernorm"))}
+ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", **{kind: r.architecture for kind, r in ROTARY.items()}}
+
+
+def rotary_block(r: Rotary) -> dict[str, str]:
+    """A rotary family's weights inside ``model.layers.<i>`` -> tinylm's inside ``blocks.<i>``, q/k/v aside
+    (:data:`LLAMA_QKV`)."""
+    names = {r.norms[0]: "norm1", "self_attn.o_proj": "attn.proj", r.norms[1]: "norm2",
+             "mlp.up_proj": "mlp.up", "mlp.down_proj": "mlp.down"}
+    if r.gated:
+        names["mlp.gate_proj"] = "mlp.gate"
+    if r.qk_norm:
+        names |= {"self_attn.q_norm": "attn.q_norm", "self_attn.k_norm": "attn.k_norm"}
+    return names
 
 
 def mlp_hidden(m: ModelConfig) -> int:

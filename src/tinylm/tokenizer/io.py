@@ -11,7 +11,8 @@ writes the files other tools use:
   ``read_gpt2_files`` (``BPETokenizer.from_files`` reads them with it); the byte <-> printable
   character table they use (``bytes_to_unicode``, ``unicode_to_bytes``).
 - Hugging Face ``tokenizers``: ``to_hf_json`` / ``save_hf`` write a ``tokenizer.json`` that
-  ``tokenizers.Tokenizer.from_file`` loads and that encodes like ``encode(allowed_special="all")``;
+  ``tokenizers.Tokenizer.from_file`` loads and that encodes like ``encode(allowed_special="all")``
+  (a BPE, or a character vocabulary: a ``WordLevel`` model over single characters);
   ``load_hf`` reads one back (and GPT-2's own), any byte-level BPE without a normalizer.
 """
 from __future__ import annotations
@@ -26,7 +27,13 @@ from typing import Any
 
 from ..errors import TinyLMError
 from ..fileio import write_text_atomic
+from .base import Tokenizer
 from .bpe import BPETokenizer
+from .char import CharTokenizer
+
+# every character its own piece: Oniguruma's "." would leave line breaks out, and runs of them together
+CHAR_SPLIT = r"[\s\S]"
+UNKNOWN = "<unk>"  # WordLevel's name for a missing character; not in the vocabulary, so one is an error
 
 
 @cache
@@ -117,25 +124,28 @@ def load_tiktoken_ranks(path: str | os.PathLike, special_tokens: Mapping[str, in
     return BPETokenizer.from_ranks(ranks, special_tokens, pattern, Path(path).stem)
 
 
-def to_hf_json(tok: BPETokenizer) -> dict:
-    """A Hugging Face ``tokenizers`` JSON document for ``tok``.
+def to_hf_json(tok: Tokenizer) -> dict:
+    """A Hugging Face ``tokenizers`` JSON document for ``tok``, BPE or character level.
 
-    Pre-tokenization is the same regex (``Split``, isolated) followed by ``ByteLevel`` without
+    BPE: pre-tokenization is the same regex (``Split``, isolated) followed by ``ByteLevel`` without
     its own regex (it only maps bytes to GPT-2's printable characters); the model is BPE with our
-    vocabulary and merges; special tokens are added tokens, always recognized (so compare with
+    vocabulary and merges. Characters: every character split off alone (:data:`CHAR_SPLIT`), looked
+    up in a ``WordLevel`` vocabulary (a character it lacks is an error, as tinylm's), the ids joined
+    back with ``Fuse``. Special tokens are added tokens, always recognized (so compare with
     ``tok.encode(text, allowed_special="all")``).
     """
-    vocab = {_to_unicode(t): i for i, t in enumerate(tok.vocab)}
-    merges = [f"{_to_unicode(tok.vocab[a])} {_to_unicode(tok.vocab[b])}" for a, b in tok.merges]
     added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
               "normalized": False, "special": True}
              for s, i in sorted(tok.special_tokens.items(), key=lambda kv: kv[1])]
-    return {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": added,
-        "normalizer": None,
+    doc = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None}
+    if isinstance(tok, CharTokenizer):
+        return doc | {"pre_tokenizer": {"type": "Split", "pattern": {"Regex": CHAR_SPLIT}, "behavior": "Isolated",
+                                        "invert": False},
+                      "post_processor": None, "decoder": {"type": "Fuse"},
+                      "model": {"type": "WordLevel", "vocab": dict(tok.stoi), "unk_token": UNKNOWN}}
+    vocab = {_to_unicode(t): i for i, t in enumerate(tok.vocab)}
+    merges = [f"{_to_unicode(tok.vocab[a])} {_to_unicode(tok.vocab[b])}" for a, b in tok.merges]
+    return doc | {
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": tok.pattern}, "behavior": "Isolated", "invert": False},
             {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
@@ -148,15 +158,16 @@ def to_hf_json(tok: BPETokenizer) -> dict:
     }
 
 
-def save_hf(tok: BPETokenizer, path: str | os.PathLike) -> None:
+def save_hf(tok: Tokenizer, path: str | os.PathLike) -> None:
     """Write ``tokenizer.json`` for ``tokenizers.Tokenizer.from_file`` (and ``transformers``'
     ``PreTrainedTokenizerFast(tokenizer_file=...)``)."""
     write_text_atomic(path, json.dumps(to_hf_json(tok), ensure_ascii=False, indent=1) + "\n")
 
 
-def load_hf(path: str | os.PathLike) -> BPETokenizer:
+def load_hf(path: str | os.PathLike) -> Tokenizer:
     """A Hugging Face ``tokenizer.json`` of a byte-level BPE -> BPETokenizer: one :func:`save_hf` wrote
-    (its ``Split`` regex is the pattern) or GPT-2's (``ByteLevel`` splits with GPT-2's own pattern).
+    (its ``Split`` regex is the pattern) or GPT-2's (``ByteLevel`` splits with GPT-2's own pattern);
+    a character vocabulary :func:`save_hf` wrote -> CharTokenizer.
 
     Anything that would encode differently here is refused by name: another model type, a
     normalizer, SentencePiece's byte fallback (Llama 2's tokenizer), a prefix space.
@@ -164,6 +175,8 @@ def load_hf(path: str | os.PathLike) -> BPETokenizer:
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
         model, pre = doc["model"], doc.get("pre_tokenizer") or {}
+        if model.get("type") == "WordLevel":
+            return _load_hf_chars(doc, path)
         steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
         pattern = _split_pattern(steps)
         unlike = {"normalizer": doc.get("normalizer") is not None, "byte_fallback": bool(model.get("byte_fallback")),
@@ -189,6 +202,20 @@ def load_hf(path: str | os.PathLike) -> BPETokenizer:
         return BPETokenizer.from_files(vocab, pairs, pattern)
     except TinyLMError as e:  # say which file
         raise TinyLMError(f"{path}: {e}") from None
+
+
+def _load_hf_chars(doc: dict, path: str | os.PathLike) -> CharTokenizer:
+    """A character vocabulary's tokenizer.json (what :func:`to_hf_json` writes for one) -> CharTokenizer: only one
+    that tinylm would write the same way, so every character and special token keeps its id."""
+    chars = doc["model"]["vocab"]  # character -> id
+    added = sorted(doc.get("added_tokens") or [], key=lambda a: a["id"])
+    if all(len(c) == 1 for c in chars):
+        tok = CharTokenizer(chars, [a["content"] for a in added])
+        if all(to_hf_json(tok)[k] == doc.get(k) for k in ("added_tokens", "normalizer", "pre_tokenizer", "decoder",
+                                                            "model")):
+            return tok
+    raise TinyLMError(f"{path} holds a 'WordLevel' model that is not a character vocabulary as tinylm writes it; "
+                      f"tinylm reads byte-level BPE tokenizers and its own character vocabularies")
 
 
 def _split_pattern(steps: list[dict]) -> str | None:
