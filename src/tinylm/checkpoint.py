@@ -292,24 +292,31 @@ def checkpoint_tokenizer(ckpt: Path) -> Tokenizer:
 
 class Loaded(NamedTuple):
     """A checkpoint ready to generate from; unpacks as ``path, cfg, model, tok``."""
-    path: Path  # the step folder
+    path: Path  # the step folder, or the artifact file
     config: Config
     model: GPT  # its weights loaded, in eval mode, on the device
     tokenizer: Tokenizer  # the checkpoint's own
 
 
 def load_for_inference(path: str | Path, which: str = "last", device: str | None = None) -> Loaded:
-    """A run folder, its checkpoints folder or a step folder -> the model ready to generate from.
+    """A run folder, its checkpoints folder, a step folder or a quantized artifact -> the model ready to generate
+    from.
 
     ``which`` is last or best (in a run folder); ``device`` a torch device name or auto, by default
     the run's ``train.device``: ``load_for_inference("runs/shakespeare-char", device="cpu").model``.
+    A file is an artifact (``tinylm export --quantize``), dequantized to fp32.
     """
-    step_dir = resolve_checkpoint(path, which)
-    cfg = checkpoint_config(step_dir)
+    if Path(path).is_file():  # runs and checkpoints are folders
+        if which != "last":
+            raise TinyLMError(f"{path} is a quantized artifact: it holds one model; drop --checkpoint {which}")
+        art = artifact.read(path)
+        step_dir, cfg, state, tok = Path(path).resolve(), art.config, art.state, art.tokenizer
+    else:
+        step_dir = resolve_checkpoint(path, which)
+        cfg, state, tok = checkpoint_config(step_dir), load_part(step_dir, "model"), checkpoint_tokenizer(step_dir)
     model = GPT(cfg.model)
-    load_state(model, load_part(step_dir, "model"), step_dir, "model")
+    load_state(model, state, step_dir, "model")
     model.eval()
-    tok = checkpoint_tokenizer(step_dir)
     dev = resolve_device(device or cfg.train.device, flag="--device")
     model.to(dev)
     model.choose_attention(dev, model.wte.weight.dtype, batch=1)  # for reading prompts, one at a time

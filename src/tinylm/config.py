@@ -204,6 +204,11 @@ class TrainConfig:
     init_from: str = ""
     """Start from these weights with a fresh optimizer: a run or checkpoint folder, a Hugging Face GPT-2 folder, or
     a hub name (gpt2, gpt2-medium; needs the hf extra). The model takes its architecture; "" = random init."""
+    artifact_bytes: str = ""
+    """Byte budget of the run's quantized artifact (`tinylm export --quantize`): "16MB", "1MiB", "1000000"; a model
+    whose artifact at artifact_bits will not fit is refused before step 1, and the report shows its size. "" = none."""
+    artifact_bits: int = 8
+    """Bits per matrix weight of the artifact the budget counts: 8 | 6 | 4 (export with --quantize int8/int6/int4)."""
 
 
 @dataclass

@@ -56,20 +56,21 @@ _BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**1
                "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
-def parse_bytes(text: str) -> int | None:
-    """``--data.max_bytes`` as a byte count: ``parse_bytes("200MB") -> 200_000_000``, ``"4KiB" -> 4096``,
-    ``"" -> None`` (no cap). KB/MB/GB are powers of 1000, KiB/MiB/GiB of 1024."""
+def parse_bytes(text: str, flag: str = "--data.max_bytes") -> int | None:
+    """A size setting (``flag`` names it in the error) as a byte count: ``parse_bytes("200MB") -> 200_000_000``,
+    ``"4KiB" -> 4096``, ``"" -> None`` (no cap). KB/MB/GB are powers of 1000, KiB/MiB/GiB of 1024."""
     if not str(text).strip():
         return None
     m = re.fullmatch(r"\s*([0-9][0-9_]*(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
     unit = m[2].lower() if m else ""
     if m is None or unit not in _BYTE_UNITS or float(m[1].replace("_", "")) * _BYTE_UNITS[unit] < 1:
-        raise TinyLMError(f"--data.max_bytes {text!r} is not a positive size; write e.g. 200MB, 4KiB or 1000000 "
-                          f"(or \"\" for the whole corpus)")
+        raise TinyLMError(f"{flag} {text!r} is not a positive size; write e.g. 200MB, 4KiB or 1000000 (or \"\" "
+                          f"for none)")
     return int(float(m[1].replace("_", "")) * _BYTE_UNITS[unit])
 
 
 TOKENIZERS = ("char", "bpe", "gpt2")  # data.tokenizer's names; anything else is a tokenizer file
+ARTIFACT_BITS = (8, 6, 4)  # the quantized artifact's widths: train.artifact_bits, tinylm export --quantize intN
 
 
 def tokenizer_file(d: DataConfig) -> Path | None:
@@ -131,11 +132,12 @@ def validate(cfg: Config, world_size: int = 1) -> None:
                "optim.name": ("adamw", "muon", "lion"),
                "optim.schedule": ("constant", "cosine", "wsd", "cosine_warmdown"),
                "optim.decay_shape": ("linear", "cosine", "1-sqrt"),
-               "train.precision": ("auto", "fp32", "bf16", "fp16", "fp8"), "train.nonfinite": ("skip", "halt")}
+               "train.precision": ("auto", "fp32", "bf16", "fp16", "fp8"), "train.nonfinite": ("skip", "halt"),
+               "train.artifact_bits": ARTIFACT_BITS}
     for key, allowed in choices.items():
         sec, name = key.split(".")
         value = getattr(getattr(cfg, sec), name)
-        need(value in allowed, f"--{key} {value!r} is not one of {', '.join(allowed)}")
+        need(value in allowed, f"--{key} {value!r} is not one of {', '.join(map(str, allowed))}")
     for key in ("model.block_size", "model.n_layer", "model.n_head", "model.n_embd",
                 "train.max_steps", "train.batch_size", "train.log_interval"):
         sec, name = key.split(".")
@@ -190,6 +192,7 @@ def validate(cfg: Config, world_size: int = 1) -> None:
          "--train.save_interval must be >= 0, --train.keep_last and --train.max_skips >= 1")
     need(t.spike_factor == 0 or t.spike_factor > 1, "--train.spike_factor must be 0 (off) or > 1")
     parse_duration(t.time_budget)
+    parse_bytes(t.artifact_bytes, "--train.artifact_bytes")
     micro = micro_batch_size(cfg, world_size)
     need(t.batch_size % world_size == 0,
          f"--train.batch_size {t.batch_size} is not divisible by {world_size} DDP processes")

@@ -292,8 +292,9 @@ def evaluate_run(run: str | Path, *, checkpoint: str = "last", split: str | None
                  context: int | None = None) -> dict | None:
     """`tinylm eval`: a checkpoint's loss, perplexity and bits per byte on its run's split or on a text file.
 
-    ``run`` may also be a Hugging Face GPT-2 or Llama folder (``tinylm export --format hf`` writes one;
-    transformers' ``save_pretrained`` too), scored on ``text`` with its own tokenizer: a model's bits per
+    ``run`` may be a quantized artifact (a file ``tinylm export --quantize`` wrote), scored on the split of the data
+    folder its config names or on ``text``; or a Hugging Face GPT-2 or Llama folder (``tinylm export --format hf``
+    writes one; transformers' ``save_pretrained`` too), scored on ``text`` with its own tokenizer: a model's bits per
     byte beside GPT-2's on the same file. ``tokens``: targets to score (0 = all; default the run's
     ``train.eval_tokens`` on a split, all of a text); ``batch_size``: windows per forward pass (default
     the run's micro-batch, or :data:`HF_BATCH_TOKENS` tokens' worth for a folder; the result does not
@@ -302,7 +303,9 @@ def evaluate_run(run: str | Path, *, checkpoint: str = "last", split: str | None
     the report on rank 0, else None.
     """
     from .checkpoint import checkpoint_config, load_for_inference, read_meta, resolve_checkpoint
+    from .config import from_dict
     from .config_check import micro_batch_size
+    from .interop.artifact import read_header
     from .interop.hf_import import config_for_eval, import_hf, imported_model, is_hf_folder
     if batch_size is not None and batch_size < 1:
         raise TinyLMError(f"--batch-size {batch_size} must be positive")
@@ -310,7 +313,11 @@ def evaluate_run(run: str | Path, *, checkpoint: str = "last", split: str | None
         raise TinyLMError("give --split or --text, not both: --text scores a file instead of the run's split")
     folder = Path(run)
     hf = is_hf_folder(folder)
-    if hf:
+    quantized = folder.is_file()  # runs and checkpoints are folders; a file is an artifact (export --quantize)
+    if quantized:
+        header = read_header(folder)
+        cfg = from_dict(header["config"])
+    elif hf:
         if text is None or checkpoint != "last":
             raise TinyLMError(f"{run} is a Hugging Face model folder: it has neither a prepared split nor "
                               f"checkpoints; score a file with --text FILE")
@@ -330,8 +337,8 @@ def evaluate_run(run: str | Path, *, checkpoint: str = "last", split: str | None
     if hf:
         path, model, tok, step = folder, imported_model(source, folder, dev), source.tokenizer, None
     else:
-        path, cfg, model, tok = load_for_inference(step_dir, device=str(dev))
-        step = read_meta(path)["step"]
+        path, cfg, model, tok = load_for_inference(folder if quantized else step_dir, checkpoint, device=str(dev))
+        step = header["source"].get("step") if quantized else read_meta(path)["step"]
     if context is not None:
         cfg = replace(cfg, model=replace(cfg.model, block_size=context))
     batch_size = batch_size or (max(1, HF_BATCH_TOKENS // cfg.model.block_size) if hf

@@ -29,6 +29,7 @@ from .errors import TinyLMError
 from .evaluate import CurveChecks, EvalResult, Evaluator
 from .fp8 import convert_to_fp8
 from .generate import check_prompt
+from .interop.artifact import check_budget
 from .model import GPT, label
 from .optim import build_optimizer, lr_scale, momentum_at, set_schedule
 from .run_folder import RunFolder
@@ -101,7 +102,9 @@ class Trainer(Checkpointing, Reporting):
         self._setup_process(cfg, log)
         resume_from = self._open_run_dir(resume)
         self._setup_data()
-        self._setup_model(self._init_from(resume_from))
+        init_state = self._init_from(resume_from)  # may take the source's architecture
+        check_budget(cfg, len(self.tokenizer_bytes))  # train.artifact_bytes: a model that will not fit stops here
+        self._setup_model(init_state)
         self._setup_batches()
         self.step, self.tokens_seen, self.best_val = 0, 0, math.inf
         self.elapsed_before = 0.0  # training seconds of earlier sessions of this run (for the time budget)

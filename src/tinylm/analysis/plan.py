@@ -232,3 +232,74 @@ def parse_amount(text: str) -> float:
     except ValueError:  # digits and dots that are no number: "1.2.3"
         pass
     raise TinyLMError(f"{text!r} is not an amount; write e.g. 124M, 2.5B, 1e18 or 500")
+
+
+# --------------------------------------------------------------------------- a byte budget
+
+BUDGET_VOCABS = (256, 1024, 4096, 8192, 16384)  # --bytes: the vocabularies compared by default
+BUDGET_DEPTHS = (2, 4, 6, 8, 12, 16, 24)
+
+
+@dataclass
+class Fit:
+    """The widest model of one vocabulary and depth whose quantized artifact fits the budget."""
+    vocab: int
+    n_layer: int
+    n_embd: int
+    n_head: int
+    params: int
+    bytes: int  # the artifact's estimated bytes (an upper bound: before compression)
+
+
+def budget_shapes(budget: int, bits: int, *, vocabs: tuple[int, ...] = BUDGET_VOCABS,
+                  depths: tuple[int, ...] = BUDGET_DEPTHS, context: int = 1024,
+                  head_size: int = HEAD_SIZE) -> list[Fit]:
+    """For each vocabulary and depth, the widest width (a multiple of ``head_size``) whose ``bits``-bit artifact
+    fits ``budget`` bytes: tinylm's default block otherwise, positions learned up to ``context``, the tokenizer
+    file counted at its upper bound. A depth too deep for even one head is left out.
+
+    ``budget_shapes(16_000_000, 6, vocabs=(1024,), depths=(8,))`` -> one Fit of width 1024 (1024 x 1024 x 8).
+    """
+    import torch
+
+    from ..config import ModelConfig
+    from ..interop.artifact import estimate, tokenizer_bytes_bound
+    from ..interop.quantize import default_group
+    from ..model import GPT
+
+    def shape(vocab: int, depth: int, heads: int) -> ModelConfig:
+        return ModelConfig(vocab_size=vocab, n_layer=depth, n_embd=heads * head_size, n_head=heads,
+                           block_size=context)
+
+    def size(m: ModelConfig) -> int:
+        return estimate(m, bits, default_group(bits), tokenizer_bytes_bound(m.vocab_size)).total
+
+    fits = []
+    for vocab in vocabs:
+        for depth in depths:
+            lo, hi = 0, 1  # widths in heads: lo fits (0: none does yet), hi does not
+            while size(shape(vocab, depth, hi)) <= budget:
+                lo, hi = hi, hi * 2
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if size(shape(vocab, depth, mid)) <= budget else (lo, mid)
+            if lo:
+                m = shape(vocab, depth, lo)
+                with torch.device("meta"):
+                    params = GPT(m).num_params()
+                fits.append(Fit(vocab, depth, m.n_embd, m.n_head, params, size(m)))
+    return fits
+
+
+def format_budget(budget: int, bits: int, fits: list[Fit], context: int) -> str:
+    """:func:`budget_shapes` as a markdown table, with what the estimate counts."""
+    lines = [f"Models whose int{bits} artifact fits {budget:,} bytes (the widest width per vocabulary and depth; "
+             f"tinylm's default block, context {context}; weights, scales, tokenizer and header counted "
+             f"before compression, so each fits):", "",
+             "| vocab | depth | width | heads | parameters | artifact bytes (at most) |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {f.vocab} | {f.n_layer} | {f.n_embd} | {f.n_head} | {_si(f.params)} | {f.bytes:,} |" for f in fits]
+    if not fits:
+        lines.append(f"| none: even one head of width {HEAD_SIZE} at depth {min(BUDGET_DEPTHS)} does not fit | "
+                     f"| | | | |")
+    return "\n".join(lines)

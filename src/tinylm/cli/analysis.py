@@ -12,6 +12,13 @@ def cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
     from ..analysis import plan as planner
     frontier = planner.load_frontier(args.scaling) if args.scaling else None
     mfu = planner.measured_mfu(args.mfu_from) if args.mfu_from else args.mfu
+    if args.bytes is not None:
+        from ..config_check import parse_bytes
+        budget = parse_bytes(args.bytes, "--bytes")
+        vocabs = tuple(int(v) for v in _amounts(args.vocab_sizes)) if args.vocab_sizes else planner.BUDGET_VOCABS
+        print(planner.format_budget(budget, args.bits, planner.budget_shapes(budget, args.bits, vocabs=vocabs,
+                                                                             context=args.context), args.context))
+        return 0
     if args.table:
         print(planner.cost_table(args.gpu, args.gpus, mfu, args.context, frontier))
         return 0
@@ -97,7 +104,8 @@ def _add_run_pool_flags(sp: argparse.ArgumentParser, config_help: str, out: str,
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """scaling, sweep, report and plan."""
-    from ..analysis.plan import HEAD_SIZE
+    from ..analysis.plan import BUDGET_VOCABS, HEAD_SIZE
+    from ..config_check import ARTIFACT_BITS
     sp = sub.add_parser("scaling", help="IsoFLOP scaling study: fits, a prediction, and its verification.",
                         description="For each compute budget C, train models of each depth (width 64 x depth) on "
                                     "D = C / 6N tokens (N: non-embedding parameters); fit IsoFLOP parabolas "
@@ -156,4 +164,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--context", type=int, default=1024, help="context length for attention's FLOPs")
     sp.add_argument("--scaling", metavar="STUDY", help="a `tinylm scaling` folder: its fitted frontier N*(C)")
     sp.add_argument("--table", action="store_true", help="the one-page cost model, 10M to 7B parameters")
+    sp.add_argument("--bytes", metavar="SIZE", help="a byte budget for the quantized artifact, e.g. 16MB: list the "
+                                                    "shapes (vocab x width x depth) that fit at --bits")
+    sp.add_argument("--bits", type=int, choices=ARTIFACT_BITS, default=8,
+                    help="with --bytes: bits per matrix weight (tinylm export --quantize intN; default 8)")
+    sp.add_argument("--vocab-sizes", metavar="V1,V2,...",
+                    help=f"with --bytes: the vocabularies to list (default {','.join(map(str, BUDGET_VOCABS))})")
     sp.set_defaults(func=cmd_plan, overrides=False)

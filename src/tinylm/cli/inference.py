@@ -4,7 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from ..errors import TinyLMError
 
 if TYPE_CHECKING:  # the command line imports each command's modules only when it runs
     from ..config import Config
@@ -75,14 +78,13 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_decode_report(args: argparse.Namespace, extra: list[str]) -> int:
-    from pathlib import Path
-
     from ..checkpoint import load_for_inference
     from ..decode_report import decode_report, parse_variant
     _check_seed_flag(args)
     path, cfg, model, tok = load_for_inference(args.run, args.checkpoint, device=args.device)
     _sample_settings(cfg, args, extra)
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path
+    # the run folder around a step folder; the folder of an artifact file
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent if path.is_file() else path
     out = Path(args.out) if args.out else run_dir
     md = decode_report(model, tok, cfg, out, strategies=[x for x in args.strategies.split(",") if x],
                        extra_variants=[parse_variant(v) for v in args.variant or []], n=args.n,
@@ -120,13 +122,24 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
 
 def cmd_info(args: argparse.Namespace, extra: list[str]) -> int:
     from .. import checkpoint as ckpt
+    from ..config import from_dict
+    from ..interop import artifact
     from ..model import GPT
-    path = ckpt.resolve_checkpoint(args.run, args.checkpoint)
-    meta = ckpt.read_meta(path)
-    cfg = ckpt.checkpoint_config(path)
+    if Path(args.run).is_file():  # a quantized artifact: its header says what it holds
+        head = artifact.read_header(args.run)
+        cfg = from_dict(head["config"])
+        path, meta = Path(args.run), {"step": None, "tokens_seen": None, "val_loss": None, "best_val_loss": None,
+                                      "saved_at": None, "versions": None, **head["source"]}
+        sizes = head["sizes"]
+        extra_info = {"artifact": f"{artifact.describe(head['bits'], head['group'], head['layout'], head['codec'])}, "
+                                  f"{sizes.total:,} bytes: " + ", ".join(f"{k} {v:,}" for k, v in vars(sizes).items()),
+                      "exported_from": head["source"].get("checkpoint")}
+    else:
+        path = ckpt.resolve_checkpoint(args.run, args.checkpoint)
+        meta, cfg, extra_info = ckpt.read_meta(path), ckpt.checkpoint_config(path), {}
     model = GPT(cfg.model)
     m = cfg.model
-    info = {
+    info = {**extra_info,
         "checkpoint": str(path), "step": meta["step"], "tokens_seen": meta["tokens_seen"],
         "val_loss": meta["val_loss"], "best_val_loss": meta["best_val_loss"],
         # older checkpoints recorded neither: say what is known
@@ -163,10 +176,12 @@ def _duration(seconds: float) -> str:
 
 
 def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
-    from pathlib import Path
-
     from .. import checkpoint as ckpt
     path = ckpt.resolve_checkpoint(args.run, args.checkpoint)
+    if args.quantize:
+        return _export_artifact(path, args)
+    if args.group_size is not None:
+        raise TinyLMError("--group-size goes with --quantize int8|int6|int4; add --quantize, or drop --group-size")
     if args.format == "hf":
         from ..interop.hf_export import export_hf
         arch = export_hf(path, Path(args.out))
@@ -177,9 +192,30 @@ def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def cmd_import(args: argparse.Namespace, extra: list[str]) -> int:
-    from pathlib import Path
+def _export_artifact(path: Path, args: argparse.Namespace) -> int:
+    """``tinylm export RUN --quantize intN --out model.tlm``: the artifact, and its bytes part by part."""
+    from .. import checkpoint as ckpt
+    from ..interop import artifact
+    from ..interop.quantize import default_group
+    if args.format != "safetensors":
+        raise TinyLMError(f"--quantize writes tinylm's own artifact, not --format {args.format}; drop one of them")
+    bits = artifact.parse_quantize(args.quantize)
+    group = default_group(bits) if args.group_size is None else args.group_size
+    if group < 0:
+        raise TinyLMError(f"--group-size {group} must be >= 0 (0 = one scale per row)")
+    meta = ckpt.read_meta(path)
+    enc = artifact.encode(ckpt.checkpoint_config(path), ckpt.load_part(path, "model"), ckpt.checkpoint_tokenizer(path),
+                          bits, group, source={"checkpoint": str(path), "step": meta["step"],
+                                               "val_loss": meta.get("val_loss")})
+    out = Path(args.out)
+    artifact.write(out, enc)
+    print(f"{out}: {enc.sizes.total:,} bytes, {artifact.describe(bits, group, enc.layout, enc.codec)} from {path}")
+    for line in enc.sizes.lines():
+        print(f"  {line}")
+    return 0
 
+
+def cmd_import(args: argparse.Namespace, extra: list[str]) -> int:
     from ..config import Config
     from ..interop.hf_import import import_hf
     from ..run_folder import save_weights
@@ -188,11 +224,11 @@ def cmd_import(args: argparse.Namespace, extra: list[str]) -> int:
     cfg.run.dir, cfg.run.name = str(out.parent), out.name
     source = import_hf(args.source)
     cfg.model = source.model
-    cfg.data.tokenizer = "gpt2" if getattr(source.tokenizer, "name", "") == "gpt2" else "bpe"
+    cfg.data.tokenizer = "gpt2" if getattr(source.tokenizer, "name", "") == "gpt2" else source.tokenizer.kind
     cfg.data.vocab_size = source.tokenizer.vocab_size
     step_dir = save_weights(cfg, source.state, source.tokenizer, source.source)
     m = cfg.model
-    family = "GPT-2" if m.pos == "learned" else "Llama"
+    family = "GPT-2" if m.pos == "learned" else "Llama-family"
     print(f"{out}: {family} from {source.source} ({m.n_layer} layers, width {m.n_embd}, vocab {m.vocab_size}) "
           f"in {step_dir}")
     return 0
@@ -216,6 +252,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
             sp.add_argument("--format", choices=("safetensors", "hf"), default="safetensors",
                             help="safetensors: the weights alone (default); hf: a folder transformers loads "
                                  "(GPT2LMHeadModel or LlamaForCausalLM + tokenizer.json)")
+            sp.add_argument("--quantize", metavar="int8|int6|int4",
+                            help="write one compressed file (a quantized artifact, e.g. --out model.tlm): matrices "
+                                 "as N-bit integers with fp16 scales, vectors in fp16, the tokenizer inside; "
+                                 "tinylm eval, sample and info read it")
+            sp.add_argument("--group-size", type=int, metavar="G",
+                            help="with --quantize: one scale per G weights of a row (default: one per row)")
     _add_sample_flags(sub.choices["sample"])
     sp = sub.add_parser("import", help="Make a run folder from a Hugging Face GPT-2 model (folder or hub name).",
                         description="Make a run folder from a Hugging Face GPT-2 model: a local folder (config.json "

@@ -280,6 +280,12 @@ def load_tokenizer(path: str | os.PathLike, fix: str = DATA_FOLDER_FIX) -> Token
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise TinyLMError(f"{path} is not a tinylm tokenizer file (byte {e.start} is not UTF-8 text); {fix}") from None
+    return parse_tokenizer(text, path, fix)
+
+
+def parse_tokenizer(text: str, path: str | os.PathLike, fix: str = DATA_FOLDER_FIX) -> Tokenizer:
+    """A tokenizer file's text (what :meth:`Tokenizer.file_text` gives) -> the tokenizer; ``path`` names where
+    the text came from in messages (a file, or the file that holds it, such as a quantized artifact)."""
     header, _, body = text.partition("\n")
     parts = header.split()
     if len(parts) != 2 or not parts[0].startswith("tinylm-"):
