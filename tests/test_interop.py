@@ -366,6 +366,12 @@ def test_every_presets_model_exports_with_the_same_logits_and_greedy_text(tmp_pa
     theirs = hf.generate(prompt, max_new_tokens=60, do_sample=False)[0, prompt.size(1):]
     assert len(ours.tokens) == 60 and hf_tok.decode(theirs) == ours.text
     assert capsys.readouterr().out.startswith(f"{out}: {hf.config.architectures[0]} + tokenizer.json")
+    # and back: `tinylm import` makes a run with the same kind of tokenizer and the same model
+    assert main(["import", str(out), "--out", str(tmp_path / "back")]) == 0
+    back = load_for_inference(tmp_path / "back", device="cpu")
+    assert back.config.data.tokenizer == cfg.data.tokenizer and back.tokenizer.same_ids(tok)
+    with torch.no_grad():
+        assert torch.equal(back.model(x)[0], gpt(x)[0])
 
 
 @pytest.mark.parametrize(("model", "nearest"), [
