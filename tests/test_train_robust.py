@@ -146,14 +146,14 @@ def test_time_budget_ends_decayed(tmp_path, text_200k):
 
 
 def test_a_time_budget_reads_the_clock_once_per_step(tmp_path, text_200k, monkeypatch):
-    """Under DDP each read of the budget's clock is a broadcast from rank 0 (a host sync): one per step serves both
-    the step's LR and the stop check."""
+    """Under DDP each read of the budget's clock is an all-reduce with rank 0 (a host sync): one per step serves the
+    step's LR and the stop checks (time budget, signal)."""
     cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 10**6, "train.time_budget": "3s",
                                               "train.eval_interval": 4, "train.log_interval": 1})
     trainer = Trainer(cfg, log=quiet)
     StepClock(trainer, 0.25)
     reads = []
-    monkeypatch.setattr(runtime, "main_float", lambda x, d, device: reads.append(x) or x)
+    monkeypatch.setattr(runtime, "main_clock_and_any_stop", lambda x, stop, d: (reads.append(x) or x, stop))
     result = trainer.run()
     assert result.step == 12 and len(reads) == 12 + 1  # one before the first step, then one after each
     assert [r["lr"] for r in records(cfg.run_dir) if "lr" in r][-1] < 0.2 * cfg.optim.lr  # decayed by the clock

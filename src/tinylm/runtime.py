@@ -10,7 +10,11 @@ import contextlib
 import gc
 import os
 import random
+import select
 import signal
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,6 +136,7 @@ class Dist:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    host_group: Any = None  # where the host's small agreements go (gloo); None: the default group, gloo already
 
     @property
     def is_main(self) -> bool:
@@ -151,7 +156,9 @@ def init_distributed(device_name: str) -> Dist:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     if use_cuda:
         torch.cuda.set_device(local_rank)
-    return Dist(rank, local_rank, world)
+    # beside nccl, a gloo group for the per-step agreement (clock, stop): a CPU all-reduce that does not wait for
+    # the GPU's queue, as one on a CUDA tensor would
+    return Dist(rank, local_rank, world, dist.new_group(backend="gloo") if use_cuda else None)
 
 
 def check_gpu_count(local_processes: int, gpus: int) -> None:
@@ -193,19 +200,37 @@ def all_sum(x: torch.Tensor, d: Dist) -> torch.Tensor:
     return x
 
 
-def main_float(x: float, d: Dist, device: torch.device) -> float:
-    """Rank 0's ``x`` in every process (every process must call it; one scalar broadcast)."""
+def main_clock_and_any_stop(clock: float, stop: bool, d: Dist) -> tuple[float, bool]:
+    """Rank 0's ``clock``, and whether any process's ``stop`` is set, in every process: one all-reduce of two
+    numbers on the host (every process must call it). Process 1's ``(5.0, True)`` with rank 0's ``(4.0, False)``
+    -> ``(4.0, True)`` in both."""
     if d.world_size == 1:
-        return x
-    box = torch.tensor([x], dtype=torch.float64, device=device)
-    dist.broadcast(box, src=0)
-    return float(box)
+        return clock, stop
+    box = torch.tensor([clock if d.is_main else 0.0, float(stop)], dtype=torch.float64)  # a sum: rank 0's clock
+    dist.all_reduce(box, op=dist.ReduceOp.SUM, group=d.host_group)
+    return float(box[0]), bool(box[1] > 0)
 
 
-def barrier(d: Dist) -> None:
-    """Wait until every process gets here (e.g. until rank 0 has prepared the data)."""
-    if d.world_size > 1:
-        dist.barrier()
+def on_main(fn: Callable[[], Any], d: Dist) -> Any:
+    """``fn()`` run by rank 0 alone (the others wait), its result (picklable) in every process. When it fails, every
+    process fails with its message: the others, left waiting, would die of the broken connection with a traceback
+    once rank 0 left (e.g. a second job on a locked run folder)."""
+    if d.world_size == 1:
+        return fn()
+    result = error = None
+    if d.is_main:
+        try:
+            result = fn()
+        except Exception as e:
+            error = e
+    message = None if error is None else str(error) if isinstance(error, TinyLMError) else \
+        f"process 0 failed ({type(error).__name__}: {error}); its own message says more"
+    result, message = broadcast_from_main((result, message), d)
+    if error is not None:
+        raise error
+    if message is not None:
+        raise TinyLMError(message)
+    return result
 
 
 def broadcast_from_main(obj: Any, d: Dist) -> Any:
@@ -268,28 +293,103 @@ def load_full_state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimiz
 
 # --------------------------------------------------------------------------- stop signals
 
+STOP_GRACE_S = 10.0  # the least time a stop may take to be agreed before the process ends itself (see StopSignal)
+REPEAT_S = 2.0  # a signal this soon after the first repeats it (a terminal's Ctrl-C reaches torchrun's workers twice)
+
+
 class StopSignal:
-    """While entered, SIGINT / SIGTERM ask the loop to save and stop after the current step
-    (``requested`` becomes True); a second Ctrl-C interrupts at once."""
+    """While entered, SIGINT / SIGTERM ask the loop to save and stop after the current step: ``requested`` becomes
+    True; under torchrun the loop agrees on it with the other processes at the end of each step
+    (:func:`main_clock_and_any_stop`), which :meth:`reached` reports.
+
+    A process blocked in a collective (another process stuck or gone) runs no Python signal handler, so a
+    watchdog thread hears the signals too (``signal.set_wakeup_fd``) and ends the process at once, in one line and
+    with status 130, when a second signal comes (more than ``REPEAT_S`` after the first), or when no stop has been
+    agreed ``grace`` seconds after the first: ``STOP_GRACE_S``, or twice the longest time between two agreements,
+    if longer (a step, or a step with an evaluation). Every checkpoint already written stays whole, as after SIGKILL.
+    """
 
     def __init__(self):
         self.requested = False
-        self._old = {}
+        self.grace = STOP_GRACE_S
+        self._old: dict = {}
+        self._first: float | None = None  # time.monotonic() of the first signal
+        self._agreed = threading.Event()  # the stop was agreed: it no longer needs watching for a deadline
+        self._done = threading.Event()  # exited: the watchdog has nothing left to do
+        self._last_reached: float | None = None
+        self._pipe: tuple[int, int] | None = None
+        self._old_wakeup = -1
 
     def __enter__(self) -> StopSignal:
+        if threading.current_thread() is not threading.main_thread():  # only the main thread receives signals
+            return self
+        read, write = self._pipe = os.pipe()
+        os.set_blocking(write, False)
+        self._old_wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
         for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not the main thread (e.g. called from a worker thread)
-                self._old[sig] = signal.signal(sig, self._handle)
+            self._old[sig] = signal.signal(sig, self._handle)
+        threading.Thread(target=self._watch, args=(read,), name="tinylm-stop-watchdog", daemon=True).start()
         return self
 
     def _handle(self, signum: int, frame: object) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
         self.requested = True
 
+    def reached(self, stopping: bool) -> None:
+        """The loop reached its agreement at the end of a step; ``stopping``: every process agreed to stop."""
+        now = time.monotonic()
+        if self._last_reached is not None:
+            self.grace = max(self.grace, 2 * (now - self._last_reached))
+        self._last_reached = now
+        if stopping:
+            self._agreed.set()
+
+    def _watch(self, read: int) -> None:
+        """The watchdog thread: reads each signal's number from the wakeup pipe (the main thread may be blocked)."""
+        try:
+            self._watch_until_done(read)
+        finally:
+            os.close(read)
+
+    def _watch_until_done(self, read: int) -> None:
+        while True:
+            deadline = None if self._first is None or self._agreed.is_set() else self._first + self.grace
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([read], [], [], timeout)
+            if self._done.is_set():
+                return
+            if not ready:  # the deadline passed (unless the stop was agreed meanwhile)
+                if not self._agreed.is_set():
+                    self._exit_now(f"did not stop within {self.grace:.0f} s of the signal (waiting for another "
+                                   f"process that is stuck or gone?)")
+                continue
+            data = os.read(read, 64)
+            now = time.monotonic()
+            for signum in data:
+                if signum not in (signal.SIGINT, signal.SIGTERM):
+                    continue
+                if self._first is None:
+                    self._first = now
+                elif now - self._first > REPEAT_S:
+                    self._exit_now(f"a second signal ({signal.Signals(signum).name})")
+
+    def _exit_now(self, why: str) -> None:
+        """End the process from the watchdog thread, whatever the main thread is doing (unless it is done)."""
+        if self._done.is_set():
+            return
+        os.write(2, f"tinylm: stopped at once: {why}; nothing is saved since the last checkpoint (continue from it "
+                    f"with --resume)\n".encode())
+        os._exit(130)
+
     def __exit__(self, *exc) -> None:
+        self._done.set()
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        if self._pipe is not None:
+            signal.set_wakeup_fd(self._old_wakeup)
+            write = self._pipe[1]
+            with contextlib.suppress(OSError):  # full: the watchdog has bytes to read anyway
+                os.write(write, b"\0")  # wakes the watchdog, which sees it is done
+            os.close(write)
 
 
 # --------------------------------------------------------------------------- RNG state

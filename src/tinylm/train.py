@@ -146,9 +146,8 @@ class Trainer(Checkpointing, Reporting):
     def _setup_data(self) -> None:
         """Prepare the data (rank 0; the others wait, then read it); the model's vocab size comes from it."""
         cfg, d = self.cfg, self.d
-        if d.is_main:
-            self.meta = ensure_prepared(cfg.data, run_dir=cfg.run_dir, progress=cfg.run.progress, log=self.log)
-        runtime.barrier(d)
+        self.meta = runtime.on_main(lambda: ensure_prepared(cfg.data, run_dir=cfg.run_dir, progress=cfg.run.progress,
+                                                            log=self.log), d)
         if not d.is_main:
             self.meta = ensure_prepared(cfg.data, run_dir=cfg.run_dir, progress=False, log=self.log)
         if cfg.model.vocab_size == 0:
@@ -329,12 +328,14 @@ class Trainer(Checkpointing, Reporting):
         """Training seconds of this run, earlier sessions included."""
         return self.elapsed_before + self.clock() - self.t_start
 
-    def _budget_elapsed(self) -> float:
-        """:meth:`_elapsed` by rank 0's clock in every process. Against a time budget the processes must agree on
-        the LR and on the last step: by their own clocks they differ, and a process that steps once more than the
-        others waits forever in a gradient all-reduce they left."""
-        elapsed = self._elapsed()
-        return runtime.main_float(elapsed, self.d, self.device) if self.time_budget else elapsed
+    def _agree(self, stop: runtime.StopSignal) -> tuple[float, bool]:
+        """:meth:`_elapsed` by rank 0's clock, and whether a signal reached any process, in every process (under DDP
+        one all-reduce). The processes must agree on the LR and the last step against a time budget, and on the step
+        to stop at after a signal: by their own clocks and signals they differ, and a process that steps once more
+        than the others waits forever in a gradient all-reduce they left."""
+        elapsed, stopping = runtime.main_clock_and_any_stop(self._elapsed(), stop.requested, self.d)
+        stop.reached(stopping)
+        return elapsed, stopping
 
     # ----------------------------------------------------------------- the run
 
@@ -402,23 +403,23 @@ class Trainer(Checkpointing, Reporting):
     def _train_until_done(self, stop: runtime.StopSignal) -> bool:
         """Steps until ``max_steps`` or the time budget; True when a signal stopped it first."""
         tc = self.cfg.train
-        # one clock read per step (under DDP a broadcast, a host sync) serves the stop check after the step and the
+        # one agreement per step (under DDP an all-reduce on the host) serves the stop checks after the step and the
         # next step's LR; that LR does not see an evaluation or save in between until one step later
-        elapsed = self._budget_elapsed()
+        elapsed, _ = self._agree(stop)
         while True:
             time_frac = elapsed / self.time_budget if self.time_budget else None
             scale = lr_scale(self.step, self.cfg.optim, tc.max_steps, time_frac)
             stats = self._timed_step(scale)
-            elapsed = self._budget_elapsed()
+            elapsed, stopping = self._agree(stop)
             last = self._finished(elapsed)  # then the final evaluation: no other one at this step
-            if self.step % tc.log_interval == 0 or last or stop.requested:
+            if self.step % tc.log_interval == 0 or last or stopping:
                 self._settle()  # the only wait for the device between steps
             if self.step % tc.log_interval == 0 or last:  # the last step is logged: the final train loss
                 self._log_step(stats, scale)
-            if not last:
+            if not (last or stopping):  # else the final evaluation saves: once
                 with self.window.paused():  # evaluation and saving are not training throughput
                     self._eval_or_save()
-            if stop.requested:
+            if stopping:
                 return True
             if last:
                 if self.step < tc.max_steps:

@@ -50,12 +50,18 @@ class Checkpointing:
         Returns (checkpoint, its parts as rank 0 loaded them; None in the other processes), or None
         to start at step 0.
         """
-        found = self.folder.open(self.cfg, resume, self.log) if self.d.is_main else None
-        # before preparing data, which may take long: a checkpoint of other settings is refused now (a fine-tuned
-        # run's model settings come from its checkpoint, see _init_from: _load checks it after they are adopted)
-        if found and not self.cfg.train.init_from:
-            ckpt.check_compatible(ckpt.checkpoint_config(found[0]), self.cfg, found[0])
-        path = runtime.broadcast_from_main(str(found[0]) if found else None, self.d)
+        found = None
+
+        def open_folder() -> str | None:
+            nonlocal found
+            found = self.folder.open(self.cfg, resume, self.log)
+            # before preparing data, which may take long: a checkpoint of other settings is refused now (a fine-tuned
+            # run's model settings come from its checkpoint, see _init_from: _load checks it after they are adopted)
+            if found and not self.cfg.train.init_from:
+                ckpt.check_compatible(ckpt.checkpoint_config(found[0]), self.cfg, found[0])
+            return str(found[0]) if found else None
+
+        path = runtime.on_main(open_folder, self.d)  # a refusal (e.g. the folder in use) reaches every process
         if path is None:
             return None
         return Path(path), found[1] if found else None
