@@ -361,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
 
     path = shakespeare_path()
     results: list[Result] = []
+    failed: list[str] = []  # contenders that raised, in one line each
     cache_before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     with tempfile.TemporaryDirectory() as tmp:
         if ({"compiled", "plain"} & set(chosen) or variants) and not args.warm_compile_cache:
@@ -376,7 +377,11 @@ def main(argv: list[str] | None = None) -> int:
             makers = [build[c] for c in chosen]
             makers += [lambda v=v: tinylm_contender(setup, data, runs, args.batch, True, v) for v in variants]
             for make in makers:
-                results.append(measure(setup, make, args, flops_per_token, peak, log))
+                try:
+                    results.append(measure(setup, make, args, flops_per_token, peak, log))
+                except Exception as e:  # one contender's failure (out of memory, a compile error) is a finding
+                    failed.append(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+                    log(f"  a contender failed: {failed[-1]}")
         finally:  # the folder is gone after this block: a later compile in this process must not look there
             if cache_before is None:
                 os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
@@ -386,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     log("\n## results\n")
     log(markdown(results))
     log("")
+    for line in failed:
+        log(f"failed: {line}")
     checked = goals(results, setup.precision)
     for g in checked:
         log(f"{g['goal']}: {g['value']} ({'met' if g['met'] else 'NOT met'})")
@@ -395,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  "peak": describe_peak(setup.device, setup.precision, peak),
                                                  "steps": args.steps, "flops_per_token": flops_per_token,
                                                  "peak_flops": peak, "results": [asdict(r) for r in results],
-                                                 "goals": checked},
+                                                 "goals": checked, "failed": failed},
                                                 indent=2) + "\n")
         log(f"wrote {args.json}")
     return 0

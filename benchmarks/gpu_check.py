@@ -7,13 +7,14 @@ Runs, one stage after another, each in its own process (a crash or a hang in one
 the most wanted first, and skips what no longer fits in ``--budget`` seconds:
 
 1. ``bench16``: bench_gpu.py at GPT-2 small, batch 16, bf16: tinylm eager and compiled, Hugging Face GPT-2, the
-   plain PyTorch GPT (peer_gpt.py), and each ``--variant`` (one lever per row).
+   plain PyTorch GPT (peer_gpt.py); then ``levers16``: each ``--variant`` (tinylm compiled, one lever per row).
 2. ``cuda-tests``: tests/test_cuda.py.
 3. ``precision``: tinylm eager at batch 16 in fp32 (TF32 matmuls) against bench16's bf16 row: speed and memory.
 4. ``profile``: `tinylm profile` at GPT-2 small, batch 8: the share of GPU time per component.
 5. ``preset``: `tinylm train --config configs/tinyshakespeare-gpu.toml`: val loss and seconds of training.
-6. ``bench32``: bench_gpu.py at batch 32, every contender.
-7. ``suite``: the test suite's non-slow part (pytest-xdist when installed) and tests/test_ddp.py, with the GPU visible.
+6. ``suite`` and ``ddp-tests``: the test suite's non-slow part and tests/test_ddp.py (pytest-xdist when installed),
+   with the GPU visible.
+7. ``bench32``: bench_gpu.py at batch 32, every contender.
 
 Writes ONE report, ``gpu-check.md`` (machine, versions, every figure, each goal met or not), and ``gpu-check.json``.
 Needs nothing but the machine's own Python with torch (CUDA), numpy, transformers (for the Hugging Face row) and
@@ -114,14 +115,19 @@ class Check:
             raise RuntimeError(f"bench_gpu exited {proc.returncode}:\n{tail(out / f'{path.stem}.log')}")
         return json.loads(path.read_text())
 
-    def stage_bench(self, batch: int) -> Callable[[Path], dict]:
+    def stage_bench(self, batch: int, *, levers: bool = False) -> Callable[[Path], dict]:
+        """bench_gpu at ``batch``: every contender, or (``levers``) only the ``--variant`` rows."""
         def stage(out: Path) -> dict:
-            variants = [] if self.smoke else [a for v in self.args.variant for a in ("--variant", v)]
-            report = self.bench[batch] = self.bench_gpu(out, batch, *variants)
+            variants = [a for v in self.args.variant for a in ("--variant", v)]
+            if levers:
+                report = self.bench_gpu(out, batch, "--contenders", "", *variants, name=f"levers{batch}")
+            else:
+                report = self.bench[batch] = self.bench_gpu(out, batch)
             rows = [{k: r[k] for k in ("contender", "step_ms", "tokens_per_s", "mfu", "peak_mem_gib",
                                         "data_wait_pct", "first_step_s", "notes")} for r in report["results"]]
             goals = [goal(f"batch {batch}: {g['goal']}", g["value"], g["met"]) for g in report["goals"]]
-            return {"figures": {"peak": report["peak"], "rows": rows}, "goals": goals}
+            goals += [goal(f"batch {batch}: a contender runs", line, False) for line in report["failed"]]
+            return {"figures": {"peak": report["peak"], "rows": rows, "failed": report["failed"]}, "goals": goals}
         return stage
 
     def stage_precision(self, out: Path) -> dict:
@@ -212,11 +218,12 @@ class Check:
             ["-m", "not slow and not cuda", *(["-n", "8"] if importlib.util.find_spec("xdist") else [])]
         ddp = [] if self.smoke else [Stage("ddp-tests", t, self.stage_pytest(
             "ddp-tests", ["tests/test_ddp.py", *(["-n", "4"] if importlib.util.find_spec("xdist") else [])]))]
-        return [Stage("bench16", t, self.stage_bench(16)),
+        levers = [Stage("levers16", t, self.stage_bench(16, levers=True))] if self.args.variant else []
+        return [Stage("bench16", t, self.stage_bench(16)), *levers,
                 Stage("cuda-tests", t, self.stage_pytest("cuda-tests", ["-m", "cuda", "tests/test_cuda.py"])),
                 Stage("precision", t, self.stage_precision), Stage("profile", t, self.stage_profile),
-                Stage("preset", t, self.stage_preset), Stage("bench32", t, self.stage_bench(32)),
-                Stage("suite", t, self.stage_pytest("suite", suite)), *ddp]
+                Stage("preset", t, self.stage_preset), Stage("suite", t, self.stage_pytest("suite", suite)), *ddp,
+                Stage("bench32", t, self.stage_bench(32))]
 
 
 def report(info: dict, results: dict[str, dict], smoke: bool) -> str:
@@ -237,7 +244,7 @@ def report(info: dict, results: dict[str, dict], smoke: bool) -> str:
             lines += ["```", r["error"], "```"]
             continue
         figures = r["figures"]
-        if "rows" in figures and name.startswith("bench"):
+        if "rows" in figures and name.startswith(("bench", "levers")):
             lines += [figures["peak"], "",
                       "| contender | ms/step | tokens/s | MFU | peak memory | data wait | first step |",
                       "|---|---:|---:|---:|---:|---:|---:|"]
@@ -264,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=470, help="seconds in all; a stage that no longer fits is skipped")
     p.add_argument("--stage-timeout", type=float, default=240, help="seconds one stage may take before it is killed")
     p.add_argument("--only", help="comma-separated stage names to run (default: all)")
-    p.add_argument("--variant", action="append", default=[], help="bench_gpu --variant for bench16 (repeatable)")
+    p.add_argument("--variant", action="append", default=[],
+                   help="a bench_gpu --variant (NAME=KEY:VALUE,...) for the levers16 stage (repeatable)")
     args = p.parse_args(argv)
     import torch
     if not args.smoke and not torch.cuda.is_available():

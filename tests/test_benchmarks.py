@@ -116,7 +116,7 @@ def test_gpu_check_smoke_runs_every_stage_on_the_cpu(benchmarks, tmp_path):
     import json
     report = json.loads((tmp_path / "gpu-check.json").read_text())
     stages = report["stages"]
-    assert list(stages) == ["bench16", "cuda-tests", "precision", "profile", "preset", "bench32", "suite"]
+    assert list(stages) == ["bench16", "cuda-tests", "precision", "profile", "preset", "suite", "bench32"]
     assert all("error" not in s for s in stages.values()), {k: s.get("error") for k, s in stages.items()}
     assert stages["cuda-tests"]["figures"]["counts"].get("skipped", 0) > 0  # no GPU: skipped, with the reason
     assert stages["suite"]["figures"]["counts"]["passed"] > 0 and stages["suite"]["figures"]["failed"] == []
