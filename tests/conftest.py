@@ -85,6 +85,38 @@ def small_windows(tmp_path_factory, text_200k):
     return TokenWindows(cfg.dir, "train", 16)
 
 
+def make_unreadable(how: str, monkeypatch, *paths: Path) -> None:
+    """Make files or folders unreadable: ``chmod`` (mode 000; skipped as root, who reads them anyway: pytest
+    restores the modes when it removes tmp_path) or ``patch`` (opening or listing them raises PermissionError, as
+    mode 000 does for an ordinary user; pathlib opens through io.open, folders are listed with os.scandir)."""
+    if how == "chmod":
+        if os.geteuid() == 0:
+            pytest.skip("root reads files and folders of mode 000: the patched case tests this")
+        for p in paths:
+            p.chmod(0)
+        return
+    import builtins
+    import errno
+    import io
+    denied = {os.path.realpath(p) for p in paths}
+    real_open, real_scandir = builtins.open, os.scandir
+
+    def check(path) -> None:
+        if isinstance(path, (str, os.PathLike)) and os.path.realpath(path) in denied:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+
+    def fake_open(file, *args, **kwargs):
+        check(file)
+        return real_open(file, *args, **kwargs)
+
+    def fake_scandir(path="."):
+        check(path)
+        return real_scandir(path)
+    for module in (builtins, io):
+        monkeypatch.setattr(module, "open", fake_open)
+    monkeypatch.setattr(os, "scandir", fake_scandir)
+
+
 def same_position(a: dict, b: dict) -> bool:
     """Two batch-loader states are the same position (the generator's state is a tensor)."""
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k]

@@ -453,3 +453,54 @@ def test_resume_of_a_finished_run_says_so_and_writes_nothing(tmp_path, text_200k
     assert "already at step 20 (--train.max_steps 20)" in out and "--train.max_steps 40" in out
     assert "nan" not in out and "tok/s" not in out
     assert snapshot(cfg.run_dir) == before
+
+
+# --------------------------------------------------------------------------- lost, unreadable, diverged checkpoints
+
+def test_resume_after_the_checkpoints_were_deleted_is_refused(tmp_path, text_200k, trained, capsys):
+    cfg = copy_run(trained, tmp_path, text_200k, **{"train.max_steps": 30})
+    shutil.rmtree(cfg.run_dir / "checkpoints")
+    before = snapshot(cfg.run_dir)
+    assert main(["train", *cli_args(cfg), "--resume"]) == 2
+    one_line_error(capsys, f"{cfg.run_dir} trained to step 20 (its metrics.jsonl), past its save at step 5",
+                   "were they deleted?", "train without --resume")
+    assert snapshot(cfg.run_dir) == before  # no second history appended to its metrics
+
+
+def test_resume_of_a_run_killed_before_its_first_save_says_it_starts_again(tmp_path, text_200k, trained):
+    cfg = copy_run(trained, tmp_path, text_200k)
+    shutil.rmtree(cfg.run_dir / "checkpoints")
+    metrics = cfg.run_dir / "metrics.jsonl"  # as if killed while saving step 5, its first save
+    kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= 5]
+    metrics.write_text("".join(line + "\n" for line in kept))
+    lines = []
+    trainer = Trainer(cfg, resume=True, log=lines.append)
+    trainer.close()
+    assert trainer.step == 0
+    assert f"resume: {cfg.run_dir} has no checkpoint (it stopped at step 5, before its first save): starting again " \
+           "at step 0" in lines
+
+
+@pytest.mark.parametrize("how", ["chmod", "patch"])
+def test_an_unreadable_checkpoint_is_one_line_not_skipped_as_damaged(tmp_path, text_200k, trained, capsys,
+                                                                     monkeypatch, how):
+    from conftest import make_unreadable
+    cfg = copy_run(trained, tmp_path, text_200k, **{"train.max_steps": 30})
+    newest = cfg.run_dir / "checkpoints" / "step_000020"
+    make_unreadable(how, monkeypatch, newest / "model.pt", newest / "trainer.pt")
+    assert main(["sample", str(cfg.run_dir), "--max-new-tokens", "5"]) == 2
+    one_line_error(capsys, f"cannot read {newest / 'model.pt'}: Permission denied; give your user read access")
+    # not skipped as damaged: a resume from step 15 would replace the intact step 20 when it saves that step again
+    assert main(["train", *cli_args(cfg), "--resume"]) == 2
+    one_line_error(capsys, f"cannot read {newest}", "Permission denied")
+
+
+def test_sample_of_non_finite_weights_is_one_line(tmp_path, text_200k, trained, capsys):
+    cfg = copy_run(trained, tmp_path, text_200k)
+    path = cfg.run_dir / "checkpoints" / "step_000020" / "model.pt"
+    state = torch.load(path, weights_only=True)
+    state["blocks.1.mlp.up.weight"][0, 0] = float("nan")
+    torch.save(state, path)
+    assert main(["sample", str(cfg.run_dir), "--max-new-tokens", "5"]) == 2
+    one_line_error(capsys, "step_000020 holds non-finite weights (1 tensor(s), e.g. blocks.1.mlp.up.weight): the run "
+                           "diverged before this save; use an earlier checkpoint")

@@ -349,3 +349,35 @@ def test_scratch_folders_of_killed_prepares_are_removed_live_ones_kept(tmp_path)
     finally:
         alive.kill()
         alive.wait()
+
+
+# --------------------------------------------------------------------------- unreadable and textless corpora
+
+@pytest.mark.parametrize("how", ["chmod", "patch"])
+@pytest.mark.parametrize("what", ["file", "folder"])
+def test_an_unreadable_corpus_is_one_line_naming_it(tmp_path, text_200k, capsys, monkeypatch, how, what):
+    from conftest import make_unreadable
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text(text_200k.read_text(encoding="utf-8")[:5000], encoding="utf-8")
+    corpus = folder / "a.txt" if what == "file" else folder
+    make_unreadable(how, monkeypatch, corpus)
+    assert main(["prepare", "--data.corpus", str(corpus), "--data.dir", str(tmp_path / "data"),
+                 "--data.tokenizer", "char"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(corpus) in err[0] and "Permission denied" in err[0], err
+    assert "holds no text files" not in err[0]
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("text", ["\n\n   \n\t\n", "<|endoftext|>\n<|endoftext|>\n"])
+def test_a_corpus_of_only_whitespace_or_separators_names_its_files(tmp_path, text):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (folder / name).write_text(text, encoding="utf-8")
+    for corpus, files in ((folder / "a.txt", "a.txt"), (folder, "a.txt, " + str(folder / "b.txt"))):
+        cfg = DataConfig(corpus=str(corpus), dir=str(tmp_path / "data"), tokenizer="char")
+        with pytest.raises(TinyLMError, match=r"holds no text, only whitespace and document separators") as e:
+            prepare(cfg, progress=False, log=lambda *a: None)
+        assert files in str(e.value)

@@ -197,12 +197,23 @@ def _first_line(e: BaseException) -> str:
     return " ".join(line.strip() for line in str(e).splitlines() if line.strip())[:300] or type(e).__name__
 
 
+class UnreadableCheckpoint(TinyLMError):
+    """A checkpoint file the user may not read: not damage, so resume does not skip it (a later save of the same
+    step would replace the intact files) and the message says what to fix."""
+
+    def __init__(self, path: Path, e: OSError):
+        super().__init__(f"cannot read {path}: {e.strerror}; give your user read access to it (chmod, chown): the "
+                         f"checkpoint itself may be intact")
+
+
 def read_meta(ckpt: Path) -> dict:
     path = ckpt / META
     if not path.is_file():
         raise TinyLMError(f"checkpoint {ckpt} has no {META}: it is incomplete (a save cut short, or files removed)")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
+    except PermissionError as e:
+        raise UnreadableCheckpoint(path, e) from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         raise TinyLMError(f"checkpoint {ckpt}: {META} is corrupt ({_first_line(e)}); use another checkpoint") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) or "step" not in meta:
@@ -219,6 +230,8 @@ def load_part(ckpt: Path, part: str, map_location: str | torch.device = "cpu") -
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:  # weights_only refuses code objects and unknown classes
         raise TinyLMError(f"cannot load {path}: {type(e).__name__}: {_first_line(e)}") from None
+    except PermissionError as e:
+        raise UnreadableCheckpoint(path, e) from None
     except Exception as e:  # EOFError, OSError, RuntimeError: an empty, truncated or corrupt file
         size = path.stat().st_size
         what = "is empty (0 bytes)" if size == 0 else f"is truncated or corrupt ({size:,} bytes: {_first_line(e)})"
@@ -239,6 +252,31 @@ def load_state(target: torch.nn.Module | torch.optim.Optimizer, state: dict, ckp
                           f"({_first_line(e)}); its files come from different runs: use another checkpoint") from None
 
 
+def _check_lost_checkpoints(root: Path, log: Callable[[str], None]) -> None:
+    """A run with no checkpoint under ``root`` starts again at step 0 only when it never finished a save: its
+    metrics.jsonl logged no step past its first save (from its config.toml), as for a run killed before then
+    (said in the log). Steps logged past a save mean its checkpoints were deleted: refused, since a restart would
+    discard those steps and write a second history into the same metrics."""
+    from .config import load_toml
+    from .tracking import read_metrics
+    run = root.parent
+    trained = [r["step"] for r in read_metrics(run) if "loss" in r and isinstance(r.get("step"), int)]
+    if not trained:
+        return
+    try:
+        t = load_toml(run / "config.toml").train
+        first_save = t.save_interval or t.eval_interval or t.max_steps  # saves: every save_interval, else each eval
+    except TinyLMError:  # no readable config.toml: nothing tells when it saved
+        first_save = None
+    if first_save is not None and max(trained) > first_save:
+        raise TinyLMError(f"{run} trained to step {max(trained)} (its metrics.jsonl), past its save at step "
+                          f"{first_save}, but {root} holds no checkpoint: were they deleted? --resume would start "
+                          f"again at step 0; restore {root}, or move {run} aside (or choose another --run.name) and "
+                          f"train without --resume")
+    log(f"resume: {run} has no checkpoint (it stopped at step {max(trained)}, before its first save): starting "
+        f"again at step 0")
+
+
 def load_latest(root: Path, log: Callable[[str], None] = print) -> tuple[Path, dict[str, dict]] | None:
     """The newest checkpoint under ``root`` that loads, with its parts; None when ``root`` holds none at all.
 
@@ -249,6 +287,7 @@ def load_latest(root: Path, log: Callable[[str], None] = print) -> tuple[Path, d
     last = root / "last"
     steps = step_dirs(root)
     if not steps and not last.is_symlink():
+        _check_lost_checkpoints(root, log)
         return None
     if last.is_symlink() and not last.exists():
         log(f"resume: {last} points to {os.readlink(last)}, which is missing")
@@ -257,6 +296,8 @@ def load_latest(root: Path, log: Callable[[str], None] = print) -> tuple[Path, d
         try:
             weights_only = read_meta(path).get(WEIGHTS_ONLY)
             parts = {} if weights_only else load_parts(path)
+        except UnreadableCheckpoint:
+            raise
         except TinyLMError as e:
             damaged.append(path.name)
             log(f"resume: skipping {path.name}: {e}")
@@ -317,6 +358,11 @@ def load_for_inference(path: str | Path, which: str = "last", device: str | None
     model = GPT(cfg.model)
     load_state(model, state, step_dir, "model")
     model.eval()
+    broken = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if broken:  # sampling would fail on NaN probabilities, eval report NaN: say why, and what to use instead
+        raise TinyLMError(f"{step_dir} holds non-finite weights ({len(broken)} tensor(s), e.g. {broken[0]}): the run "
+                          f"diverged before this save; use an earlier checkpoint (--checkpoint best, or a step folder "
+                          f"under checkpoints/), or train again with a lower --optim.lr")
     dev = resolve_device(device or cfg.train.device, flag="--device")
     model.to(dev)
     model.choose_attention(dev, model.wte.weight.dtype, batch=1)  # for reading prompts, one at a time

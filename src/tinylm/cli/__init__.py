@@ -95,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     except TinyLMError as e:
         print(f"tinylm: error: {e}", file=sys.stderr)
         return 2
+    except PermissionError as e:  # an unreadable corpus or checkpoint, a folder that cannot be written: one line
+        print(f"tinylm: error: cannot access {e.filename or e}: {e.strerror or 'permission denied'}; give your user "
+              f"access to it (chmod, chown), or use another path", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("tinylm: interrupted", file=sys.stderr)
         return 130

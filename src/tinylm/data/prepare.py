@@ -200,6 +200,11 @@ def prepare(cfg: DataConfig, *, force: bool = False, run_dir: Path | None = None
     corpus = corpora.get_corpus(cfg.corpus, progress=progress)
     if corpus.num_bytes == 0:
         raise TinyLMError(f"corpus {cfg.corpus!r} is empty; point --data.corpus at a file with text")
+    if not any(_texts(cfg, corpus, "")):  # reads up to the first text, all of it only when there is none
+        files = ", ".join(map(str, corpus.files[:3])) + (f" and {len(corpus.files) - 3} more" if len(corpus.files) > 3
+                                                         else "")
+        raise TinyLMError(f"corpus {cfg.corpus!r} ({files}) holds no text, only whitespace and document separators "
+                          f"({corpus.num_bytes} bytes); point --data.corpus at a file with text")
     t0 = time.time()
     val = corpus.validation()
     cap = f", the first {cfg.max_bytes} ending at a document end" if cfg.max_bytes else ""
