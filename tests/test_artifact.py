@@ -194,3 +194,17 @@ def test_plan_bytes_lists_the_widest_shapes_that_fit(capsys):
     assert main(["plan", "--bytes", "1MB", "--bits", "6", "--vocab-sizes", "1024", "--context", "256"]) == 0
     out = capsys.readouterr().out
     assert "int6 artifact fits 1,000,000 bytes" in out and "| 1024 | 2 |" in out
+
+
+def test_the_vocab_sweep_points_fit_their_artifact_budget():
+    """configs/ablations/vocab.toml: each point's model fits the 4 MB int8 budget its header's command sets."""
+    from tinylm.analysis.sweep import read_grid
+    from tinylm.config import build_config
+    points = read_grid("configs/ablations/vocab.toml")
+    assert [p.overrides["data.vocab_size"] for p in points] == [257, 1024, 4096, 16384]
+    for p in points:
+        flags = [x for k, v in p.overrides.items() for x in (f"--{k}", str(v))]
+        cfg = build_config("configs/tinyshakespeare-char.toml",
+                           [*flags, "--train.artifact_bytes", "4MB", "--train.artifact_bits", "8"])
+        cfg.model.vocab_size = cfg.data.vocab_size
+        assert artifact.check_budget(cfg, artifact.tokenizer_bytes_bound(cfg.data.vocab_size)).total <= 4_000_000
