@@ -21,6 +21,7 @@ from tinylm.data import (
     write_shard,
 )
 from tinylm.errors import TinyLMError
+from tinylm.fileio import claim_folder
 
 from conftest import cli_args, tiny_config
 
@@ -335,6 +336,7 @@ def test_scratch_folders_of_killed_prepares_are_removed_live_ones_kept(tmp_path)
     try:
         for name in (f".prep.tmp-{dead.pid}", f".prep.old-{dead.pid}", f".prep.tmp-{alive.pid}"):
             (tmp_path / name).mkdir()
+            claim_folder(tmp_path / name)  # as prepare marks the folders it makes (one of yours stays: test_faults)
             (tmp_path / name / "all.tokens").write_bytes(b"\0" * 100)
         (tmp_path / f".prep.tmp-{dead.pid}.txt").write_text("not ours: another name")
         (tmp_path / f".other.tmp-{dead.pid}").mkdir()  # another data folder's, and not ours to judge

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -90,6 +91,24 @@ def test_the_fit_recovers_known_parameters_from_noisy_losses():
     value, low, high = fit.predict(1e10, 2e11)
     assert low <= value <= high
     assert value == pytest.approx(float(scaling.predict(CHINCHILLA, 1e10, 2e11)), rel=0.01)
+
+
+def test_a_bootstrap_of_fits_that_give_up_on_a_floor_does_not_overflow(monkeypatch):
+    """A fit that gives up on a floor has A = e^a ~ 1e170: its square overflowed in the bootstrap's standard error
+    (numpy's overflow warning in the suite). The bootstrap runs in log space; the intervals are the same."""
+    import warnings
+
+    def floorless(starts, log_n, log_d, log_l):  # each resample's "fit": a ~ 390, varying with the resample
+        return np.array([350 + 50 * float(np.mean(log_l)), 5.0, float(np.mean(log_l)), 0.3, 0.3])
+    monkeypatch.setattr(scaling, "_minimize", floorless)
+    n, d, loss = isoflop_design(noise=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = scaling.fit_law_with_ci(n, d, loss, resamples=50)
+    assert fit.params["A"] > 1e160 and all(fit.low[k] <= fit.high[k] for k in scaling.PARAMS)
+    a = sorted(math.log(s["A"]) for s in fit.samples)
+    assert math.log(fit.low["A"]) == pytest.approx(float(np.percentile(a, 2.5)), rel=1e-9)
+    assert math.log(fit.high["A"]) == pytest.approx(float(np.percentile(a, 97.5)), rel=1e-9)
 
 
 def test_lr_width_scales_the_rate_inversely_with_the_width(tmp_path):

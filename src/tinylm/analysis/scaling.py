@@ -158,16 +158,14 @@ def fit_law_with_ci(n: ArrayLike, d: ArrayLike, loss: ArrayLike, resamples: int 
     best = fit_law(n, d, loss)
     start = [math.log(best["A"]), math.log(best["B"]), math.log(best["E"]), best["alpha"], best["beta"]]
 
-    def refit(idx: np.ndarray) -> np.ndarray:
-        theta = _minimize([start], np.log(n[idx]), np.log(d[idx]), np.log(loss[idx]))
-        p = _to_params(theta)
-        return np.array([p[k] for k in PARAMS])
+    def refit(idx: np.ndarray) -> np.ndarray:  # theta, in log space: A = e^a of a fit that gives up on a floor
+        return _minimize([start], np.log(n[idx]), np.log(d[idx]), np.log(loss[idx]))  # is ~1e170, its square inf
 
+    # percentile intervals of log A, log B, log E are those of A, B, E (exp is monotonic)
     r = stats.bootstrap((np.arange(len(loss)),), refit, vectorized=False, n_resamples=resamples,
                         method="percentile", rng=np.random.default_rng(seed))
-    samples = [dict(zip(PARAMS, map(float, col), strict=True)) for col in r.bootstrap_distribution.T]
-    return LawFit(best, dict(zip(PARAMS, map(float, r.confidence_interval.low), strict=True)),
-                  dict(zip(PARAMS, map(float, r.confidence_interval.high), strict=True)), samples)
+    samples = [_to_params(col) for col in r.bootstrap_distribution.T]
+    return LawFit(best, _to_params(r.confidence_interval.low), _to_params(r.confidence_interval.high), samples)
 
 
 # ----------------------------------------------------------------------------- the study
