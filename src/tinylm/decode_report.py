@@ -36,7 +36,7 @@ import torch
 from .config import Config, SampleConfig, set_value, validate
 from .decode_state import Completion
 from .errors import TinyLMError
-from .fileio import write_text_atomic
+from .fileio import Outputs, write_text_atomic
 from .generate import encode_prompt, generate
 from .model import GPT
 from .plotting import pyplot, save_figure
@@ -326,6 +326,8 @@ def decode_report(model: GPT, tok: Tokenizer, cfg: Config, out_dir: str | Path, 
     if n < 1 or n_prompts < 1 or prompt_tokens < 1 or max_new_tokens < 1:
         raise TinyLMError("--n, --prompts, --prompt-tokens and --max-new-tokens must all be >= 1")
     variants = make_variants(strategies, extra_variants, replace(cfg.sample, max_new_tokens=max_new_tokens))
+    out_dir = Path(out_dir)
+    files = Outputs([out_dir / "decode_report.md", out_dir / "decode_report.png"])  # refused before decoding
     try:
         pairs = validation_prompts(cfg.data.dir, n_prompts, min(prompt_tokens, model.cfg.block_size), max_new_tokens)
         source = (f"{n_prompts} windows of {prompt_tokens} tokens at evenly spaced offsets of the validation split "
@@ -335,9 +337,9 @@ def decode_report(model: GPT, tok: Tokenizer, cfg: Config, out_dir: str | Path, 
         pairs = [(encode_prompt(tok, cfg.sample.prompt), None)]
         source = f"the run's sample.prompt {cfg.sample.prompt!r} (no validation split found)"
     rows = run_report(model, tok, pairs, variants, n=n, seed=seed, log=log)
-    out_dir = Path(out_dir)
     png = out_dir / "decode_report.png"
-    has_png = plot_rows(rows, png)
+    with files:
+        has_png = plot_rows(rows, png)
     if not has_png:
         log("decode-report: matplotlib is not installed, so no plot (pip install 'tinylm[plot]')")
     m = model.cfg
@@ -351,6 +353,7 @@ def decode_report(model: GPT, tok: Tokenizer, cfg: Config, out_dir: str | Path, 
     md = render_markdown(rows, title=title, setup=setup, prompts_text=[tok.decode(p) for p, _ in pairs],
                          png_name=png.name if has_png else None)
     path = out_dir / "decode_report.md"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, md + "\n")
+    with files:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, md + "\n")
     return path

@@ -1,10 +1,14 @@
 """Crash-safe file writing: a reader sees the old file or the complete new one, never half."""
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
+import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import TinyLMError
@@ -61,6 +65,9 @@ def append_text(path: str | os.PathLike, text: str, then: str = "continue with -
         raise write_failure(e, path, then) from None
 
 
+FULL = (errno.ENOSPC, errno.EDQUOT)  # the errors of a full disk (or quota)
+
+
 def write_failure(e: BaseException, path: str | os.PathLike, then: str = "run the command again") -> TinyLMError:
     """A failed write of ``path`` as one line for people; a full disk says so, and what to do ``then``.
 
@@ -71,12 +78,101 @@ def write_failure(e: BaseException, path: str | os.PathLike, then: str = "run th
     while err is not None and not isinstance(err, OSError):
         err = err.__cause__ or err.__context__
     if err is not None:
-        full, reason = err.errno in (errno.ENOSPC, errno.EDQUOT), err.strerror or str(err)
+        full, reason = err.errno in FULL, err.strerror or str(err)
     else:
         full, reason = os.strerror(errno.ENOSPC) in str(e), (str(e).strip().splitlines() or [type(e).__name__])[0]
     if full:
         return TinyLMError(f"the disk is full: no space left to write {path}; free some space there and {then}")
     return TinyLMError(f"cannot write {path}: {reason}")
+
+
+# ---------------------------------------------------------------- what tinylm made: the one rule for replacing
+# tinylm replaces a file or folder only when it can prove it made it: a file whose bytes are those it recorded in
+# its folder's MADE file when it wrote them (so an edited one is the user's now), or a folder holding a MADE file
+# that says tinylm made the folder.
+MADE = ".tinylm-made"  # JSON: {"folder": true (tinylm made this folder), "files": {name: sha256 of what it wrote}}
+
+
+def _made(folder: Path) -> dict:
+    try:
+        made = json.loads((folder / MADE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return made if isinstance(made, dict) else {}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def made_file(path: Path) -> bool:
+    """Whether tinylm wrote the file ``path`` as it is now (an edited copy, a symlink or a folder are not)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    digest = _made(path.parent).get("files", {})
+    try:
+        return isinstance(digest, dict) and digest.get(path.name) == _sha256(path)
+    except OSError:  # unreadable: nothing proves it is ours
+        return False
+
+
+def made_folder(path: Path) -> bool:
+    """Whether tinylm made the folder ``path`` (see :func:`claim_folder`)."""
+    return not path.is_symlink() and path.is_dir() and _made(path).get("folder") is True
+
+
+def claim_file(path: Path) -> None:
+    """Record that tinylm wrote ``path`` as it is now, so that a later command may replace it."""
+    made = _made(path.parent)
+    files = made.get("files") if isinstance(made.get("files"), dict) else {}
+    write_text_atomic(path.parent / MADE, json.dumps({**made, "files": {**files, path.name: _sha256(path)}}) + "\n")
+
+
+def claim_folder(path: Path) -> None:
+    """Mark the folder ``path`` (which tinylm made, or found empty) as tinylm's."""
+    write_text_atomic(path / MADE, json.dumps({**_made(path), "folder": True}) + "\n")
+
+
+def check_replaceable(path: Path, fix: str = "choose another --out, or move it away") -> None:
+    """Refuse, in one line naming ``path`` and ``fix``, to replace a file tinylm cannot prove it wrote."""
+    if path.is_dir() and not path.is_symlink():
+        raise TinyLMError(f"{path} is a folder, and tinylm writes a file there; {fix}")
+    if (path.exists() or path.is_symlink()) and not made_file(path):
+        raise TinyLMError(f"{path} exists and was not written by tinylm (or was changed since), so it is not "
+                          f"replaced; {fix}")
+
+
+class Outputs:
+    """Files a command writes (``--out DIR``'s report.md, results.csv, ...), replacing only those tinylm wrote.
+
+    Made before the work, it refuses each file that exists and tinylm did not write (one line, nothing
+    computed yet); the writes then happen in ``with outputs:``, after which each file written is recorded as
+    tinylm's (see :func:`claim_file`), even when a later write failed. A full disk there is one line.
+    """
+
+    def __init__(self, paths: Iterable[Path], fix: str = "choose another --out, or move it away"):
+        self.paths, self.fix = list(paths), fix
+        self.check()
+
+    def check(self) -> None:
+        for path in self.paths:
+            check_replaceable(path, self.fix)
+
+    def __enter__(self) -> Outputs:
+        self.check()  # again: a file may have appeared during the work
+        return self
+
+    def __exit__(self, kind: type | None, e: BaseException | None, tb: object) -> None:
+        with contextlib.suppress(OSError):  # a full disk: those files are then not replaced later, which is safe
+            for path in self.paths:
+                if path.is_file() and not path.is_symlink():
+                    claim_file(path)
+        if isinstance(e, OSError) and e.errno in FULL:
+            raise write_failure(e, e.filename or self.paths[0].parent) from None
 
 
 def pid_alive(pid: int) -> bool:

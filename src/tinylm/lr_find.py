@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .config import Config
 from .errors import TinyLMError
-from .fileio import write_text_atomic
+from .fileio import Outputs, write_text_atomic
 from .optim import diverged, lr_find_result, lr_sweep, smooth
 from .plotting import pyplot, save_figure
 from .train import Trainer
@@ -44,6 +44,7 @@ def lr_find(cfg: Config, *, start: float = 1e-5, end: float = 1.0, steps: int = 
         raise TinyLMError(f"lr-find needs --divisor > 0 (got {divisor}): the suggested LR is the divergence LR "
                           f"divided by it; 4-10 is usual")
     out = Path(out) if out else cfg.run_dir.with_name(f"{cfg.run.name}-lr-find")
+    files = Outputs([out / "lr_find.json", out / "lr_find.png"])  # a user's files are refused before the sweep
     scratch = copy.deepcopy(cfg)
     scratch.optim.warmup_steps = 0  # the sweep itself is the warmup
     scratch.train.max_steps = steps
@@ -62,8 +63,9 @@ def lr_find(cfg: Config, *, start: float = 1e-5, end: float = 1.0, steps: int = 
     result = lr_find_result(lrs, losses, divisor=divisor)
     result.update(config=cfg.to_dict(), start=start, end=end, steps_planned=steps)
     earlier = (out / "lr_find.json").is_file()
-    result["png"] = str(out / "lr_find.png") if _plot(result, out / "lr_find.png") else None
-    write_text_atomic(out / "lr_find.json", json.dumps(result, indent=1))
+    with files:
+        result["png"] = str(out / "lr_find.png") if _plot(result, out / "lr_find.png") else None
+        write_text_atomic(out / "lr_find.json", json.dumps(result, indent=1))
     log(f"lr-find: {len(losses)} steps; smoothed loss lowest ({result['min_loss']:.4f}) at LR "
         f"{result['divergence_lr']:.3g}{'' if result['diverged'] else ' (no blow-up before --end: raise it)'}; "
         f"suggested --optim.lr {result['suggested_lr']:.3g} (/{divisor:g}); wrote {out}"

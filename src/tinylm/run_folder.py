@@ -15,13 +15,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .checkpoint import TOKENIZER, WEIGHTS_ONLY, load_latest, save_checkpoint
+from .checkpoint import TOKENIZER, WEIGHTS_ONLY, load_latest, save_checkpoint, step_dirs
 from .config import Config, to_toml
 from .errors import TinyLMError
-from .fileio import write_failure, write_text_atomic
+from .fileio import MADE, claim_folder, made_folder, write_failure, write_text_atomic
 from .tokenizer import Tokenizer
 
 LOCK = ".lock"
+LOCK_TEXT = b"tinylm pid "  # how the lock file starts: it names the holder (see RunLock)
 
 
 class RunLock:
@@ -53,8 +54,8 @@ class RunLock:
         self._fd: int | None = fd
         try:  # who holds it, for the message above; the lock works without it (e.g. on a full disk)
             os.ftruncate(fd, 0)
-            os.write(fd, f"tinylm pid {os.getpid()} on {socket.gethostname()} since "
-                         f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
+            os.write(fd, LOCK_TEXT + f"{os.getpid()} on {socket.gethostname()} since "
+                                     f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
         except OSError:
             pass
 
@@ -90,7 +91,8 @@ class RunFolder:
 
     def open(self, cfg: Config, resume: bool, log: Callable[[str], None] = print) -> tuple[Path, dict] | None:
         """Create and lock the folder; under ``--resume`` also load its newest readable checkpoint (see
-        :func:`load_latest`): (step folder, its parts). Without ``--resume`` a folder holding anything is refused.
+        :func:`load_latest`): (step folder, its parts). Without ``--resume`` a folder holding anything is refused;
+        with it, one holding anything that is not a run folder. The folder is marked as tinylm's (a run folder).
 
         ``--resume`` on a run that died before its first checkpoint starts it again from step 0.
         """
@@ -102,15 +104,35 @@ class RunFolder:
                               f"must name a folder: choose another --run.dir") from None
         except OSError as e:
             raise write_failure(e, self.path) from None
+        self._refuse_foreign(cfg)
         self.lock = RunLock(self.path)
         try:
-            if not resume and any(p.name != LOCK for p in self.path.iterdir()):
+            if not resume and any(p.name not in (LOCK, MADE) for p in self.path.iterdir()):
                 raise TinyLMError(f"run folder {self.path} already exists; pass --resume to continue it, "
                                   f"or choose another --run.name")
+            if not made_folder(self.path):
+                claim_folder(self.path)
             return load_latest(self.path / "checkpoints", log) if resume else None
+        except OSError as e:
+            self.close()
+            raise write_failure(e, self.path) from None
         except BaseException:
             self.close()
             raise
+
+    def _refuse_foreign(self, cfg: Config) -> None:
+        """Refuse a folder that holds anything but is not a run folder: tinylm did not make it (see
+        :func:`tinylm.fileio.claim_folder`) and it holds no tinylm checkpoint (a run of an older tinylm). A
+        lone lock file that tinylm wrote is a run killed before it wrote anything."""
+        if made_folder(self.path) or step_dirs(self.path / "checkpoints"):
+            return
+        names = sorted(p.name for p in self.path.iterdir())
+        if not names or (names == [LOCK] and _our_lock(self.path / LOCK)):
+            return
+        listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise TinyLMError(f"{self.path} holds files tinylm did not write ({listed}) and is not a tinylm run folder, "
+                          f"so train does not write in it; choose another --run.name (or --run.dir {cfg.run.dir}), "
+                          f"or move those files away")
 
     def close(self) -> None:
         """Unlock the folder and remove its lock file (the OS unlocks it too if the process dies)."""
@@ -123,10 +145,22 @@ class RunFolder:
         else was written there."""
         self.close()
         try:
+            if self.new_dirs:  # the run folder itself: its mark that tinylm made it goes too
+                (self.path / MADE).unlink(missing_ok=True)
             for folder in self.new_dirs:
                 folder.rmdir()
         except OSError:  # not empty (something else was written), or never made: keep the rest
             pass
+
+
+def _our_lock(path: Path) -> bool:
+    """Whether the lock file ``path`` is tinylm's: it names a holder (or is empty: killed before it could)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(LOCK_TEXT))
+    except OSError:
+        return False
+    return head in (b"", LOCK_TEXT)
 
 
 def save_weights(cfg: Config, state: dict, tokenizer: Tokenizer, source: str) -> Path:

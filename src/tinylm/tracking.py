@@ -42,8 +42,11 @@ class JSONLSink:
     """Append one JSON object per record to ``metrics.jsonl`` (flushed, so a crash loses nothing logged)."""
 
     def __init__(self, path: Path):
-        self.path = path
-        self.f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the run's life, closed by close()
+        self.path, self.failed = path, False
+        try:
+            self.f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the run's life, closed by close()
+        except OSError as e:
+            raise write_failure(e, path, "continue with --resume") from None
 
     def log(self, record: dict) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
@@ -51,10 +54,16 @@ class JSONLSink:
             self.f.write(json.dumps(clean) + "\n")
             self.f.flush()
         except OSError as e:  # a full disk: one line, and the checkpoints are intact for --resume
+            self.failed = True
             raise write_failure(e, self.path, "continue with --resume") from None
 
     def close(self) -> None:
-        self.f.close()
+        """Close the file; after a failed write (said already) what is still buffered is dropped silently."""
+        try:
+            self.f.close()  # flushes: on a full disk it fails again, and the file is closed all the same
+        except OSError as e:
+            if not self.failed:
+                raise write_failure(e, self.path, "continue with --resume") from None
 
 
 class ConsoleSink:

@@ -17,14 +17,13 @@ from pathlib import Path
 
 from ..config import Config, load_toml
 from ..errors import TinyLMError
-from ..fileio import write_failure, write_text_atomic
+from ..fileio import Outputs, write_failure, write_text_atomic
 from ..tracking import METRICS_FILE, read_metrics
 from . import health
 from .plots import plot_runs
 
 REPORT = "report.md"
 FIGURE = "report.png"
-MARK = "<!-- written by tinylm report -->"  # a report.md without it is someone else's: never replaced
 
 
 @dataclass
@@ -216,7 +215,7 @@ def comparison_lines(runs: list[Run], summaries: list[dict]) -> list[str]:
 def render(runs: list[Run], summaries: list[dict], figure: str | None) -> str:
     """report.md's text; ``figure``: the PNG's file name, or None without matplotlib."""
     title = runs[0].name if len(runs) == 1 else f"{len(runs)} runs: " + ", ".join(r.name for r in runs)
-    lines = [MARK, f"# Report: {title}", ""]
+    lines = [f"# Report: {title}", ""]
     if len(runs) > 1:
         lines += ["## Comparison", "", *comparison_lines(runs, summaries), ""]
     lines += ["## Curves", "", f"![curves]({figure})" if figure else
@@ -232,12 +231,6 @@ def render(runs: list[Run], summaries: list[dict], figure: str | None) -> str:
     return "\n".join(lines)
 
 
-def _check_ours(path: Path) -> None:
-    """Refuse to replace a report.md that tinylm did not write."""
-    if path.exists() and not path.read_text(encoding="utf-8", errors="replace").startswith(MARK):
-        raise TinyLMError(f"{path} exists and was not written by tinylm; move it away or choose another --out")
-
-
 def write_report(paths: list[str | Path], out: str | Path | None = None, log_axes: bool = False) -> Path:
     """report.md (+ report.png with matplotlib) for one run (default: in its folder) or several (``out``
     required). Returns report.md's path."""
@@ -246,12 +239,13 @@ def write_report(paths: list[str | Path], out: str | Path | None = None, log_axe
         raise TinyLMError("a report on several runs needs --out DIR (each run keeps its own report)")
     out_dir = Path(out) if out is not None else runs[0].path
     md = out_dir / REPORT
-    _check_ours(md)
+    files = Outputs([md, out_dir / FIGURE])  # a report.md or report.png of the user's is not replaced
     summaries = [summarize(r) for r in runs]
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        plotted = plot_runs(runs, out_dir / FIGURE, log_axes=log_axes)
-        write_text_atomic(md, render(runs, summaries, FIGURE if plotted else None))
+        with files:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            plotted = plot_runs(runs, out_dir / FIGURE, log_axes=log_axes)
+            write_text_atomic(md, render(runs, summaries, FIGURE if plotted else None))
     except OSError as e:
         raise write_failure(e, md) from None
     return md

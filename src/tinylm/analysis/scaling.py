@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..errors import TinyLMError
-from ..fileio import write_text_atomic
+from ..fileio import Outputs, write_text_atomic
 from .plan import HEAD_SIZE, shape_for
 from .sweep import Point, run_points
 
@@ -273,6 +273,7 @@ def run_scaling(config: str | Path | None, budgets: list[float], sizes: list[str
         target = (count(shape), steps * tokens_per_step(cfg))
         extra = ([_point(f"verify,size={size_name(shape)},D={target[1]:.3g}", cfg, shape, steps, lr_width)]
                  if verify else [])
+    files = Outputs(out / name for name in ("scaling.json", "scaling.md", "scaling.png"))  # refused before training
     sweep = run_points([p for p, *_ in plan] + extra, config, out, seeds=seeds, jobs=jobs, threads=threads,
                        overrides=overrides, log=log, command="tinylm scaling")
     losses: dict[str, list[float]] = {}
@@ -305,9 +306,10 @@ def run_scaling(config: str | Path | None, budgets: list[float], sizes: list[str
             if measured is not None:
                 result["prediction"]["error"] = value / measured - 1
     from .plots import plot_scaling
-    plotted = plot_scaling(result, parabolas, law, out / "scaling.png")
-    write_text_atomic(out / "scaling.json", json.dumps(result, indent=1))
-    write_text_atomic(out / "scaling.md", render(result, "scaling.png" if plotted else None))
+    with files:
+        plotted = plot_scaling(result, parabolas, law, out / "scaling.png")
+        write_text_atomic(out / "scaling.json", json.dumps(result, indent=1))
+        write_text_atomic(out / "scaling.md", render(result, "scaling.png" if plotted else None))
     return result
 
 

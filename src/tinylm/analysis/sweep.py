@@ -35,7 +35,7 @@ from pathlib import Path
 
 from ..config import Config, build_config, load_toml, tomllib
 from ..errors import TinyLMError
-from ..fileio import write_text_atomic
+from ..fileio import Outputs, write_text_atomic
 from ..tracking import read_metrics
 from . import stats
 from .report import fmt, model_counts
@@ -294,11 +294,13 @@ def run_points(points: list[Point], config: str | Path | None, out: str | Path, 
     runner = Runner(config, sweep.out, seeds, jobs, threads, overrides, log)
     for p in points:  # a wrong key or value is one line now, not a failure in every run
         runner.config_for(p, 0)
+    files = Outputs(sweep.out / name for name in ("results.json", "results.csv", "report.md", "sweep.png"))
     sweep.out.mkdir(parents=True, exist_ok=True)
     log(f"sweep: {len(points)} point(s) x {seeds} seed(s) = {len(points) * seeds} runs, {jobs} at a time "
         f"({runner.threads} thread(s) each), in {sweep.out / 'runs'}")
     sweep.results = runner.run(points)
-    write_results(sweep)
-    plotted = plot_sweep(sweep, sweep.out / "sweep.png")
-    write_text_atomic(sweep.out / "report.md", render(sweep, "sweep.png" if plotted else None, command))
+    with files:
+        write_results(sweep)
+        plotted = plot_sweep(sweep, sweep.out / "sweep.png")
+        write_text_atomic(sweep.out / "report.md", render(sweep, "sweep.png" if plotted else None, command))
     return sweep

@@ -16,15 +16,21 @@ def _load_any_tokenizer(spec: str):
 
 
 def cmd_tok_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from pathlib import Path
+
     from ..corpora import get_corpus
     from ..documents import iter_corpus
+    from ..fileio import Outputs
     from ..tokenizer.bpe import BPETokenizer
+    out = Path(args.out)
+    files = Outputs([out, out.with_suffix(".vocab.txt")])  # a file tinylm did not write is refused before training
     corpus = get_corpus(args.corpus)
     specials = [s for s in args.special_tokens.split(",") if s]
     texts = iter_corpus(corpus, separator=specials[0] if specials else "\n\n")
     tok = BPETokenizer.train(texts, args.vocab_size, special_tokens=specials, pattern=args.pattern,
                              workers=args.workers or None, progress=True)
-    tok.save(args.out)
+    with files:
+        tok.save(out)
     print(f"{args.out}: {tok.vocab_size} tokens ({tok.n_merges} merges, special {list(tok.special_tokens)})")
     return 0
 

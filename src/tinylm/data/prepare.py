@@ -7,6 +7,7 @@ scratch name and swapped into place when complete (:func:`tinylm.fileio.replace_
 from __future__ import annotations
 
 import array
+import hashlib
 import io
 import itertools
 import json
@@ -25,13 +26,25 @@ from .. import corpora, documents
 from ..config import DataConfig
 from ..config_check import parse_bytes, tokenizer_file
 from ..errors import TinyLMError
-from ..fileio import pid_alive, replace_dir, scratch_sibling, write_bytes_atomic, write_text_atomic
+from ..fileio import (
+    FULL,
+    MADE,
+    claim_folder,
+    made_folder,
+    pid_alive,
+    replace_dir,
+    scratch_sibling,
+    write_bytes_atomic,
+    write_failure,
+    write_text_atomic,
+)
 from ..tokenizer import ENDOFTEXT, CharTokenizer, Tokenizer, load_tokenizer
+from ..workers import watch_parent
 from .shards import META_FILE, META_FORMAT, SHARD_VERSION, TOKENIZER_FILE, UnreadableMeta, load_meta, write_shard
 
 SHARD_TOKENS = 100_000_000  # tokens per shard file: 200 MB at uint16
 # every name prepare writes into a data folder (a BPE tokenizer adds its .vocab.txt listing)
-WRITTEN_FILES = re.compile("|".join(re.escape(n) for n in (META_FILE, TOKENIZER_FILE,
+WRITTEN_FILES = re.compile("|".join(re.escape(n) for n in (META_FILE, TOKENIZER_FILE, MADE,
                                                            Path(TOKENIZER_FILE).with_suffix(".vocab.txt").name))
                            + r"|(?:train|val)_\d{6}\.bin|(?:train|val)_docs\.npy")
 # the data settings a prepared folder was made with; a mismatch means the folder is stale
@@ -83,9 +96,10 @@ def file_tokenizer(cfg: DataConfig) -> Tokenizer:
 _worker_tokenizer: Tokenizer | None = None
 
 
-def _init_worker(tok: Tokenizer) -> None:
+def _init_worker(tok: Tokenizer, parent: int) -> None:
     global _worker_tokenizer  # sent once per worker process, not with every chunk
     _worker_tokenizer = tok
+    watch_parent(parent)  # a killed prepare leaves no worker behind
 
 
 def _encode_in_worker(text: str | None) -> np.ndarray:
@@ -109,7 +123,7 @@ def _token_stream(tok: Tokenizer, docs: Iterator[Iterator[str]], workers: int) -
     if workers <= 1:
         yield from (_encode(tok, p) for p in pieces)
         return
-    pool = get_context("spawn").Pool(workers, _init_worker, (tok,))
+    pool = get_context("spawn").Pool(workers, _init_worker, (tok, os.getpid()))
     try:  # ordered imap: the same output whatever the worker count; many short documents go per task
         yield from pool.imap(_encode_in_worker, pieces, chunksize=64)
     finally:
@@ -175,13 +189,14 @@ def _check_replaceable(out: Path, cfg: DataConfig, force: bool) -> None:
 
 def _remove_abandoned(out: Path, log: Callable[[str], None]) -> None:
     """Remove the scratch folders (see fileio.scratch_sibling) of prepares that were killed: their process
-    is gone. One whose process still runs is another prepare at work, and is left alone."""
+    is gone, and tinylm made them (fileio.made_folder). One whose process still runs is another prepare at
+    work, and a folder of that name that tinylm did not make is someone else's: both are left alone."""
     if not out.parent.is_dir():
         return
     scratch = re.compile(rf"\.{re.escape(out.name)}\.(?:tmp|old)-(\d{{1,9}})")  # scratch_sibling's names
     for path in out.parent.iterdir():
         m = scratch.fullmatch(path.name)
-        if m and path.is_dir() and not path.is_symlink() and not pid_alive(int(m[1])):
+        if m and made_folder(path) and not pid_alive(int(m[1])):
             shutil.rmtree(path)
             log(f"prepare: removed {path}, left by a prepare (process {m[1]}) that was killed")
 
@@ -213,16 +228,24 @@ def prepare(cfg: DataConfig, *, force: bool = False, run_dir: Path | None = None
     if val is not None:
         log(f"prepare: validating on the corpus's own {', '.join(p.name for p in val.files)}; "
             f"--data.val_fraction is ignored")
+    stamps = corpus_stamps(corpus)  # before reading it: a change from now on shows at the next train
     tok = build_tokenizer(cfg, corpus)
     work = scratch_sibling(out, "tmp")
-    shutil.rmtree(work, ignore_errors=True)  # a leftover of a dead process that had our pid
-    work.mkdir(parents=True)
+    if made_folder(work):
+        shutil.rmtree(work)  # a leftover of a dead process that had our pid
+    elif work.exists() or work.is_symlink():
+        raise TinyLMError(f"{work} is in the way: prepare builds the data folder under that name, and tinylm did not "
+                          f"make what is there; move it away")
     try:
-        meta = _write_folder(work, tok, corpus, cfg)
+        work.mkdir(parents=True)
+        claim_folder(work)  # so that, should this process be killed, the next prepare knows it may remove it
+        meta = _write_folder(work, tok, corpus, cfg, stamps)
         _check_replaceable(out, cfg, force)  # again: files may have appeared while we tokenized
         replace_dir(work, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(work, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in FULL:
+            raise write_failure(e, out, "run `tinylm prepare` again") from None
         raise
     tr, va = meta["train"], meta["val"]
     log(f"prepare: {meta['total_tokens']:,} tokens ({tr['tokens']:,} train in {tr['documents']:,} documents, "
@@ -261,7 +284,7 @@ def _split_point(stream: _Tokens, val_fraction: float) -> int:
     return start if start > 0 and target - start <= (stream.n - target) // 10 else target
 
 
-def _write_folder(work: Path, tok: Tokenizer, corpus: corpora.Corpus, cfg: DataConfig) -> dict:
+def _write_folder(work: Path, tok: Tokenizer, corpus: corpora.Corpus, cfg: DataConfig, stamps: dict) -> dict:
     """Tokenize the corpus into ``work``: shards, document starts, the tokenizer file, then meta.json (returned)."""
     dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
     workers = _auto_workers(cfg, corpus)
@@ -297,7 +320,7 @@ def _write_folder(work: Path, tok: Tokenizer, corpus: corpora.Corpus, cfg: DataC
     meta = {
         "format": META_FORMAT, "version": SHARD_VERSION,
         "data": {k: asdict(cfg)[k] for k in PREPARE_KEYS},
-        "corpus_files": len(corpus.files), "corpus_bytes": corpus.num_bytes,
+        "corpus_files": len(corpus.files), "corpus_bytes": corpus.num_bytes, "corpus_stamps": stamps,
         "val_files": [p.name for p in val.files] if val is not None else [],
         "tokenizer_file": TOKENIZER_FILE, "tokenizer_kind": tok.kind,
         "vocab_size": tok.vocab_size, "dtype": np.dtype(dtype).name,
@@ -320,12 +343,75 @@ def unigram_entropy(counts: np.ndarray) -> float:
 
 def ensure_prepared(cfg: DataConfig, *, run_dir: Path | None = None, progress: bool = True,
                     log: Callable[[str], None] = print) -> dict:
-    """Prepare ``cfg.dir`` unless it already holds data made with these same settings."""
+    """Prepare ``cfg.dir`` unless it already holds data made with these same settings from the corpus as it is
+    now; a corpus changed since is prepared again (the folder is tinylm's, made with these settings), or, when
+    the folder cannot be replaced, refused. Either is said in one line."""
     if not (Path(cfg.dir) / META_FILE).is_file():
         return prepare(cfg, run_dir=run_dir, progress=progress, log=log)
     meta = load_meta(cfg.dir)
     _refuse_stale(meta, cfg)
-    return meta
+    changed = corpus_changes(meta, cfg.corpus)
+    if changed is None:
+        return meta
+    log(f"prepare: {changed} since {cfg.dir} was prepared; preparing it again")
+    try:
+        return prepare(cfg, run_dir=run_dir, progress=progress, log=log)
+    except TinyLMError as e:
+        raise TinyLMError(f"{changed} since {cfg.dir} was prepared, and preparing it again failed: {e}") from None
+
+
+FINGERPRINT_BLOCKS, FINGERPRINT_BLOCK = 64, 1 << 16  # a file's fingerprint reads at most 4 MiB of it
+
+
+def fingerprint(path: Path, size: int) -> str:
+    """A cheap content hash: the whole file up to 4 MiB, else 64 blocks of 64 KiB spread evenly over it
+    (the first and the last among them), so a replaced, appended to or truncated file shows."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        if size <= FINGERPRINT_BLOCKS * FINGERPRINT_BLOCK:
+            h.update(f.read())
+        else:
+            step = (size - FINGERPRINT_BLOCK) / (FINGERPRINT_BLOCKS - 1)
+            for k in range(FINGERPRINT_BLOCKS):
+                f.seek(round(k * step))
+                h.update(f.read(FINGERPRINT_BLOCK))
+    return h.hexdigest()
+
+
+def corpus_stamps(corpus: corpora.Corpus) -> dict:
+    """Path -> size, mtime and fingerprint of every file prepare reads (meta.json's ``corpus_stamps``)."""
+    stamps = {}
+    for path in (*corpus.files, *corpus.val_files):
+        size = path.stat().st_size
+        stamps[str(path)] = {"size": size, "mtime_ns": path.stat().st_mtime_ns, "fingerprint": fingerprint(path, size)}
+    return stamps
+
+
+def corpus_changes(meta: dict, spec: str) -> str | None:
+    """How the local corpus ``spec`` differs from what ``meta`` (a prepared folder's) recorded, in words, or None.
+
+    A named corpus is pinned by its digests and not compared, nor is a folder an older tinylm prepared
+    (no stamps recorded). The fingerprint is read only when the size is the same and the mtime is not.
+    """
+    recorded = meta.get("corpus_stamps")
+    if recorded is None or spec in corpora.CORPORA:
+        return None
+    try:
+        paths = {str(p): p for p in corpora.get_corpus(spec, progress=False).files}
+    except TinyLMError as e:  # gone, or no text any more
+        return f"the corpus has changed ({e})"
+    gone, new = sorted(recorded.keys() - paths.keys()), sorted(paths.keys() - recorded.keys())
+    if gone or new:
+        what = [f"{len(gone)} file(s) gone, e.g. {gone[0]}"] * bool(gone)
+        what += [f"{len(new)} new, e.g. {new[0]}"] * bool(new)
+        return f"the corpus has changed ({'; '.join(what)})"
+    for name, was in recorded.items():
+        st = paths[name].stat()
+        if st.st_size != was["size"]:
+            return f"the corpus file {name} has changed ({was['size']:,} bytes then, {st.st_size:,} now)"
+        if st.st_mtime_ns != was["mtime_ns"] and fingerprint(paths[name], st.st_size) != was["fingerprint"]:
+            return f"the corpus file {name} has changed (same size, other content)"
+    return None
 
 
 def _refuse_stale(meta: dict, cfg: DataConfig) -> None:

@@ -271,12 +271,15 @@ def _cores() -> int:
 def _map_bounded(fn: Callable[[str], dict[str, int]], items: Iterable[str],
                  workers: int) -> Iterator[tuple[dict[str, int], int]]:
     """``(fn(item), len(item))`` over ``items`` in a process pool, at most 2 tasks per worker in
-    flight (bounded memory for any corpus size). Results come back in completion order."""
+    flight (bounded memory for any corpus size). Results come back in completion order; the workers die
+    with this process, however it ends."""
     import concurrent.futures as cf
     import multiprocessing as mp
+
+    from ..workers import watch_parent
     # fork starts workers in milliseconds; elsewhere use the platform default
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-    with cf.ProcessPoolExecutor(workers, mp_context=ctx) as ex:
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=watch_parent, initargs=(os.getpid(),)) as ex:
         pending: set = set()
         sizes: dict = {}
         for item in items:
