@@ -201,3 +201,34 @@ def test_metrics_of_a_resumed_run_keep_the_later_value(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in
                                                     [{"step": 10, "loss": 3.0}, {"step": 10, "loss": 2.0}]))
     assert health._series(read_metrics(tmp_path), "loss") == [(10, 2.0)]
+
+
+BAD_LINES = ['[1, 2]', '{"loss": 3.0}', '{"step": "x", "loss": 1.0}', 'null', '{"step": 3, "loss": "abc"}',
+             '{"step": 30, "val_loss": "x"}', '{"step": 1e400}', '{"step": 7, "loss": 2.', 'garbage']
+
+
+def test_report_skips_lines_that_are_not_records_and_counts_them(run_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("report.*", ".lock"))
+    good = read_metrics(run)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write("".join(line + "\n" for line in BAD_LINES))
+    assert read_metrics(run) == good
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr()
+    assert f"tinylm: {run / 'metrics.jsonl'}: skipped {len(BAD_LINES)} line(s) that are not records" in out.err
+    assert "Traceback" not in out.err
+    assert f"| metrics.jsonl lines skipped (not records: cut short by a crash, or damaged) | {len(BAD_LINES)} |" \
+           in (run / "report.md").read_text()
+
+
+def test_a_run_with_no_metrics_or_few_logs_is_not_called_healthy(run_dir, tmp_path, capsys):
+    assert health.summary(health.verdict([], grad_clip=1.0)) == "too few logs"
+    assert health.summary(health.verdict(steps([3.0, 2.9, 2.8]), grad_clip=1.0)) == "too few logs"
+    assert health.summary(health.verdict(steps([2.0] * 7 + [1.99]), grad_clip=1.0)) == "plateau"  # 8: judged
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("report.*", ".lock"))
+    (run / "metrics.jsonl").write_text("")
+    assert main(["report", str(run)]) == 0
+    text = (run / "report.md").read_text()
+    assert "**Verdict: too few logs.**" in text and "healthy" not in text

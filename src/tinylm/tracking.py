@@ -23,19 +23,41 @@ from .fileio import write_failure, write_text_atomic
 METRICS_FILE = "metrics.jsonl"  # in the run folder
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    """Every record of a run's metrics.jsonl, in order ([] before the first). A line cut short by a
-    crash (SIGKILL mid-write) is skipped; after a resume, re-done steps appear again, later."""
+# the figures a record holds as numbers (or null, for a non-finite value): readers compare and average them
+NUMERIC_KEYS = ("loss", "val_loss", "val_ppl", "val_bpb", "lr", "grad_norm", "tokens_per_s", "data_ms", "compute_ms",
+                "tokens_seen", "elapsed_s", "mfu")
+
+
+def _is_record(r: object) -> bool:
+    """A JSON object with an integer step >= 0, whose figures are numbers or null."""
+    return (isinstance(r, dict) and type(r.get("step")) is int and r["step"] >= 0
+            and all(r[k] is None or (isinstance(r[k], (int, float)) and not isinstance(r[k], bool))
+                    for k in NUMERIC_KEYS if k in r))
+
+
+def read_metrics_counted(run_dir: Path) -> tuple[list[dict], int]:
+    """:func:`read_metrics`, and how many lines it skipped (not a record: cut short by a crash, or edited)."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+        return [], 0
+    records, skipped = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            r = json.loads(line)
         except ValueError:
-            continue
-    return records
+            r = None
+        if _is_record(r):
+            records.append(r)
+        elif line.strip():
+            skipped += 1
+    return records, skipped
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """Every record of a run's metrics.jsonl, in order ([] before the first). A line that is not a record
+    (one cut short by a crash, SIGKILL mid-write; a damaged or edited one) is skipped; after a resume, re-done
+    steps appear again, later."""
+    return read_metrics_counted(run_dir)[0]
 
 
 class JSONLSink:

@@ -10,9 +10,12 @@ import statistics
 from dataclasses import dataclass
 
 VAL_ABOVE_BEST = 0.02  # a val loss more than 2% above its best has risen, beyond evaluation noise
+MIN_LOGS = 8  # train losses a curve needs before it is judged (plateau and still falling need 8)
 
 # the written rules, as the report prints them
 RULES = {
+    "too few logs": f"fewer than {MIN_LOGS} train losses were logged: the curve cannot be judged (the rules below need "
+                    f"5 to 8 points; log more often with train.log_interval, or train longer)",
     "diverging": "a non-finite loss was logged, or the last 10% of logged train losses average more than 1.2 x "
                  "the lowest (median-of-5 smoothed) train loss",
     "loss spikes": "the trainer logged a loss_spike event (loss > train.spike_factor x the running median)",
@@ -46,6 +49,12 @@ def _series(records: list[dict], key: str) -> list[tuple[int, float]]:
     """(step, value) of every record that has ``key``; after a resume a re-done step keeps its later value."""
     by_step = {r["step"]: r[key] for r in records if key in r}
     return sorted(by_step.items())
+
+
+def too_few_logs(records: list[dict]) -> Finding:
+    """A run with no metrics, or only a few logged steps, is not "healthy": nothing was judged."""
+    n = len(_series(records, "loss"))
+    return Finding("too few logs", n < MIN_LOGS, f"{n} train loss(es) logged")
 
 
 def diverging(records: list[dict]) -> Finding:
@@ -122,7 +131,8 @@ def verdict(records: list[dict], grad_clip: float) -> list[Finding]:
     if falling.fired and over.fired:
         falling.detail += ("; but the val loss rose (overfitting): the train loss falls by learning the training "
                            "text, so more passes over it would not help, new text would")
-    return [diverging(records), loss_spikes(records), plateau(records), falling, over, lr_at_edge(records, grad_clip)]
+    return [too_few_logs(records), diverging(records), loss_spikes(records), plateau(records), falling, over,
+            lr_at_edge(records, grad_clip)]
 
 
 OVERFITTING_WHILE_FALLING = "overfitting (the train loss still falls, the val loss does not: more new text would help)"

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..config import Config, load_toml
 from ..errors import TinyLMError
 from ..fileio import Outputs, write_failure, write_text_atomic
-from ..tracking import METRICS_FILE, read_metrics
+from ..tracking import METRICS_FILE, read_metrics_counted
 from . import health
 from .plots import plot_runs
 
@@ -33,6 +33,7 @@ class Run:
     cfg: Config
     records: list[dict]
     meta: dict  # the last checkpoint's meta.json ({} before the first checkpoint)
+    skipped: int = 0  # lines of metrics.jsonl that are not records (cut short by a crash, or damaged)
 
     @property
     def name(self) -> str:
@@ -66,7 +67,8 @@ def load_run(path: str | Path) -> Run:
         raise TinyLMError(f"{p} is not a tinylm run folder (no config.toml and metrics.jsonl); "
                           f"give the folder `tinylm train` wrote, e.g. runs/<name>")
     ckpt = find_checkpoint(p, "last")
-    return Run(p, load_toml(p / "config.toml"), read_metrics(p), read_meta(ckpt) if ckpt else {})
+    records, skipped = read_metrics_counted(p)
+    return Run(p, load_toml(p / "config.toml"), records, read_meta(ckpt) if ckpt else {}, skipped)
 
 
 def model_counts(cfg: Config) -> tuple[int, int, int]:
@@ -104,7 +106,7 @@ def summarize(run: Run) -> dict:
         "artifact": _artifact(run),
         "val_bpb": min(bpbs) if bpbs else None, "final_val_bpb": bpbs[-1] if bpbs else None,
         "tokens_per_s": _median(run, "tokens_per_s"), "mfu": _median(run, "mfu"),
-        "data_share": _data_share(run),
+        "data_share": _data_share(run), "skipped_lines": run.skipped,
         "verdict": health.verdict(run.records, run.cfg.optim.grad_clip),
     }
 
@@ -167,6 +169,8 @@ def summary_lines(s: dict) -> list[str]:
             ("bits per byte (val)", fmt(s["val_bpb"])),
             ("tokens/s (median)", fmt(s["tokens_per_s"], 0)),
             ("MFU (median)", "n/a" if s["mfu"] is None else f"{s['mfu']:.1%}"),
+            *([(f"{METRICS_FILE} lines skipped (not records: cut short by a crash, or damaged)",
+                str(s["skipped_lines"]))] if s.get("skipped_lines") else []),
             ("time waiting for data (median share of a step)", "n/a" if s["data_share"] is None
              else f"{s['data_share']:.1%}")]
     return ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
@@ -231,9 +235,11 @@ def render(runs: list[Run], summaries: list[dict], figure: str | None) -> str:
     return "\n".join(lines)
 
 
-def write_report(paths: list[str | Path], out: str | Path | None = None, log_axes: bool = False) -> Path:
+def write_report(paths: list[str | Path], out: str | Path | None = None, log_axes: bool = False,
+                 log: Callable[[str], None] = print) -> Path:
     """report.md (+ report.png with matplotlib) for one run (default: in its folder) or several (``out``
-    required). Returns report.md's path."""
+    required). Returns report.md's path. Lines of metrics.jsonl that are not records are skipped, counted in
+    the log and the report."""
     runs = [load_run(p) for p in paths]
     if out is None and len(runs) > 1:
         raise TinyLMError("a report on several runs needs --out DIR (each run keeps its own report)")
@@ -241,6 +247,10 @@ def write_report(paths: list[str | Path], out: str | Path | None = None, log_axe
     md = out_dir / REPORT
     files = Outputs([md, out_dir / FIGURE])  # a report.md or report.png of the user's is not replaced
     summaries = [summarize(r) for r in runs]
+    for r in runs:
+        if r.skipped:
+            log(f"{r.path / METRICS_FILE}: skipped {r.skipped} line(s) that are not records (cut short by a crash, "
+                f"or damaged)")
     try:
         with files:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -255,7 +265,7 @@ def write_after_training(run_dir: Path, log: Callable[[str], None] = print) -> N
     """The report of a run `tinylm train` just finished. Training is over and saved: a report that
     cannot be written is one line, not a failed run."""
     try:
-        md = write_report([run_dir])
+        md = write_report([run_dir], log=log)
     except (TinyLMError, OSError, ValueError) as e:
         log(f"report not written: {e}; try `tinylm report {run_dir}`")
         return

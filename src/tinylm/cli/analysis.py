@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..errors import TinyLMError
@@ -30,7 +31,7 @@ def cmd_plan(args: argparse.Namespace, extra: list[str]) -> int:
 
 def cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
     from ..analysis.report import FIGURE, write_report
-    md = write_report(args.runs, args.out, log_axes=args.log)
+    md = write_report(args.runs, args.out, log_axes=args.log, log=lambda m: print(f"tinylm: {m}", file=sys.stderr))
     figure = md.parent / FIGURE
     print(f"wrote {md}" + (f" and {figure}" if figure.is_file() else " (no plots: pip install 'tinylm[plot]')"))
     return 0
