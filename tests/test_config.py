@@ -144,3 +144,11 @@ def test_rope_base_must_be_above_one_at_config_time(base):
                                            (3661.4, "1h1m1s"), (0, "0s")])
 def test_durations_are_written_as_the_readme_writes_them_and_read_back(seconds, text):
     assert format_duration(seconds) == text and parse_duration(text) == round(seconds)
+
+
+def test_every_key_is_listed_with_its_default_and_its_docstring():
+    from tinylm.config import all_keys, describe_keys
+    lines = describe_keys().splitlines()
+    assert [line.split(" ", 1)[0] for line in lines] == ["--" + k for k in all_keys()]
+    assert all(line.split("): ", 1)[1].strip() for line in lines)  # each field has its docstring
+    assert f"--optim.lr (default {Config().optim.lr}): Peak learning rate" in describe_keys()

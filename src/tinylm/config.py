@@ -444,15 +444,17 @@ def to_toml(cfg: Config) -> str:
 def describe_keys() -> str:
     """Every key with its default and docstring (for `tinylm config --keys`)."""
     import ast
-    import inspect
     import itertools
 
+    # the sections' classes as this file defines them, parsed once (inspect.getsource(cls) parses the
+    # whole file again for each class: most of the command's time)
+    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
     out = []
     for section in SECTIONS:
         cls = type(getattr(Config(), section))
         docs: dict[str, str] = {}
-        body = ast.parse(inspect.getsource(cls)).body[0].body
-        for node, nxt in itertools.pairwise(body):
+        for node, nxt in itertools.pairwise(classes[cls.__name__].body):
             if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr):
                 docs[node.target.id] = " ".join(str(nxt.value.value).split())  # a docstring may wrap
         for f in dataclasses.fields(cls):
