@@ -129,6 +129,25 @@ def test_an_unfinished_run_is_resumed(base, tmp_path, monkeypatch):
     assert sweep.results[0].final_val_loss == pytest.approx(first["final_val_loss"])
 
 
+def test_a_grid_compares_bits_per_byte_when_its_metric_says_so(base, tmp_path, monkeypatch):
+    """metric = "val_bpb": the report's means and differences are of each run's last val_bpb (points with different
+    tokenizers compare only so); a metric it does not know is refused."""
+    from tinylm.tracking import read_metrics
+    grid = write(tmp_path / "grid.toml", 'metric = "val_bpb"\n[axes]\n"optim.lr" = [1e-2, 3e-3]\n')
+    out = tmp_path / "sweep"
+    monkeypatch.setattr(Runner, "launch", staticmethod(in_process([])))
+    sweep = run_sweep(base, grid, out, seeds=2, jobs=1, log=lambda *a: None)
+    for r in sweep.results:
+        bpbs = [m["val_bpb"] for m in read_metrics(r.run_dir) if m.get("val_bpb") is not None]
+        assert r.final_val_bpb == bpbs[-1] and r.final_val_bpb != r.final_val_loss
+    report = (out / "report.md").read_text()
+    assert "| point | seeds | final val bits per byte (mean ± std) |" in report
+    mean = stats.mean_std(sweep.by_point("final_val_bpb")["lr=0.003"])[0]
+    assert f"| lr=0.003 | 2 | {mean:.4f} ± " in report
+    with pytest.raises(TinyLMError, match="metric = 'bpb' is not one of val_loss, val_bpb"):
+        read_grid(write(tmp_path / "bad.toml", 'metric = "bpb"\n[axes]\n"optim.lr" = [1]\n'))
+
+
 @pytest.mark.slow
 def test_cli_sweep_runs_real_processes_in_parallel(tmp_path, text_200k):
     """2 points x 2 seeds as real `tinylm train` processes, 2 at a time."""

@@ -111,13 +111,16 @@ def plot_runs(runs: list, path: Path, log_axes: bool = False) -> bool:
 
 
 def plot_sweep(sweep: Sweep, path: Path) -> bool:
-    """Final val loss by point (each seed a dot, mean +- std a bar) and the mean val curve of each point."""
+    """The sweep's metric (final val loss, or bits per byte) by point (each seed a dot, mean +- std a bar) and the
+    mean val curve of each point."""
     from ..tracking import read_metrics
     from .stats import mean_std
     plt = pyplot()
     if plt is None:
         return False
-    finals = sweep.by_point()
+    key, label = sweep.compared
+    logged = sweep.metric  # metrics.jsonl's name: val_loss or val_bpb
+    finals = sweep.by_point(key)
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5))
     for i, p in enumerate(sweep.points):
         xs = finals[p.name]
@@ -130,13 +133,13 @@ def plot_sweep(sweep: Sweep, path: Path) -> bool:
         for r in sweep.results:
             if r.point == p.name and r.status == "ok":
                 for rec in read_metrics(Path(r.run_dir)):
-                    if rec.get("val_loss") is not None:
-                        curves.setdefault(rec["step"], []).append(rec["val_loss"])
+                    if rec.get(logged) is not None:
+                        curves.setdefault(rec["step"], []).append(rec[logged])
         steps = sorted(curves)
         right.plot(steps, [sum(curves[s]) / len(curves[s]) for s in steps], "-", color=f"C{i % 10}", label=p.name)
     left.set_xticks(range(len(sweep.points)), [p.name for p in sweep.points], rotation=30, ha="right", fontsize=8)
-    left.set_title("final val loss by point (dots: seeds; bar: mean ± std)")
-    right.set_title("val loss (mean over seeds)")
+    left.set_title(f"{label} by point (dots: seeds; bar: mean ± std)")
+    right.set_title(f"{logged.replace('_', ' ')} (mean over seeds)")
     right.set_xlabel("step")
     right.legend(fontsize=7)
     for ax in (left, right):

@@ -4,6 +4,7 @@ A grid file names axes; each axis is a list of values of one dotted key, or a ta
 that each set several keys::
 
     mode = "one_at_a_time"          # or "product" (every combination; the default)
+    metric = "val_loss"             # what the report compares: val_loss (default) | val_bpb (bits per byte)
     [axes]
     "model.norm" = ["layernorm", "rmsnorm"]
     [axes.mlp]
@@ -13,7 +14,9 @@ that each set several keys::
 The first value of every axis is the baseline. ``product`` runs every combination; ``one_at_a_time``
 runs the baseline and then changes one axis at a time (an ablation). Each point x seed is a real
 `tinylm train` process in ``OUT/runs/<point>/seed<k>``, ``jobs`` at a time, the CPU threads divided
-between them. A run the sweep finished has ``sweep_run.json``: a second sweep skips it; a run folder
+between them. Points with different tokenizers compare by ``metric = "val_bpb"``: a token is a different
+amount of text in each, so their losses per token do not compare. A run the sweep finished has
+``sweep_run.json``: a second sweep skips it; a run folder
 without it is resumed (``--resume``). A run that fails is reported, and the others go on.
 """
 from __future__ import annotations
@@ -42,6 +45,8 @@ from .report import fmt, model_counts
 
 DONE = "sweep_run.json"  # in a run folder the sweep finished: its results
 BASELINE = "baseline"
+# a grid's metric -> (the RunResult field compared, its name in the report and the plot)
+METRICS = {"val_loss": ("final_val_loss", "final val loss"), "val_bpb": ("final_val_bpb", "final val bits per byte")}
 
 
 @dataclass
@@ -63,6 +68,7 @@ class RunResult:
     train_seconds: float | None = None
     parameters: int | None = None
     non_embedding_parameters: int | None = None
+    final_val_bpb: float | None = None
     error: str = ""
 
 
@@ -71,6 +77,12 @@ class Sweep:
     out: Path
     points: list[Point]
     results: list[RunResult] = field(default_factory=list)
+    metric: str = "val_loss"  # the grid's: a key of METRICS
+
+    @property
+    def compared(self) -> tuple[str, str]:
+        """(the RunResult field the report compares, its name for people), from :data:`METRICS`."""
+        return METRICS[self.metric]
 
     def by_point(self, key: str = "final_val_loss") -> dict[str, list[float]]:
         """``key`` of every finished seed, per point (in grid order)."""
@@ -87,6 +99,11 @@ def _value_label(v: object) -> str:
 def read_grid(path: str | Path) -> list[Point]:
     """The points of a grid file, the baseline first (see the module docstring for the format)."""
     p = Path(path)
+    return _read_points(p, _grid_doc(p))
+
+
+def _grid_doc(p: Path) -> dict:
+    """A grid file's TOML, its metric checked."""
     try:
         doc = tomllib.loads(p.read_text(encoding="utf-8"))
     except OSError:
@@ -94,6 +111,17 @@ def read_grid(path: str | Path) -> list[Point]:
                           f"configs/ablations/architecture.toml") from None
     except tomllib.TOMLDecodeError as e:
         raise TinyLMError(f"{p} is not valid TOML: {e}") from None
+    if doc.get("metric", "val_loss") not in METRICS:
+        raise TinyLMError(f"{p}: metric = {doc['metric']!r} is not one of {', '.join(METRICS)}")
+    return doc
+
+
+def grid_metric(path: str | Path) -> str:
+    """A grid file's ``metric`` (default val_loss)."""
+    return _grid_doc(Path(path)).get("metric", "val_loss")
+
+
+def _read_points(p: Path, doc: dict) -> list[Point]:
     mode = doc.get("mode", "product")
     axes_doc = doc.get("axes")
     if mode not in ("product", "one_at_a_time") or not isinstance(axes_doc, dict) or not axes_doc:
@@ -217,13 +245,14 @@ def collect(run: Path, point: str, seed: int) -> RunResult:
         by_step.setdefault(r["step"], {}).update(r)
     rows = [by_step[s] for s in sorted(by_step)]
     vals = [r["val_loss"] for r in rows if r.get("val_loss") is not None]
+    bpbs = [r["val_bpb"] for r in rows if r.get("val_bpb") is not None]
     train = [r["loss"] for r in rows if r.get("loss") is not None]
     speeds = [r["tokens_per_s"] for r in rows if r.get("tokens_per_s")]
     elapsed = [r["elapsed_s"] for r in rows if r.get("elapsed_s") is not None]
     total, non_emb, _ = model_counts(load_toml(run / "config.toml"))
     return RunResult(point, seed, str(run), "ok", vals[-1] if vals else None, min(vals) if vals else None,
                      train[-1] if train else None, statistics.median(speeds) if speeds else None,
-                     elapsed[-1] if elapsed else None, total, non_emb)
+                     elapsed[-1] if elapsed else None, total, non_emb, bpbs[-1] if bpbs else None)
 
 
 # ----------------------------------------------------------------------------- results
@@ -241,13 +270,14 @@ def write_results(sweep: Sweep) -> None:
 
 def render(sweep: Sweep, figure: str | None, command: str) -> str:
     """report.md: mean +- std per point, difference to the baseline with its 95% CI and Welch's p."""
-    finals = sweep.by_point()
+    key, label = sweep.compared
+    finals = sweep.by_point(key)
     base_name = sweep.points[0].name
     base = finals[base_name]
     lines = ["# Sweep report", "", f"`{command}`", "",
-             f"Final validation loss per point over seeds; differences are to **{base_name}** with a 95% "
+             f"The {label} per point over seeds; differences are to **{base_name}** with a 95% "
              f"confidence interval and Welch's t-test p-value (scipy); *significant* means p < {stats.ALPHA}.", "",
-             "| point | seeds | final val loss (mean ± std) | best val | tok/s | params | Δ vs baseline [95% CI] "
+             f"| point | seeds | {label} (mean ± std) | best val loss | tok/s | params | Δ vs baseline [95% CI] "
              "| p | significant |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     best = sweep.by_point("best_val_loss")
     speed = sweep.by_point("tokens_per_s")
@@ -281,16 +311,18 @@ def run_sweep(config: str | Path | None, grid: str | Path, out: str | Path, seed
     """Run (or finish) a sweep and write results.csv/.json, report.md and sweep.png to ``out``."""
     points = read_grid(grid)
     return run_points(points, config, out, seeds=seeds, jobs=jobs, threads=threads, overrides=overrides, log=log,
+                      metric=grid_metric(grid),
                       command=f"tinylm sweep --config {config} --grid {grid} --seeds {seeds} --jobs {jobs} "
                               f"--out {out}")
 
 
 def run_points(points: list[Point], config: str | Path | None, out: str | Path, *, seeds: int = 1, jobs: int = 1,
                threads: int | None = None, overrides: list[str] | None = None, log: Callable[[str], None] = print,
-               command: str = "") -> Sweep:
-    """The runner behind `tinylm sweep` and `tinylm scaling`: train ``points`` x ``seeds``, write the results."""
+               metric: str = "val_loss", command: str = "") -> Sweep:
+    """The runner behind `tinylm sweep` and `tinylm scaling`: train ``points`` x ``seeds``, write the results
+    (compared by ``metric``, a key of :data:`METRICS`)."""
     from .plots import plot_sweep
-    sweep = Sweep(Path(out), points)
+    sweep = Sweep(Path(out), points, metric=metric)
     runner = Runner(config, sweep.out, seeds, jobs, threads, overrides, log)
     for p in points:  # a wrong key or value is one line now, not a failure in every run
         runner.config_for(p, 0)
