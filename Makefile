@@ -64,4 +64,4 @@ gpu-check:
 		$(GPU_PYTHON) benchmarks/gpu_check.py --out gpu-check
 
 clean:
-	rm -rf $(VENV) runs data hf reports model.safetensors .pytest_cache gpu-check
+	rm -rf $(VENV) runs data hf reports model.safetensors model.tlm .pytest_cache gpu-check
