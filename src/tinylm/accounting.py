@@ -2,8 +2,8 @@
 
 MFU = achieved FLOP/s (flops_per_token x tokens/s) / the device's peak FLOP/s. GPU peaks come
 from a table of datasheet dense tensor-core figures; a CPU's peak is *measured* once by a short
-matmul probe and cached, because CPUs differ too much for a table (this project's Xeon:
-~180 GFLOP/s fp32, ~50 GFLOP/s bf16 without AVX512-BF16).
+matmul probe and cached, because CPUs differ too much for a table (BENCHMARKS.md, "CPU precision", has
+this project's machines).
 """
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """The attention kernel, chosen by measurement: torch's fused SDPA or the explicit matmul-softmax-matmul.
 
 Both compute softmax(q k^T / sqrt(hs) + mask) v. Which is faster depends on the device, the dtype and the
-shape, and not always the way one would guess: on a 2-core AMD EPYC with native bf16 (torch 2.13), at batch
-32, 4 heads, 128 tokens, head size 64, forward + backward, SDPA's CPU flash kernel takes 43 ms in bf16 and
-the explicit form 16 ms; in fp32 they are close (BENCHMARKS.md, "Attention kernel"). So ``model.attention =
-auto`` measures both once per machine, dtype and shape (a fraction of a second, cached like the CPU peak) and
-keeps the faster; on CUDA it takes SDPA (flash / memory-efficient kernels) without measuring.
+shape, and not always the way one would guess: on a CPU with native bf16 the explicit form can beat SDPA's
+flash kernel in bf16 at one shape and lose to it at another (BENCHMARKS.md, "Training throughput", has the
+measurements). So ``model.attention = auto`` measures both once per machine, dtype and shape (a fraction of a
+second, cached like the CPU peak) and keeps the faster; on CUDA it takes SDPA (flash / memory-efficient
+kernels) without measuring.
 """
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ class ModelConfig:
     """Dropout on attention, residual branches and embeddings; 0 turns it off."""
     attention_dropout: bool = True
     """Apply model.dropout to the attention weights too (GPT-2 and nanoGPT do); false keeps it on the residual
-    branches and embeddings only, and CPU SDPA's fast kernel, which dropout on the weights leaves (2x slower)."""
+    branches and embeddings only, and CPU SDPA's fast kernel, which dropout on the weights leaves (BENCHMARKS.md)."""
     vocab_pad_to: int = 1
     """Pad the output head's product to a multiple of this many ids (64 or 128 suit GPU matrix tiles: 50257 ->
     50304); the padding's logits are -inf, never returned or sampled, and parameters, checkpoints and exports keep

@@ -236,7 +236,7 @@ class MLP(nn.Module):
             h = F.silu(self.gate(x)) * self.up(x)
         elif self.kind == "relu2":
             h = F.relu(self.up(x)).square()
-        else:  # gelu_exact: erf; gelu: tanh's approximation (GPT-2's), 2.3x slower on an AVX2 CPU (BENCHMARKS.md)
+        else:  # gelu_exact: erf; gelu: tanh's approximation (GPT-2's), slower on a CPU (BENCHMARKS.md)
             h = F.gelu(self.up(x), approximate="tanh" if self.kind == "gelu" else "none")
         return dropout(self.down(h), self.dropout, self.training)
 

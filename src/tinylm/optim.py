@@ -60,8 +60,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str,
                     ns_dtype: torch.dtype = torch.float32) -> torch.optim.Optimizer:
     """The optimizer ``cfg.name`` names, over :func:`param_groups`.
 
-    AdamW is torch's fused kernel on CPU and CUDA (one kernel over all parameters: 1 ms instead of foreach's 8-10 ms
-    per step for a 3.2M-parameter model on a 2-core EPYC; BENCHMARKS.md), foreach on other devices. The fused kernel
+    AdamW is torch's fused kernel on CPU and CUDA (one kernel over all parameters instead of foreach's per-tensor ops;
+    BENCHMARKS.md, "Training throughput", has what it saves), foreach on other devices. The fused kernel
     also skips a step on the device when given a ``found_inf`` flag: the trainer's non-finite guard uses it.
     ``ns_dtype`` is the dtype of Muon's Newton-Schulz matmuls: the trainer passes bfloat16 when the run's precision
     is bf16 (the hardware is fast at it), float32 otherwise.

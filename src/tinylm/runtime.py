@@ -57,7 +57,7 @@ def device_name(device: torch.device) -> str:
 
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU multiplies bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated
-    and slower than fp32 (measured: 4x slower on an AVX512 Xeon without AVX512-BF16).
+    and several times slower than fp32 (BENCHMARKS.md, "CPU precision").
 
     ``TINYLM_CPU_BF16=1`` or ``0`` overrides the detection (what `auto` picks), e.g. to try on one
     machine what another kind of CPU would do.
