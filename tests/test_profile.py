@@ -69,18 +69,25 @@ def test_cuda_device_time_goes_to_the_range_open_when_each_kernel_was_launched()
     in "backward", count for backward (the H200's table showed backward 0.00 ms reading host ranges)."""
     from types import SimpleNamespace as E
 
-    from tinylm.profiling import _device_times
+    from torch.autograd import DeviceType
 
-    def ev(name, start, end, *kernel_us):
-        return E(name=name, time_range=E(start=start, end=end), kernels=[E(duration=d) for d in kernel_us])
+    from tinylm.profiling import _device_times, _label_times
+
+    def ev(name, start, end, *kernel_us, device=DeviceType.CPU):
+        return E(name=name, time_range=E(start=start, end=end), kernels=[E(duration=d) for d in kernel_us],
+                 device_type=device)
 
     events = [ev("forward", 0, 100), ev("mlp", 10, 40), ev("attn.kernel", 40, 60), ev("backward", 100, 300),
               ev("cudaLaunchKernel", 20, 21, 500), ev("cudaLaunchKernel", 45, 46, 300),  # mlp, attention
               ev("cudaLaunchKernel", 70, 71, 50),  # forward, in none of its parts
               ev("cudaLaunchKernel", 150, 151, 900, 100),  # autograd's thread: no range of its own
-              ev("cudaLaunchKernel", 310, 311, 25)]  # after every range
+              ev("cudaLaunchKernel", 310, 311, 25),  # after every range
+              ev("head+loss", 140, 400, device=DeviceType.CUDA)]  # a range's copy on the GPU's timeline: not a range
     assert _device_times(E(events=lambda: events)) == pytest.approx(
         {"mlp": 500e-6, "attn.kernel": 300e-6, "forward": 50e-6, "backward": 1000e-6, "other": 25e-6})
+    # the host's time per range: host-side ranges only (on the H200 the per-name averages said 0.00 ms)
+    assert _label_times(E(events=lambda: events)) == pytest.approx(
+        {"forward": 100e-6, "mlp": 30e-6, "attn.kernel": 20e-6, "backward": 200e-6})
 
 
 def test_the_cuda_table_shows_gpu_and_host_time_and_idle_time():

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity
 
 from .accounting import peak_memory_mb
@@ -39,10 +40,19 @@ LOOP = {"backward": "backward", "optimizer": "optimizer step (clip + update)", "
 
 
 def _label_times(prof: torch.profiler.profile) -> dict[str, float]:
-    """Host seconds per label over the profiled steps (each range's wall time on the host, its children
-    included). On a CPU this is where the time goes; on a GPU it is the time spent launching."""
-    return {e.key: e.cpu_time_total / 1e6 for e in prof.key_averages()
-            if e.key in FORWARD or e.key in LOOP or e.key == "forward"}
+    """Host seconds per label over the profiled steps: each range's wall time on the host, its children included.
+    On a CPU this is where the time goes; on a GPU it is the time spent launching. (Read from the host-side events:
+    on CUDA the profiler's per-name averages merge a range with its GPU-side annotation and report no host time.)"""
+    out: dict[str, float] = {}
+    for e in _host_events(prof):
+        if e.name in FORWARD or e.name in LOOP or e.name == "forward":
+            out[e.name] = out.get(e.name, 0.0) + (e.time_range.end - e.time_range.start) / 1e6
+    return out
+
+
+def _host_events(prof: torch.profiler.profile) -> list:
+    """The profile's host-side events: a labelled range also has a copy on the GPU's timeline (its annotation)."""
+    return [e for e in prof.events() if e.device_type == DeviceType.CPU]
 
 
 def attribute_device_time(ranges: list[tuple[str, float, float]], launches: list[tuple[float, float]]
@@ -72,7 +82,7 @@ def attribute_device_time(ranges: list[tuple[str, float, float]], launches: list
 def _device_times(prof: torch.profiler.profile) -> dict[str, float]:
     """:func:`attribute_device_time` over a CUDA profile: the labelled ranges and every event that launched
     device work (kernels, copies, memsets) with their device durations."""
-    events = prof.events()
+    events = _host_events(prof)
     labels = set(FORWARD) | set(LOOP) | {"forward"}
     ranges = [(e.name, e.time_range.start, e.time_range.end) for e in events if e.name in labels]
     launches = [(e.time_range.start, sum(k.duration for k in e.kernels) / 1e6) for e in events if e.kernels]
