@@ -214,10 +214,11 @@ class Check:
 
     def stages(self) -> list[Stage]:
         t = self.args.stage_timeout
-        suite = ["tests/test_gpu_host.py", "-k", "peak_table"] if self.smoke else \
-            ["-m", "not slow and not cuda", *(["-n", "8"] if importlib.util.find_spec("xdist") else [])]
-        ddp = [] if self.smoke else [Stage("ddp-tests", t, self.stage_pytest(
-            "ddp-tests", ["tests/test_ddp.py", *(["-n", "4"] if importlib.util.find_spec("xdist") else [])]))]
+        workers = ["-n", str(max(2, (os.cpu_count() or 2) - 2))] if importlib.util.find_spec("xdist") else []
+        suite = ["tests/test_gpu_host.py", "-k", "peak_table"] if self.smoke else ["-m", "not slow and not cuda",
+                                                                                   *workers]
+        ddp = [] if self.smoke else [Stage("ddp-tests", t, self.stage_pytest("ddp-tests",
+                                                                             ["tests/test_ddp.py", *workers]))]
         levers = [Stage("levers16", t, self.stage_bench(16, levers=True))] if self.args.variant else []
         return [Stage("bench16", t, self.stage_bench(16)), *levers,
                 Stage("cuda-tests", t, self.stage_pytest("cuda-tests", ["-m", "cuda", "tests/test_cuda.py"])),
