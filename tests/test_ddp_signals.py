@@ -250,3 +250,40 @@ def test_a_second_signal_ends_the_process_at_once_but_a_repeat_of_the_first_does
     proc.send_signal(signal.SIGTERM)
     err = _ended(proc)
     assert proc.returncode == 130 and err.startswith("tinylm: stopped at once: a second signal (SIGTERM);"), err
+
+
+def count(out: Path, tries: int) -> None:
+    """BENCHMARKS' reliability count: ``tries`` stops of each kind (SIGTERM and SIGINT to torchrun, SIGTERM to rank 1),
+    one JSON line each: hung (or slower than BOUND_S), seconds from the signal to every process gone, exit codes,
+    checkpoints saved."""
+    import json
+    import shutil
+
+    from conftest import TINYSHAKESPEARE
+    for mode in ("launcher SIGTERM", "launcher SIGINT", "rank 1 SIGTERM"):
+        for i in range(tries):
+            tmp = out / f"{mode.replace(' ', '-')}-{i}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            (tmp / "text.txt").write_text(TINYSHAKESPEARE.read_text(encoding="utf-8")[:200_000], encoding="utf-8")
+            cfg = _config(tmp, tmp / "text.txt")
+            launcher = _start(tmp, cfg)
+            ranks = _wait_training(launcher, cfg)
+            t0 = time.time()
+            if mode.startswith("rank"):
+                os.kill(ranks[1], signal.SIGTERM)
+            else:
+                launcher.send_signal(signal.SIGTERM if mode.endswith("SIGTERM") else signal.SIGINT)
+            try:
+                _finish(launcher, ranks, t0)
+                hung = False
+            except AssertionError:
+                hung = True
+            print(json.dumps({"mode": mode, "try": i, "hung": hung, "seconds": round(time.time() - t0, 1),
+                              "exit_codes": _exit_codes(tmp),
+                              "checkpoints": len(list((cfg.run_dir / "checkpoints").glob("step_*")))}), flush=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":  # python tests/test_ddp_signals.py OUT_DIR TRIES
+    count(Path(sys.argv[1]), int(sys.argv[2]))
