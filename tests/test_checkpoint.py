@@ -21,6 +21,7 @@ from tinylm import checkpoint as ckpt
 from tinylm.cli import main
 from tinylm.diagnostics import logged_losses
 from tinylm.errors import TinyLMError
+from tinylm.fileio import claim_folder
 from tinylm.model import GPT
 from tinylm.run_folder import LOCK, RunLock
 from tinylm.train import Trainer, train
@@ -133,6 +134,7 @@ def test_resume_of_a_run_that_never_saved_starts_at_step_0(tmp_path, text_200k):
     """`make demo` resumes a run folder that may not exist yet, or died before its first save."""
     cfg = tiny_config(tmp_path, text_200k)
     cfg.run_dir.mkdir(parents=True)
+    claim_folder(cfg.run_dir)  # as train marks a run folder when it starts (a folder of yours is refused: test_faults)
     (cfg.run_dir / "metrics.jsonl").write_text("")
     trainer = Trainer(cfg, resume=True, log=quiet)
     trainer.close()
