@@ -9,6 +9,8 @@ states), and the backward pass only scales them. The same matrix products as the
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import FunctionCtx
@@ -16,9 +18,9 @@ from torch.autograd.function import FunctionCtx
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: FunctionCtx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                targets: torch.Tensor, chunk: int) -> torch.Tensor:
-        # x (N, C) hidden states, weight (V, C), bias (V,) or None, targets (N,) ids
+    def forward(ctx: FunctionCtx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
+                vocab: int) -> torch.Tensor:
+        # x (N, C) hidden states, weight (V, C) with rows from vocab on padding, targets (N,) ids
         grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         N = x.size(0)
         total = torch.zeros((), dtype=torch.float32, device=x.device)
@@ -27,9 +29,10 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         for s in range(0, N, chunk):
             xc, tc = x[s:s + chunk], targets[s:s + chunk]  # (n, C), (n,)
             # under autocast the product runs in bf16/fp16 as the plain head's does; the softmax in fp32
-            logits = F.linear(xc, weight, bias)
+            logits = F.linear(xc, weight)
             mm_dtype = logits.dtype  # the dtype autocast multiplies in (the weight's without autocast)
             logits = logits.float()  # (n, V)
+            logits[:, vocab:] = -math.inf  # padding: probability exactly 0, and so its gradient
             lse = torch.logsumexp(logits, dim=-1)  # (n,)
             total += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
             if not grads:
@@ -58,9 +61,10 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 None if dw is None else (dw * grad).to(ctx.weight_dtype), None, None, None)
 
 
-def chunked_cross_entropy(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-                          chunk: int) -> torch.Tensor:
-    """The mean of ``F.cross_entropy(F.linear(x, weight, bias).float(), targets)`` over the N rows of x (N, C),
-    computed ``chunk`` rows at a time: peak memory chunk x vocab instead of N x vocab. Equal to the plain loss
-    in fp32 to rounding, gradients too (tests/test_head_loss.py); a bias of -inf masks padded vocabulary."""
-    return _ChunkedCrossEntropy.apply(x, weight, bias, targets, chunk)
+def chunked_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int,
+                          vocab: int | None = None) -> torch.Tensor:
+    """The mean of ``F.cross_entropy(F.linear(x, weight)[:, :vocab].float(), targets)`` over the N rows of x (N, C),
+    computed ``chunk`` rows at a time: peak memory chunk x vocab instead of N x vocab. Rows of ``weight`` from
+    ``vocab`` on (default: none) are padding, left out of the softmax. Equal to the plain loss in fp32 to
+    rounding, gradients too (tests/test_head_loss.py)."""
+    return _ChunkedCrossEntropy.apply(x, weight, targets, chunk, weight.size(0) if vocab is None else vocab)

@@ -262,6 +262,27 @@ class Block(nn.Module):
             return x + self.mlp(h)
 
 
+class Head(nn.Linear):
+    """The output head, hidden states (..., C) -> logits (..., vocab), with its product computed padded.
+
+    With model.vocab_pad_to > 1 the weight gets zero rows below it up to that multiple (GPT-2's 50257 -> 50304
+    with 64), the width GPU matrix tiles want, and the padding's logits are cut off before they leave: no
+    softmax sees them, and the parameter, checkpoints, optimizer state and exports keep the true vocabulary.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.padded = padded_vocab(cfg)
+
+    def padded_weight(self) -> torch.Tensor:
+        """The weight (padded vocab, C): the true rows, then zeros."""
+        extra = self.padded - self.out_features
+        return F.pad(self.weight, (0, 0, 0, extra)) if extra else self.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.padded_weight())[..., :self.out_features]  # (..., vocab): a view when padded
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -272,14 +293,9 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
         self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layer))
         self.norm_f = make_norm(cfg, cfg.n_embd)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = Head(cfg)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
-        padding = padded_vocab(cfg) - cfg.vocab_size
-        # 0 for real ids, -inf for the padding: added to the padded head's output, it keeps padding out of every
-        # softmax (its probability is exactly 0, so is its gradient). Derived from the config: not saved.
-        self.register_buffer("head_mask", F.pad(torch.zeros(cfg.vocab_size), (0, padding), value=-math.inf)
-                             if padding else None, persistent=False)  # (padded vocab,)
         if cfg.pos == "rope":
             cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_base)
             # built once; derived from the config, so not saved in checkpoints
@@ -314,7 +330,7 @@ class GPT(nn.Module):
         all T tokens are left in ``cache.hidden`` (contrastive search compares them). ``valid``
         (B, T) marks real tokens when rows are left-padded (False = padding).
         """
-        (B, T), V = idx.shape, self.cfg.vocab_size
+        B, T = idx.shape
         if cache is None:
             if self.cfg.block_size < T:
                 raise ValueError(f"sequence of {T} tokens exceeds the context length {self.cfg.block_size}")
@@ -342,29 +358,17 @@ class GPT(nn.Module):
         if cache is not None:
             cache.length += T
             cache.hidden = x
-            return self.head(x[:, -1:])[..., :V], None  # (B, 1, vocab)
+            return self.lm_head(x[:, -1:]), None  # (B, 1, vocab)
         with label("head+loss"):
             if targets is not None and self.cfg.loss_chunk:  # no logits kept: the loss alone
-                return None, chunked_cross_entropy(x.view(B * T, -1), self.head_weight(), self.head_mask,
-                                                   targets.view(-1), self.cfg.loss_chunk)
-            logits = self.head(x)  # (B, T, padded vocab)
+                return None, chunked_cross_entropy(x.view(B * T, -1), self.lm_head.padded_weight(), targets.view(-1),
+                                                   self.cfg.loss_chunk, self.cfg.vocab_size)
+            logits = self.lm_head(x)  # (B, T, vocab)
             if targets is None:
-                return logits[..., :V], None  # (B, T, vocab)
+                return logits, None
             # the loss in fp32 even under autocast: log-softmax over a large vocab loses bits in bf16
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
-            return logits[..., :V], loss
-
-    def head_weight(self) -> torch.Tensor:
-        """The output head's weight (vocab, C), with zero rows below it up to model.vocab_pad_to's multiple:
-        the head's product then has a tile-friendly width (GPT-2's 50257 -> 50304 with 64), while the
-        parameter, the checkpoints, the optimizer state and the exports keep the true vocabulary."""
-        w = self.lm_head.weight
-        return w if self.head_mask is None else F.pad(w, (0, 0, 0, self.head_mask.numel() - w.size(0)))
-
-    def head(self, x: torch.Tensor) -> torch.Tensor:
-        """Hidden states (..., C) -> logits (..., padded vocab), the padding at -inf; ``[..., :vocab_size]`` are
-        the ids' logits (what :meth:`forward` returns)."""
-        return F.linear(x, self.head_weight(), self.head_mask)
+            return logits, loss
 
     def choose_attention(self, device: torch.device, dtype: torch.dtype, batch: int, seq: int | None = None,
                          training: bool = False) -> str:
