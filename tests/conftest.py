@@ -145,6 +145,15 @@ def tiny_config(tmp_path: Path, corpus: Path, **overrides) -> Config:
     return cfg
 
 
+def one_line_error(capsys, *needles: str) -> str:
+    """The command's stderr: one line, "tinylm: error: ...", no traceback, holding each of ``needles``."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("tinylm: error: "), err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
 def cli_args(cfg: Config) -> list[str]:
     """A config as dotted overrides, for tests that start `tinylm train` as a child process."""
     return [item for section in ("model", "data", "optim", "train", "run")

@@ -26,7 +26,7 @@ from tinylm.model import GPT
 from tinylm.run_folder import LOCK, RunLock
 from tinylm.train import Trainer, train
 
-from conftest import cli_args, tiny_config
+from conftest import cli_args, one_line_error, tiny_config
 
 STEPS = {"train.max_steps": 20, "train.eval_interval": 10, "train.save_interval": 5, "train.keep_last": 3}
 
@@ -61,14 +61,6 @@ def snapshot(folder):
         elif p.is_file():
             out[str(p.relative_to(folder))] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
-
-
-def one_line_error(capsys, *needles):
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("tinylm: error: "), err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def truncate(path, n=None):

@@ -24,21 +24,13 @@ from tinylm.config import to_toml
 from tinylm.fileio import MADE, made_file
 from tinylm.train import train
 
-from conftest import cli_args, stdlib_text, tiny_config
+from conftest import cli_args, one_line_error, stdlib_text, tiny_config
 
 MINE = "my own notes\n"
 
 
 def quiet(*a, **k):
     pass
-
-
-def one_line_error(capsys, *needles) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("tinylm: error: "), err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def listing(folder: Path) -> dict[str, bytes]:

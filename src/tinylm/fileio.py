@@ -113,9 +113,9 @@ def made_file(path: Path) -> bool:
     """Whether tinylm wrote the file ``path`` as it is now (an edited copy, a symlink or a folder are not)."""
     if path.is_symlink() or not path.is_file():
         return False
-    digest = _made(path.parent).get("files", {})
+    files = _made(path.parent).get("files")
     try:
-        return isinstance(digest, dict) and digest.get(path.name) == _sha256(path)
+        return isinstance(files, dict) and files.get(path.name) == _sha256(path)
     except OSError:  # unreadable: nothing proves it is ours
         return False
 
