@@ -102,3 +102,24 @@ def test_an_fp8_run_trains_resumes_and_evaluates_through_the_trainer(tmp_path, t
     assert abs(a[20] - b[20]) < 0.1
     capsys.readouterr()
     assert main(["eval", str(run.run_dir)]) == 0
+
+
+def test_a_non_finite_bundle_of_an_fp8_run_replays_on_a_cpu(tmp_path, text_200k, capsys):
+    """The replay rebuilds a plain model (no FP8 layers): an fp8 run's bundle replays in bf16 anywhere."""
+    import json
+
+    from tinylm.train import Trainer
+    cfg = tiny_config(tmp_path, text_200k, **{"train.nonfinite": "halt"})
+    trainer = Trainer(cfg, log=lambda *a: None)
+    with torch.no_grad():
+        trainer.raw_model.blocks[0].mlp.up.weight[3, 5] = float("inf")
+    with pytest.raises(TinyLMError, match="non-finite loss/gradient at step 1"):
+        trainer.run()
+    report = cfg.run_dir / "nonfinite_step_000001" / "report.json"
+    doc = json.loads(report.read_text())
+    doc["config"]["train"]["precision"] = "fp8"  # as an fp8 run on a GPU would have written it
+    report.write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert main(["doctor", "--nan", str(report.parent), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["precision"] == "bf16" and out["first_nonfinite"]["module"] == "blocks.0.mlp.up"

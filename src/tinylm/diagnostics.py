@@ -212,6 +212,7 @@ def replay_bundle(bundle: str | Path, device: str = "cpu") -> dict:
                           f"replayed: train again with --train.nonfinite halt for a new one") from None
     dev = runtime.resolve_device(device, flag="--device")
     wanted = cfg.train.precision if cfg.train.precision != "fp16" or dev.type == "cuda" else "fp32"  # fp16: CUDA only
+    wanted = "bf16" if wanted == "fp8" else wanted  # no FP8 layers in the replay: the rest of the run was bf16
     precision = runtime.resolve_precision(wanted, dev)
     model = GPT(cfg.model).to(dev)
     # tensors only: a pickle that would run code, or a damaged file, is refused in one line
