@@ -168,6 +168,29 @@ def test_a_tiny_study_runs_fits_predicts_and_verifies(tmp_path, text_200k, monke
         assert load_frontier(out).a == pytest.approx(result["frontier"]["a"])
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--budgets", "0,1e9"], "--budgets 0: each budget must be a positive, finite number of FLOPs"),
+    (["--budgets", "1e400,1e9"], "--budgets inf: each budget must be a positive, finite number of FLOPs"),
+    (["--budgets", "1e9"], "--budgets 1e+09: an IsoFLOP study needs at least 2 budgets"),
+    (["--budgets", "1e9,3e9", "--sizes", "2"], "--sizes 2: a study needs at least 3 sizes"),
+    (["--budgets", "1e11,3e11", "--sizes", "1,2,3", "--tokens-per-param", "0.05,30"],  # 3x192 falls out
+     "only 4 budget x size pair(s) to train (see --tokens-per-param): the L(N, D) fit has 5 parameters"),
+    (["--budgets", "1e40,3e40"], "the study's 8 run(s) x 1 seed(s) need 6ND = "),
+])
+def test_a_study_that_cannot_be_fitted_or_finished_is_refused_before_training(tmp_path, text_200k, capsys,
+                                                                              monkeypatch, argv, message):
+    from tinylm.cli import main
+    monkeypatch.setattr(Runner, "launch", staticmethod(lambda cmd, env: pytest.fail("a run was started")))
+    base = tmp_path / "base.toml"
+    base.write_text(to_toml(tiny_config(tmp_path, text_200k)))
+    assert main(["scaling", "--config", str(base), *argv, "--out", str(tmp_path / "study")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tinylm: error: ") and message in err[0], err
+    assert not (tmp_path / "study").exists()
+    if argv[1] == "1e40,3e40":  # the time it would take, at this machine's peak
+        assert "days even at this cpu's peak" in err[0] and "give smaller --budgets" in err[0]
+
+
 def test_a_bad_window_is_one_line(capsys):
     from tinylm.cli import main
     with pytest.raises(SystemExit) as e:

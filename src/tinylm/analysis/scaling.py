@@ -239,6 +239,31 @@ def non_embedding_counter(cfg: Config) -> Callable[[dict], int]:
     return count
 
 
+ABSURD_DAYS = 30  # a study that would take longer, even at the device's peak FLOP/s, is refused before it starts
+
+
+def check_study_time(cfg: Config, runs: list[tuple[int, int]], seeds: int, log: Callable[[str], None]) -> None:
+    """Say what the study's runs, (N, D) each, cost: 6ND FLOPs and a lower bound of the time at the peak FLOP/s of
+    the config's device (real runs reach a fraction of it); refuse one over :data:`ABSURD_DAYS` (``--budgets
+    1e40`` set ~10^33 steps and trained on)."""
+    from .. import runtime
+    from ..accounting import peak_flops
+    flops = seeds * sum(6 * n * d for n, d in runs)
+    dev = runtime.resolve_device(cfg.train.device)
+    peak = peak_flops(dev, runtime.resolve_precision(cfg.train.precision, dev))
+    if peak is None:  # a device without a known peak: the FLOPs alone
+        log(f"scaling: {len(runs)} run(s) x {seeds} seed(s), 6ND = {flops:.3g} FLOPs")
+        return
+    days = flops / peak / 86400
+    took = f"{days * 24:.2g} hours" if days < 2 else f"{days:.3g} days"
+    log(f"scaling: {len(runs)} run(s) x {seeds} seed(s), 6ND = {flops:.3g} FLOPs: at least {took} at {dev.type}'s peak "
+        f"{peak:.3g} FLOP/s")
+    if days > ABSURD_DAYS:
+        raise TinyLMError(f"the study's {len(runs)} run(s) x {seeds} seed(s) need 6ND = {flops:.3g} FLOPs: at least "
+                          f"{took} even at this {dev.type}'s peak {peak:.3g} FLOP/s (refused over {ABSURD_DAYS} days); "
+                          f"give smaller --budgets (each run trains D = C / 6N tokens)")
+
+
 def run_scaling(config: str | Path | None, budgets: list[float], sizes: list[str], out: str | Path, *,
                 verify: tuple[float, float] | None = None, predict_at: tuple[float, float] | None = None,
                 head_size: int = HEAD_SIZE, tokens_per_param: tuple[float, float] | None = None,
@@ -255,9 +280,19 @@ def run_scaling(config: str | Path | None, budgets: list[float], sizes: list[str
     out = Path(out)
     if lr_width is not None and lr_width < 1:
         raise TinyLMError(f"--lr-width {lr_width}: give the width the config's learning rate is for, e.g. 96")
+    bad = [c for c in budgets if not (math.isfinite(c) and c > 0)]
+    if bad:
+        raise TinyLMError(f"--budgets {bad[0]:g}: each budget must be a positive, finite number of FLOPs, e.g. "
+                          f"1e12,3e12,1e13")
     cfg = build_config(config, overrides or [])
     count = non_embedding_counter(cfg)
     shapes = sorted((parse_size(str(s), head_size) for s in sizes), key=count)
+    if len(set(budgets)) < 2:
+        raise TinyLMError(f"--budgets {','.join(f'{c:g}' for c in budgets)}: an IsoFLOP study needs at least 2 "
+                          f"budgets (its frontier N*(C) joins each budget's optimum), e.g. 1e12,3e12,1e13")
+    if len({size_name(s) for s in shapes}) < 3:
+        raise TinyLMError(f"--sizes {','.join(map(str, sizes))}: a study needs at least 3 sizes (each budget's "
+                          f"parabola in log N needs 3 points), e.g. 1,2,3,4")
     plan, skipped = study_points(cfg, sorted(budgets), shapes, count, tokens_per_param, lr_width)
     if not plan:
         if tokens_per_param:
@@ -265,6 +300,10 @@ def run_scaling(config: str | Path | None, budgets: list[float], sizes: list[str
             raise TinyLMError(f"no budget x size pair has D / N within --tokens-per-param {low:g},{high:g}; widen the "
                               "window or change --sizes / --budgets")
         raise TinyLMError("no budget x size pair to train; give --budgets and --sizes")
+    if len(plan) < len(PARAMS):
+        raise TinyLMError(f"only {len(plan)} budget x size pair(s) to train (see --tokens-per-param): the L(N, D) fit "
+                          f"has {len(PARAMS)} parameters and needs at least {len(PARAMS)} runs; add --budgets or "
+                          f"--sizes")
     target = verify or predict_at
     extra = []
     if target:
@@ -273,6 +312,7 @@ def run_scaling(config: str | Path | None, budgets: list[float], sizes: list[str
         target = (count(shape), steps * tokens_per_step(cfg))
         extra = ([_point(f"verify,size={size_name(shape)},D={target[1]:.3g}", cfg, shape, steps, lr_width)]
                  if verify else [])
+    check_study_time(cfg, [(n, d) for _, _, n, d in plan] + ([target] if verify else []), seeds, log)
     files = Outputs(out / name for name in ("scaling.json", "scaling.md", "scaling.png"))  # refused before training
     sweep = run_points([p for p, *_ in plan] + extra, config, out, seeds=seeds, jobs=jobs, threads=threads,
                        overrides=overrides, log=log, command="tinylm scaling")
