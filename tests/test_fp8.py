@@ -123,3 +123,13 @@ def test_a_non_finite_bundle_of_an_fp8_run_replays_on_a_cpu(tmp_path, text_200k,
     assert main(["doctor", "--nan", str(report.parent), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["precision"] == "bf16" and out["first_nonfinite"]["module"] == "blocks.0.mlp.up"
+
+
+def test_mfu_of_an_fp8_run_is_counted_against_the_bf16_peak_and_says_so(monkeypatch):
+    from tinylm.accounting import describe_peak, gpu_peak_flops, matmul_precision
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    gpu = torch.device("cuda", 0)
+    assert matmul_precision(gpu, "fp8") == "bf16"
+    peak = gpu_peak_flops("NVIDIA H200", matmul_precision(gpu, "fp8"))
+    assert peak == gpu_peak_flops("NVIDIA H200", "bf16")
+    assert describe_peak(gpu, "fp8", peak) == "MFU against 989 TFLOP/s (NVIDIA H200, bf16 dense, datasheet)"

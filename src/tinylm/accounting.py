@@ -56,7 +56,10 @@ def gpu_peak_flops(name: str, precision: str) -> float | None:
 
 def matmul_precision(device: torch.device, precision: str) -> str:
     """What the matmuls of a run at ``precision`` really run in: ``"tf32"`` for fp32 on CUDA while torch
-    allows TF32 (``torch.get_float32_matmul_precision() != "highest"``), else ``precision`` itself."""
+    allows TF32 (``torch.get_float32_matmul_precision() != "highest"``), bf16 for fp8 (MFU counts an fp8 run
+    against the bf16 peak, so that fp8 and bf16 rows compare), else ``precision`` itself."""
+    if precision == "fp8":
+        return "bf16"
     tf32 = device.type == "cuda" and precision == "fp32" and torch.get_float32_matmul_precision() != "highest"
     return "tf32" if tf32 else precision
 
