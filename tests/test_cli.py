@@ -49,6 +49,15 @@ def test_tokenizer_errors(tmp_path, english, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_tokenizer_train_out_a_folder_is_one_line(tmp_path, english, capsys):
+    (tmp_path / "mine.txt").write_text("keep")
+    assert main(["tokenizer", "train", "--corpus", english, "--vocab-size", "300", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"tinylm: error: {tmp_path} is a folder, and tinylm writes a file there; choose another --out, or " \
+                  f"move it away\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
+
+
 def test_config_command(capsys):
     assert main(["config", "--model.n_layer", "3"]) == 0
     assert "n_layer = 3" in capsys.readouterr().out
