@@ -6,6 +6,7 @@ the reference: logits agree to 1e-5 in fp32 and greedy generation gives the same
 import hashlib
 import json
 import math
+import re
 import shutil
 
 import pytest
@@ -340,8 +341,9 @@ PRESETS = sorted((REPO / "configs").glob("*.toml"))
 def test_every_presets_model_exports_with_the_same_logits_and_greedy_text(tmp_path, bpe, preset, capsys):
     """Each preset's architecture and tokenizer kind, shrunk to 2 layers of width 32 (the demo's and
     tiny Shakespeare's: rotary + RMSNorm + ReLU², characters): transformers computes the same logits from the
-    exported folder, and AutoTokenizer + generate continue the preset's prompt with the same text. The GPT-2
-    fine-tuning preset trains GPT-2's own architecture: "GPT2LMHeadModel tanh" above."""
+    exported folder, as its own architecture and through tinylm's modeling code (--format hf-code), and
+    AutoTokenizer + generate continue the preset's prompt with the same text. The GPT-2 fine-tuning preset
+    trains GPT-2's own architecture: "GPT2LMHeadModel tanh" above."""
     cfg = build_config(REPO / "configs" / preset, ["--model.n_layer", "2", "--model.n_embd", "32", "--model.n_head",
                                                    "2", "--model.block_size", "128", "--run.dir", str(tmp_path),
                                                    "--run.name", "m"])
@@ -351,27 +353,31 @@ def test_every_presets_model_exports_with_the_same_logits_and_greedy_text(tmp_pa
     torch.manual_seed(0)
     gpt = shake(GPT(cfg.model))
     save_weights(cfg, gpt.state_dict(), tok, "test")
-    out = tmp_path / "hf"
-    assert main(["export", str(cfg.run_dir), "--format", "hf", "--out", str(out)]) == 0
-    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
-    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
     x = tokens(128, tok.vocab_size)
-    with torch.no_grad():
-        assert (hf(x).logits - gpt(x)[0]).abs().max() < TOL
     greedy = SampleConfig(strategy="greedy", max_new_tokens=60, stop_at_eot=False)  # all 60, <|endoftext|> or not
     ours = generate_text(gpt, tok, [cfg.sample.prompt], greedy)[0][0]
-    prompt = hf_tok(cfg.sample.prompt, return_tensors="pt").input_ids
-    assert prompt[0].tolist() == tok.encode(cfg.sample.prompt)
-    hf.generation_config.eos_token_id = None
-    theirs = hf.generate(prompt, max_new_tokens=60, do_sample=False)[0, prompt.size(1):]
-    assert len(ours.tokens) == 60 and hf_tok.decode(theirs) == ours.text
-    assert capsys.readouterr().out.startswith(f"{out}: {hf.config.architectures[0]} + tokenizer.json")
-    # and back: `tinylm import` makes a run with the same kind of tokenizer and the same model
-    assert main(["import", str(out), "--out", str(tmp_path / "back")]) == 0
-    back = load_for_inference(tmp_path / "back", device="cpu")
-    assert back.config.data.tokenizer == cfg.data.tokenizer and back.tokenizer.same_ids(tok)
-    with torch.no_grad():
-        assert torch.equal(back.model(x)[0], gpt(x)[0])
+    for fmt in ("hf", "hf-code"):  # the transformers architecture that computes it; tinylm's own modeling code
+        out = tmp_path / fmt
+        assert main(["export", str(cfg.run_dir), "--format", fmt, "--out", str(out)]) == 0
+        said = capsys.readouterr().out
+        code = fmt == "hf-code"  # transformers 5's AutoTokenizer reads config.json too: it asks for the trust
+        hf = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=code).eval()
+        hf_tok = transformers.AutoTokenizer.from_pretrained(out, trust_remote_code=code)
+        with torch.no_grad():
+            assert (hf(x).logits - gpt(x)[0]).abs().max() < TOL
+        prompt = hf_tok(cfg.sample.prompt, return_tensors="pt").input_ids
+        assert prompt[0].tolist() == tok.encode(cfg.sample.prompt)
+        hf.generation_config.eos_token_id = None
+        theirs = hf.generate(prompt, max_new_tokens=60, do_sample=False)[0, prompt.size(1):]
+        assert len(ours.tokens) == 60 and hf_tok.decode(theirs) == ours.text
+        assert said.splitlines()[-1].startswith(f"{out}: {hf.config.architectures[0]} + tokenizer.json from ")
+        # and back: `tinylm import` makes a run with the same kind of tokenizer and the same model
+        assert main(["import", str(out), "--out", str(tmp_path / f"back-{fmt}")]) == 0
+        back = load_for_inference(tmp_path / f"back-{fmt}", device="cpu")
+        assert back.config.data.tokenizer == cfg.data.tokenizer and back.tokenizer.same_ids(tok)
+        assert all(torch.equal(back.model.state_dict()[k], v) for k, v in gpt.state_dict().items())
+        same = [k for k in ckpt.ARCH_KEYS if k != "bias"]  # GPT-2 without biases reads back with zero biases
+        assert [getattr(back.config.model, k) for k in same] == [getattr(cfg.model, k) for k in same]
 
 
 @pytest.mark.parametrize(("model", "nearest"), [
@@ -389,8 +395,45 @@ def test_export_refuses_what_no_family_computes_naming_the_nearest_settings(tmp_
     cfg, _ = tinylm_run(tmp_path, bpe, **model)
     assert main(["export", str(cfg.run_dir), "--format", "hf", "--out", str(tmp_path / "hf")]) == 2
     refused(capsys, "no Hugging Face architecture computes this model (--model.pos ", f"export are {nearest}: train",
-            "--format safetensors")
+            "with --format hf-code (transformers loads it with trust_remote_code=True)")
     assert not (tmp_path / "hf").exists()
+
+
+REMOTE = {  # what no transformers architecture computes: the architecture ablation's points among them
+    "learned rmsnorm": {"model.norm": "rmsnorm"},
+    "learned swiglu biases untied": {"model.mlp": "swiglu", "model.bias": "true", "model.tie_embeddings": "false"},
+    "learned qk_norm tanh": {"model.qk_norm": "true", "model.mlp": "gelu"},
+    "rope layernorm relu2": {"model.pos": "rope", "model.mlp": "relu2", "model.rope_base": "500"},
+    "rope biases qk_norm swiglu": {**ROTARY, "model.mlp": "swiglu", "model.bias": "true", "model.qk_norm": "true"},
+}
+
+
+@pytest.mark.parametrize("model", REMOTE)
+def test_hf_code_exports_any_model_for_trust_remote_code_with_the_same_logits_and_greedy_tokens(tmp_path, bpe, model,
+                                                                                                 capsys):
+    """--format hf refuses these; --format hf-code writes them with tinylm's modeling code, which transformers runs
+    with the same logits and, through generate's own KV cache, the same greedy tokens, for a left-padded batch too."""
+    cfg, gpt = tinylm_run(tmp_path, bpe, **REMOTE[model])
+    out = tmp_path / "hf"
+    assert main(["export", str(cfg.run_dir), "--format", "hf", "--out", str(out)]) == 2
+    refused(capsys, "no Hugging Face architecture computes this model", "--format hf-code")
+    assert main(["export", str(cfg.run_dir), "--format", "hf-code", "--out", str(out)]) == 0
+    code = (out / "modeling_tinylm.py").read_text()
+    assert not re.search(r"^\s*(from|import) tinylm", code, re.M)  # self-contained: a user need not install tinylm
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    assert type(hf).__name__ == "TinyLMForCausalLM"
+    x = tokens(100, bpe.vocab_size)
+    with torch.no_grad():
+        assert (hf(x).logits - gpt(x)[0]).abs().max() < TOL
+    prompts = [bpe.encode("ROMEO:\nWhat say you"), bpe.encode("JULIET:")]
+    ours = [c[0].tokens for c in generate(gpt, prompts, SampleConfig(strategy="greedy", max_new_tokens=30))]
+    T = max(map(len, prompts))
+    ids = torch.tensor([[0] * (T - len(p)) + p for p in prompts])  # left-padded, as tinylm pads
+    mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts])
+    hf.generation_config.eos_token_id = None
+    theirs = hf.generate(ids, attention_mask=mask, max_new_tokens=30, do_sample=False, pad_token_id=0)[:, T:]
+    alone = hf.generate(torch.tensor([prompts[1]]), max_new_tokens=30, do_sample=False)[0, len(prompts[1]):]
+    assert theirs.tolist() == ours and alone.tolist() == ours[1] and len(ours[0]) == 30
 
 
 def test_export_refuses_a_foreign_folder(tmp_path, bpe, capsys):

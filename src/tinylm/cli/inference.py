@@ -182,9 +182,9 @@ def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
         return _export_artifact(path, args)
     if args.group_size is not None:
         raise TinyLMError("--group-size goes with --quantize int8|int6|int4; add --quantize, or drop --group-size")
-    if args.format == "hf":
+    if args.format in ("hf", "hf-code"):
         from ..interop.hf_export import export_hf
-        arch = export_hf(path, Path(args.out))
+        arch = export_hf(path, Path(args.out), code=args.format == "hf-code")
         print(f"{args.out}: {arch} + tokenizer.json from {path}")
         return 0
     n = ckpt.export_safetensors(path, Path(args.out))
@@ -249,9 +249,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         if name == "export":
             sp.add_argument("--out", required=True,
                             help="safetensors: the file to write (model.safetensors); hf: the folder to write")
-            sp.add_argument("--format", choices=("safetensors", "hf"), default="safetensors",
-                            help="safetensors: the weights alone (default); hf: a folder transformers loads "
-                                 "(GPT2LMHeadModel or LlamaForCausalLM + tokenizer.json)")
+            sp.add_argument("--format", choices=("safetensors", "hf", "hf-code"), default="safetensors",
+                            help="safetensors: the weights alone (default); hf: a folder transformers loads (the "
+                                 "architecture that computes the model + tokenizer.json); hf-code: the same with "
+                                 "tinylm's modeling code, for any model (trust_remote_code=True)")
             sp.add_argument("--quantize", metavar="int8|int6|int4",
                             help="write one compressed file (a quantized artifact, e.g. --out model.tlm): matrices "
                                  "as N-bit integers with fp16 scales, vectors in fp16, the tokenizer inside; "

@@ -12,10 +12,13 @@ source read for each; the tests compare logits and greedy tokens):
   ``ArceeForCausalLM`` (Llama with Nemotron's up/down MLP), with QK-norm ``ApertusForCausalLM``.
 
 No family computes the rest (learned positions with RMSNorm, SwiGLU or QK-norm; rotary positions with
-LayerNorm; a biased rotary model): the refusal names the nearest settings that export. A BPE tokenizer
-goes out as ``tokenizer.json`` as ``tokenizers`` runs it, a character vocabulary as a ``WordLevel`` model
-over single characters; ``<|endoftext|>`` is BOS and EOS. The folder is built beside ``--out`` and
-swapped in whole.
+LayerNorm and SwiGLU or QK-norm; a biased rotary model; GPT-NeoX without its parallel residual would carry
+rotary positions + LayerNorm + one activation, not written yet): the refusal names the nearest settings
+that export, and ``--format hf-code``, which writes any model as ``TinyLMForCausalLM`` with its own
+modeling code beside it (``hf_modeling_tinylm.py`` as ``modeling_tinylm.py``, for
+``trust_remote_code=True``). A BPE tokenizer goes out as ``tokenizer.json`` as ``tokenizers`` runs it, a
+character vocabulary as a ``WordLevel`` model over single characters; ``<|endoftext|>`` is BOS and EOS.
+The folder is built beside ``--out`` and swapped in whole.
 """
 from __future__ import annotations
 
@@ -39,12 +42,15 @@ from .hf_names import (
     LLAMA_QKV,
     RMSNORM_EPS,
     ROTARY,
+    TINYLM_FIELDS,
     UNGATED,
     mlp_hidden,
     rotary_block,
 )
 
-FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+REMOTE_CODE = "modeling_tinylm.py"  # --format hf-code: hf_modeling_tinylm.py, copied under this name
+FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+         REMOTE_CODE)
 # model_type -> the settings its computation requires: each key's allowed values
 FAMILIES = {
     "gpt2": {"pos": ("learned",), "norm": ("layernorm",), "mlp": UNGATED, "qk_norm": (False,)},
@@ -66,7 +72,8 @@ def family(m: ModelConfig) -> str:
                           for kind, w in wrong.items() if len(w) == fewest)
     settings = " ".join(f"--model.{k} {_flag(getattr(m, k))}" for k in SETTINGS)
     raise TinyLMError(f"no Hugging Face architecture computes this model ({settings}); the nearest settings that "
-                      f"export are {nearest}: train with those, or export the weights alone with --format safetensors")
+                      f"export are {nearest}: train with those, or write tinylm's own modeling code beside the "
+                      f"weights with --format hf-code (transformers loads it with trust_remote_code=True)")
 
 
 def _flag(value: object) -> str:
@@ -122,6 +129,16 @@ def rotary_files(kind: str, m: ModelConfig, state: dict[str, torch.Tensor]) -> t
     return config, out
 
 
+def tinylm_files(m: ModelConfig, state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
+    """TinyLMConfig's fields and TinyLMForCausalLM's tensors (tinylm's own names; a tied head is not stored)."""
+    config = {"architectures": [ARCHITECTURES["tinylm"]], "model_type": "tinylm",
+              "auto_map": {"AutoConfig": "modeling_tinylm.TinyLMConfig",
+                           "AutoModelForCausalLM": "modeling_tinylm.TinyLMForCausalLM"},
+              **{k: getattr(m, k) for k in TINYLM_FIELDS}, "mlp_hidden": mlp_hidden(m),
+              "tie_word_embeddings": m.tie_embeddings}
+    return config, {k: v for k, v in state.items() if not (m.tie_embeddings and k == "lm_head.weight")}
+
+
 def tokenizer_files(tok: Tokenizer, block_size: int) -> dict[str, dict]:
     """tokenizer.json (as Hugging Face ``tokenizers`` runs it) and tokenizer_config.json."""
     from ..tokenizer.io import to_hf_json
@@ -143,22 +160,24 @@ def _is_hf_export(path: Path) -> bool:
         return False
 
 
-def export_hf(ckpt_dir: Path, out: Path) -> str:
-    """Write ``out`` (a folder) from checkpoint ``ckpt_dir``; returns the architecture written.
+def export_hf(ckpt_dir: Path, out: Path, code: bool = False) -> str:
+    """Write ``out`` (a folder) from checkpoint ``ckpt_dir``; returns the architecture written: the transformers
+    family that computes the model, or with ``code`` TinyLMForCausalLM and its modeling code.
 
     An existing ``out`` is replaced only when empty or an earlier tinylm export.
     """
     from safetensors.torch import save_file
     cfg = checkpoint_config(ckpt_dir)
     m = cfg.model
-    name = family(m)
+    name = "tinylm" if code else family(m)
     tok = checkpoint_tokenizer(ckpt_dir)
     docs = tokenizer_files(tok, m.block_size)
     if (out.exists() or out.is_symlink()) and not (out.is_dir() and not any(out.iterdir())) and not _is_hf_export(out):
         raise TinyLMError(f"--out {out} exists and is not a tinylm Hugging Face export, so it is not replaced; "
                           f"choose another --out (a new or empty folder), or move it away")
     state = load_part(ckpt_dir, "model")
-    config, tensors = gpt2_files(m, state) if name == "gpt2" else rotary_files(name, m, state)
+    config, tensors = (tinylm_files(m, state) if code else gpt2_files(m, state) if name == "gpt2"
+                       else rotary_files(name, m, state))
     ids = {"bos_token_id": tok.eot_token, "eos_token_id": tok.eot_token}
     docs["config.json"] = {**config, **ids, "dtype": "float32", "torch_dtype": "float32", "use_cache": True,
                            "tinylm": {"version": __version__, "checkpoint": str(ckpt_dir)}}
@@ -171,8 +190,10 @@ def export_hf(ckpt_dir: Path, out: Path) -> str:
                   metadata={"format": "pt"})
         for file, doc in docs.items():
             write_text_atomic(tmp / file, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+        if code:
+            write_text_atomic(tmp / REMOTE_CODE, Path(__file__).with_name("hf_modeling_tinylm.py").read_text("utf-8"))
         replace_dir(tmp, out)
     except Exception as e:  # OSError, or safetensors' own error around one (a full disk)
         shutil.rmtree(tmp, ignore_errors=True)
         raise write_failure(e, out) from None
-    return ARCHITECTURES[name]
+    return config["architectures"][0]

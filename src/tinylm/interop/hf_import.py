@@ -29,6 +29,7 @@ from .hf_names import (
     LLAMA_QKV,
     RMSNORM_EPS,
     ROTARY,
+    TINYLM_FIELDS,
     mlp_ratio_for,
     rotary_block,
 )
@@ -66,6 +67,10 @@ def import_hf(source: str) -> Imported:
     if hf["model_type"] == "gpt2":
         cfg = gpt2_model_config(hf, folder)
         state = gpt2_state_dict(_read_weights(folder), cfg, folder)
+    elif hf["model_type"] == "tinylm":  # --format hf-code: tinylm's own names
+        cfg = tinylm_model_config(hf, folder)
+        weights = {k: v.float() for k, v in _read_weights(folder).items()}
+        state = _renamed(weights, {k: k for k in weights}, cfg, folder, ARCHITECTURES["tinylm"])
     else:
         cfg = rotary_model_config(hf, folder)
         state = rotary_state_dict(hf["model_type"], _read_weights(folder), cfg, folder)
@@ -183,6 +188,16 @@ def rotary_model_config(hf: dict, folder: Path) -> ModelConfig:
                        norm="rmsnorm", pos="rope", rope_base=float(rope.get("rope_theta", hf.get("rope_theta", 1e4))),
                        qk_norm=r.qk_norm, tie_embeddings=hf.get("tie_word_embeddings", False), bias=False,
                        dropout=0.0)
+
+
+def tinylm_model_config(hf: dict, folder: Path) -> ModelConfig:
+    """TinyLMConfig's fields (what ``tinylm export --format hf-code`` writes) -> ModelConfig."""
+    missing = [k for k in (*TINYLM_FIELDS, "mlp_hidden", "tie_word_embeddings") if k not in hf]
+    if missing:
+        raise TinyLMError(f"{folder / 'config.json'} lacks {', '.join(missing)}; export the folder again with "
+                          f"tinylm export --format hf-code")
+    return ModelConfig(**{k: hf[k] for k in TINYLM_FIELDS}, tie_embeddings=hf["tie_word_embeddings"], dropout=0.0,
+                       mlp_ratio=mlp_ratio_for(hf["mlp_hidden"], hf["n_embd"], hf["mlp"]))
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:

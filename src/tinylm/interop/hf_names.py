@@ -43,7 +43,12 @@ ROTARY = {"llama": Rotary("LlamaForCausalLM", gated=True, qk_norm=False),
           "arcee": Rotary("ArceeForCausalLM", gated=False, qk_norm=False),
           "apertus": Rotary("ApertusForCausalLM", gated=False, qk_norm=True,
                             norms=("attention_layernorm", "feedforward_layernorm"))}
-ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", **{kind: r.architecture for kind, r in ROTARY.items()}}
+# model_type -> architecture; "tinylm": any model, with its own modeling code (hf_modeling_tinylm.py)
+ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", **{kind: r.architecture for kind, r in ROTARY.items()},
+                 "tinylm": "TinyLMForCausalLM"}
+# the ModelConfig fields TinyLMConfig takes as they are (besides mlp_hidden and tie_word_embeddings)
+TINYLM_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp", "norm", "pos", "rope_base",
+                 "qk_norm", "bias")
 
 
 def rotary_block(r: Rotary) -> dict[str, str]:
