@@ -1,6 +1,8 @@
-"""Other tools' model folders: Hugging Face GPT-2 and Llama folders in (``hf_import``) and out (``hf_export``).
+"""Other tools' model folders: Hugging Face GPT-2 and Llama-family folders in (``hf_import``) and out (``hf_export``).
 
-``hf_names`` is the one table of their names and settings, read both ways. ``pretrained`` is where a
+``hf_names`` is the one table of their names and settings, read both ways. ``hf_modeling_tinylm`` is
+not imported by tinylm: it is the modeling code ``--format hf-code`` copies into a folder, for
+transformers' ``trust_remote_code``, so it imports transformers and never tinylm. ``pretrained`` is where a
 run's ``--train.init_from`` comes from: a tinylm run or checkpoint, a local Hugging Face folder, or
 a hub name such as ``gpt2``; ``tinylm eval`` scores a Hugging Face folder through ``hf_import`` too.
 Neither direction needs ``transformers``; the tests use it to check that both sides compute the same logits.
