@@ -241,7 +241,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                              ("export", "Write a checkpoint's weights as safetensors, or as a Hugging Face folder.",
                               cmd_export)):
         sp = sub.add_parser(name, help=help, description=help)
-        sp.add_argument("run", help="run folder (runs/<name>) or a checkpoint folder")
+        sp.add_argument("run", help="run folder (runs/<name>) or a checkpoint folder" +
+                        ("" if name == "export" else ", or a quantized artifact (tinylm export --quantize)"))
         sp.add_argument("--checkpoint", default="last", choices=("last", "best"))
         sp.set_defaults(func=func, overrides=name == "sample")  # sample takes --sample.* settings
         if name == "info":
@@ -270,8 +271,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     sp.set_defaults(func=cmd_import, overrides=False)
     help = "Loss, perplexity and bits per byte of a checkpoint on its run's split or on a text file."
     sp = sub.add_parser("eval", help=help, description=f"{help} Under torchrun the processes share the windows.")
-    sp.add_argument("run", help="run folder (runs/<name>), a checkpoint folder, or a Hugging Face GPT-2 or Llama "
-                                "folder (with --text)")
+    sp.add_argument("run", help="run folder (runs/<name>), a checkpoint folder, a quantized artifact (tinylm export "
+                                "--quantize), or a Hugging Face GPT-2 or Llama folder (with --text)")
     sp.add_argument("--checkpoint", default="last", choices=("last", "best"))
     sp.add_argument("--split", choices=("val", "train"), help="the run's prepared split to score (default val)")
     sp.add_argument("--tokens", metavar="N|all",
