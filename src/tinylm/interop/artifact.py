@@ -60,6 +60,7 @@ from .quantize import (
 MAGIC = b"\x89tinylm\n"
 FORMAT_VERSION = 1
 PREFIX = struct.Struct("<8sHBB4Q32s")  # magic, version, codec, reserved, section lengths, sha256
+DIGEST_AT = PREFIX.size - 32  # the checksum's offset: it covers the bytes before it and every byte after the prefix
 SECTIONS = ("header", "weights", "scales", "tokenizer")
 CODECS = ("zlib", "lzma")
 LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9}]  # raw LZMA2: no container bytes
@@ -113,6 +114,12 @@ class Sizes:
         return [f"{k:<10} {v:>12,} bytes  ({100 * v / self.total:.1f}%)" for k, v in parts.items()]
 
 
+def _sizes(parts: list[bytes]) -> Sizes:
+    """The compressed sections (header, weights, scales, tokenizer) -> the file's bytes by part."""
+    header, weights, scales, tokenizer = map(len, parts)
+    return Sizes(weights, scales, tokenizer, PREFIX.size + header)
+
+
 class Encoded(NamedTuple):
     data: bytes  # the whole file
     sizes: Sizes
@@ -148,9 +155,9 @@ def encode(cfg: Config, state: dict[str, torch.Tensor], tok: Tokenizer, bits: in
     parts, codec, layout = best
     prefix = PREFIX.pack(MAGIC, FORMAT_VERSION, CODECS.index(codec), 0, *map(len, parts), b"\0" * 32)
     body = b"".join(parts)
-    digest = hashlib.sha256(prefix[:44] + body).digest()
-    sizes = Sizes(len(parts[1]), len(parts[2]), len(parts[3]), PREFIX.size + len(parts[0]))
-    return Encoded(prefix[:44] + digest + body, sizes, codec, layout)
+    digest = hashlib.sha256(prefix[:DIGEST_AT] + body).digest()
+    sizes = _sizes(parts)
+    return Encoded(prefix[:DIGEST_AT] + digest + body, sizes, codec, layout)
 
 
 def _weights_bytes(table: list[dict], quants: dict[str, Quantized], vectors: Iterator[bytes], bits: int,
@@ -214,7 +221,7 @@ def _sections(path: Path) -> tuple[str, list[bytes]]:
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "damaged (bytes past its end)"
         raise TinyLMError(f"{path} is {what}: {len(data):,} bytes where its header declares {expected:,}; {again}")
-    if hashlib.sha256(data[:44] + data[PREFIX.size:]).digest() != digest or codec >= len(CODECS):
+    if hashlib.sha256(data[:DIGEST_AT] + data[PREFIX.size:]).digest() != digest or codec >= len(CODECS):
         raise TinyLMError(f"{path} is damaged: its checksum does not match its bytes (changed since it was "
                           f"written); {again}")
     bounds = np.cumsum([PREFIX.size, *lengths]).tolist()
@@ -225,7 +232,7 @@ def read_header(path: str | os.PathLike) -> dict:
     """The verified header alone (config, bits, source, ...) with the file's ``sizes``: what ``tinylm info`` shows."""
     codec, parts = _sections(Path(path))
     header = json.loads(_decompress(parts[0], codec))
-    sizes = Sizes(len(parts[1]), len(parts[2]), len(parts[3]), PREFIX.size + len(parts[0]))
+    sizes = _sizes(parts)
     return {**header, "codec": codec, "sizes": sizes}
 
 
@@ -255,7 +262,7 @@ def read(path: str | os.PathLike) -> Artifact:
     if cfg.model.tie_embeddings:
         state["lm_head.weight"] = state["wte.weight"]
     tok = parse_tokenizer(tok_text.decode("utf-8"), path, fix="export the artifact again")
-    sizes = Sizes(len(parts[1]), len(parts[2]), len(parts[3]), PREFIX.size + len(parts[0]))
+    sizes = _sizes(parts)
     return Artifact(cfg, state, tok, header, sizes, codec)
 
 
