@@ -6,4 +6,8 @@ transformers' ``trust_remote_code``, so it imports transformers and never tinylm
 run's ``--train.init_from`` comes from: a tinylm run or checkpoint, a local Hugging Face folder, or
 a hub name such as ``gpt2``; ``tinylm eval`` scores a Hugging Face folder through ``hf_import`` too.
 Neither direction needs ``transformers``; the tests use it to check that both sides compute the same logits.
+
+``artifact`` is tinylm's own out: the whole model quantized and compressed in one file (``tinylm export
+--quantize``), its size before training (the byte budget), read back by ``eval``, ``sample`` and ``info``;
+``quantize`` holds its integers and scales.
 """
