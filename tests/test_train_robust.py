@@ -418,3 +418,17 @@ def test_a_pickled_document_index_is_refused_in_one_line(tmp_path, text_200k, ca
     assert main(["train", *cli_args(cfg)]) == 2
     one_line_error(capsys, f"tinylm: error: {tmp_path / 'data' / 'train_docs.npy'} is not a plain array of document "
                            f"starts (")
+
+
+def test_a_model_too_large_for_the_memory_is_refused_with_the_estimate_before_allocating(tmp_path, text_200k,
+                                                                                         capsys):
+    from tinylm import runtime
+    cfg = tiny_config(tmp_path, text_200k, **{"model.n_embd": 1_000_000, "model.n_head": 1})
+    assert main(["train", *cli_args(cfg)]) == 2  # 24e12 parameters: 12 TB of weights alone
+    have = runtime.device_memory(torch.device("cpu")) / 2**30
+    err = one_line_error(capsys, "--model.n_layer 2 x --model.n_embd 1000000 (vocab ",
+                         f"GiB for their weights, gradients and adamw state (16 bytes each, activations on top), more "
+                         f"than the {have:,.1f} GiB of this cpu; choose a smaller model")
+    params = int(err.split(" is ")[1].split(" parameters")[0].replace(",", ""))
+    assert f"at least {params * 16 / 2**30:,.1f} GiB" in err
+    assert not cfg.run_dir.exists()  # refused before the run folder is kept

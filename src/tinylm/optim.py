@@ -19,6 +19,9 @@ from .errors import TinyLMError
 # The quintic Newton-Schulz coefficients published with Muon (Keller Jordan, 2024): chosen so the
 # iteration pushes every singular value of a normalized matrix into roughly [0.7, 1.2] in 5 steps.
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
+# fp32 tensors of optimizer state per parameter: AdamW's two moments, Lion's and Muon's one momentum (Muon's AdamW
+# groups, the embeddings and norms, keep two: this is the least a step holds)
+STATE_TENSORS = {"adamw": 2, "lion": 1, "muon": 1}
 
 
 # ----------------------------------------------------------------------------- parameter groups

@@ -46,6 +46,18 @@ def resolve_device(name: str, local_rank: int = 0, flag: str = "--train.device")
     return torch.device("cuda", local_rank) if device.type == "cuda" and device.index is None else device
 
 
+def device_memory(device: torch.device) -> int | None:
+    """Bytes of memory the device has: a GPU's own, the machine's RAM for the CPU; None when unknown (MPS)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):  # no sysconf (Windows) or no such name
+            return None
+    return None
+
+
 def device_name(device: torch.device) -> str:
     """What a run trained on, for its checkpoints and report, in one format: ``"<type>[:<index>]"``, and on
     CUDA the GPU's name: ``"cuda:0 (NVIDIA H100 80GB HBM3)"``, ``"cpu"``, ``"mps"``."""

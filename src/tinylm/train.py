@@ -38,6 +38,26 @@ from .train_log import Reporting
 from .train_state import Checkpointing
 
 
+def check_memory(cfg: Config, device: torch.device) -> None:
+    """Refuse, before allocating, a model whose weights, gradients and optimizer state alone (fp32) exceed the
+    device's memory: the allocation would fail deep inside torch, or the OS would kill the process. A lower bound:
+    activations come on top, so a model this refuses can never train here."""
+    from .analysis.report import model_counts
+    from .optim import STATE_TENSORS
+    params = model_counts(cfg)[0]  # counted on the meta device: nothing allocated
+    # FSDP shards gradients and state, but each process first builds the whole model
+    state = STATE_TENSORS[cfg.optim.name]
+    per_param, what = ((4, "the weights each process builds before FSDP shards them") if cfg.train.fsdp else
+                       (4 * (2 + state), f"their weights, gradients and {cfg.optim.name} state"))
+    need, have = params * per_param, runtime.device_memory(device)
+    if have is not None and need > have:
+        m = cfg.model
+        raise TinyLMError(f"--model.n_layer {m.n_layer} x --model.n_embd {m.n_embd} (vocab {m.vocab_size}) is "
+                          f"{params:,} parameters: training needs at least {need / 2**30:,.1f} GiB for {what} "
+                          f"({per_param} bytes each, activations on top), more than the {have / 2**30:,.1f} GiB of "
+                          f"this {device.type}; choose a smaller model")
+
+
 def build_model(cfg: Config, rank: int, device: torch.device) -> GPT:
     """The model, initialized alike in every process (``train.seed``); then every random stream is
     reseeded with seed + rank, so that each DDP process draws its own dropout masks.
@@ -45,6 +65,7 @@ def build_model(cfg: Config, rank: int, device: torch.device) -> GPT:
     (The batch loader has its own generator, the same in every process: they must agree on the
     global batch they share.)
     """
+    check_memory(cfg, device)
     runtime.seed_everything(cfg.train.seed)
     model = GPT(cfg.model).to(device)
     runtime.seed_everything(cfg.train.seed + rank)
