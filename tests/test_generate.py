@@ -602,9 +602,9 @@ def test_cli_sample_moves_the_model_to_the_device(trained_run, capsys, monkeypat
     monkeypatch.setattr(checkpoint, "resolve_device", resolve)
     # the module: the package's attribute tinylm.generate is the function of that name
     monkeypatch.setattr(importlib.import_module("tinylm.generate"), "generate_text", fake_generate_text)
-    assert main(["sample", str(trained_run), "--device", "cpu"]) == 0
+    assert main(["sample", str(trained_run), "--device", "auto"]) == 0
     assert main(["sample", str(trained_run)]) == 0
-    assert asked == [("cpu", "--device"), ("auto", "--device")]  # the second: the run's train.device
+    assert asked == [("auto", "--device"), ("cpu", "--device")]  # the second: the run's train.device (conftest's)
     assert used == [torch.device("meta")] * 2
     capsys.readouterr()
 
