@@ -17,19 +17,11 @@ from tinylm.interop import artifact
 from tinylm.interop.quantize import CLIP_RATIOS, LAYOUTS, dequantize, from_bytes, quantize, to_bytes, value_bytes
 from tinylm.train import Trainer, train
 
-from conftest import tiny_config
+from conftest import one_line_error, tiny_config
 
 # bits per byte an artifact may lose against its fp32 run (README, "A model in N bytes"): the issue's goals for
 # int8 and int6; int4 has none, the bound says how far it is from them on this model
 BPB_BOUND = {"int8": 0.01, "int6": 0.03, "int4": 0.15}
-
-
-def refused(capsys, *needles):
-    """The CLI said one line (no traceback) containing every needle."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("tinylm: error: "), err
-    for needle in needles:
-        assert needle in err, err
 
 
 def eval_json(capsys, *args) -> dict:
@@ -126,10 +118,10 @@ def test_damaged_truncated_foreign_and_newer_files_are_refused(run, tmp_path, ca
         for command in (["eval", str(bad)], ["sample", str(bad)], ["info", str(bad)]):
             capsys.readouterr()
             assert main(command) == 2, (name, command)
-            refused(capsys, str(bad), needle)
+            one_line_error(capsys, str(bad), needle)
     capsys.readouterr()
     assert main(["eval", str(good), "--checkpoint", "best"]) == 2
-    refused(capsys, "is a quantized artifact: it holds one model; drop --checkpoint best")
+    one_line_error(capsys, "is a quantized artifact: it holds one model; drop --checkpoint best")
 
 
 def test_export_refusals_leave_files_alone(run, tmp_path, capsys):
@@ -143,7 +135,7 @@ def test_export_refusals_leave_files_alone(run, tmp_path, capsys):
             (["--quantize", "int8", "--out", str(tmp_path)], "is a folder; give a file name")):
         capsys.readouterr()
         assert main(["export", str(run.run_dir), *args]) == 2, args
-        refused(capsys, needle)
+        one_line_error(capsys, needle)
     assert mine.read_text() == "mine" and not (tmp_path / "m.tlm").exists()
     # an artifact is replaced by the next export; groups of 16 make more scales
     out = tmp_path / "g.tlm"
@@ -178,7 +170,7 @@ def test_estimate_bounds_the_artifact_and_the_budget_refuses_before_step_1(run, 
                                                                                   "'lots' is not a positive size"):
         capsys.readouterr()
         assert main(["train", "--train.max_steps", "1", *bad]) == 2
-        refused(capsys, needle)
+        one_line_error(capsys, needle)
 
 
 def test_plan_bytes_lists_the_widest_shapes_that_fit(capsys):
