@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -425,12 +424,9 @@ def test_export_replaces_only_its_own_export(tmp_path, trained, capsys):
 
 
 def test_export_on_a_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path, trained, capsys, monkeypatch):
-    import safetensors.torch
-
-    def full_disk(state, path, metadata=None):
-        Path(path).write_bytes(b"partial")
-        raise Exception("Error while serializing: I/O error: No space left on device (os error 28)")
-    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    def full_disk(fd):  # the data is written, then the disk has no room for it (delayed allocation)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "fsync", full_disk)
     out = tmp_path / "model.safetensors"
     assert main(["export", str(trained.run_dir), "--out", str(out)]) == 2
     one_line_error(capsys, f"the disk is full: no space left to write {out}")
