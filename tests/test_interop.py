@@ -291,6 +291,9 @@ FAMILIES = {  # the architecture transformers loads, then what tells the variant
     "GPT2LMHeadModel": {"model.bias": "false", "model.tie_embeddings": "false"},  # exact GELU, the default
     "GPT2LMHeadModel tanh": {"model.mlp": "gelu"},  # GPT-2's own GELU
     "GPT2LMHeadModel relu2": {"model.mlp": "relu2", "model.bias": "true"},
+    "GPTNeoXForCausalLM": {"model.pos": "rope", "model.mlp": "relu2", "model.bias": "true",
+                           "model.tie_embeddings": "false", "model.rope_base": "500"},
+    "GPTNeoXForCausalLM gelu": {"model.pos": "rope"},  # exact GELU, no biases, tied
     "LlamaForCausalLM": {**ROTARY, "model.mlp": "swiglu", "model.rope_base": "500"},
     "Qwen3ForCausalLM": {**ROTARY, "model.mlp": "swiglu", "model.qk_norm": "true", "model.tie_embeddings": "false"},
     "ArceeForCausalLM": {**ROTARY, "model.mlp": "relu2"},  # the presets' architecture
@@ -298,6 +301,7 @@ FAMILIES = {  # the architecture transformers loads, then what tells the variant
     "ApertusForCausalLM": {**ROTARY, "model.mlp": "relu2", "model.qk_norm": "true"},
 }
 ACTIVATION = {"GPT2LMHeadModel": "gelu", "GPT2LMHeadModel tanh": "gelu_new", "GPT2LMHeadModel relu2": "relu2",
+              "GPTNeoXForCausalLM": "relu2", "GPTNeoXForCausalLM gelu": "gelu",
               "LlamaForCausalLM": "silu", "Qwen3ForCausalLM": "silu", "ArceeForCausalLM": "relu2",
               "ArceeForCausalLM gelu": "gelu_new", "ApertusForCausalLM": "relu2"}
 
@@ -383,8 +387,9 @@ def test_every_presets_model_exports_with_the_same_logits_and_greedy_text(tmp_pa
 @pytest.mark.parametrize(("model", "nearest"), [
     ({"model.qk_norm": "true"}, "GPT2LMHeadModel's (--model.qk_norm false)"),
     ({"model.pos": "rope", "model.norm": "layernorm", "model.mlp": "swiglu"},
-     "LlamaForCausalLM's (--model.norm rmsnorm)"),
-    ({**ROTARY, "model.mlp": "relu2", "model.bias": "true"}, "ArceeForCausalLM's (--model.bias false)"),
+     "GPTNeoXForCausalLM's (--model.mlp gelu|gelu_exact|relu2) or LlamaForCausalLM's (--model.norm rmsnorm)"),
+    ({**ROTARY, "model.mlp": "relu2", "model.bias": "true"},
+     "GPTNeoXForCausalLM's (--model.norm layernorm) or ArceeForCausalLM's (--model.bias false)"),
     ({"model.norm": "rmsnorm", "model.mlp": "relu2"},  # two families one change away: both named
      "GPT2LMHeadModel's (--model.norm layernorm) or ArceeForCausalLM's (--model.pos rope)"),
     ({"model.mlp": "swiglu", "model.qk_norm": "true"},
@@ -403,7 +408,7 @@ REMOTE = {  # what no transformers architecture computes: the architecture ablat
     "learned rmsnorm": {"model.norm": "rmsnorm"},
     "learned swiglu biases untied": {"model.mlp": "swiglu", "model.bias": "true", "model.tie_embeddings": "false"},
     "learned qk_norm tanh": {"model.qk_norm": "true", "model.mlp": "gelu"},
-    "rope layernorm relu2": {"model.pos": "rope", "model.mlp": "relu2", "model.rope_base": "500"},
+    "rope layernorm swiglu": {"model.pos": "rope", "model.mlp": "swiglu", "model.rope_base": "500"},
     "rope biases qk_norm swiglu": {**ROTARY, "model.mlp": "swiglu", "model.bias": "true", "model.qk_norm": "true"},
 }
 

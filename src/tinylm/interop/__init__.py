@@ -1,4 +1,5 @@
-"""Other tools' model folders: Hugging Face GPT-2 and Llama-family folders in (``hf_import``) and out (``hf_export``).
+"""Other tools' model folders: Hugging Face GPT-2, GPT-NeoX and Llama-family folders in (``hf_import``) and out
+(``hf_export``).
 
 ``hf_names`` is the one table of their names and settings, read both ways. ``hf_modeling_tinylm`` is
 not imported by tinylm: it is the modeling code ``--format hf-code`` copies into a folder, for

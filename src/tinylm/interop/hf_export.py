@@ -1,20 +1,21 @@
 """A tinylm checkpoint -> a Hugging Face folder that ``AutoModelForCausalLM`` and ``AutoTokenizer`` load.
 
-Five transformers families have the same computation as tinylm configurations (transformers' own
+Six transformers families have the same computation as tinylm configurations (transformers' own
 source read for each; the tests compare logits and greedy tokens):
 
 * ``GPT2LMHeadModel``: learned positions, LayerNorm, one activation (GELU tanh: GPT-2's ``gelu_new``;
   exact GELU: ``gelu``; ReLU²: ``relu2``). tinylm without biases is GPT-2 with zero biases (LayerNorm's
   included); GPT-2's Conv1D stores weights as (in, out).
+* ``GPTNeoXForCausalLM`` without its parallel residual: rotary positions, LayerNorm, one activation, (zero)
+  biases; its fused query_key_value holds each head's q, k and v together (``hf_names.neox_qkv``).
 * rotary positions + RMSNorm (eps 1e-6) without biases, Llama's layout (:data:`hf_names.ROTARY`): tinylm's
   fused qkv matrix is split into q_proj, k_proj and v_proj, its rotation pairs (i, i + hs/2) are Llama's.
   SwiGLU is ``LlamaForCausalLM``, with QK-norm ``Qwen3ForCausalLM``; one activation (ReLU², GELU) is
   ``ArceeForCausalLM`` (Llama with Nemotron's up/down MLP), with QK-norm ``ApertusForCausalLM``.
 
 No family computes the rest (learned positions with RMSNorm, SwiGLU or QK-norm; rotary positions with
-LayerNorm and SwiGLU or QK-norm; a biased rotary model; GPT-NeoX without its parallel residual would carry
-rotary positions + LayerNorm + one activation, not written yet): the refusal names the nearest settings
-that export, and ``--format hf-code``, which writes any model as ``TinyLMForCausalLM`` with its own
+LayerNorm and SwiGLU or QK-norm; rotary positions, RMSNorm and biases): the refusal names the nearest
+settings that export, and ``--format hf-code``, which writes any model as ``TinyLMForCausalLM`` with its own
 modeling code beside it (``hf_modeling_tinylm.py`` as ``modeling_tinylm.py``, for
 ``trust_remote_code=True``). A BPE tokenizer goes out as ``tokenizer.json`` as ``tokenizers`` runs it, a
 character vocabulary as a ``WordLevel`` model over single characters; ``<|endoftext|>`` is BOS and EOS.
@@ -40,11 +41,13 @@ from .hf_names import (
     HF_ACT,
     LAYERNORM_EPS,
     LLAMA_QKV,
+    NEOX_BLOCK,
     RMSNORM_EPS,
     ROTARY,
     TINYLM_FIELDS,
     UNGATED,
     mlp_hidden,
+    neox_qkv,
     rotary_block,
 )
 
@@ -54,6 +57,7 @@ FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenize
 # model_type -> the settings its computation requires: each key's allowed values
 FAMILIES = {
     "gpt2": {"pos": ("learned",), "norm": ("layernorm",), "mlp": UNGATED, "qk_norm": (False,)},
+    "gpt_neox": {"pos": ("rope",), "norm": ("layernorm",), "mlp": UNGATED, "qk_norm": (False,)},
     **{kind: {"pos": ("rope",), "norm": ("rmsnorm",), "mlp": ("swiglu",) if r.gated else UNGATED,
               "qk_norm": (r.qk_norm,), "bias": (False,)} for kind, r in ROTARY.items()},
 }
@@ -81,6 +85,11 @@ def _flag(value: object) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def _bias(state: dict[str, torch.Tensor], name: str, size: int) -> torch.Tensor:
+    """The bias ``name``, or zeros: a model without biases is GPT-2's or GPT-NeoX's with zero biases."""
+    return state.get(name, torch.zeros(size))
+
+
 def gpt2_files(m: ModelConfig, state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
     """GPT2Config's fields and GPT2LMHeadModel's tensors for a GPT-2-family tinylm model."""
     config = {"architectures": [ARCHITECTURES["gpt2"]], "model_type": "gpt2", "vocab_size": m.vocab_size,
@@ -89,19 +98,42 @@ def gpt2_files(m: ModelConfig, state: dict[str, torch.Tensor]) -> tuple[dict, di
               "resid_pdrop": m.dropout, "embd_pdrop": m.dropout, "attn_pdrop": m.weights_dropout,
               "scale_attn_weights": True, "tie_word_embeddings": m.tie_embeddings}
 
-    def bias(name: str, size: int) -> torch.Tensor:  # no bias = a zero bias
-        return state.get(name, torch.zeros(size))
-
     out = {"transformer.wte.weight": state["wte.weight"], "transformer.wpe.weight": state["wpe.weight"],
            "transformer.ln_f.weight": state["norm_f.weight"],
-           "transformer.ln_f.bias": bias("norm_f.bias", m.n_embd)}
+           "transformer.ln_f.bias": _bias(state, "norm_f.bias", m.n_embd)}
     for i in range(m.n_layer):
         for hf, (ours, conv) in GPT2_BLOCK.items():
             w = state[f"blocks.{i}.{ours}.weight"]
             out[f"transformer.h.{i}.{hf}.weight"] = w.t() if conv else w
-            out[f"transformer.h.{i}.{hf}.bias"] = bias(f"blocks.{i}.{ours}.bias", w.size(0))
+            out[f"transformer.h.{i}.{hf}.bias"] = _bias(state, f"blocks.{i}.{ours}.bias", w.size(0))
     if not m.tie_embeddings:
         out["lm_head.weight"] = state["lm_head.weight"]
+    return config, out
+
+
+def neox_files(m: ModelConfig, state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
+    """GPTNeoXConfig's fields and GPTNeoXForCausalLM's tensors: sequential residual, every rotary dimension."""
+    config = {"architectures": [ARCHITECTURES["gpt_neox"]], "model_type": "gpt_neox", "vocab_size": m.vocab_size,
+              "hidden_size": m.n_embd, "num_hidden_layers": m.n_layer, "num_attention_heads": m.n_head,
+              "intermediate_size": mlp_hidden(m), "hidden_act": HF_ACT[m.mlp], "max_position_embeddings": m.block_size,
+              "layer_norm_eps": LAYERNORM_EPS, "use_parallel_residual": False, "attention_bias": True,
+              # rotary_pct and rotary_emb_base for transformers 4.x, rope_parameters for 5.x
+              "rotary_pct": 1.0, "rotary_emb_base": m.rope_base,
+              "rope_parameters": {"rope_type": "default", "rope_theta": m.rope_base, "partial_rotary_factor": 1.0},
+              "hidden_dropout": m.dropout, "attention_dropout": m.weights_dropout,
+              "tie_word_embeddings": m.tie_embeddings}
+
+    out = {"gpt_neox.embed_in.weight": state["wte.weight"], "gpt_neox.final_layer_norm.weight": state["norm_f.weight"],
+           "gpt_neox.final_layer_norm.bias": _bias(state, "norm_f.bias", m.n_embd)}
+    for i in range(m.n_layer):
+        for hf, ours in NEOX_BLOCK.items():
+            w = state[f"blocks.{i}.{ours}.weight"]
+            b = _bias(state, f"blocks.{i}.{ours}.bias", w.size(0))
+            if ours == "attn.qkv":
+                w, b = neox_qkv(w, m.n_head, to_neox=True), neox_qkv(b, m.n_head, to_neox=True)
+            out[f"gpt_neox.layers.{i}.{hf}.weight"], out[f"gpt_neox.layers.{i}.{hf}.bias"] = w, b
+    if not m.tie_embeddings:
+        out["embed_out.weight"] = state["lm_head.weight"]  # transformers 5 reads it as lm_head
     return config, out
 
 
@@ -177,7 +209,7 @@ def export_hf(ckpt_dir: Path, out: Path, code: bool = False) -> str:
                           f"choose another --out (a new or empty folder), or move it away")
     state = load_part(ckpt_dir, "model")
     config, tensors = (tinylm_files(m, state) if code else gpt2_files(m, state) if name == "gpt2"
-                       else rotary_files(name, m, state))
+                       else neox_files(m, state) if name == "gpt_neox" else rotary_files(name, m, state))
     ids = {"bos_token_id": tok.eot_token, "eos_token_id": tok.eot_token}
     docs["config.json"] = {**config, **ids, "dtype": "float32", "torch_dtype": "float32", "use_cache": True,
                            "tinylm": {"version": __version__, "checkpoint": str(ckpt_dir)}}

@@ -3,7 +3,8 @@
 A folder holds ``config.json`` and ``model.safetensors`` (or ``pytorch_model.bin``, loaded with
 ``weights_only``), and its tokenizer as ``tokenizer.json`` or GPT-2's ``vocab.json`` + ``merges.txt``.
 GPT-2 is tinylm's default architecture with biases: learned positions, LayerNorm (eps 1e-5),
-tanh-approximated GELU, a tied head. Llama (and Qwen3, Arcee, Apertus: ``hf_names.ROTARY``) is rotary
+tanh-approximated GELU, a tied head. GPT-NeoX (sequential residual) is rotary positions with LayerNorm and
+one activation. Llama (and Qwen3, Arcee, Apertus: ``hf_names.ROTARY``) is rotary
 positions, RMSNorm (eps 1e-6) and no biases: what ``tinylm export --format hf`` writes, read back. A
 setting tinylm does not compute the same way (grouped key/value heads, another eps, rope scaling, ...)
 is refused by name.
@@ -27,10 +28,12 @@ from .hf_names import (
     GPT2_BLOCK,
     LAYERNORM_EPS,
     LLAMA_QKV,
+    NEOX_BLOCK,
     RMSNORM_EPS,
     ROTARY,
     TINYLM_FIELDS,
     mlp_ratio_for,
+    neox_qkv,
     rotary_block,
 )
 
@@ -67,6 +70,9 @@ def import_hf(source: str) -> Imported:
     if hf["model_type"] == "gpt2":
         cfg = gpt2_model_config(hf, folder)
         state = gpt2_state_dict(_read_weights(folder), cfg, folder)
+    elif hf["model_type"] == "gpt_neox":
+        cfg = neox_model_config(hf, folder)
+        state = neox_state_dict(_read_weights(folder), cfg, folder)
     elif hf["model_type"] == "tinylm":  # --format hf-code: tinylm's own names
         cfg = tinylm_model_config(hf, folder)
         weights = {k: v.float() for k, v in _read_weights(folder).items()}
@@ -190,6 +196,27 @@ def rotary_model_config(hf: dict, folder: Path) -> ModelConfig:
                        dropout=0.0)
 
 
+def neox_model_config(hf: dict, folder: Path) -> ModelConfig:
+    """GPTNeoXConfig's fields -> ModelConfig; a setting tinylm cannot compute the same way is refused by name."""
+    n_embd, n_head = hf.get("hidden_size", 6144), hf.get("num_attention_heads", 64)
+    act = hf.get("hidden_act", "gelu")
+    rope = hf.get("rope_parameters") or {}
+    _refuse(folder, hf, {"hidden_act": act not in ACT_FROM_HF,
+                         "use_parallel_residual": hf.get("use_parallel_residual", True),
+                         "layer_norm_eps": hf.get("layer_norm_eps", LAYERNORM_EPS) != LAYERNORM_EPS,
+                         "rotary_pct": rope.get("partial_rotary_factor", hf.get("rotary_pct", 0.25)) != 1.0,
+                         "attention_bias": not hf.get("attention_bias", True),
+                         "rope_parameters": rope.get("rope_type", "default") != "default"},
+            f"GPT-NeoX with hidden_act {' | '.join(ACT_FROM_HF)}, a sequential residual, LayerNorm eps "
+            f"{LAYERNORM_EPS}, every head dimension rotated, biases")
+    mlp = ACT_FROM_HF[act]
+    return ModelConfig(vocab_size=hf.get("vocab_size", 50432), block_size=hf.get("max_position_embeddings", 2048),
+                       n_layer=hf.get("num_hidden_layers", 44), n_head=n_head, n_embd=n_embd, mlp=mlp,
+                       mlp_ratio=mlp_ratio_for(hf.get("intermediate_size", 24576), n_embd, mlp), norm="layernorm",
+                       pos="rope", rope_base=float(rope.get("rope_theta", hf.get("rotary_emb_base", 1e4))),
+                       qk_norm=False, tie_embeddings=hf.get("tie_word_embeddings", False), bias=True, dropout=0.0)
+
+
 def tinylm_model_config(hf: dict, folder: Path) -> ModelConfig:
     """TinyLMConfig's fields (what ``tinylm export --format hf-code`` writes) -> ModelConfig."""
     missing = [k for k in (*TINYLM_FIELDS, "mlp_hidden", "tie_word_embeddings") if k not in hf]
@@ -243,6 +270,21 @@ def gpt2_state_dict(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, folder:
                 if conv and p == "weight" and f"h.{i}.{hf_name}.{p}" in src:
                     src[f"h.{i}.{hf_name}.{p}"] = src[f"h.{i}.{hf_name}.{p}"].t()  # Conv1D: (in, out)
     return _renamed(src, names, cfg, folder, "GPT-2")
+
+
+def neox_state_dict(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, folder: Path) -> dict[str, torch.Tensor]:
+    """GPT-NeoX's tensor names -> tinylm's, in fp32; each head's q, k, v regrouped into tinylm's qkv order."""
+    src = {k.replace("embed_out.", "lm_head."): v.float() for k, v in hf_state.items()}  # 4.x's head name
+    names = {"gpt_neox.embed_in.weight": "wte.weight", "gpt_neox.final_layer_norm.weight": "norm_f.weight",
+             "gpt_neox.final_layer_norm.bias": "norm_f.bias"}
+    for i in range(cfg.n_layer):
+        for hf_name, ours in NEOX_BLOCK.items():
+            for p in ("weight", "bias"):
+                theirs = f"gpt_neox.layers.{i}.{hf_name}.{p}"
+                names[theirs] = f"blocks.{i}.{ours}.{p}"
+                if ours == "attn.qkv" and theirs in src:
+                    src[theirs] = neox_qkv(src[theirs], cfg.n_head, to_neox=False)
+    return _renamed(src, names, cfg, folder, ARCHITECTURES["gpt_neox"])
 
 
 def rotary_state_dict(kind: str, hf_state: dict[str, torch.Tensor], cfg: ModelConfig,

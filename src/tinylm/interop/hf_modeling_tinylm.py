@@ -1,6 +1,7 @@
 """tinylm's GPT for transformers' ``trust_remote_code``: ``tinylm export --format hf-code`` copies this file into
 the folder as ``modeling_tinylm.py``, for the models no transformers architecture computes (learned positions
-with RMSNorm, SwiGLU or QK-norm; rotary positions with LayerNorm; a biased rotary model), or any other.
+with RMSNorm, SwiGLU or QK-norm; rotary positions with LayerNorm and SwiGLU or QK-norm; rotary positions with
+RMSNorm and biases), or any other.
 
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
 

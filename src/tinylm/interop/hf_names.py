@@ -1,13 +1,16 @@
 """The one table of how Hugging Face's model families name and size what tinylm computes, read both ways.
 
 ``hf_import`` reads a folder through it, ``hf_export`` writes one: a name changed here changes both.
-Two layouts: GPT-2's (learned positions, LayerNorm, one activation) and Llama's (rotary positions,
-RMSNorm, q/k/v/o projections), whose relatives differ only in the MLP and in QK-norm (:data:`ROTARY`).
+Three layouts: GPT-2's (learned positions, LayerNorm, one activation), GPT-NeoX's (rotary positions,
+LayerNorm, one activation) and Llama's (rotary positions, RMSNorm, q/k/v/o projections), whose relatives
+differ only in the MLP and in QK-norm (:data:`ROTARY`).
 """
 from __future__ import annotations
 
 import math
 from typing import NamedTuple
+
+import torch
 
 from ..config import ModelConfig
 from ..errors import TinyLMError
@@ -26,6 +29,10 @@ GPT2_BLOCK = {"ln_1": ("norm1", False), "attn.c_attn": ("attn.qkv", True), "attn
               "ln_2": ("norm2", False), "mlp.c_fc": ("mlp.up", True), "mlp.c_proj": ("mlp.down", True)}
 # tinylm's fused attn.qkv weight is these three stacked by rows: all heads' q, then k, then v
 LLAMA_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+# GPT-NeoX (HF, inside gpt_neox.layers.<i>) -> tinylm (inside blocks.<i>), each with a weight and a bias; its
+# fused query_key_value holds each head's q, k and v together (:func:`neox_qkv`)
+NEOX_BLOCK = {"input_layernorm": "norm1", "attention.query_key_value": "attn.qkv", "attention.dense": "attn.proj",
+              "post_attention_layernorm": "norm2", "mlp.dense_h_to_4h": "mlp.up", "mlp.dense_4h_to_h": "mlp.down"}
 
 
 class Rotary(NamedTuple):
@@ -45,7 +52,7 @@ ROTARY = {"llama": Rotary("LlamaForCausalLM", gated=True, qk_norm=False),
                             norms=("attention_layernorm", "feedforward_layernorm"))}
 # model_type -> architecture; "tinylm": any model, with its own modeling code (hf_modeling_tinylm.py)
 ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", **{kind: r.architecture for kind, r in ROTARY.items()},
-                 "tinylm": "TinyLMForCausalLM"}
+                 "gpt_neox": "GPTNeoXForCausalLM", "tinylm": "TinyLMForCausalLM"}
 # the ModelConfig fields TinyLMConfig takes as they are (besides mlp_hidden and tie_word_embeddings)
 TINYLM_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp", "norm", "pos", "rope_base",
                  "qk_norm", "bias")
@@ -61,6 +68,13 @@ def rotary_block(r: Rotary) -> dict[str, str]:
     if r.qk_norm:
         names |= {"self_attn.q_norm": "attn.q_norm", "self_attn.k_norm": "attn.k_norm"}
     return names
+
+
+def neox_qkv(t: torch.Tensor, n_head: int, to_neox: bool) -> torch.Tensor:
+    """tinylm's qkv rows (q of all heads, then k, then v) <-> GPT-NeoX's (head 0's q, k, v, then head 1's, ...),
+    for a weight (3C, C) or a bias (3C,)."""
+    shape = (3, n_head, -1, *t.shape[1:]) if to_neox else (n_head, 3, -1, *t.shape[1:])
+    return t.reshape(shape).transpose(0, 1).reshape(t.shape)
 
 
 def mlp_hidden(m: ModelConfig) -> int:
