@@ -38,14 +38,25 @@ def _config(tmp_path, corpus, **opts):
 
 def _start(tmp_path, cfg, *extra, exits: str = "exits", new_session: bool = False) -> subprocess.Popen:
     """torchrun with 2 processes training ``cfg`` (``new_session``: in a process group of its own, as a terminal
-    starts it)."""
+    starts it). Its output goes to a file (``_output`` reads it): a pipe nobody reads while it trains would fill
+    and block rank 0's log lines."""
     script = tmp_path / "recording.py"
     script.write_text(RECORDING)
     (tmp_path / exits).mkdir(exist_ok=True)
-    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-                             str(script), "train", *cli_args(cfg), *extra],
-                            env={**ENV, "EXIT_DIR": str(tmp_path / exits)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=new_session)
+    log = tmp_path / f"{exits}.log"
+    with open(log, "w") as out:
+        launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                     "--standalone", str(script), "train", *cli_args(cfg), *extra],
+                                    env={**ENV, "EXIT_DIR": str(tmp_path / exits)}, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=new_session)
+    launcher.log = log
+    return launcher
+
+
+def _output(launcher: subprocess.Popen, timeout: float) -> str:
+    """The launcher's output once it has ended (subprocess.TimeoutExpired if it has not within ``timeout``)."""
+    launcher.wait(timeout=timeout)
+    return launcher.log.read_text()
 
 
 def _ranks(launcher: subprocess.Popen) -> dict[int, int]:
@@ -67,7 +78,7 @@ def _wait_training(launcher: subprocess.Popen, cfg, steps: int = 3) -> dict[int,
     """Wait until rank 0 has logged ``steps`` steps; the workers' pids by rank."""
     deadline = time.time() + 180
     while not ((cfg.run_dir / "metrics.jsonl").exists() and len(logged_losses(cfg.run_dir)) >= steps):
-        assert launcher.poll() is None, launcher.stdout.read()
+        assert launcher.poll() is None, launcher.log.read_text()
         assert time.time() < deadline, "training did not start"
         time.sleep(0.2)
     ranks = _ranks(launcher)
@@ -78,11 +89,12 @@ def _wait_training(launcher: subprocess.Popen, cfg, steps: int = 3) -> dict[int,
 def _finish(launcher: subprocess.Popen, ranks: dict[int, int], t0: float) -> str:
     """The launcher's output, once it and every worker have ended, within BOUND_S of ``t0``."""
     try:
-        out, _ = launcher.communicate(timeout=BOUND_S + 30)
+        out = _output(launcher, timeout=BOUND_S + 30)
     except subprocess.TimeoutExpired:
         for pid in (launcher.pid, *ranks.values()):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        launcher.wait()
         raise AssertionError("torchrun did not end: the processes hung") from None
     took = time.time() - t0
     assert all(not Path(f"/proc/{pid}").exists() for pid in ranks.values())
@@ -98,7 +110,7 @@ def _resumes(tmp_path, cfg, stopped_at: int) -> None:
     """The stop checkpoint resumes: two more steps, then exit 0."""
     cfg.train.max_steps = stopped_at + 2
     launcher = _start(tmp_path, cfg, "--resume", exits="resumed")
-    out, _ = launcher.communicate(timeout=300)
+    out = _output(launcher, timeout=300)
     assert launcher.returncode == 0, out[-3000:]
     assert f"at step {stopped_at}" in out.split("resumed from", 1)[1].splitlines()[0], out[-3000:]
     assert max(logged_losses(cfg.run_dir)) == stopped_at + 2
@@ -190,7 +202,7 @@ def test_a_second_job_on_a_locked_run_folder_is_one_line_in_every_process(tmp_pa
     ranks = _wait_training(first, cfg)
     try:
         second = _start(tmp_path, cfg, "--resume", exits="second")
-        out, _ = second.communicate(timeout=300)
+        out = _output(second, timeout=300)
     finally:
         first.send_signal(signal.SIGTERM)
         _finish(first, ranks, time.time())
