@@ -280,7 +280,9 @@ class Head(nn.Linear):
         return F.pad(self.weight, (0, 0, 0, extra)) if extra else self.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.padded_weight())[..., :self.out_features]  # (..., vocab): a view when padded
+        if self.padded == self.out_features:  # no padding: nn.Linear's product (decoding calls it every token)
+            return F.linear(x, self.weight)
+        return F.linear(x, self.padded_weight())[..., :self.out_features]  # (..., vocab): a view of the padded
 
 
 class GPT(nn.Module):
