@@ -136,7 +136,7 @@ def test_import_refuses_other_models_and_existing_folders(tmp_path, hf_gpt2, cap
     other.mkdir()
     (other / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
     for change, needle in (({"activation_function": "relu"}, "activation_function = 'relu'"),
-                           ({"model_type": "bert"}, "holds a 'bert' model; tinylm reads GPT-2 and Llama")):
+                           ({"model_type": "bert"}, "holds a 'bert' model; tinylm reads GPT-2, GPT-NeoX and Llama")):
         (other / "config.json").write_text(json.dumps({**json.loads((folder / "config.json").read_text()),
                                                        **change}))
         assert main(["import", str(other), "--out", str(tmp_path / "run")]) == 2
@@ -377,6 +377,8 @@ def test_every_presets_model_exports_with_the_same_logits_and_greedy_text(tmp_pa
         assert said.splitlines()[-1].startswith(f"{out}: {hf.config.architectures[0]} + tokenizer.json from ")
         # and back: `tinylm import` makes a run with the same kind of tokenizer and the same model
         assert main(["import", str(out), "--out", str(tmp_path / f"back-{fmt}")]) == 0
+        said = capsys.readouterr().out
+        assert said.splitlines()[-1].startswith(f"{tmp_path / f'back-{fmt}'}: {hf.config.architectures[0]} from {out}")
         back = load_for_inference(tmp_path / f"back-{fmt}", device="cpu")
         assert back.config.data.tokenizer == cfg.data.tokenizer and back.tokenizer.same_ids(tok)
         assert all(torch.equal(back.model.state_dict()[k], v) for k, v in gpt.state_dict().items())

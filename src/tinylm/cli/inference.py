@@ -228,9 +228,8 @@ def cmd_import(args: argparse.Namespace, extra: list[str]) -> int:
     cfg.data.vocab_size = source.tokenizer.vocab_size
     step_dir = save_weights(cfg, source.state, source.tokenizer, source.source)
     m = cfg.model
-    family = "GPT-2" if m.pos == "learned" else "Llama-family"
-    print(f"{out}: {family} from {source.source} ({m.n_layer} layers, width {m.n_embd}, vocab {m.vocab_size}) "
-          f"in {step_dir}")
+    print(f"{out}: {source.architecture} from {source.source} ({m.n_layer} layers, width {m.n_embd}, "
+          f"vocab {m.vocab_size}) in {step_dir}")
     return 0
 
 

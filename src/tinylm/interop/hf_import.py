@@ -51,6 +51,7 @@ class Imported(NamedTuple):
     state: dict[str, torch.Tensor]
     tokenizer: Tokenizer
     source: str  # where it came from, for meta.json and messages
+    architecture: str = "tinylm"  # what the source was: GPT2LMHeadModel, ArceeForCausalLM, ... (hf_names.ARCHITECTURES)
 
 
 def is_hf_folder(path: Path) -> bool:
@@ -80,7 +81,7 @@ def import_hf(source: str) -> Imported:
     else:
         cfg = rotary_model_config(hf, folder)
         state = rotary_state_dict(hf["model_type"], _read_weights(folder), cfg, folder)
-    return Imported(cfg, state, folder_tokenizer(folder, cfg.vocab_size), str(source))
+    return Imported(cfg, state, folder_tokenizer(folder, cfg.vocab_size), str(source), ARCHITECTURES[hf["model_type"]])
 
 
 def config_for_eval(folder: Path, imported: Imported) -> Config:
@@ -138,8 +139,8 @@ def read_config(folder: Path) -> dict:
         raise TinyLMError(f"{folder / 'config.json'} cannot be read ({type(e).__name__}: {e})") from None
     if not isinstance(hf, dict) or hf.get("model_type") not in ARCHITECTURES:
         kind = hf.get("model_type") if isinstance(hf, dict) else None
-        raise TinyLMError(f"{folder} holds a {kind!r} model; tinylm reads GPT-2 and Llama-family models "
-                          f"(model_type {', '.join(ARCHITECTURES)})")
+        raise TinyLMError(f"{folder} holds a {kind!r} model; tinylm reads GPT-2, GPT-NeoX and Llama-family models "
+                          f"and its own hf-code exports (model_type {', '.join(ARCHITECTURES)})")
     return hf
 
 
