@@ -549,6 +549,6 @@ def test_the_gpt2_fine_tuning_preset_runs_on_a_tiny_gpt2(tmp_path, hf_gpt2, text
         "--train.init_from", str(folder), "--model.block_size", "64", "--data.corpus", str(text_200k),
         "--data.dir", str(tmp_path / "data"), "--run.dir", str(tmp_path / "runs"), "--train.max_steps", "2",
         "--train.batch_size", "2", "--train.eval_tokens", "128", "--sample.max_new_tokens", "5",
-        "--run.progress", "false", "--train.precision", "fp32"])
+        "--run.progress", "false", "--train.precision", "fp32", "--train.device", "cpu"])
     result = train(cfg, log=lambda *a: None)
     assert result.step == 2 and cfg.model.n_embd == 32 and (result.run_dir / "samples.md").is_file()

@@ -201,7 +201,7 @@ def test_lr_find_cli_writes_results_and_leaves_the_run_alone(tmp_path, text_200k
     cfg = tiny_config(tmp_path, text_200k)
     args = ["lr-find", "--steps", "40", "--start", "1e-4", "--end", "10"]
     for key in ("data.corpus", "data.dir", "run.dir", "run.name", "model.n_layer", "model.n_head", "model.n_embd",
-                "model.block_size", "train.batch_size", "run.progress"):
+                "model.block_size", "train.batch_size", "run.progress", "train.device"):
         sec, name = key.split(".")
         args += [f"--{key}", str(getattr(getattr(cfg, sec), name))]
     assert main(args) == 0

@@ -156,7 +156,7 @@ def test_cli_errors_are_one_line_messages(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown config key --model.n_layers" in err and "Traceback" not in err
     assert main(["train", "--data.corpus", str(tmp_path / "missing.txt"), "--data.dir", str(tmp_path / "d"),
-                 "--run.dir", str(tmp_path / "r")]) == 2
+                 "--run.dir", str(tmp_path / "r"), "--train.device", "cpu"]) == 2
     assert "missing.txt" in capsys.readouterr().err
     assert main(["sample", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
