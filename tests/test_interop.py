@@ -6,6 +6,7 @@ the reference: logits agree to 1e-5 in fp32 and greedy generation gives the same
 import hashlib
 import json
 import math
+import os
 import re
 import shutil
 
@@ -311,6 +312,9 @@ def test_export_loads_in_transformers_with_the_same_logits_and_greedy_tokens(tmp
     cfg, gpt = tinylm_run(tmp_path, bpe, **FAMILIES[arch])
     out = tmp_path / "hf"
     assert main(["export", str(cfg.run_dir), "--format", "hf", "--out", str(out)]) == 0
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert {f.stat().st_mode & 0o777 for f in out.iterdir()} == {0o666 & ~umask}  # not safetensors' own 0600
     hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     assert type(hf).__name__ == arch.split()[0] and hf.dtype == torch.float32
     config = hf.config.to_dict()

@@ -32,7 +32,7 @@ import torch
 from ..checkpoint import checkpoint_config, checkpoint_tokenizer, load_part
 from ..config import ModelConfig
 from ..errors import TinyLMError
-from ..fileio import replace_dir, scratch_sibling, write_failure, write_text_atomic
+from ..fileio import replace_dir, scratch_sibling, write_bytes_atomic, write_failure, write_text_atomic
 from ..tokenizer import ENDOFTEXT, Tokenizer
 from ..version import __version__
 from .hf_names import (
@@ -198,7 +198,7 @@ def export_hf(ckpt_dir: Path, out: Path, code: bool = False) -> str:
 
     An existing ``out`` is replaced only when empty or an earlier tinylm export.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
     cfg = checkpoint_config(ckpt_dir)
     m = cfg.model
     name = "tinylm" if code else family(m)
@@ -218,8 +218,8 @@ def export_hf(ckpt_dir: Path, out: Path, code: bool = False) -> str:
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file({k: v.float().contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"),
-                  metadata={"format": "pt"})
+        weights = save({k: v.float().contiguous() for k, v in tensors.items()}, metadata={"format": "pt"})
+        write_bytes_atomic(tmp / "model.safetensors", weights)  # the usual permissions (safetensors' writer: 0600)
         for file, doc in docs.items():
             write_text_atomic(tmp / file, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
         if code:
