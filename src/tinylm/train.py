@@ -252,7 +252,8 @@ class Trainer(Checkpointing, Reporting):
             t1 = self.clock()
             data_s += t1 - t0
             last = micro_step == self.accum - 1
-            # DDP: all-reduce gradients only once, on the last micro-step
+            # DDP: all-reduce gradients only once, on the last micro-step. FSDP2 has no no_sync: it reduce-scatters
+            # at every micro-step (the same gradients, more communication)
             no_sync = getattr(self.model, "no_sync", None)
             with contextlib.nullcontext() if last or no_sync is None else no_sync():
                 with label("forward"), runtime.autocast_context(self.precision, self.device):
