@@ -11,13 +11,14 @@ import torch
 
 from tinylm.checkpoint import load_for_inference
 from tinylm.cli import main
-from tinylm.config import ModelConfig
+from tinylm.config import ModelConfig, build_config
 from tinylm.errors import TinyLMError
 from tinylm.interop import artifact
 from tinylm.interop.quantize import CLIP_RATIOS, LAYOUTS, dequantize, from_bytes, quantize, to_bytes, value_bytes
+from tinylm.tokenizer import ENDOFTEXT, CharTokenizer
 from tinylm.train import Trainer, train
 
-from conftest import one_line_error, tiny_config
+from conftest import one_line_error, shared_text, tiny_config
 
 # bits per byte an artifact may lose against its fp32 run (README, "A model in N bytes"): the issue's goals for
 # int8 and int6; int4 has none, the bound says how far it is from them on this model
@@ -191,7 +192,6 @@ def test_plan_bytes_lists_the_widest_shapes_that_fit(capsys):
 def test_the_vocab_sweep_points_fit_their_artifact_budget():
     """configs/ablations/vocab.toml: each point's model fits the 4 MB int8 budget its header's command sets."""
     from tinylm.analysis.sweep import read_grid
-    from tinylm.config import build_config
     points = read_grid("configs/ablations/vocab.toml")
     assert [p.overrides["data.vocab_size"] for p in points] == [257, 1024, 4096, 16384]
     for p in points:
@@ -200,3 +200,24 @@ def test_the_vocab_sweep_points_fit_their_artifact_budget():
                            [*flags, "--train.artifact_bytes", "4MB", "--train.artifact_bits", "8"])
         cfg.model.vocab_size = cfg.data.vocab_size
         assert artifact.check_budget(cfg, artifact.tokenizer_bytes_bound(cfg.data.vocab_size)).total <= 4_000_000
+
+
+def test_the_golf_preset_fits_its_byte_budget_and_refuses_a_wider_model():
+    """configs/golf-cpu.toml: a 10-minute run (steps uncapped) whose int8 artifact of tiny Shakespeare's 65
+    characters fits 1,000,000 bytes; the same preset one head wider is refused before step 1."""
+    tok = CharTokenizer.train([shared_text("tinyshakespeare/input.txt")], [ENDOFTEXT])
+    tok_bytes = len(tok.file_text().encode())
+    cfg = build_config("configs/golf-cpu.toml", [])
+    assert (cfg.train.time_budget, cfg.train.artifact_bytes, cfg.train.artifact_bits) == ("10m", "1MB", 8)
+    assert cfg.train.max_steps >= 1_000_000 and cfg.data.corpus == "tinyshakespeare" and cfg.run.name == "golf-cpu"
+    cfg.model.vocab_size = tok.vocab_size
+    size = artifact.check_budget(cfg, tok_bytes)
+    assert 700_000 < size.total <= 1_000_000
+    wide = build_config("configs/golf-cpu.toml", ["--model.n_embd", "192", "--model.n_head", "3"])
+    wide.model.vocab_size = tok.vocab_size
+    with pytest.raises(TinyLMError, match=r"will not fit --train\.artifact_bytes 1MB: at int8"):
+        artifact.check_budget(wide, tok_bytes)
+    # the <= 16 MB budget: the same model with the override the preset's header gives
+    big = build_config("configs/golf-cpu.toml", ["--train.artifact_bytes", "16MB"])
+    big.model.vocab_size = tok.vocab_size
+    assert artifact.check_budget(big, tok_bytes).total == size.total
