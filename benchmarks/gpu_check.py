@@ -11,7 +11,8 @@ the most wanted first, and skips what no longer fits in ``--budget`` seconds:
 2. ``cuda-tests``: tests/test_cuda.py.
 3. ``precision``: tinylm eager at batch 16 in fp32 (TF32 matmuls) against bench16's bf16 row: speed and memory.
 4. ``profile``: `tinylm profile` at GPT-2 small, batch 8: the share of GPU time per component.
-5. ``preset``: `tinylm train --config configs/tinyshakespeare-gpu.toml`: val loss and seconds of training.
+5. ``preset``: `tinylm train --config configs/tinyshakespeare-gpu.toml`: val loss and seconds of training; then
+   ``fp8-curve``: GPT-2 small trained 300 steps in bf16 and in fp8 (compiled): the loss curves and tokens/s.
 6. ``suite`` and ``ddp-tests``: the test suite's non-slow part and tests/test_ddp.py (pytest-xdist when installed),
    with the GPU visible.
 7. ``bench32``: bench_gpu.py at batch 32, every contender.
@@ -49,6 +50,7 @@ BF16_SPEEDUP_GOAL = 1.5  # bf16 over fp32 (TF32) tokens/s: the seeds expect 1.5-
 BF16_MEMORY_SAVING_GOAL = 0.40  # the seeds: bf16 needs ~40% less memory than fp32
 PRESET_VAL_GOAL, PRESET_SECONDS_GOAL = 1.47, 60.0  # tiny Shakespeare on one GPU
 MLP_SHARE, ATTENTION_SHARE = (0.60, 0.70), (0.20, 0.30)  # the seeds' expectation of the forward's GPU time
+FP8_STEPS, FP8_SPEEDUP_GOAL = 300, 1.3  # fp8 training against bf16 at GPT-2 small (compiled, same batches)
 
 
 class Stage:
@@ -199,6 +201,42 @@ class Check:
                                f"training", f"{val:.4f} after {seconds:.0f} s",
                                val <= PRESET_VAL_GOAL and seconds <= PRESET_SECONDS_GOAL * 1.05)]}
 
+    def stage_fp8_curve(self, out: Path) -> dict:
+        """GPT-2 small for FP8_STEPS steps in bf16 and in fp8 (compiled, same seed and batches): is fp8's loss
+        curve within the noise of bf16's, and how fast is each? (``--smoke``: fp32 stands in for fp8 on the CPU.)"""
+        runs = Path(tempfile.mkdtemp(prefix="gpu-check-fp8-"))
+        other = "fp32" if self.smoke else "fp8"
+        shape = (["--model.n_layer", "1", "--model.n_embd", "32", "--model.n_head", "2", "--model.block_size", "32",
+                  "--train.batch_size", "2", "--train.device", "cpu", "--train.compile", "false"] if self.smoke else
+                 ["--model.n_layer", "12", "--model.n_embd", "768", "--model.n_head", "12", "--model.block_size",
+                  "1024", "--train.batch_size", "16", "--model.mlp", "gelu", "--model.norm", "layernorm",
+                  "--model.pos", "learned", "--model.dropout", "0", "--train.compile", "true"])
+        steps = 20 if self.smoke else FP8_STEPS
+        curves = {}
+        for precision in ("bf16", other):
+            cmd = [self.py, "-m", "tinylm", "train", "--data.corpus", str(shakespeare_path()), "--data.tokenizer",
+                   "char", "--data.dir", str(runs / "data"), "--run.dir", str(runs), "--run.name", precision,
+                   "--model.vocab_size", "50257", *shape, "--train.precision", precision, "--train.max_steps",
+                   str(steps), "--train.log_interval", "1", "--train.eval_interval", "0", "--train.eval_tokens",
+                   "4096", "--run.progress", "false", "--run.report", "false", "--sample.max_new_tokens", "1"]
+            log = out / f"train-{precision}.log"
+            proc = run(cmd, self.args.stage_timeout / 2, self.env, log)
+            if proc.returncode != 0:
+                raise RuntimeError(f"the {precision} run exited {proc.returncode}:\n{tail(log)}")
+            records = [json.loads(line) for line in (runs / precision / "metrics.jsonl").read_text().splitlines()]
+            curves[precision] = [r for r in records if "loss" in r and "tokens_per_s" in r]
+        last = max(steps // 5, 5)  # the last fifth of the run
+        mean = {p: sum(r["loss"] for r in c[-last:]) / last for p, c in curves.items()}
+        bf16 = [r["loss"] for r in curves["bf16"][-last:]]
+        noise = 2 * (sum((x - mean["bf16"]) ** 2 for x in bf16) / (last - 1)) ** 0.5  # two standard deviations
+        speed = {p: sum(r["tokens_per_s"] for r in c[-last:]) / last for p, c in curves.items()}
+        ratio, gap = speed[other] / speed["bf16"], abs(mean[other] - mean["bf16"])
+        return {"figures": {"steps": steps, "mean_loss_last": mean, "bf16_noise_2sd": noise, "tokens_per_s": speed},
+                "goals": [goal(f"{other} loss over the last {last} of {steps} steps within bf16's noise (2 sd)",
+                               f"{mean[other]:.4f} vs {mean['bf16']:.4f} (2 sd {noise:.4f})", gap <= noise),
+                          goal(f"{other} >= {FP8_SPEEDUP_GOAL}x bf16 tokens/s in training", f"{ratio:.2f}x",
+                               ratio >= FP8_SPEEDUP_GOAL)]}
+
     def stage_pytest(self, name: str, args: list[str]) -> Callable[[Path], dict]:
         def stage(out: Path) -> dict:
             run([self.py, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], self.args.stage_timeout, self.env,
@@ -223,7 +261,8 @@ class Check:
         return [Stage("bench16", t, self.stage_bench(16)), *levers,
                 Stage("cuda-tests", t, self.stage_pytest("cuda-tests", ["-m", "cuda", "tests/test_cuda.py"])),
                 Stage("precision", t, self.stage_precision), Stage("profile", t, self.stage_profile),
-                Stage("preset", t, self.stage_preset), Stage("suite", t, self.stage_pytest("suite", suite)), *ddp,
+                Stage("preset", t, self.stage_preset), Stage("fp8-curve", t, self.stage_fp8_curve),
+                Stage("suite", t, self.stage_pytest("suite", suite)), *ddp,
                 Stage("bench32", t, self.stage_bench(32))]
 
 

@@ -117,11 +117,12 @@ def test_gpu_check_smoke_runs_every_stage_on_the_cpu(benchmarks, tmp_path):
     import json
     report = json.loads((tmp_path / "gpu-check.json").read_text())
     stages = report["stages"]
-    assert list(stages) == ["bench16", "cuda-tests", "precision", "profile", "preset", "suite", "bench32"]
+    assert list(stages) == ["bench16", "cuda-tests", "precision", "profile", "preset", "fp8-curve", "suite", "bench32"]
     assert all("error" not in s for s in stages.values()), {k: s.get("error") for k, s in stages.items()}
     assert stages["cuda-tests"]["figures"]["counts"].get("skipped", 0) > 0  # no GPU: skipped, with the reason
     assert stages["suite"]["figures"]["counts"]["passed"] > 0 and stages["suite"]["figures"]["failed"] == []
     assert stages["profile"]["figures"]["step_ms"] > 0 and stages["preset"]["figures"]["steps"] > 0
+    assert set(stages["fp8-curve"]["figures"]["mean_loss_last"]) == {"bf16", "fp32"}  # fp32 stands in for fp8
     md = (tmp_path / "gpu-check.md").read_text()
     assert "## Goals" in md and "| tinylm eager fp32 |" in md and "smoke test on the CPU" in md
 
