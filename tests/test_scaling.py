@@ -227,3 +227,14 @@ def test_the_isoflop_plot_labels_the_sizes_studied_and_says_when_there_is_no_fro
     assert [t.get_text() for t in iso.get_xticklabels()] == ["49k", "98k", "393k"]
     assert not any(t.get_text() for t in iso.get_xticklabels(minor=True))  # no crowded minor labels
     assert not front.axison and "no frontier" in front.texts[0].get_text()
+
+
+def test_predict_is_finite_where_n_to_the_alpha_overflows():
+    """A fit can give A ~ 1e170 with alpha ~ 30: N^alpha overflows a float though A / N^alpha does not (the suite
+    showed numpy's overflow warning); the prediction is the same as the plain formula's where that one is finite."""
+    wild = {"E": 1.5, "A": 1e170, "alpha": 30.0, "B": 400.0, "beta": 0.3}
+    with np.errstate(all="raise"):
+        loss = scaling.predict(wild, np.array([1e6, 1e7]), np.array([1e8, 1e9]))
+    assert np.all(np.isfinite(loss)) and loss[0] > loss[1] > 1.5
+    chinchilla = {"E": 1.69, "A": 406.4, "alpha": 0.34, "B": 410.7, "beta": 0.28}
+    assert scaling.predict(chinchilla, 1e8, 1e10) == pytest.approx(1.69 + 406.4 / 1e8**0.34 + 410.7 / 1e10**0.28)

@@ -88,11 +88,6 @@ class Doctor:
             if getattr(self.opts, name) < low:
                 raise TinyLMError(f"doctor --{name.replace('_', '-')} {getattr(self.opts, name)} must be at least "
                                   f"{low}; leave it out for the default ({getattr(DoctorOptions, name)})")
-        least = {"steps": 1, "seeds": 1, "batch_size": 1, "overfit_steps": 2, "overfit_batch": 1, "throughput_steps": 1}
-        for name, low in least.items():
-            if getattr(self.opts, name) < low:
-                raise TinyLMError(f"doctor --{name.replace('_', '-')} {getattr(self.opts, name)} must be at least "
-                                  f"{low}; leave it out for the default ({getattr(DoctorOptions, name)})")
         self._runs: dict | None = None  # the short runs, shared by identity and determinism
 
     # ----------------------------------------------------------------- scratch trainers

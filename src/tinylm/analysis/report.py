@@ -103,12 +103,13 @@ def summarize(run: Run) -> dict:
         "steps": max((r["step"] for r in run.records), default=0),
         "final_train_loss": run.last("loss"), "final_val_loss": vals[-1] if vals else None,
         "best_val_loss": best, "perplexity": math.exp(best) if best is not None else None,
-        "artifact": _artifact(run),
         "val_bpb": min(bpbs) if bpbs else None, "final_val_bpb": bpbs[-1] if bpbs else None,
+        "artifact": _artifact(run),
         "tokens_per_s": _median(run, "tokens_per_s"), "mfu": _median(run, "mfu"),
         "data_share": _data_share(run), "skipped_lines": run.skipped,
         "verdict": health.verdict(run.records, run.cfg.optim.grad_clip),
     }
+
 
 def _artifact(run: Run) -> str | None:
     """With a byte budget (``train.artifact_bytes``): the size of the last checkpoint's quantized artifact, measured
@@ -125,7 +126,6 @@ def _artifact(run: Run) -> str | None:
     size = artifact.encode(run.cfg, load_part(step_dir, "model"), checkpoint_tokenizer(step_dir), t.artifact_bits,
                            default_group(t.artifact_bits)).sizes.total
     return f"{size:,} bytes at int{t.artifact_bits} ({size / budget:.1%} of the {budget:,}-byte budget)"
-
 
 
 def _data_share(run: Run) -> float | None:
@@ -165,8 +165,8 @@ def summary_lines(s: dict) -> list[str]:
             ("device / precision", f"{s['device']} / {s['precision']}"),
             ("final train loss / final val loss", f"{fmt(s['final_train_loss'])} / {fmt(s['final_val_loss'])}"),
             ("best val loss (perplexity)", f"{fmt(s['best_val_loss'])} ({fmt(s['perplexity'], 2)})"),
-            ("quantized artifact (train.artifact_bytes)", fmt(s["artifact"])),
             ("bits per byte (val)", fmt(s["val_bpb"])),
+            ("quantized artifact (train.artifact_bytes)", fmt(s["artifact"])),
             ("tokens/s (median)", fmt(s["tokens_per_s"], 0)),
             ("MFU (median)", "n/a" if s["mfu"] is None else f"{s['mfu']:.1%}"),
             *([(f"{METRICS_FILE} lines skipped (not records: cut short by a crash, or damaged)",

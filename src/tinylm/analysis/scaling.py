@@ -87,8 +87,11 @@ def fit_frontier(parabolas: list[Parabola]) -> tuple[float, float]:
 # ----------------------------------------------------------------------------- approach 3: L(N, D)
 
 def predict(params: dict[str, float], n: ArrayLike, d: ArrayLike) -> np.ndarray:
-    """L(N, D) = E + A / N^alpha + B / D^beta."""
-    return params["E"] + params["A"] / np.power(n, params["alpha"]) + params["B"] / np.power(d, params["beta"])
+    """L(N, D) = E + A / N^alpha + B / D^beta, each term as exp(log A - alpha log N): a fit may give A ~ 1e170 with
+    alpha ~ 30, where N^alpha overflows though the quotient is an ordinary number."""
+    n, d = np.asarray(n, dtype=float), np.asarray(d, dtype=float)
+    return (params["E"] + np.exp(math.log(params["A"]) - params["alpha"] * np.log(n))
+            + np.exp(math.log(params["B"]) - params["beta"] * np.log(d)))
 
 
 def _objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray) -> tuple[float, np.ndarray]:
