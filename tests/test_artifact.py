@@ -193,7 +193,8 @@ def test_the_vocab_sweep_points_fit_their_artifact_budget():
     """configs/ablations/vocab.toml: each point's model fits the 4 MB int8 budget its header's command sets."""
     from tinylm.analysis.sweep import read_grid
     points = read_grid("configs/ablations/vocab.toml")
-    assert [p.overrides["data.vocab_size"] for p in points] == [257, 1024, 4096, 16384]
+    assert [p.overrides["data.vocab_size"] for p in points] == [257, 1024, 4096, 16384, 1024]
+    assert points[4].overrides["model.block_size"] == 340 and "model.block_size" not in points[1].overrides
     for p in points:
         flags = [x for k, v in p.overrides.items() for x in (f"--{k}", str(v))]
         cfg = build_config("configs/tinyshakespeare-char.toml",
