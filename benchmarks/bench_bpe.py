@@ -28,9 +28,8 @@ from pathlib import Path
 
 from common import SHARED, Meter, machine, machine_line, time_call
 
-from tinylm.documents import iter_chunks
+from tinylm.data.documents import iter_chunks
 from tinylm.tokenizer.bpe import BPETokenizer
-from tinylm.tokenizer.bpe_encode import encode_reference
 from tinylm.tokenizer.bpe_train import merge_incremental, merge_naive
 from tinylm.tokenizer.pretokenize import count_pretokens
 
@@ -167,7 +166,7 @@ def main() -> None:
                          f"tinylm / tiktoken time = {ours.median / theirs.median:.2f} (goal <= 1.10)"))
             res["encode_mb_s"][name] = {"tinylm": smb / ours.median, "tiktoken": smb / theirs.median}
         fresh = BPETokenizer.from_tiktoken(enc)
-        reference = time_call(lambda: encode_reference(fresh, sample))  # cold cache: the first call
+        reference = time_call(lambda: fresh.encode_reference(sample))  # cold cache: the first call
         tr = reference.wall
         assert reference.result == b
         rows.append((f"encode {smb:.1f} MB with GPT-2 ranks: tinylm pure-Python reference", f"{smb / tr:.2f} MB/s",
@@ -200,7 +199,7 @@ def main() -> None:
 
 
 def _hf_byte(c: str) -> int:
-    from tinylm.tokenizer.io import bytes_to_unicode
+    from tinylm.tokenizer.gpt2_files import bytes_to_unicode
     if not _HF_BYTES:
         _HF_BYTES.update({v: k for k, v in bytes_to_unicode().items()})
     return _HF_BYTES[c]

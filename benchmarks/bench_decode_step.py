@@ -26,7 +26,7 @@ import torch
 from common import REPO, machine, machine_line
 
 from tinylm.config import ModelConfig
-from tinylm.model import GPT
+from tinylm.model.gpt import GPT
 
 SHAPES = {
     "4x128 rotary/RMSNorm/ReLU² (preset)": dict(n_layer=4, n_head=4, n_embd=128, pos="rope", norm="rmsnorm",
@@ -36,7 +36,7 @@ SHAPES = {
 
 
 def model_at(rev: str):
-    """The ``tinylm.model`` module as it was at git revision ``rev``."""
+    """The model module as it was at git revision ``rev`` (then ``src/tinylm/model.py``)."""
     source = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:src/tinylm/model.py"], check=True,
                             capture_output=True, text=True).stdout
     path = Path(tempfile.mkdtemp()) / "model_then.py"

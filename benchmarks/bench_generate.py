@@ -7,7 +7,7 @@
 Part 1, a trained checkpoint (``--run``): greedy decoding of ``--new-tokens`` (500) tokens after a
 ``--prompt-tokens`` (32) token prompt cut from the validation text:
 
-* **tinylm, KV cache**: ``tinylm.generate.generate(strategy="greedy")``. The prompt is read once,
+* **tinylm, KV cache**: ``tinylm.generation.generate.generate(strategy="greedy")``. The prompt is read once,
   then each token costs one position; at the context length the window slides (the newest 3/4
   of the context is re-read into a new cache, once per block_size/4 tokens).
 * **tinylm, KV cache, compiled step** (``--compile``): the same after ``model.compile_decoding()``,
@@ -57,11 +57,11 @@ from pathlib import Path
 import torch
 from common import machine, machine_line, time_call, wait_for_quiet
 
-from tinylm.checkpoint import load_for_inference
 from tinylm.config import ModelConfig, SampleConfig
-from tinylm.decode_report import validation_prompts
-from tinylm.generate import generate
-from tinylm.model import GPT
+from tinylm.generation.decode_report import validation_prompts
+from tinylm.generation.generate import generate
+from tinylm.model.gpt import GPT
+from tinylm.training.checkpoint import load_for_inference
 
 
 @dataclass

@@ -13,7 +13,7 @@ test suite runs it), so a GPU session's short time is not spent on a crash; its 
 
 Contenders, one after another in one process (each freed before the next, so each peak memory is its own):
 
-* tinylm eager: a ``tinylm.train.Trainer`` (bf16 autocast, fused AdamW, TF32, the prefetching loader: what
+* tinylm eager: a ``tinylm.training.trainer.Trainer`` (bf16 autocast, fused AdamW, TF32, the prefetching loader: what
   ``tinylm train`` does on CUDA); each step is its ``train_step`` on its own loader's batches.
 * tinylm compiled: the same with ``--train.compile true``; the first step (compilation) is reported apart.
 * tinylm compiled variants (``--variant NAME=key:value,...``): the compiled Trainer with config overrides, e.g. a
@@ -33,7 +33,7 @@ hidden matrices only for tinylm, on every parameter for GPT-2, as a user would w
 
 Figures per contender: ms per optimizer step (the mean over the timed steps, the GPU synchronized at both ends
 only: no per-step sync the loop would not do), tokens/s, MFU (training FLOPs per token x tokens/s over the GPU's
-datasheet dense bf16 peak; ``tinylm.accounting``), peak memory (``torch.cuda.max_memory_allocated`` since the
+datasheet dense bf16 peak; ``tinylm.training.accounting``), peak memory (``torch.cuda.max_memory_allocated`` since the
 contender was built), and the data wait: host time spent getting the next batch, as a share of the step.
 
 Data: tiny Shakespeare prepared at character level by ``tinylm.data.prepare``; the model's vocabulary is 50257
@@ -59,13 +59,14 @@ from bench_train import shakespeare_path
 from common import gpu_line, machine, machine_line
 from peer_gpt import PlainGPT
 
-from tinylm.accounting import describe_peak, mfu, peak_flops
 from tinylm.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig, set_value
-from tinylm.data import BatchLoader, TokenWindows, prepare, with_prefetch
+from tinylm.data.loader import BatchLoader, TokenWindows, with_prefetch
+from tinylm.data.prepare import prepare
 from tinylm.fileio import write_text_atomic
-from tinylm.model import GPT
-from tinylm.runtime import autocast_context, enable_tf32
-from tinylm.train import Trainer
+from tinylm.model.gpt import GPT
+from tinylm.training.accounting import describe_peak, mfu, peak_flops
+from tinylm.training.runtime import autocast_context, enable_tf32
+from tinylm.training.trainer import Trainer
 
 SEED = 1337
 # the goals for GPT-2 small in bf16 on an H100/H200: the compiled step, the eager one, the data wait
@@ -242,7 +243,7 @@ def measure(setup: Setup, make: Callable[[], Contender], args, flops_per_token: 
 
 
 def pct(x: float | None) -> str:
-    return "n/a (GPU not in tinylm.accounting.GPU_PEAKS)" if x is None else f"{100 * x:.1f}%"
+    return "n/a (GPU not in tinylm.training.accounting.GPU_PEAKS)" if x is None else f"{100 * x:.1f}%"
 
 
 def gib(x: float) -> str:

@@ -33,11 +33,11 @@ from pathlib import Path
 
 from common import REPO, machine, machine_line, time_call, use_shared_data
 
-from tinylm import checkpoint as ckpt
 from tinylm.config import build_config, to_toml
-from tinylm.diagnostics import crash_harness, logged_losses
+from tinylm.diagnostics.crash import crash_harness
 from tinylm.errors import TinyLMError
-from tinylm.tracking import read_metrics
+from tinylm.training import checkpoint as ckpt
+from tinylm.training.tracking import logged_losses, read_metrics
 
 PRESET = REPO / "configs" / "tinyshakespeare-char.toml"
 MODELS = {"small 0.8M": [],

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_shakespeare.py [--only preset|nanogpt] [--out runs/bench]
 
-Both contenders train through the same library code (`tinylm.train.train`) on the same data
+Both contenders train through the same library code (`tinylm.training.trainer.train`) on the same data
 (nanoGPT's split: first 90% train, last 10% val); they differ only in their settings:
 
 * ``preset``: configs/tinyshakespeare-char.toml (must reach val loss <= 1.60 within 10 minutes).
@@ -26,8 +26,8 @@ from pathlib import Path
 from common import REPO, machine, machine_line, time_call, use_shared_data
 
 from tinylm.config import build_config
-from tinylm.tracking import read_metrics
-from tinylm.train import train
+from tinylm.training.tracking import read_metrics
+from tinylm.training.trainer import train
 
 NANOGPT_CPU = ["--model.block_size", "64", "--model.n_layer", "4", "--model.n_head", "4",
                "--model.n_embd", "128", "--train.batch_size", "12",

@@ -28,12 +28,12 @@ Method: random windows of tiny Shakespeare (character ids built with numpy, fixe
 steps excluded; the timed steps are split into rounds run in turn (A B C D E, A B C D E) so that
 machine drift hits every contender alike; the median step gives tokens/s.
 
-tinylm's step is the library's own: a ``tinylm.train.Trainer`` is built from a config (shape set,
+tinylm's step is the library's own: a ``tinylm.training.trainer.Trainer`` is built from a config (shape set,
 everything else default) over shards made by ``tinylm.data.prepare``, and each step is its
 ``train_step`` (forward under ``autocast_context``, backward, ``clip_grad_norm_``, the non-finite
 check, ``optimizer.step``, ``zero_grad``), fed the shared batch instead of its loader's. The
 Trainer's real ``BatchLoader`` is called beside every timed step and its wait timed apart. Finally
-``tinylm.train.train`` runs a few steps on its own batches as a cross-check of the tokens/s and the
+``tinylm.training.trainer.train`` runs a few steps on its own batches as a cross-check of the tokens/s and the
 data_ms / compute_ms it logs. The peer's step is the same operations written out in plain PyTorch.
 """
 from __future__ import annotations
@@ -57,10 +57,11 @@ import torch
 from common import SHARED, Meter, cpu_idle_pct, load_average, machine, machine_line, time_call, wait_for_quiet
 
 from tinylm.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
-from tinylm.data import BatchLoader, prepare
-from tinylm.runtime import autocast_context, cpu_has_fast_bf16, resolve_precision
-from tinylm.tracking import read_metrics
-from tinylm.train import Trainer
+from tinylm.data.loader import BatchLoader
+from tinylm.data.prepare import prepare
+from tinylm.training.runtime import autocast_context, cpu_has_fast_bf16, resolve_precision
+from tinylm.training.tracking import read_metrics
+from tinylm.training.trainer import Trainer
 
 N_LAYER, N_EMBD, N_HEAD, BLOCK, BATCH = 4, 256, 4, 128, 32
 SEED = 1337
@@ -143,7 +144,7 @@ class _Feed:
 
 def make_tinylm(setup: Setup, vocab: int, precision: str, compile_model: bool = False,
                 name: str = "", mlp: str = "") -> Contender:
-    """A real ``tinylm.train.Trainer``; each step is its ``train_step`` on the shared batch. ``mlp`` replaces
+    """A real ``tinylm.training.trainer.Trainer``; each step is its ``train_step`` on the shared batch. ``mlp`` replaces
     the default MLP kind (e.g. "gelu": GPT-2's tanh GELU, the function HF's gelu_new computes)."""
     setup.made += 1
     model = tinylm_model_config(vocab)
@@ -154,7 +155,7 @@ def make_tinylm(setup: Setup, vocab: int, precision: str, compile_model: bool = 
     cfg.run.dir, cfg.run.name, cfg.run.progress = str(setup.runs), f"tinylm-{setup.made}", False
     trainer = Trainer(cfg, log=lambda *a, **k: None)
     loader, feed = trainer.loader, _Feed()
-    trainer.loader = feed
+    trainer.use_batches(feed)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         feed.batch = (x, y)
@@ -316,8 +317,8 @@ def run_setting(setup: Setup, vocab: int, ids: np.ndarray, args, log) -> dict:
 
 
 def loop_check(setup: Setup, steps: int, log) -> dict:
-    """Run the library's own loop (tinylm.train.train) and read back what it logged."""
-    from tinylm.train import train
+    """Run the library's own loop (tinylm.training.trainer.train) and read back what it logged."""
+    from tinylm.training.trainer import train
 
     log_every = max(steps // 4, 1)
     cfg = Config(model=tinylm_model_config(0), data=setup.data,  # vocab 0: from the data
@@ -335,7 +336,7 @@ def loop_check(setup: Setup, steps: int, log) -> dict:
            "data_ms": statistics.median(m["data_ms"] for m in logged),
            "compute_ms": statistics.median(m["compute_ms"] for m in logged)}
     out["data_pct_of_compute"] = 100 * out["data_ms"] / out["compute_ms"]
-    log(f"  tinylm.train.train: {out['tokens_per_s']:,.0f} tokens/s, data {out['data_ms']:.2f} ms, "
+    log(f"  tinylm.training.trainer.train: {out['tokens_per_s']:,.0f} tokens/s, data {out['data_ms']:.2f} ms, "
         f"compute {out['compute_ms']:.0f} ms per step")
     return out
 
@@ -424,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="also time bf16 (tinylm and HF) on a CPU without native bf16, where it is emulated and slow")
     p.add_argument("--no-peer", dest="peer", action="store_false", help="skip Hugging Face transformers")
     p.add_argument("--loop-check-steps", type=int, default=20,
-                   help="steps of tinylm.train.train as a cross-check (char vocab); 0 skips it")
+                   help="steps of tinylm.training.trainer.train as a cross-check (char vocab); 0 skips it")
     p.add_argument("--profile", type=int, nargs="?", const=5, default=0, metavar="STEPS",
                    help="also print torch.profiler tables (tinylm default vs HF fp32), this many steps")
     p.add_argument("--json", type=Path, help="write every figure and the machine description here")
@@ -490,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run_setting(setup, v, ids, args, log))
             log(f"  1-min load average per round boundary: {results[-1]['load_1min']}")
         if args.loop_check_steps:
-            log(f"\n## cross-check: tinylm.train.train (the whole loop, vocab {meta['vocab_size']}, its own batches, "
+            log(f"\n## cross-check: tinylm.train (the whole loop, vocab {meta['vocab_size']}, its own batches, "
                 f"run after the rounds)")
             loop = loop_check(setup, args.loop_check_steps, log)
         if args.profile:

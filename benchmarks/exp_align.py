@@ -25,7 +25,7 @@ from pathlib import Path
 
 from common import REPO, use_shared_data
 
-from tinylm.diagnostics import logged_losses
+from tinylm.training.tracking import logged_losses
 
 # a small model that learns TinyStories' grammar within minutes on a CPU
 BASE = ["model.n_layer=4", "model.n_embd=128", "model.n_head=4", "model.block_size=256", "data.tokenizer=bpe",

@@ -83,7 +83,7 @@ def main() -> None:
 
 
 def _block_size(run: Path) -> int:
-    from tinylm.checkpoint import checkpoint_config, resolve_checkpoint
+    from tinylm.training.checkpoint import checkpoint_config, resolve_checkpoint
     return checkpoint_config(resolve_checkpoint(run)).model.block_size
 
 

@@ -65,8 +65,8 @@ def import_figure(source: str, out: Path) -> tuple[float, Path]:
     """Max |logit difference| between transformers' model ``source`` and ``tinylm import``'s; the run folder."""
     from transformers import AutoModelForCausalLM
 
-    from tinylm.checkpoint import load_for_inference
     from tinylm.cli import main
+    from tinylm.training.checkpoint import load_for_inference
     run = fresh(out / "runs" / f"import-{Path(source).name}")
     assert main(["import", source, "--out", str(run)]) == 0
     hf = AutoModelForCausalLM.from_pretrained(source, dtype="float32").eval()
@@ -81,10 +81,10 @@ def export_figure(family: dict[str, str], out: Path, name: str) -> tuple[float, 
 
     from tinylm.cli import main
     from tinylm.config import Config, SampleConfig, set_value
-    from tinylm.generate import generate
-    from tinylm.model import GPT
-    from tinylm.run_folder import save_weights
+    from tinylm.generation.generate import generate
+    from tinylm.model.gpt import GPT
     from tinylm.tokenizer import BPETokenizer
+    from tinylm.training.run_folder import save_weights
     tok = BPETokenizer.from_tiktoken("gpt2")
     cfg = Config()
     for key, value in {"run.dir": str(out / "runs"), "run.name": f"export-{name}", "model.n_layer": "2",
@@ -108,7 +108,7 @@ def export_figure(family: dict[str, str], out: Path, name: str) -> tuple[float, 
 def fine_tune_figure(source: Path, out: Path, steps: int) -> tuple[float, float]:
     """Validation loss of the imported model on tiny Shakespeare before and after ``steps`` steps of fine-tuning."""
     from tinylm.config import build_config
-    from tinylm.train import Trainer
+    from tinylm.training.trainer import Trainer
     cfg = build_config(None, [
         "--train.init_from", str(source), "--data.corpus", "tinyshakespeare", "--data.tokenizer", "gpt2",
         "--data.dir", str(out / "data" / "tinyshakespeare-gpt2"), "--run.dir", str(out / "runs"),

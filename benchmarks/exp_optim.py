@@ -49,9 +49,9 @@ from common import REPO, Meter, use_shared_data
 
 from tinylm.analysis.sweep import Point, Runner
 from tinylm.config import build_config
-from tinylm.data import ensure_prepared
-from tinylm.diagnostics import logged_losses
+from tinylm.data.prepare import ensure_prepared
 from tinylm.plotting import pyplot
+from tinylm.training.tracking import logged_losses
 
 PRESET = REPO / "configs" / "optim-lab.toml"
 SEEDS = (0, 1, 2)
@@ -215,7 +215,7 @@ def part_schedules(lab: Lab, results: dict) -> None:
 def part_step_cost(lab: Lab, results: dict, steps: int = 20, rounds: int = 3) -> None:
     import torch
 
-    from tinylm.train import Trainer
+    from tinylm.training.trainer import Trainer
     trainers = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, extra in (("AdamW", []), ("Muon", [*MUON, "--optim.lr", "0.02", "--optim.embed_lr", "3e-3"]),
@@ -239,11 +239,11 @@ def part_step_cost(lab: Lab, results: dict, steps: int = 20, rounds: int = 3) ->
 
 
 def part_schedule_plot(lab: Lab, results: dict) -> None:
-    """Every schedule :func:`tinylm.optim.lr_scale` offers, over 1000 steps with warmup 100."""
+    """Every schedule :func:`tinylm.training.optim.lr_scale` offers, over 1000 steps with warmup 100."""
     from dataclasses import replace
 
     from tinylm.config import OptimConfig
-    from tinylm.optim import lr_scale
+    from tinylm.training.optim import lr_scale
     plt = pyplot()
     if plt is None:
         raise SystemExit("schedule-plot needs matplotlib: pip install 'tinylm[plot]'")

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from tinylm.config import Config, DataConfig, set_value
-from tinylm.data import TokenWindows, prepare
+from tinylm.data.loader import TokenWindows
+from tinylm.data.prepare import prepare
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TINYLM_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -28,9 +28,9 @@ def test_readme_python_example_trains_and_samples(tmp_path, text_200k, monkeypat
 
 
 def test_public_names_are_the_functions_not_their_modules():
-    """tinylm.train and tinylm.generate are functions, though modules of the same names exist
-    (and importing such a module must not replace the function on the package)."""
-    code = ("import tinylm, tinylm.train, tinylm.generate, inspect; "
+    """tinylm.train and tinylm.generate are functions; importing the modules that define them
+    (tinylm.training.trainer, tinylm.generation.generate) does not replace them on the package."""
+    code = ("import tinylm, tinylm.training.trainer, tinylm.generation.generate, inspect; "
             "assert inspect.isfunction(tinylm.train) and inspect.isfunction(tinylm.generate); "
             "assert all(hasattr(tinylm, n) for n in tinylm.__all__)")
     subprocess.run([sys.executable, "-c", code], check=True)

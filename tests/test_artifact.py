@@ -9,14 +9,14 @@ import struct
 import pytest
 import torch
 
-from tinylm.checkpoint import load_for_inference
 from tinylm.cli import main
 from tinylm.config import ModelConfig, build_config
 from tinylm.errors import TinyLMError
 from tinylm.interop import artifact
 from tinylm.interop.quantize import CLIP_RATIOS, LAYOUTS, dequantize, from_bytes, quantize, to_bytes, value_bytes
 from tinylm.tokenizer import ENDOFTEXT, CharTokenizer
-from tinylm.train import Trainer, train
+from tinylm.training.checkpoint import load_for_inference
+from tinylm.training.trainer import Trainer, train
 
 from conftest import one_line_error, shared_text, tiny_config
 

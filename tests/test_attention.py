@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinylm import attention
 from tinylm.config import Config, ModelConfig, validate
 from tinylm.errors import TinyLMError
-from tinylm.model import GPT
+from tinylm.model import attention
+from tinylm.model.gpt import GPT
 
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}
 
@@ -133,8 +133,8 @@ def test_attention_dropout_off_keeps_dropout_on_the_residual_branches_only(monke
         seen.append(dropout_p)
         return real(q, k, v, mask, dropout_p, kind)
 
-    import tinylm.model
-    monkeypatch.setattr(tinylm.model, "attend", spy)
+    import tinylm.model.gpt
+    monkeypatch.setattr(tinylm.model.gpt, "attend", spy)
     x = torch.randint(0, 32, (2, 16))
     for weights in (True, False):
         torch.manual_seed(0)

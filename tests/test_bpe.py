@@ -14,12 +14,11 @@ import regex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tinylm.documents import iter_chunks
+from tinylm.data.documents import iter_chunks
 from tinylm.errors import TinyLMError
 from tinylm.tokenizer import DisallowedSpecial, load_tokenizer, train_bpe
 from tinylm.tokenizer.base import parse_ids
 from tinylm.tokenizer.bpe import BPETokenizer
-from tinylm.tokenizer.bpe_encode import encode_reference
 from tinylm.tokenizer.bpe_train import merge_incremental, merge_naive
 from tinylm.tokenizer.io import to_hf_json
 from tinylm.tokenizer.pretokenize import CL100K_PATTERN, GPT2_PATTERN, count_pretokens, iter_blocks, last_cut
@@ -165,8 +164,8 @@ def test_safe_cuts_known_answers():
 
 def test_import_directions():
     # corpora -> tokenizer, io -> bpe: never the other way (a cycle hides which module owns what)
-    assert not {"tinylm.corpora", "tinylm.tokenizer.io"} & imported_modules("tinylm.tokenizer.stats")
-    assert "tinylm.corpora" not in imported_modules("tinylm.tokenizer")
+    assert not {"tinylm.data.corpora", "tinylm.tokenizer.io"} & imported_modules("tinylm.tokenizer.stats")
+    assert "tinylm.data.corpora" not in imported_modules("tinylm.tokenizer")
     assert "tinylm.tokenizer.io" not in imported_modules("tinylm.tokenizer.bpe")
 
 
@@ -192,10 +191,10 @@ def test_truncated_equals_training_to_the_smaller_size():
 @given(text=texts)
 def test_fast_path_equals_reference_and_round_trips(stories_tok, text):
     ids = stories_tok.encode_ordinary(text)
-    assert ids == encode_reference(stories_tok, text)
+    assert ids == stories_tok.encode_reference(text)
     assert stories_tok.decode(ids) == text
     ids = stories_tok.encode(text, allowed_special="all")
-    assert ids == encode_reference(stories_tok, text, allowed_special="all")
+    assert ids == stories_tok.encode_reference(text, allowed_special="all")
     assert stories_tok.decode(ids) == text
     assert all(0 <= i < stories_tok.vocab_size for i in ids)
 
@@ -203,7 +202,7 @@ def test_fast_path_equals_reference_and_round_trips(stories_tok, text):
 @FAST
 @given(text=texts, cuts=st.lists(st.integers(0, 200), max_size=6), block=st.integers(1, 40))
 def test_encoding_block_by_block_equals_encoding_the_whole(stories_tok, text, cuts, block):
-    """What lets a corpus be encoded chunk by chunk (tinylm.documents.iter_chunks cuts at the same places)."""
+    """What lets a corpus be encoded chunk by chunk (tinylm.data.documents.iter_chunks cuts at the same places)."""
     bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
     chunks = [text[a:b] for a, b in itertools.pairwise(bounds)]
     blocks = list(iter_blocks(chunks, block_chars=block))
@@ -405,7 +404,7 @@ def test_non_text_chunks_are_rejected():
 
 def test_user_pattern():
     tok = BPETokenizer.train(["aa bb aa bb"], 258, special_tokens=(), pattern=r"\S+|\s+")
-    assert tok.encode("aa bb") == encode_reference(tok, "aa bb")
+    assert tok.encode("aa bb") == tok.encode_reference("aa bb")
     assert tok.decode(tok.encode("aa bb cc")) == "aa bb cc"
 
 

@@ -16,14 +16,14 @@ import time
 import pytest
 import torch
 
-from tinylm import checkpoint as ckpt
 from tinylm.cli import main
-from tinylm.diagnostics import logged_losses
 from tinylm.errors import TinyLMError
 from tinylm.fileio import claim_folder
-from tinylm.model import GPT
-from tinylm.run_folder import LOCK, RunLock
-from tinylm.train import Trainer, train
+from tinylm.model.gpt import GPT
+from tinylm.training import checkpoint as ckpt
+from tinylm.training.run_folder import LOCK, RunLock
+from tinylm.training.tracking import logged_losses
+from tinylm.training.trainer import Trainer, train
 
 from conftest import cli_args, one_line_error, tiny_config
 
@@ -87,7 +87,7 @@ def test_resume_skips_a_damaged_newest_checkpoint_and_says_so(tmp_path, text_200
     lines = []
     trainer = Trainer(cfg, resume=True, log=lines.append)
     trainer.close()
-    assert trainer.step == 15
+    assert trainer.state.step == 15
     log = "\n".join(lines)
     assert "resumed from" in log and "step_000015" in log
     assert ("points to step_000020, which is missing" if damage == "last_dangling"
@@ -129,7 +129,7 @@ def test_resume_of_a_run_that_never_saved_starts_at_step_0(tmp_path, text_200k):
     (cfg.run_dir / "metrics.jsonl").write_text("")
     trainer = Trainer(cfg, resume=True, log=quiet)
     trainer.close()
-    assert trainer.step == 0
+    assert trainer.state.step == 0
 
 
 def _fake_checkpoint(root, step, *, meta=True):
@@ -466,7 +466,7 @@ def test_resume_of_a_run_killed_before_its_first_save_says_it_starts_again(tmp_p
     lines = []
     trainer = Trainer(cfg, resume=True, log=lines.append)
     trainer.close()
-    assert trainer.step == 0
+    assert trainer.state.step == 0
     assert f"resume: {cfg.run_dir} has no checkpoint (it stopped at step 5, before its first save): starting again " \
            "at step 0" in lines
 

@@ -1,4 +1,4 @@
-"""Tests for tinylm.corpora: spec resolution, chunked reading, downloads, the shakespeare build.
+"""Tests for tinylm.data.corpora: spec resolution, chunked reading, downloads, the shakespeare build.
 
 Downloads are tested against a local http.server on 127.0.0.1; nothing here touches the internet
 except the one test marked ``network`` (run it with TINYLM_NETWORK_TESTS=1). Real text comes from
@@ -22,10 +22,10 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinylm import corpora, shakespeare
-from tinylm import download as download_module
-from tinylm.corpora import Corpus, data_dir, download, get_corpus
-from tinylm.documents import iter_chunks
+from tinylm.data import corpora, shakespeare
+from tinylm.data import download as download_module
+from tinylm.data.corpora import Corpus, data_dir, download, get_corpus
+from tinylm.data.documents import iter_chunks
 from tinylm.errors import TinyLMError
 
 from conftest import SHARED_DATA as SHARED
@@ -607,7 +607,8 @@ def folder_server(tmp_path):
 
 def test_corpus_with_its_own_validation_file_uses_it(folder_server, tmp_path, monkeypatch):
     from tinylm.config import DataConfig
-    from tinylm.data import load_data_tokenizer, load_meta, prepare, read_shard
+    from tinylm.data.prepare import prepare
+    from tinylm.data.shards import load_data_tokenizer, load_meta, read_shard
     eot = "<|endoftext|>"
     train_docs = [f"Train story {i}: the cat sat on the mat." for i in range(30)]
     val_docs = [f"Valid story {i}: a dog ran far." for i in range(5)]

@@ -13,16 +13,15 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from tinylm import checkpoint as ckpt
-from tinylm import runtime
 from tinylm.config import ModelConfig, OptimConfig, SampleConfig
-from tinylm.data import BatchLoader, PrefetchLoader
-from tinylm.diagnostics import logged_losses
-from tinylm.generate import generate
-from tinylm.model import GPT
-from tinylm.optim import build_optimizer, param_groups, set_schedule
-from tinylm.tracking import read_metrics
-from tinylm.train import Trainer, train
+from tinylm.data.loader import BatchLoader, PrefetchLoader
+from tinylm.generation.generate import generate
+from tinylm.model.gpt import GPT
+from tinylm.training import checkpoint as ckpt
+from tinylm.training import runtime
+from tinylm.training.optim import build_optimizer, param_groups, set_schedule
+from tinylm.training.tracking import logged_losses, read_metrics
+from tinylm.training.trainer import Trainer, train
 
 from conftest import EQUIVALENCE_BOUND, max_loss_difference, same_position, tiny_config
 

@@ -10,16 +10,9 @@ import torch
 
 from tinylm.cli import main
 from tinylm.config import DataConfig
-from tinylm.data import (
-    BatchLoader,
-    TokenWindows,
-    ensure_prepared,
-    load_data_tokenizer,
-    load_meta,
-    prepare,
-    read_shard,
-    write_shard,
-)
+from tinylm.data.loader import BatchLoader, TokenWindows
+from tinylm.data.prepare import ensure_prepared, prepare
+from tinylm.data.shards import load_data_tokenizer, load_meta, read_shard, write_shard
 from tinylm.errors import TinyLMError
 from tinylm.fileio import claim_folder
 

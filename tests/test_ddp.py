@@ -6,8 +6,7 @@ import sys
 
 import pytest
 
-from tinylm.diagnostics import logged_losses
-from tinylm.tracking import read_metrics
+from tinylm.training.tracking import logged_losses, read_metrics
 
 from conftest import EQUIVALENCE_BOUND, cli_args, max_loss_difference, tiny_config
 
@@ -82,6 +81,23 @@ def test_fsdp2_on_gloo_matches_one_process_and_resumes(tmp_path, text_200k, sing
     assert one.returncode == 2 and "written by 2 process(es), this run has 1" in one.stderr
 
 
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
+def test_accumulation_reduces_once_per_step_and_matches_one_process(tmp_path, text_200k, single_run, fsdp):
+    """Micro-batches of 2 x 2 accumulation per process: gradients are reduced on the last micro-step only (DDP's
+    no_sync, FSDP2's set_requires_gradient_sync), and the losses still match one process's full batches."""
+    opts, single = single_run
+    if opts["train.precision"] != "fp32":
+        pytest.skip("the fp32 run pins the bound; bf16's is covered by the tests above")
+    acc = tiny_config(tmp_path, text_200k, **{**opts, "run.name": f"acc-{fsdp}", "train.fsdp": fsdp,
+                                              "train.micro_batch_size": 2})
+    proc = _torchrun(acc)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "micro-batch 2 x 2 accumulation" in proc.stdout
+    a, b = logged_losses(single.run_dir), logged_losses(acc.run_dir)
+    assert sorted(a) == sorted(b) == list(range(1, 13))
+    assert max_loss_difference(a, b, "fp32") < BOUND["fp32"]
+
+
 def test_ddp_with_dropout_resumes_bit_exact(tmp_path, text_200k):
     """Each process draws its own dropout masks from its own random streams; a checkpoint keeps every
     process's streams, so a resumed run repeats the uninterrupted one exactly."""
@@ -120,7 +136,7 @@ def test_eval_is_the_same_for_micro_batch_16_and_4_and_two_processes(single_run)
 
 
 SKEWED = """import os, sys, time
-from tinylm.train import Trainer
+from tinylm.training.trainer import Trainer
 if os.environ["RANK"] == "1":  # this process's clock runs 4x fast: it alone would think the budget spent
     Trainer.clock = staticmethod(lambda: 4 * time.perf_counter())
 from tinylm.cli import main

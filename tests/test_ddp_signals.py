@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tinylm import checkpoint as ckpt
-from tinylm.diagnostics import logged_losses
+from tinylm.training import checkpoint as ckpt
+from tinylm.training.tracking import logged_losses
 
 from conftest import cli_args, tiny_config
 
@@ -214,7 +214,7 @@ def test_a_second_job_on_a_locked_run_folder_is_one_line_in_every_process(tmp_pa
 # a process whose step never ends once a signal came (as one waiting in a collective for a process that is gone):
 # the handler runs, but the main thread stays blocked
 STUCK = """import os, sys
-from tinylm import runtime
+from tinylm.training import runtime
 runtime.STOP_GRACE_S, runtime.REPEAT_S = float(sys.argv[1]), 1.0
 read, _ = os.pipe()
 with runtime.StopSignal() as stop:

@@ -1,18 +1,17 @@
 """tinylm doctor: each check catches the bug it targets (injected here) and passes on a healthy setup."""
 import json
-import sys
 
 import pytest
 import torch
 
+import tinylm.training.trainer as train_module
 from tinylm.cli import main
 from tinylm.data.loader import BatchLoader, TokenWindows
-from tinylm.doctor import CHECKS, DoctorOptions, doctor
-from tinylm.evaluate import Evaluator
+from tinylm.diagnostics.doctor import CHECKS, DoctorOptions, doctor
+from tinylm.training.evaluate import Evaluator
 
 from conftest import cli_args, tiny_config
 
-train_module = sys.modules["tinylm.train"]  # the module (tinylm.train is also the name of its function)
 FAST = DoctorOptions(seeds=2, batch_size=8, throughput_steps=1)
 
 
@@ -192,12 +191,12 @@ def test_doctor_reads_a_run_folders_config(tmp_path, text_200k, capsys, check):
 
 def test_halt_bundle_names_the_module_that_made_the_nan(tmp_path, text_200k):
     from tinylm.errors import TinyLMError
-    from tinylm.train import Trainer
+    from tinylm.training.trainer import Trainer
     cfg = tiny_config(tmp_path, text_200k, **{"train.nonfinite": "halt"})
     trainer = Trainer(cfg, log=quiet)
 
     def overflow(module, args, output):  # attention blows up at step 3 (the parameters stay finite)
-        return output * float("inf") if trainer.step + 1 == 3 and module.training else output
+        return output * float("inf") if trainer.state.step + 1 == 3 and module.training else output
     trainer.raw_model.blocks[1].attn.register_forward_hook(overflow)
     with pytest.raises(TinyLMError, match="tinylm doctor --nan"):
         trainer.run()
@@ -211,7 +210,7 @@ def test_halt_bundle_names_the_module_that_made_the_nan(tmp_path, text_200k):
 
 
 def test_doctor_nan_replays_a_bundle(tmp_path, text_200k, capsys):
-    from tinylm.train import Trainer
+    from tinylm.training.trainer import Trainer
     cfg = tiny_config(tmp_path, text_200k, **{"train.nonfinite": "halt"})
     trainer = Trainer(cfg, log=quiet)
     with torch.no_grad():
@@ -234,7 +233,7 @@ class Evil:
 
 @pytest.mark.parametrize("damage", ["pickle weights", "pickle batch", "truncate weights", "report"])
 def test_doctor_nan_refuses_a_malicious_or_damaged_bundle_in_one_line(tmp_path, text_200k, capsys, damage):
-    from tinylm.train import Trainer
+    from tinylm.training.trainer import Trainer
     cfg = tiny_config(tmp_path, text_200k, **{"train.nonfinite": "halt"})
     trainer = Trainer(cfg, log=quiet)
     with torch.no_grad():
@@ -272,7 +271,7 @@ def test_doctor_nan_refuses_what_is_not_a_bundle(tmp_path, capsys):
 ])
 def test_a_seed_spread_says_how_it_stands_against_the_rule(tmp_path, text_200k, steps, vals, status, says):
     """A PASS beside a spread above the rule says why it passes."""
-    from tinylm.doctor import Doctor
+    from tinylm.diagnostics.doctor import Doctor
     doc = Doctor(tiny_config(tmp_path, text_200k), FAST, log=quiet)
     losses = [3.0] * steps
     doc._runs = {"first": {"losses": losses, "device": "cpu"}, "again": {"losses": losses},

@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from tinylm import documents
 from tinylm.config import DataConfig
 from tinylm.config_check import parse_bytes
-from tinylm.corpora import Corpus
-from tinylm.data import BatchLoader, TokenWindows, load_data_tokenizer, load_meta, prepare, read_shard
-from tinylm.documents import iter_documents
+from tinylm.data import documents
+from tinylm.data.corpora import Corpus
+from tinylm.data.documents import iter_documents
+from tinylm.data.loader import BatchLoader, TokenWindows
+from tinylm.data.prepare import prepare
+from tinylm.data.shards import load_data_tokenizer, load_meta, read_shard
 from tinylm.errors import TinyLMError
 from tinylm.tokenizer import ENDOFTEXT
 from tinylm.tokenizer.bpe import BPETokenizer

@@ -8,16 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from tinylm.checkpoint import resolve_checkpoint
 from tinylm.cli import main
 from tinylm.config import build_config, from_dict
-from tinylm.data import load_data_tokenizer, load_meta, read_shard
+from tinylm.data.shards import load_data_tokenizer, load_meta, read_shard
 from tinylm.errors import TinyLMError
-from tinylm.evaluate import UNIGRAM_DEADLINE, CurveChecks, Evaluator, batch_windows, eval_windows
-from tinylm.model import GPT
+from tinylm.model.gpt import GPT
 from tinylm.tokenizer import BPETokenizer, CharTokenizer
-from tinylm.tracking import read_metrics
-from tinylm.train import train
+from tinylm.training.checkpoint import resolve_checkpoint
+from tinylm.training.curve_checks import UNIGRAM_DEADLINE, CurveChecks
+from tinylm.training.evaluate import Evaluator, batch_windows, eval_windows
+from tinylm.training.tracking import read_metrics
+from tinylm.training.trainer import train
 
 from conftest import tiny_config
 
@@ -261,10 +262,10 @@ def test_overfitting_is_said_once_when_val_rises_while_train_falls():
 
 
 def test_a_resumed_run_does_not_repeat_the_checks_it_already_said(tmp_path, text_200k, monkeypatch):
-    import tinylm.evaluate
-    monkeypatch.setattr(tinylm.evaluate, "UNIGRAM_DEADLINE", 3)  # the tiny model is said to be late at step 3
+    import tinylm.training.curve_checks
+    monkeypatch.setattr(tinylm.training.curve_checks, "UNIGRAM_DEADLINE", 3)  # the tiny model is late at step 3
     cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 3, "train.eval_interval": 3})
-    from tinylm.data import ensure_prepared
+    from tinylm.data.prepare import ensure_prepared
     meta = ensure_prepared(cfg.data, progress=False, log=lambda *a: None)
     meta["unigram_entropy"] = 0.5  # out of the tiny model's reach
     (tmp_path / "data" / "meta.json").write_text(json.dumps(meta))
@@ -278,7 +279,7 @@ def test_a_resumed_run_does_not_repeat_the_checks_it_already_said(tmp_path, text
 
 def test_training_logs_the_checks_and_the_val_figures(tmp_path, text_200k):
     cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 10})
-    from tinylm.data import ensure_prepared
+    from tinylm.data.prepare import ensure_prepared
     meta = ensure_prepared(cfg.data, progress=False, log=lambda *a: None)
     meta["unigram_entropy"] = 5.0  # what prepare measures (another change): reached at the first evaluation
     (tmp_path / "data" / "meta.json").write_text(json.dumps(meta))

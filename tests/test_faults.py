@@ -22,7 +22,7 @@ import pytest
 from tinylm.cli import main
 from tinylm.config import to_toml
 from tinylm.fileio import MADE, made_file
-from tinylm.train import train
+from tinylm.training.trainer import train
 
 from conftest import cli_args, one_line_error, stdlib_text, tiny_config
 
@@ -303,7 +303,7 @@ def filling_open(match: str, room: int):
 
 def test_a_full_disk_while_appending_metrics_is_one_line_and_resume_continues(tmp_path, text_200k, capsys,
                                                                               monkeypatch):
-    from tinylm import tracking
+    from tinylm.training import tracking
     cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 20, "train.log_interval": 1,
                                               "train.eval_interval": 10})
     with monkeypatch.context() as m:

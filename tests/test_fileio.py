@@ -37,7 +37,7 @@ def test_a_full_disk_while_logging_is_one_line():
     /dev/full answers every write with ENOSPC) says so in one line, like a failed checkpoint."""
     from tinylm.errors import TinyLMError
     from tinylm.fileio import append_text
-    from tinylm.tracking import JSONLSink
+    from tinylm.training.tracking import JSONLSink
     if not Path("/dev/full").exists():
         pytest.skip("no /dev/full on this system")
     with pytest.raises(TinyLMError, match=r"the disk is full: no space left to write /dev/full; .* --resume"):

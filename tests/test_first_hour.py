@@ -12,14 +12,14 @@ from test_checkpoint import quiet, snapshot
 from test_corpora import server  # noqa: F401 - the local HTTP server fixture
 from test_train_robust import StepClock
 
-from tinylm import checkpoint as ckpt
-from tinylm import corpora
-from tinylm import download as download_module
 from tinylm.cli import build_parser, main
 from tinylm.config import Config, build_config, default_name, load_toml, to_toml
+from tinylm.data import corpora
+from tinylm.data import download as download_module
 from tinylm.errors import TinyLMError
-from tinylm.tracking import ConsoleSink, read_metrics
-from tinylm.train import Trainer, train
+from tinylm.training import checkpoint as ckpt
+from tinylm.training.tracking import ConsoleSink, read_metrics
+from tinylm.training.trainer import Trainer, train
 
 from conftest import REPO, cli_args, tiny_config
 
@@ -146,7 +146,7 @@ def test_a_resumed_run_knows_the_best_val_loss_of_its_last_evaluation(tmp_path, 
     assert f"best val loss {result.best_val_loss:.4f}" in capsys.readouterr().out
     trainer = Trainer(cfg, resume=True, log=quiet)
     trainer.close()
-    assert trainer.best_val == result.best_val_loss
+    assert trainer.state.best_val == result.best_val_loss
 
 
 def test_the_final_line_states_the_final_losses(tmp_path, text_200k):
@@ -335,7 +335,7 @@ def test_help_of_commands_with_config_overrides_reads_as_sentences():
 
 
 def test_lr_find_says_when_it_replaces_an_earlier_result(tmp_path, text_200k):
-    from tinylm.lr_find import lr_find
+    from tinylm.training.lr_find import lr_find
     cfg = tiny_config(tmp_path, text_200k)
     for expected in (False, True):
         lines = []

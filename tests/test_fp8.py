@@ -5,11 +5,11 @@ import importlib.util
 import pytest
 import torch
 
-from tinylm import fp8
 from tinylm.cli import main
 from tinylm.config import ModelConfig
 from tinylm.errors import TinyLMError
-from tinylm.model import GPT
+from tinylm.model import fp8
+from tinylm.model.gpt import GPT
 
 from conftest import cli_args, tiny_config
 
@@ -80,12 +80,12 @@ def test_an_fp8_run_trains_resumes_and_evaluates_through_the_trainer(tmp_path, t
     import torchao.float8
     from torchao.float8 import Float8LinearConfig
 
-    from tinylm.diagnostics import logged_losses
-    from tinylm.train import train
+    from tinylm.training.tracking import logged_losses
+    from tinylm.training.trainer import train
     real = torchao.float8.convert_to_float8_training
     monkeypatch.setattr(torchao.float8, "convert_to_float8_training",
                         lambda model, **kw: real(model, **kw, config=Float8LinearConfig(emulate=True)))
-    monkeypatch.setattr("tinylm.runtime.check_fp8", lambda device: None)
+    monkeypatch.setattr("tinylm.training.runtime.check_fp8", lambda device: None)
     opts = {"train.max_steps": 20, "train.log_interval": 1, "train.eval_interval": 10}
     bf16 = tiny_config(tmp_path / "a", text_200k, **{**opts, "train.precision": "bf16"})
     train(bf16, log=lambda *a: None)
@@ -108,7 +108,7 @@ def test_a_non_finite_bundle_of_an_fp8_run_replays_on_a_cpu(tmp_path, text_200k,
     """The replay rebuilds a plain model (no FP8 layers): an fp8 run's bundle replays in bf16 anywhere."""
     import json
 
-    from tinylm.train import Trainer
+    from tinylm.training.trainer import Trainer
     cfg = tiny_config(tmp_path, text_200k, **{"train.nonfinite": "halt"})
     trainer = Trainer(cfg, log=lambda *a: None)
     with torch.no_grad():
@@ -126,7 +126,7 @@ def test_a_non_finite_bundle_of_an_fp8_run_replays_on_a_cpu(tmp_path, text_200k,
 
 
 def test_mfu_of_an_fp8_run_is_counted_against_the_bf16_peak_and_says_so(monkeypatch):
-    from tinylm.accounting import describe_peak, gpu_peak_flops, matmul_precision
+    from tinylm.training.accounting import describe_peak, gpu_peak_flops, matmul_precision
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
     gpu = torch.device("cuda", 0)
     assert matmul_precision(gpu, "fp8") == "bf16"

@@ -12,24 +12,17 @@ import pytest
 import torch
 
 from tinylm.config import ModelConfig, SampleConfig
-from tinylm.decode_report import distinct_n, repetition_rate, token_scores
 from tinylm.errors import TinyLMError
-from tinylm.generate import cut_at_stop, generate, generate_text, sample_text
-from tinylm.model import GPT
-from tinylm.sampling import (
+from tinylm.generation.decode_report import distinct_n, repetition_rate, token_scores
+from tinylm.generation.generate import cut_at_stop, generate, generate_text, sample_text
+from tinylm.generation.sampling import (
     PAD,
-    FrequencyPenalty,
-    MinP,
-    NoRepeatNGram,
-    PresencePenalty,
-    RepetitionPenalty,
-    Temperature,
-    TopK,
-    TopP,
+    Processor,
     banned_by_ngrams,
     build_processors,
     token_counts,
 )
+from tinylm.model.gpt import GPT
 
 VARIANTS = {"learned": dict(), "rope": dict(pos="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True),
             "bias-untied": dict(mlp="relu2", bias=True, tie_embeddings=False)}
@@ -132,18 +125,20 @@ def test_processors_known_answers():
     ids = torch.tensor([[PAD, 0, 3, 3]])
     assert token_counts(ids, 4).tolist() == [[1, 0, 0, 2]]
     # CTRL: positive seen logits divided, negative seen multiplied; unseen untouched
-    assert RepetitionPenalty(2.0)(logits, ids).tolist() == [[1.0, 1.0, 0.0, -2.0]]
-    assert FrequencyPenalty(0.5)(logits, ids).tolist() == [[1.5, 1.0, 0.0, -2.0]]
-    assert PresencePenalty(0.5)(logits, ids).tolist() == [[1.5, 1.0, 0.0, -1.5]]
-    assert Temperature(0.5)(logits, ids).tolist() == [[4.0, 2.0, 0.0, -2.0]]
-    assert torch.isinf(TopK(2)(logits, ids)).tolist() == [[False, False, True, True]]
+    assert Processor("repetition_penalty", 2.0)(logits, ids).tolist() == [[1.0, 1.0, 0.0, -2.0]]
+    assert Processor("frequency_penalty", 0.5)(logits, ids).tolist() == [[1.5, 1.0, 0.0, -2.0]]
+    assert Processor("presence_penalty", 0.5)(logits, ids).tolist() == [[1.5, 1.0, 0.0, -1.5]]
+    assert Processor("temperature", 0.5)(logits, ids).tolist() == [[4.0, 2.0, 0.0, -2.0]]
+    assert torch.isinf(Processor("top_k", 2)(logits, ids)).tolist() == [[False, False, True, True]]
     probs = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    assert torch.isinf(TopP(0.7)(probs, ids)).tolist() == [[False, False, True, True]]
-    assert torch.isinf(TopP(0.8)(probs, ids)).tolist() == [[False, False, True, True]]  # 0.8 reached exactly
-    assert torch.isinf(TopP(0.81)(probs, ids)).tolist() == [[False, False, False, True]]
-    assert torch.isinf(TopP(0.01)(probs, ids)).tolist() == [[False, True, True, True]]  # the top token stays
-    assert torch.isinf(MinP(0.2)(probs, ids)).tolist() == [[False, False, False, True]]  # bar 0.1
-    assert torch.isinf(MinP(0.7)(probs, ids)).tolist() == [[False, True, True, True]]  # bar 0.35
+    assert torch.isinf(Processor("top_p", 0.7)(probs, ids)).tolist() == [[False, False, True, True]]
+    # 0.8 reached exactly
+    assert torch.isinf(Processor("top_p", 0.8)(probs, ids)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(Processor("top_p", 0.81)(probs, ids)).tolist() == [[False, False, False, True]]
+    # the top token stays
+    assert torch.isinf(Processor("top_p", 0.01)(probs, ids)).tolist() == [[False, True, True, True]]
+    assert torch.isinf(Processor("min_p", 0.2)(probs, ids)).tolist() == [[False, False, False, True]]  # bar 0.1
+    assert torch.isinf(Processor("min_p", 0.7)(probs, ids)).tolist() == [[False, True, True, True]]  # bar 0.35
 
 
 def test_no_repeat_ngram_bans_the_completing_token():
@@ -153,7 +148,7 @@ def test_no_repeat_ngram_bans_the_completing_token():
     assert banned[1].nonzero().flatten().tolist() == [4]  # (4, 4, 4) exists
     assert banned_by_ngrams(ids, 1, 6)[0].nonzero().flatten().tolist() == [1, 2, 3]
     assert not banned_by_ngrams(ids[:, :2], 3, 6).any()  # too short to have an n-gram
-    assert torch.isinf(NoRepeatNGram(3)(torch.zeros(2, 6), ids)).sum() == 2
+    assert torch.isinf(Processor("no_repeat_ngram", 3)(torch.zeros(2, 6), ids)).sum() == 2
 
 
 def test_no_repeat_ngram_in_generation():
@@ -166,10 +161,10 @@ def test_no_repeat_ngram_in_generation():
 
 
 def test_processor_parameters_are_validated():
-    for make, bad in ((Temperature, 0.0), (TopP, 0.0), (TopP, 1.5), (MinP, 1.0), (TopK, 0),
-                      (RepetitionPenalty, 0.0), (NoRepeatNGram, 0), (FrequencyPenalty, math.inf)):
+    for setting, bad in (("temperature", 0.0), ("top_p", 0.0), ("top_p", 1.5), ("min_p", 1.0), ("top_k", 0),
+                         ("repetition_penalty", 0.0), ("no_repeat_ngram", 0), ("frequency_penalty", math.inf)):
         with pytest.raises(TinyLMError):
-            make(bad)
+            Processor(setting, bad)
     with pytest.raises(TinyLMError, match=r"--sample\.top_p"):
         generate(tiny(), [[1]], cfg(top_p=2.0))
     with pytest.raises(TinyLMError, match="num_beams"):
@@ -178,9 +173,12 @@ def test_processor_parameters_are_validated():
 
 def test_build_processors_follows_the_strategy():
     s = SampleConfig(temperature=0.7, top_k=50, top_p=0.9, min_p=0.05, repetition_penalty=1.3)
-    assert build_processors(s) == [RepetitionPenalty(1.3), Temperature(0.7), TopK(50), TopP(0.9), MinP(0.05)]
-    assert build_processors(replace(s, strategy="top_p")) == [RepetitionPenalty(1.3), Temperature(0.7), TopP(0.9)]
-    assert build_processors(replace(s, strategy="greedy")) == [RepetitionPenalty(1.3)]
+    def settings(s: SampleConfig) -> list[tuple[str, float]]:
+        return [(p.setting, p.value) for p in build_processors(s)]
+    assert settings(s) == [("repetition_penalty", 1.3), ("temperature", 0.7), ("top_k", 50), ("top_p", 0.9),
+                           ("min_p", 0.05)]
+    assert settings(replace(s, strategy="top_p")) == [("repetition_penalty", 1.3), ("temperature", 0.7), ("top_p", 0.9)]
+    assert settings(replace(s, strategy="greedy")) == [("repetition_penalty", 1.3)]
     assert build_processors(replace(s, strategy="beam", repetition_penalty=1.0)) == []
 
 
@@ -189,7 +187,7 @@ def test_higher_temperature_gives_higher_entropy():
     ids = torch.zeros(8, 1, dtype=torch.long)
 
     def entropy(t):
-        logp = torch.log_softmax(Temperature(t)(logits, ids), -1)
+        logp = torch.log_softmax(Processor("temperature", t)(logits, ids), -1)
         return -(logp.exp() * logp).sum(-1)
 
     temps = [0.25, 0.5, 1.0, 2.0, 4.0]
@@ -203,7 +201,7 @@ def test_repetition_penalty_lowers_seen_tokens_probability():
     logits = torch.randn(4, V, generator=g) * 3
     ids = torch.randint(0, V, (4, 10), generator=g)  # rows see different numbers of distinct ids
     seen = token_counts(ids, V) > 0
-    penalized = RepetitionPenalty(1.5)(logits, ids)
+    penalized = Processor("repetition_penalty", 1.5)(logits, ids)
     assert (penalized[seen] < logits[seen]).all() and torch.equal(penalized[~seen], logits[~seen])
     # relative to every unseen token, every seen token of its row loses probability (the odds shrink) ...
     for row in range(4):
@@ -212,7 +210,7 @@ def test_repetition_penalty_lowers_seen_tokens_probability():
         assert (odds(penalized) < odds(logits)).all()
     # ... and one seen token loses probability outright
     one = torch.tensor([[7]] * 4)
-    assert (RepetitionPenalty(1.5)(logits, one).softmax(-1)[:, 7] < logits.softmax(-1)[:, 7]).all()
+    assert (Processor("repetition_penalty", 1.5)(logits, one).softmax(-1)[:, 7] < logits.softmax(-1)[:, 7]).all()
     # and in generation: fewer repeated tokens than plain greedy, which loops on this model
     model = tiny()
     plain = generate(model, [[1, 2, 3]], cfg(strategy="greedy", max_new_tokens=30))[0][0].tokens
@@ -250,7 +248,7 @@ def test_greedy_is_deterministic_and_equals_full_recompute(kind):
 def test_sampling_with_top_p_1_is_plain_multinomial_sampling():
     model = tiny(block=64)
     logits, ids = torch.randn(3, V), torch.zeros(3, 1, dtype=torch.long)
-    assert torch.equal(TopP(1.0)(logits, ids), logits)
+    assert torch.equal(Processor("top_p", 1.0)(logits, ids), logits)
     plain = tokens(model, [[5, 6]], cfg(strategy="sample", temperature=1.0, top_k=0, top_p=1.0), seed=7)[0][0]
     assert plain == reference_decode(model, [5, 6], 24, temperature=1.0, seed=7)
     assert plain != tokens(model, [[5, 6]], cfg(strategy="sample", temperature=1.0, top_k=0), seed=8)[0][0]
@@ -394,7 +392,7 @@ def char_tok():
 def test_prompts_may_hold_special_tokens(char_tok):
     """A prompt is the user's, not corpus text: "<|endoftext|>" in it is the end-of-text id (as in
     training, between documents), not an error as encode's default would make it."""
-    from tinylm.generate import check_prompt, encode_prompt
+    from tinylm.generation.generate import check_prompt, encode_prompt
     eot = char_tok.eot_token
     assert encode_prompt(char_tok, "<|endoftext|>Once") == [eot, *char_tok.encode("Once")]
     assert encode_prompt(char_tok, "") == [eot]
@@ -444,7 +442,7 @@ class _CountingBytes:
 
 
 def test_text_stream_decodes_each_token_once_and_never_splits_a_character():
-    from tinylm.generate import _TextStream
+    from tinylm.generation.generate import _TextStream
     tok = _CountingBytes()
     text = "héllo ✓ wörld 🙂 end"
     ids = tok.encode(text)
@@ -513,7 +511,7 @@ def test_diversity_metrics():
 def trained_run(tmp_path_factory, text_200k):
     """A run trained for a few steps on real text: enough for the CLI and the report. Its
     [sample] section asks for min-p sampling, which the trainer's samples must follow."""
-    from tinylm.train import train
+    from tinylm.training.trainer import train
 
     from conftest import tiny_config
     tmp = tmp_path_factory.mktemp("gen-run")
@@ -560,8 +558,8 @@ def test_cli_compiled_sampling_without_a_cpu_compiler_is_a_one_line_error(traine
 
 
 def test_cli_sample_streams_the_same_text_as_the_library(trained_run, capsys):
-    from tinylm import checkpoint as ckpt
     from tinylm.cli import main
+    from tinylm.training import checkpoint as ckpt
     assert main(["sample", str(trained_run), "--max-new-tokens", "25", "--prompt", "an", "--seed", "9"]) == 0
     printed = capsys.readouterr().out.split("---\n", 1)[1]
     _, c, model, tok = ckpt.load_for_inference(trained_run)
@@ -573,7 +571,7 @@ def test_cli_sample_streams_the_same_text_as_the_library(trained_run, capsys):
 def test_cli_sample_compile_setting_compiles_the_decode_step(trained_run, capsys, monkeypatch):
     """--sample.compile true reaches GPT.compile_decoding (the compiled path itself: a slow test above)."""
     from tinylm.cli import main
-    from tinylm.model import GPT
+    from tinylm.model.gpt import GPT
     calls = []
     monkeypatch.setattr(GPT, "compile_decoding", lambda self: calls.append(self))
     assert main(["sample", str(trained_run), "--max-new-tokens", "5"]) == 0 and calls == []
@@ -586,9 +584,9 @@ def test_cli_sample_moves_the_model_to_the_device(trained_run, capsys, monkeypat
     """--device, else the run's train.device, goes through resolve_device, and the model goes there."""
     import importlib
 
-    from tinylm import checkpoint
     from tinylm.cli import main
-    from tinylm.decode_state import Completion
+    from tinylm.generation.decode_state import Completion
+    from tinylm.training import checkpoint
     asked, used = [], []
 
     def resolve(name, local_rank=0, flag="--train.device"):
@@ -600,8 +598,8 @@ def test_cli_sample_moves_the_model_to_the_device(trained_run, capsys, monkeypat
         return [[Completion([], "length", text="")]]
 
     monkeypatch.setattr(checkpoint, "resolve_device", resolve)
-    # the module: the package's attribute tinylm.generate is the function of that name
-    monkeypatch.setattr(importlib.import_module("tinylm.generate"), "generate_text", fake_generate_text)
+    # the module: the package's attribute tinylm.generation.generate is the function of that name
+    monkeypatch.setattr(importlib.import_module("tinylm.generation.generate"), "generate_text", fake_generate_text)
     assert main(["sample", str(trained_run), "--device", "auto"]) == 0
     assert main(["sample", str(trained_run)]) == 0
     assert asked == [("auto", "--device"), ("cpu", "--device")]  # the second: the run's train.device (conftest's)
@@ -619,7 +617,7 @@ def test_cli_sample_on_cuda_without_cuda_is_one_line(trained_run, capsys):
 
 def test_training_samples_follow_the_sample_config(trained_run):
     """samples.md at the last evaluation holds what `tinylm sample` gives from that checkpoint."""
-    from tinylm.checkpoint import load_for_inference
+    from tinylm.training.checkpoint import load_for_inference
     _, c, model, tok = load_for_inference(trained_run)
     assert c.sample.strategy == "min_p"
     written = (trained_run / "samples.md").read_text().split("## step 20 ")[1].split("```\n")[1]
@@ -655,7 +653,7 @@ def test_decode_report_rows_start_from_the_runs_sample_settings(trained_run, tmp
 
 
 def test_report_variants_change_only_the_strategy_and_the_knobs_it_needs():
-    from tinylm.decode_report import make_variants
+    from tinylm.generation.decode_report import make_variants
     base = SampleConfig(temperature=0.7, top_k=0, top_p=0.95, num_beams=1, presence_penalty=0.5, num_samples=3)
     named, custom = ["sample", "top_k", "top_p", "beam"], [("hot", {"temperature": "1.5"})]
     rows = {v.name: v.cfg for v in make_variants(named, custom, base)}

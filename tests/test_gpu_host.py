@@ -3,8 +3,8 @@ the peak FLOP/s that MFU divides by (TF32 included), the device's recorded name.
 import pytest
 import torch
 
-from tinylm import accounting, runtime
 from tinylm.cli import main
+from tinylm.training import accounting, runtime
 
 from conftest import cli_args, tiny_config
 
@@ -72,7 +72,7 @@ def test_fp32_on_cuda_divides_by_the_tf32_peak_while_tf32_is_on(fake_h200):
 
 
 def test_a_run_says_which_peak_its_mfu_uses(tmp_path, text_200k, monkeypatch):
-    from tinylm.train import train
+    from tinylm.training.trainer import train
     monkeypatch.setattr(accounting, "cpu_peak_flops", lambda dtype: 123e9)
     lines = []
     train(tiny_config(tmp_path, text_200k, **{"train.max_steps": 2, "train.eval_interval": 0}), log=lines.append)

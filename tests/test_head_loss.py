@@ -4,15 +4,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tinylm import checkpoint as ckpt
 from tinylm.cli import main
 from tinylm.config import ModelConfig, SampleConfig, build_config
-from tinylm.diagnostics import logged_losses
 from tinylm.errors import TinyLMError
-from tinylm.generate import generate
-from tinylm.head_loss import chunked_cross_entropy
-from tinylm.model import GPT, padded_vocab
-from tinylm.train import train
+from tinylm.generation.generate import generate
+from tinylm.model.gpt import GPT, padded_vocab
+from tinylm.model.head_loss import chunked_cross_entropy
+from tinylm.training import checkpoint as ckpt
+from tinylm.training.tracking import logged_losses
+from tinylm.training.trainer import train
 
 from conftest import tiny_config
 

@@ -14,18 +14,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinylm import checkpoint as ckpt
-from tinylm.checkpoint import load_for_inference
 from tinylm.cli import main
-from tinylm.config import SampleConfig, build_config, default_name
-from tinylm.data import load_data_tokenizer, load_meta
-from tinylm.generate import generate, generate_text
+from tinylm.config import SampleConfig, arch_keys, build_config, default_name
+from tinylm.data.shards import load_data_tokenizer, load_meta
+from tinylm.generation.generate import generate, generate_text
 from tinylm.interop.hf_import import import_hf, imported_model
-from tinylm.model import GPT
-from tinylm.run_folder import save_weights
+from tinylm.model.gpt import GPT
 from tinylm.tokenizer import ENDOFTEXT, BPETokenizer, CharTokenizer
 from tinylm.tokenizer.io import save_hf
-from tinylm.train import Trainer, train
+from tinylm.training import checkpoint as ckpt
+from tinylm.training.checkpoint import load_for_inference
+from tinylm.training.run_folder import save_weights
+from tinylm.training.trainer import Trainer, train
 
 from conftest import REPO, shared_text, tiny_config
 
@@ -207,7 +207,7 @@ def test_init_from_a_run_and_resuming_the_fine_tuned_run(tmp_path, text_200k):
     assert cfg.model.pos == "rope" and cfg.model.mlp == "swiglu"
     weights = load_for_inference(src.run_dir, device="cpu").model.state_dict()
     assert all(torch.equal(v, weights[k]) for k, v in trainer.raw_model.state_dict().items())
-    assert trainer.step == 0
+    assert trainer.state.step == 0
     trainer.run()
     again = tiny_config(tmp_path, text_200k, **{"run.name": "ft", "train.init_from": str(src.run_dir),
                                                "train.max_steps": 7})
@@ -336,7 +336,7 @@ def test_export_loads_in_transformers_with_the_same_logits_and_greedy_tokens(tmp
     # read back, the folder is the run's model: its architecture and every weight (GPT-2's zero biases aside)
     source = import_hf(str(out))
     assert all(torch.equal(source.state[k], v) for k, v in gpt.state_dict().items())
-    same = [k for k in ckpt.ARCH_KEYS if k != "bias"]  # GPT-2 without biases reads back with zero biases
+    same = [k for k in arch_keys() if k != "bias"]  # GPT-2 without biases reads back with zero biases
     assert [getattr(source.model, k) for k in same] == [getattr(cfg.model, k) for k in same]
     # a second export replaces the first
     assert main(["export", str(cfg.run_dir), "--format", "hf", "--out", str(out)]) == 0
@@ -386,7 +386,7 @@ def test_every_presets_model_exports_with_the_same_logits_and_greedy_text(tmp_pa
         back = load_for_inference(tmp_path / f"back-{fmt}", device="cpu")
         assert back.config.data.tokenizer == cfg.data.tokenizer and back.tokenizer.same_ids(tok)
         assert all(torch.equal(back.model.state_dict()[k], v) for k, v in gpt.state_dict().items())
-        same = [k for k in ckpt.ARCH_KEYS if k != "bias"]  # GPT-2 without biases reads back with zero biases
+        same = [k for k in arch_keys() if k != "bias"]  # GPT-2 without biases reads back with zero biases
         assert [getattr(back.config.model, k) for k in same] == [getattr(cfg.model, k) for k in same]
 
 
@@ -484,7 +484,7 @@ def test_eval_of_an_exported_folder_equals_eval_of_its_run(tmp_path, text_200k, 
     run, source = load_for_inference(cfg.run_dir, device="cpu"), import_hf(str(out))
     assert source.tokenizer.same_ids(run.tokenizer)
     assert all(torch.equal(source.state[k], v) for k, v in run.model.state_dict().items())
-    same = [k for k in ckpt.ARCH_KEYS if k != "bias"]  # GPT-2 without biases reads back with zero biases
+    same = [k for k in arch_keys() if k != "bias"]  # GPT-2 without biases reads back with zero biases
     assert [getattr(source.model, k) for k in same] == [getattr(run.config.model, k) for k in same]
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tinylm.config import ModelConfig
-from tinylm.model import GPT
+from tinylm.model.gpt import GPT
 
 VARIANTS = [dict(), dict(norm="rmsnorm", pos="rope", mlp="swiglu", qk_norm=True),
             dict(mlp="relu2", bias=True, tie_embeddings=False)]

@@ -9,19 +9,18 @@ import torch
 from tinylm.cli import main
 from tinylm.config import Config, ModelConfig, OptimConfig, validate
 from tinylm.errors import TinyLMError
-from tinylm.model import GPT
-from tinylm.optim import (
+from tinylm.model.gpt import GPT
+from tinylm.training.lr_find import diverged, lr_find_result
+from tinylm.training.optim import (
     Lion,
     Muon,
     build_optimizer,
-    diverged,
-    lr_find_result,
     lr_scale,
     momentum_at,
     orthogonalize,
     param_groups,
 )
-from tinylm.train import train
+from tinylm.training.trainer import train
 
 from conftest import tiny_config
 
@@ -232,7 +231,7 @@ def test_orthogonalize_a_batch_equals_one_by_one():
 
 
 def test_lr_find_refuses_torchrun(tmp_path, text_200k, monkeypatch):
-    from tinylm.lr_find import lr_find
+    from tinylm.training.lr_find import lr_find
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(TinyLMError, match="not under torchrun"):
         lr_find(tiny_config(tmp_path, text_200k), steps=20)

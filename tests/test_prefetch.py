@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from tinylm.config import Config, set_value, validate
-from tinylm.data import BatchLoader, PrefetchLoader, with_prefetch
-from tinylm.diagnostics import logged_losses
+from tinylm.data.loader import BatchLoader, PrefetchLoader, with_prefetch
 from tinylm.errors import TinyLMError
-from tinylm.runtime import enable_tf32
-from tinylm.train import Trainer, train
+from tinylm.training.runtime import enable_tf32
+from tinylm.training.tracking import logged_losses
+from tinylm.training.trainer import Trainer, train
 
 from conftest import same_position, tiny_config
 
@@ -65,8 +65,10 @@ def test_prefetch_setting(small_windows):
     ahead = with_prefetch(loader, "on")
     assert isinstance(ahead, PrefetchLoader) and ahead.w is small_windows
     cfg = Config()
-    set_value(cfg, "data.prefetch", "always")
     with pytest.raises(TinyLMError, match=r"--data\.prefetch 'always' is not one of auto, on, off"):
+        set_value(cfg, "data.prefetch", "always")
+    cfg.data.prefetch = "always"  # set in Python, past the command line's check: validate() still refuses it
+    with pytest.raises(TinyLMError, match=r"data\.prefetch 'always' is not one of auto, on, off"):
         validate(cfg)
 
 

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from tinylm import model as model_module
 from tinylm.cli import main
 from tinylm.config import ModelConfig
-from tinylm.model import GPT
-from tinylm.profiling import FORWARD, profile
+from tinylm.diagnostics.profiling import FORWARD, profile
+from tinylm.model import gpt as model_module
+from tinylm.model.gpt import GPT
 
 from conftest import cli_args, tiny_config
 
@@ -71,7 +71,7 @@ def test_cuda_device_time_goes_to_the_range_open_when_each_kernel_was_launched()
 
     from torch.autograd import DeviceType
 
-    from tinylm.profiling import _device_times, _label_times
+    from tinylm.diagnostics.profiling import _device_times, _label_times
 
     def ev(name, start, end, *kernel_us, device=DeviceType.CPU):
         return E(name=name, time_range=E(start=start, end=end), kernels=[E(duration=d) for d in kernel_us],
@@ -93,7 +93,7 @@ def test_cuda_device_time_goes_to_the_range_open_when_each_kernel_was_launched()
 def test_the_cuda_table_shows_gpu_and_host_time_and_idle_time():
     """On a GPU the table's time column is device time, beside the host's, and the GPU's idle time is a row:
     a launch-bound model shows as one (here: 40 ms of wall per step, 25 of them with kernels running)."""
-    from tinylm.profiling import component_rows, format_table
+    from tinylm.diagnostics.profiling import component_rows, format_table
     flops = {k: 1.0 for k in FORWARD}
     on_gpu = {"embedding": 0.001, "norm": 0.001, "attn.qkv": 0.002, "attn.kernel": 0.002, "attn.proj": 0.001,
               "mlp": 0.004, "head+loss": 0.002, "forward": 0.001, "backward": 0.008, "optimizer": 0.002,

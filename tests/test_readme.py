@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tinylm import corpora
 from tinylm.cli import main
-from tinylm.tracking import read_metrics
+from tinylm.data import corpora
+from tinylm.training.tracking import read_metrics
 
 from conftest import COLLECTED, REPO, SHARED_DATA, TINYSHAKESPEARE, stdlib_text
 

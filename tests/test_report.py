@@ -14,9 +14,9 @@ from tinylm.analysis.report import load_run, model_counts, write_report
 from tinylm.cli import main
 from tinylm.errors import TinyLMError
 from tinylm.fileio import made_file
-from tinylm.model import GPT
-from tinylm.tracking import read_metrics
-from tinylm.train import train
+from tinylm.model.gpt import GPT
+from tinylm.training.tracking import read_metrics
+from tinylm.training.trainer import train
 
 from conftest import tiny_config
 

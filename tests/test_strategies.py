@@ -6,9 +6,9 @@ import pytest
 
 from tinylm.config import Config, SampleConfig, validate
 from tinylm.errors import TinyLMError
-from tinylm.generate import sample_settings
-from tinylm.sampling import PROCESSORS, build_processors
-from tinylm.strategies import SETTINGS, STRATEGIES, check_sample, describe_strategy
+from tinylm.generation.generate import sample_settings
+from tinylm.generation.sampling import Processor, build_processors
+from tinylm.generation.strategies import SETTINGS, STRATEGIES, check_sample, describe_strategy
 
 from conftest import imported_modules
 
@@ -25,16 +25,16 @@ def test_a_config_and_a_processor_refuse_the_same_values_in_the_same_words(key, 
     with pytest.raises(TinyLMError) as from_config:
         validate(Config(sample=replace(SampleConfig(), **{key: bad})))
     with pytest.raises(TinyLMError) as from_processor:
-        PROCESSORS[key](bad)
+        Processor(key, bad)
     assert str(from_config.value) == f"--sample.{from_processor.value}"
 
 
 def test_off_values_are_valid_in_a_config_but_make_no_processor():
     s = SampleConfig(strategy="sample", top_k=0, top_p=1.0, min_p=0.0, no_repeat_ngram=0)
     validate(Config(sample=s))
-    assert [type(p).__name__ for p in build_processors(s)] == ["Temperature"]
+    assert [p.setting for p in build_processors(s)] == ["temperature"]
     with pytest.raises(TinyLMError, match="top_k 0 must be >= 1; 0 turns it off"):
-        PROCESSORS["top_k"](0)
+        Processor("top_k", 0)
 
 
 def test_every_setting_a_strategy_reads_is_a_sample_key():

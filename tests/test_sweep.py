@@ -132,7 +132,7 @@ def test_an_unfinished_run_is_resumed(base, tmp_path, monkeypatch):
 def test_a_grid_compares_bits_per_byte_when_its_metric_says_so(base, tmp_path, monkeypatch):
     """metric = "val_bpb": the report's means and differences are of each run's last val_bpb (points with different
     tokenizers compare only so); a metric it does not know is refused."""
-    from tinylm.tracking import read_metrics
+    from tinylm.training.tracking import read_metrics
     grid = write(tmp_path / "grid.toml", 'metric = "val_bpb"\n[axes]\n"optim.lr" = [1e-2, 3e-3]\n')
     out = tmp_path / "sweep"
     monkeypatch.setattr(Runner, "launch", staticmethod(in_process([])))

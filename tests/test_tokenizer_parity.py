@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from tinylm.errors import TinyLMError
 from tinylm.tokenizer import DisallowedSpecial
 from tinylm.tokenizer.bpe import BPETokenizer
-from tinylm.tokenizer.bpe_encode import encode_reference
 from tinylm.tokenizer.io import load_hf, load_tiktoken_ranks, save_hf, save_tiktoken_ranks, to_hf_tokenizer
 
 from conftest import shared_text, stdlib_text
@@ -58,7 +57,7 @@ def trained() -> BPETokenizer:
 
 def test_gpt2_known_answers(gpt2):
     assert gpt2.vocab_size == 50257 and gpt2.n_merges == 50000 and gpt2.eot_token == 50256
-    assert gpt2.encode("hello world") == encode_reference(gpt2, "hello world") == [31373, 995]
+    assert gpt2.encode("hello world") == gpt2.encode_reference("hello world") == [31373, 995]
     assert gpt2.encode(" hello") == [23748]
     assert gpt2.encode(EOT, allowed_special="all") == [50256]
     assert gpt2.vocab[gpt2.merges[0][0]] + gpt2.vocab[gpt2.merges[0][1]] == b" t"  # vocab.bpe line 1: "Ġ t"
@@ -70,7 +69,7 @@ def test_gpt2_parity_on_real_text(gpt2, gpt2_enc, name):
     text = stdlib_text() if name == "stdlib" else shared_text(name)
     want = gpt2_enc.encode_ordinary(text)
     assert gpt2.encode_ordinary(text) == want   # fast path: 100% of tokens
-    assert encode_reference(gpt2, text) == want  # pure-Python reference: 100% of tokens
+    assert gpt2.encode_reference(text) == want  # pure-Python reference: 100% of tokens
     assert gpt2.decode(want) == text
 
 
@@ -79,10 +78,10 @@ def test_gpt2_parity_on_real_text(gpt2, gpt2_enc, name):
 def test_gpt2_parity_fuzz(gpt2, gpt2_enc, text):
     want = gpt2_enc.encode_ordinary(text)
     assert gpt2.encode_ordinary(text) == want
-    assert encode_reference(gpt2, text) == want
+    assert gpt2.encode_reference(text) == want
     want = gpt2_enc.encode(text, allowed_special="all")
     assert gpt2.encode(text, allowed_special="all") == want
-    assert encode_reference(gpt2, text, allowed_special="all") == want
+    assert gpt2.encode_reference(text, allowed_special="all") == want
     assert gpt2.decode(want) == text
 
 
@@ -163,7 +162,7 @@ def test_gpt2_file_round_trip(gpt2, tmp_path):
 @given(text=texts)
 def test_trained_fast_reference_and_tiktoken_agree(trained, text):
     ids = trained.encode(text, allowed_special="all")
-    assert ids == encode_reference(trained, text, allowed_special="all")
+    assert ids == trained.encode_reference(text, allowed_special="all")
     assert trained.decode(ids) == text
 
 
@@ -248,7 +247,7 @@ def test_bad_ranks_are_rejected():
 def test_lone_surrogates_are_replaced_like_tiktoken(gpt2, gpt2_enc):
     text = "a\ud800b \udfff c\ud83d\ude00"  # two lone surrogates and a valid pair (an emoji)
     want = gpt2_enc.encode(text)
-    assert gpt2.encode(text) == encode_reference(gpt2, text) == want
+    assert gpt2.encode(text) == gpt2.encode_reference(text) == want
     assert gpt2.decode(want) == "a\ufffdb \ufffd c\U0001f600"
 
 

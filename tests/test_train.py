@@ -10,13 +10,13 @@ import time
 import pytest
 import torch
 
-from tinylm import checkpoint as ckpt
 from tinylm.cli import main
-from tinylm.diagnostics import logged_losses
 from tinylm.errors import TinyLMError
-from tinylm.run_folder import LOCK
-from tinylm.runtime import resolve_precision
-from tinylm.train import Trainer, build_model, train
+from tinylm.training import checkpoint as ckpt
+from tinylm.training.run_folder import LOCK
+from tinylm.training.runtime import resolve_precision
+from tinylm.training.tracking import logged_losses
+from tinylm.training.trainer import Trainer, build_model, train
 
 from conftest import EQUIVALENCE_BOUND, cli_args, max_loss_difference, tiny_config
 
@@ -108,7 +108,7 @@ def test_resume_takes_hyperparameters_from_the_config(tmp_path, text_200k):
     train(cfg, log=lambda *a: None)
     cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 6, "optim.lr": 2e-3})
     trainer = Trainer(cfg, resume=True, log=lambda *a: None)
-    assert trainer.step == 3
+    assert trainer.state.step == 3
     assert {g["peak_lr"] for g in trainer.optimizer.param_groups} == {2e-3}
     assert all(s["step"] == 3 for s in trainer.optimizer.state_dict()["state"].values())
 

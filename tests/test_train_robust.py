@@ -10,15 +10,16 @@ import time
 import pytest
 import torch
 
-from tinylm import checkpoint as ckpt
-from tinylm import runtime
 from tinylm.cli import main
 from tinylm.config import ModelConfig
-from tinylm.diagnostics import crash_harness, logged_losses
+from tinylm.diagnostics.crash import crash_harness
 from tinylm.errors import TinyLMError
-from tinylm.model import GPT
-from tinylm.runtime import autocast_context
-from tinylm.train import Trainer, train
+from tinylm.model.gpt import GPT
+from tinylm.training import checkpoint as ckpt
+from tinylm.training import runtime
+from tinylm.training.runtime import autocast_context
+from tinylm.training.tracking import logged_losses
+from tinylm.training.trainer import Trainer, train
 
 from conftest import cli_args, one_line_error, tiny_config
 
@@ -46,7 +47,7 @@ def test_save_interval_and_keep_last(tmp_path, text_200k):
 def _poison_at(trainer: Trainer, steps: set[int]):
     """Make the model's output NaN while the trainer computes the given (1-based) steps."""
     def hook(module, args, output):
-        if trainer.step + 1 in steps and module.training:
+        if trainer.state.step + 1 in steps and module.training:
             return output[0] * float("nan"), output[1] * float("nan")
         return output
     trainer.raw_model.register_forward_hook(hook)
@@ -62,13 +63,13 @@ def test_nonfinite_skip_drops_the_update_and_continues(tmp_path, text_200k, opti
     assert trainer.skip_on_device == (optimizer == "adamw")
     settles = []
     settle = trainer._settle
-    trainer._settle = lambda: (settles.append(trainer.step), settle())[1]
+    trainer._settle = lambda: (settles.append(trainer.state.step), settle())[1]
     _poison_at(trainer, {5})
     weights = {}  # (1-based) step -> the weights as that step starts
 
     def snapshot(module, args):
-        if module.training and trainer.step + 1 in (5, 6) and trainer.step + 1 not in weights:
-            weights[trainer.step + 1] = [p.detach().clone() for p in trainer.raw_model.parameters()]
+        if module.training and trainer.state.step + 1 in (5, 6) and trainer.state.step + 1 not in weights:
+            weights[trainer.state.step + 1] = [p.detach().clone() for p in trainer.raw_model.parameters()]
     trainer.raw_model.register_forward_pre_hook(snapshot)
     result = trainer.run()
     assert result.step == 12
@@ -106,7 +107,7 @@ def test_loss_spike_is_logged(tmp_path, text_200k):
     trainer = Trainer(cfg, log=quiet)
 
     def hook(module, args, output):
-        if trainer.step + 1 == 26 and module.training:
+        if trainer.state.step + 1 == 26 and module.training:
             return output[0], output[1] * 10
         return output
     trainer.raw_model.register_forward_hook(hook)
@@ -208,21 +209,21 @@ def test_metrics_have_accounting_fields(tmp_path, text_200k):
     ("NVIDIA GeForce RTX 4090", "fp16", 165e12), ("Tesla T4", "fp16", 65e12), ("NVIDIA GeForce GTX 1080", "bf16", None),
 ])
 def test_gpu_peak_table_takes_the_most_specific_whole_name(name, precision, peak):
-    from tinylm.accounting import gpu_peak_flops
+    from tinylm.training.accounting import gpu_peak_flops
     assert gpu_peak_flops(name, precision) == peak
 
 
 def test_the_cpu_peak_probe_leaves_the_random_state_alone():
     """The probe runs once per machine, inside whichever run comes first: had it drawn from the
     global stream, that run's dropout masks would differ from an identical later run's."""
-    from tinylm.accounting import measure_cpu_peak
+    from tinylm.training.accounting import measure_cpu_peak
     before = torch.get_rng_state()
     assert measure_cpu_peak(torch.float32, trials=1, seconds=0.01, n=64) > 0
     assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_mfu_divides_global_throughput_by_every_device():
-    from tinylm.accounting import mfu
+    from tinylm.training.accounting import mfu
     assert mfu(1000, 6e6, 1e10) == pytest.approx(0.6)
     assert mfu(1000, 6e6, 1e10, world_size=2) == pytest.approx(0.3)  # 2 devices did those tokens
     assert mfu(1000, 6e6, None) is None
@@ -231,7 +232,7 @@ def test_mfu_divides_global_throughput_by_every_device():
 def test_throughput_leaves_out_evaluation_and_saving(tmp_path, text_200k, monkeypatch):
     """On a clock the test controls (a step takes 1 s, a save 50 s, an evaluation 100 s), every logged
     tokens/s, MFU and ETA is that of the steps alone, though evaluations fall between log lines."""
-    monkeypatch.setattr(sys.modules["tinylm.train"], "peak_flops", lambda device, precision: 1e12)
+    monkeypatch.setattr(sys.modules["tinylm.training.trainer"], "peak_flops", lambda device, precision: 1e12)
     cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 12, "train.log_interval": 5,
                                               "train.eval_interval": 3, "train.save_interval": 2})
     trainer = Trainer(cfg, log=quiet)
@@ -274,7 +275,7 @@ def test_tensorboard_and_wandb_offline(tmp_path, text_200k, monkeypatch):
 
 def test_wandb_sessions_of_one_run_share_one_wandb_run(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
-    from tinylm.tracking import WandbSink
+    from tinylm.training.tracking import WandbSink
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     ids = []
@@ -381,7 +382,7 @@ def test_torch_compile_matches_eager_and_reports_compile_time(tmp_path, text_200
 # --------------------------------------------------------------------------- damaged data: one line, exit 2
 
 def _prepared(tmp_path, text_200k, **overrides):
-    from tinylm.data import ensure_prepared
+    from tinylm.data.prepare import ensure_prepared
     cfg = tiny_config(tmp_path, text_200k, **{"train.max_steps": 2, "train.eval_interval": 0, **overrides})
     ensure_prepared(cfg.data, progress=False, log=quiet)
     return cfg
@@ -390,9 +391,9 @@ def _prepared(tmp_path, text_200k, **overrides):
 def test_a_token_id_beyond_the_vocabulary_is_one_line(tmp_path, text_200k, capsys):
     import numpy as np
 
-    from tinylm.data import load_meta, read_shard, write_shard
-    from tinylm.evaluate import Evaluator
+    from tinylm.data.shards import load_meta, read_shard, write_shard
     from tinylm.tokenizer import load_tokenizer
+    from tinylm.training.evaluate import Evaluator
     cfg = _prepared(tmp_path, text_200k)
     data, vocab = cfg.data.dir, load_meta(cfg.data.dir)["vocab_size"]
 
@@ -422,7 +423,7 @@ def test_a_pickled_document_index_is_refused_in_one_line(tmp_path, text_200k, ca
 
 def test_a_model_too_large_for_the_memory_is_refused_with_the_estimate_before_allocating(tmp_path, text_200k,
                                                                                          capsys):
-    from tinylm import runtime
+    from tinylm.training import runtime
     cfg = tiny_config(tmp_path, text_200k, **{"model.n_embd": 1_000_000, "model.n_head": 1})
     assert main(["train", *cli_args(cfg)]) == 2  # 24e12 parameters: 12 TB of weights alone
     have = runtime.device_memory(torch.device("cpu")) / 2**30

@@ -7,16 +7,14 @@ which imports only what each command needs, starts without torch.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 from .version import __version__
 
 # public name -> the module defining it
-_API = {"load_for_inference": "checkpoint", "Config": "config", "build_config": "config",
-        "TinyLMError": "errors", "generate": "generate", "generate_text": "generate", "GPT": "model",
-        "BPETokenizer": "tokenizer", "CharTokenizer": "tokenizer", "Tokenizer": "tokenizer",
-        "load_tokenizer": "tokenizer", "Trainer": "train", "train": "train"}
+_API = {"load_for_inference": "training.checkpoint", "Config": "config", "build_config": "config",
+        "TinyLMError": "errors", "generate": "generation.generate", "generate_text": "generation.generate",
+        "GPT": "model.gpt", "BPETokenizer": "tokenizer", "CharTokenizer": "tokenizer", "Tokenizer": "tokenizer",
+        "load_tokenizer": "tokenizer", "Trainer": "training.trainer", "train": "training.trainer"}
 
 __all__ = ["GPT", "BPETokenizer", "CharTokenizer", "Config", "TinyLMError", "Tokenizer", "Trainer", "__version__",
            "build_config", "generate", "generate_text", "load_for_inference", "load_tokenizer", "train"]
@@ -34,15 +32,3 @@ def __getattr__(name: str) -> object:
 def __dir__() -> list[str]:
     return sorted({*globals(), *_API})
 
-
-class _Package(types.ModuleType):
-    """``tinylm.train`` and ``tinylm.generate`` are functions, named like the modules defining them.
-    Importing a submodule makes it an attribute of its package; for those two names the function
-    stays (the modules are ``sys.modules["tinylm.train"]`` and ``sys.modules["tinylm.generate"]``)."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if not (name in _API and isinstance(value, types.ModuleType)):
-            super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package  # the Python reference's "Customizing module attribute access"

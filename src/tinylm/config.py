@@ -15,6 +15,7 @@ import sys
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from .config_check import convert_value, tokenizer_file, validate
 from .errors import TinyLMError
@@ -23,6 +24,13 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
+
+
+ArtifactBits = Literal[8, 6, 4]
+ARTIFACT_BITS = typing.get_args(ArtifactBits)  # the quantized artifact's widths: train.artifact_bits, export --quantize
+# field metadata: what a field is part of (read by arch_keys and prepared_keys below, never listed by hand)
+NOT_ARCH = {"arch": False}  # a model setting a run may change on resume: not part of the checkpoint's architecture
+PREPARED = {"prepared": True}  # a data setting the prepared shards depend on: a change means preparing again
 
 
 @dataclass
@@ -37,14 +45,14 @@ class ModelConfig:
     """Attention heads per block; n_embd must be divisible by it."""
     n_embd: int = 384
     """Width of the residual stream."""
-    mlp: str = "gelu_exact"
+    mlp: Literal["gelu_exact", "gelu", "swiglu", "relu2"] = "gelu_exact"
     """MLP kind: gelu_exact (erf) | gelu (tanh approximation, GPT-2's) | swiglu | relu2 (ReLU squared). On a CPU
     gelu_exact is the faster GELU (BENCHMARKS.md), the two differ by under 1e-3 per activation."""
     mlp_ratio: float = 4.0
     """MLP hidden width / n_embd (swiglu uses 2/3 of it per branch, keeping parameters equal)."""
-    norm: str = "layernorm"
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     """Normalization: layernorm | rmsnorm."""
-    pos: str = "learned"
+    pos: Literal["learned", "rope"] = "learned"
     """Positions: learned (absolute embedding table) | rope (rotary, no table)."""
     rope_base: float = 10000.0
     """Rotary base frequency (pos = rope only)."""
@@ -54,19 +62,19 @@ class ModelConfig:
     """Share the token embedding with the output head."""
     bias: bool = False
     """Biases in linear layers and LayerNorm."""
-    dropout: float = 0.0
+    dropout: float = field(default=0.0, metadata=NOT_ARCH)
     """Dropout on attention, residual branches and embeddings; 0 turns it off."""
-    attention_dropout: bool = True
+    attention_dropout: bool = field(default=True, metadata=NOT_ARCH)
     """Apply model.dropout to the attention weights too (GPT-2 and nanoGPT do); false keeps it on the residual
     branches and embeddings only, and CPU SDPA's fast kernel, which dropout on the weights leaves (BENCHMARKS.md)."""
-    vocab_pad_to: int = 1
+    vocab_pad_to: int = field(default=1, metadata=NOT_ARCH)
     """Pad the output head's product to a multiple of this many ids (64 or 128 suit GPU matrix tiles: 50257 ->
     50304); the padding's logits are -inf, never returned or sampled, and parameters, checkpoints and exports keep
     vocab_size, so a run may change it on resume. 1 = no padding. Not part of the checkpoint's architecture."""
-    loss_chunk: int = 0
+    loss_chunk: int = field(default=0, metadata=NOT_ARCH)
     """Compute the training loss (head, cross-entropy and their gradients) this many tokens at a time, never holding
     the batch's logits: memory chunk x vocab instead of batch x context x vocab; 0 = the whole batch at once."""
-    attention: str = "auto"
+    attention: Literal["auto", "sdpa", "math"] = field(default="auto", metadata=NOT_ARCH)
     """Attention kernel: sdpa (torch's fused kernel) | math (explicit matmuls) | auto (the faster, measured once per
     machine, dtype and shape; SDPA on CUDA). Same results within the dtype's tolerance; not part of the checkpoint."""
 
@@ -78,40 +86,40 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    corpus: str = "shakespeare"
+    corpus: str = field(default="shakespeare", metadata=PREPARED)
     """Named corpus (shakespeare, tinyshakespeare, tinystories, pystdlib, ...) or a file/dir/glob."""
-    tokenizer: str = "char"
+    tokenizer: str = field(default="char", metadata=PREPARED)
     """char | bpe (trained on the corpus) | gpt2 (GPT-2's 50257-token BPE) | a tinylm tokenizer file, e.g. another
     run's data/<name>/tokenizer.txt (fine-tuning that run with --train.init_from needs its ids)."""
-    vocab_size: int = 4096
+    vocab_size: int = field(default=4096, metadata=PREPARED)
     """Target vocabulary for tokenizer = bpe (ignored for char and gpt2)."""
     dir: str = ""
     """Folder of prepared shards + meta.json + tokenizer; `tinylm prepare` writes it. "" = data/<corpus>-<tokenizer>
     (e.g. data/notes-char, data/tinystories-bpe4096)."""
-    val_fraction: float = 0.1
+    val_fraction: float = field(default=0.1, metadata=PREPARED)
     """Share of tokens held out for validation: the last val_fraction of the token stream, from the start of the
     document it falls in (unless that is far back); ignored by a corpus with its own validation file."""
-    doc_separator: str = "eot"
+    doc_separator: Literal["eot", "blank", "line", "file"] = field(default="eot", metadata=PREPARED)
     """What ends a document (each becomes one end-of-text id, never text): eot (<|endoftext|> markers) | blank (a
     blank line) | line (a line break; an empty line is a paragraph break inside) | file (one document per file)."""
-    max_bytes: str = ""
+    max_bytes: str = field(default="", metadata=PREPARED)
     """Read only the corpus's first bytes, cut at a document end: "200MB", "4KiB", "1000000"; "" = all of it."""
-    sampling: str = "epoch"
+    sampling: Literal["epoch", "random"] = "epoch"
     """Training windows: epoch (seeded permutation, no replacement) | random (nanoGPT's random offsets)."""
-    align: str = "none"
+    align: Literal["none", "doc"] = "none"
     """Where training windows start: none (anywhere) | doc (at a document start, after its end-of-text id)."""
-    encoding_errors: str = "strict"
+    encoding_errors: Literal["strict", "replace"] = field(default="strict", metadata=PREPARED)
     """Non-UTF-8 bytes in the corpus: strict (stop with the file and offset) | replace (U+FFFD)."""
     num_workers: int = 0
     """Tokenizer worker processes for prepare; 0 = choose from the corpus size and CPU count."""
-    prefetch: str = "auto"
+    prefetch: Literal["auto", "on", "off"] = "auto"
     """Build the next training batch in a background thread during the step (pinned, non-blocking copy on CUDA):
     auto (on CUDA only) | on | off."""
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"
+    name: Literal["adamw", "muon", "lion"] = "adamw"
     """Optimizer: adamw | muon (Muon on hidden matrices + AdamW on the rest) | lion."""
     lr: float = 1e-3
     """Peak learning rate of the hidden weight matrices (Muon's rate with name = muon, e.g. 0.02)."""
@@ -119,7 +127,7 @@ class OptimConfig:
     """Peak learning rate of the embeddings and output head; 0 = lr (muon needs it set: an AdamW rate)."""
     scalar_lr: float = 0.0
     """Peak learning rate of norms, biases and other vectors; 0 = embed_lr (or lr when that is 0)."""
-    schedule: str = "cosine"
+    schedule: Literal["constant", "cosine", "wsd", "cosine_warmdown"] = "cosine"
     """LR schedule after warmup: constant | cosine (to min_lr_ratio) | wsd (stable, then decay over decay_frac)
     | cosine_warmdown (cosine, then linear to 0 over decay_frac)."""
     warmup_steps: int = 100
@@ -128,7 +136,7 @@ class OptimConfig:
     """Where cosine and wsd end, as a fraction of each peak learning rate."""
     decay_frac: float = 0.2
     """wsd / cosine_warmdown: fraction of the post-warmup steps spent in the final decay."""
-    decay_shape: str = "linear"
+    decay_shape: Literal["linear", "cosine", "1-sqrt"] = "linear"
     """wsd: shape of the final decay: linear | cosine | 1-sqrt."""
     weight_decay: float = 0.1
     """Decoupled weight decay of the hidden weight matrices."""
@@ -173,7 +181,7 @@ class TrainConfig:
     set whatever the batch size, processes or resume (see tinylm/evaluate.py); 0 = the whole split."""
     log_interval: int = 10
     """Write a metrics line every this many steps."""
-    precision: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16", "fp8"] = "auto"
     """fp32 | bf16 (autocast) | fp16 (autocast + GradScaler, CUDA only) | fp8 (bf16 autocast with the blocks' Linear
     layers in FP8 through torchao; GPUs of compute capability 8.9+) | auto (bf16 where the hardware is fast at it)."""
     device: str = "auto"
@@ -190,7 +198,7 @@ class TrainConfig:
     """Checkpoint every this many steps; 0 = at each evaluation (and always at the end)."""
     keep_last: int = 1
     """Step checkpoints kept besides the best one (the newest k)."""
-    nonfinite: str = "skip"
+    nonfinite: Literal["skip", "halt"] = "skip"
     """On a NaN/inf loss or gradient: skip (drop the update; stop after max_skips in a row) | halt (save a
     diagnostic bundle and stop)."""
     max_skips: int = 5
@@ -207,7 +215,7 @@ class TrainConfig:
     artifact_bytes: str = ""
     """Byte budget of the run's quantized artifact (`tinylm export --quantize`): "16MB", "1MiB", "1000000"; a model
     whose artifact at artifact_bits will not fit is refused before step 1, and the report shows its size. "" = none."""
-    artifact_bits: int = 8
+    artifact_bits: ArtifactBits = 8
     """Bits per matrix weight of the artifact the budget counts: 8 | 6 | 4 (export with --quantize int8/int6/int4)."""
 
 
@@ -305,6 +313,16 @@ def all_keys() -> list[str]:
     """Every dotted key, e.g. ["model.vocab_size", ..., "run.progress"]."""
     cfg = Config()
     return [f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(getattr(cfg, s))]
+
+
+def arch_keys() -> tuple[str, ...]:
+    """The model fields a checkpoint and the run loading it must agree on: all but those marked NOT_ARCH."""
+    return tuple(f.name for f in dataclasses.fields(ModelConfig) if f.metadata.get("arch", True))
+
+
+def prepared_keys() -> tuple[str, ...]:
+    """The data fields the prepared shards depend on (meta.json records them; a change means preparing again)."""
+    return tuple(f.name for f in dataclasses.fields(DataConfig) if f.metadata.get("prepared"))
 
 
 def _field_types(section_obj: object) -> dict[str, type]:

@@ -5,20 +5,30 @@ the batch arithmetic it checks (:func:`micro_batch_size`, :func:`grad_accum_step
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 import re
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import TinyLMError
-from .strategies import check_sample
+from .generation.strategies import check_sample
 
 if TYPE_CHECKING:
     from .config import Config, DataConfig
 
 
 def convert_value(key: str, value: object, typ: type) -> bool | int | float | str:
-    """Convert a TOML value or a command-line string to the field's declared type."""
+    """Convert a TOML value or a command-line string to the field's declared type; a ``Literal`` field takes one of
+    its values (``Literal["adamw", "muon"]``: the allowed values live in the annotation, nowhere else)."""
+    if typing.get_origin(typ) is typing.Literal:
+        allowed = typing.get_args(typ)
+        converted = convert_value(key, value, type(allowed[0]))
+        if converted not in allowed:
+            raise TinyLMError(not_one_of(key, converted, allowed))
+        return converted
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -52,6 +62,19 @@ def convert_value(key: str, value: object, typ: type) -> bool | int | float | st
     raise TinyLMError(f"--{key} expects {tname}, got {value!r}")
 
 
+def not_one_of(key: str, value: object, allowed: tuple) -> str:
+    """The one message for a value outside a ``Literal`` field's values, with the nearest one when there is one."""
+    near = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.6)
+    return (f"--{key} {value!r} is not one of {', '.join(map(str, allowed))}"
+            + (f"; did you mean {near[0]}?" if near else ""))
+
+
+def literal_fields(section: object) -> dict[str, tuple]:
+    """A config section's ``Literal`` fields and their allowed values: ``{"mlp": ("gelu_exact", ...), ...}``."""
+    return {name: typing.get_args(typ) for name, typ in typing.get_type_hints(type(section)).items()
+            if typing.get_origin(typ) is typing.Literal}
+
+
 _BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
                "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -70,7 +93,6 @@ def parse_bytes(text: str, flag: str = "--data.max_bytes") -> int | None:
 
 
 TOKENIZERS = ("char", "bpe", "gpt2")  # data.tokenizer's names; anything else is a tokenizer file
-ARTIFACT_BITS = (8, 6, 4)  # the quantized artifact's widths: train.artifact_bits, tinylm export --quantize intN
 
 
 def tokenizer_file(d: DataConfig) -> Path | None:
@@ -123,21 +145,10 @@ def validate(cfg: Config, world_size: int = 1) -> None:
         if not cond:
             raise TinyLMError(msg)
 
-    choices = {"model.mlp": ("gelu_exact", "gelu", "swiglu", "relu2"), "model.norm": ("layernorm", "rmsnorm"),
-               "model.pos": ("learned", "rope"),
-               "model.attention": ("auto", "sdpa", "math"),
-               "data.sampling": ("epoch", "random"), "data.encoding_errors": ("strict", "replace"),
-               "data.doc_separator": ("eot", "blank", "line", "file"), "data.align": ("none", "doc"),
-               "data.prefetch": ("auto", "on", "off"),
-               "optim.name": ("adamw", "muon", "lion"),
-               "optim.schedule": ("constant", "cosine", "wsd", "cosine_warmdown"),
-               "optim.decay_shape": ("linear", "cosine", "1-sqrt"),
-               "train.precision": ("auto", "fp32", "bf16", "fp16", "fp8"), "train.nonfinite": ("skip", "halt"),
-               "train.artifact_bits": ARTIFACT_BITS}
-    for key, allowed in choices.items():
-        sec, name = key.split(".")
-        value = getattr(getattr(cfg, sec), name)
-        need(value in allowed, f"--{key} {value!r} is not one of {', '.join(map(str, allowed))}")
+    for sec in (f.name for f in dataclasses.fields(cfg)):  # values set in Python skip convert_value
+        for name, allowed in literal_fields(getattr(cfg, sec)).items():
+            value = getattr(getattr(cfg, sec), name)
+            need(value in allowed, not_one_of(f"{sec}.{name}", value, allowed))
     for key in ("model.block_size", "model.n_layer", "model.n_head", "model.n_embd",
                 "train.max_steps", "train.batch_size", "train.log_interval"):
         sec, name = key.split(".")

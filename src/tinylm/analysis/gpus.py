@@ -1,6 +1,6 @@
 """The devices `tinylm plan` prices: edit this file to change a price, an assumed MFU, or add a device.
 
-Peak FLOP/s come from :data:`tinylm.accounting.GPU_PEAKS` through ``torch_name`` (the name torch reports),
+Peak FLOP/s come from :data:`tinylm.training.accounting.GPU_PEAKS` through ``torch_name`` (the name torch reports),
 so the planner and MFU logging agree; the CPU's peak is measured on this machine (``torch_name = ""``).
 Prices are approximate US$ per device-hour, on demand unless the key says spot, as listed by cloud
 providers in 2025 (Lambda, RunPod, AWS); they move: check before you spend.

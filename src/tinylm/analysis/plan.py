@@ -41,7 +41,7 @@ def depth_for(params: float) -> int:
 
 def attention_flops_per_token(params: float, context: int) -> float:
     """Training FLOPs per token of attention's score and value products, 12 x n_layer x n_embd x context
-    (as :meth:`tinylm.model.GPT.flops_per_token`), for the shape of ``params`` parameters."""
+    (as :meth:`tinylm.model.gpt.GPT.flops_per_token`), for the shape of ``params`` parameters."""
     s = shape_for(depth_for(params))
     return 12 * s["n_layer"] * s["n_embd"] * context
 
@@ -78,7 +78,7 @@ def device(name: str) -> Device:
 
 def peak_flops(dev: Device) -> float:
     """One device's peak FLOP/s: the accounting table's datasheet figure, or this CPU's measured peak."""
-    from ..accounting import cpu_peak_flops, gpu_peak_flops
+    from ..training.accounting import cpu_peak_flops, gpu_peak_flops
     if not dev.torch_name:
         import torch
         return cpu_peak_flops(torch.bfloat16 if dev.precision == "bf16" else torch.float32)
@@ -90,7 +90,7 @@ def peak_flops(dev: Device) -> float:
 
 def measured_mfu(run_dir: str | Path) -> float:
     """The median MFU a tinylm run logged (its metrics.jsonl): what this device really reached."""
-    from ..tracking import read_metrics
+    from ..training.tracking import read_metrics
     values = [r["mfu"] for r in read_metrics(Path(run_dir)) if r.get("mfu")]
     if not values:
         raise TinyLMError(f"{run_dir} has no MFU in its metrics.jsonl; train there first, or give --mfu")
@@ -265,7 +265,7 @@ def budget_shapes(budget: int, bits: int, *, vocabs: tuple[int, ...] = BUDGET_VO
     from ..config import ModelConfig
     from ..interop.artifact import estimate, tokenizer_bytes_bound
     from ..interop.quantize import default_group
-    from ..model import GPT
+    from ..model.gpt import GPT
 
     def shape(vocab: int, depth: int, heads: int) -> ModelConfig:
         return ModelConfig(vocab_size=vocab, n_layer=depth, n_embd=heads * head_size, n_head=heads,

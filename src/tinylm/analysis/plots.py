@@ -113,7 +113,7 @@ def plot_runs(runs: list, path: Path, log_axes: bool = False) -> bool:
 def plot_sweep(sweep: Sweep, path: Path) -> bool:
     """The sweep's metric (final val loss, or bits per byte) by point (each seed a dot, mean +- std a bar) and the
     mean val curve of each point."""
-    from ..tracking import read_metrics
+    from ..training.tracking import read_metrics
     from .stats import mean_std
     plt = pyplot()
     if plt is None:

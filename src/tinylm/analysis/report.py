@@ -18,7 +18,7 @@ from pathlib import Path
 from ..config import Config, load_toml
 from ..errors import TinyLMError
 from ..fileio import Outputs, write_failure, write_text_atomic
-from ..tracking import METRICS_FILE, read_metrics_counted
+from ..training.tracking import METRICS_FILE, read_metrics_counted
 from . import health
 from .plots import plot_runs
 
@@ -61,7 +61,7 @@ def tokenizers_differ(runs: list[Run]) -> bool:
 
 def load_run(path: str | Path) -> Run:
     """A run folder's config, metrics and last checkpoint meta; refuses a folder that is not a run."""
-    from ..checkpoint import find_checkpoint, read_meta
+    from ..training.checkpoint import find_checkpoint, read_meta
     p = Path(path)
     if not (p / "config.toml").is_file() or not (p / METRICS_FILE).is_file():
         raise TinyLMError(f"{p} is not a tinylm run folder (no config.toml and metrics.jsonl); "
@@ -76,7 +76,7 @@ def model_counts(cfg: Config) -> tuple[int, int, int]:
     meta device: no memory, whatever its size."""
     import torch
 
-    from ..model import GPT
+    from ..model.gpt import GPT
     with torch.device("meta"):
         model = GPT(cfg.model)
     return model.num_params(), model.num_params(non_embedding=True), model.flops_per_token()
@@ -114,10 +114,10 @@ def summarize(run: Run) -> dict:
 def _artifact(run: Run) -> str | None:
     """With a byte budget (``train.artifact_bytes``): the size of the last checkpoint's quantized artifact, measured
     (quantized and compressed in memory, as `tinylm export --quantize` would write it)."""
-    from ..checkpoint import checkpoint_tokenizer, find_checkpoint, load_part
     from ..config_check import parse_bytes
     from ..interop import artifact
     from ..interop.quantize import default_group
+    from ..training.checkpoint import checkpoint_tokenizer, find_checkpoint, load_part
     t = run.cfg.train
     budget = parse_bytes(t.artifact_bytes, "--train.artifact_bytes")
     step_dir = find_checkpoint(run.path, "last")

@@ -249,8 +249,8 @@ def check_study_time(cfg: Config, runs: list[tuple[int, int]], seeds: int, log: 
     """Say what the study's runs, (N, D) each, cost: 6ND FLOPs and a lower bound of the time at the peak FLOP/s of
     the config's device (real runs reach a fraction of it); refuse one over :data:`ABSURD_DAYS` (``--budgets
     1e40`` set ~10^33 steps and trained on)."""
-    from .. import runtime
-    from ..accounting import peak_flops
+    from ..training import runtime
+    from ..training.accounting import peak_flops
     flops = seeds * sum(6 * n * d for n, d in runs)
     dev = runtime.resolve_device(cfg.train.device)
     peak = peak_flops(dev, runtime.resolve_precision(cfg.train.precision, dev))

@@ -39,7 +39,7 @@ from pathlib import Path
 from ..config import Config, build_config, load_toml, tomllib
 from ..errors import TinyLMError
 from ..fileio import Outputs, write_text_atomic
-from ..tracking import read_metrics
+from ..training.tracking import read_metrics
 from . import stats
 from .report import fmt, model_counts
 
@@ -196,7 +196,7 @@ class Runner:
 
     def _prepare_data(self, points: list[Point]) -> None:
         """Each distinct data folder once, before the runs start (parallel runs must not prepare it together)."""
-        from ..data import ensure_prepared
+        from ..data.prepare import ensure_prepared
         seen = set()
         for p in points:
             cfg = self.config_for(p, 0)

@@ -106,7 +106,7 @@ def _add_run_pool_flags(sp: argparse.ArgumentParser, config_help: str, out: str,
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """scaling, sweep, report and plan."""
     from ..analysis.plan import BUDGET_VOCABS, HEAD_SIZE
-    from ..config_check import ARTIFACT_BITS
+    from ..config import ARTIFACT_BITS
     sp = sub.add_parser("scaling", help="IsoFLOP scaling study: fits, a prediction, and its verification.",
                         description="For each compute budget C, train models of each depth (width 64 x depth) on "
                                     "D = C / 6N tokens (N: non-embedding parameters); fit IsoFLOP parabolas "

@@ -11,14 +11,14 @@ from ..errors import TinyLMError
 
 if TYPE_CHECKING:  # the command line imports each command's modules only when it runs
     from ..config import Config
-    from ..decode_state import Completion
+    from ..generation.decode_state import Completion
 
 
 def _sample_settings(cfg: Config, args: argparse.Namespace, extra: list[str]) -> None:
     """A flag whose name is a [sample] key (--top-p: top_p) sets that setting; see generate.sample_settings."""
     from dataclasses import fields
 
-    from ..generate import sample_settings
+    from ..generation.generate import sample_settings
     keys = {f.name for f in fields(cfg.sample)}
     sample_settings(cfg, extra, {k: v for k, v in vars(args).items() if k in keys})
 
@@ -33,10 +33,10 @@ def _check_seed_flag(args: argparse.Namespace) -> None:
 def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
     from dataclasses import replace
 
-    from ..checkpoint import load_for_inference
-    from ..generate import generate_text
-    from ..runtime import check_compiler
-    from ..strategies import SAMPLING, describe_strategy
+    from ..generation.generate import generate_text
+    from ..generation.strategies import describe_strategy, samples_per_prompt
+    from ..training.checkpoint import load_for_inference
+    from ..training.runtime import check_compiler
     _check_seed_flag(args)
     path, cfg, model, tok = load_for_inference(args.run, args.checkpoint, device=args.device)
     _sample_settings(cfg, args, extra)
@@ -64,7 +64,7 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
             report_end(c)
         return 0
     # one sample at a time so that each streams; sample i uses seed + i, as a batch of n would
-    n = s.num_samples if s.strategy in SAMPLING else 1
+    n = samples_per_prompt(s)
     if s.num_samples > 1 and n == 1:
         print(f"tinylm: {s.strategy} is deterministic: one sample instead of {s.num_samples}", file=sys.stderr)
     one = replace(s, num_samples=1)
@@ -78,8 +78,8 @@ def cmd_sample(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_decode_report(args: argparse.Namespace, extra: list[str]) -> int:
-    from ..checkpoint import load_for_inference
-    from ..decode_report import decode_report, parse_variant
+    from ..generation.decode_report import decode_report, parse_variant
+    from ..training.checkpoint import load_for_inference
     _check_seed_flag(args)
     path, cfg, model, tok = load_for_inference(args.run, args.checkpoint, device=args.device)
     _sample_settings(cfg, args, extra)
@@ -98,8 +98,8 @@ def cmd_decode_report(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
-    from ..evaluate import evaluate_run, parse_tokens
-    from ..runtime import shutdown_distributed
+    from ..training.eval_command import evaluate_run, parse_tokens
+    from ..training.runtime import shutdown_distributed
     try:
         report = evaluate_run(args.run, checkpoint=args.checkpoint, split=args.split,
                               tokens=parse_tokens(args.tokens), text=args.text, batch_size=args.batch_size,
@@ -121,10 +121,10 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_info(args: argparse.Namespace, extra: list[str]) -> int:
-    from .. import checkpoint as ckpt
     from ..config import from_dict
     from ..interop import artifact
-    from ..model import GPT
+    from ..model.gpt import GPT
+    from ..training import checkpoint as ckpt
     if Path(args.run).is_file():  # a quantized artifact: its header says what it holds
         head = artifact.read_header(args.run)
         cfg = from_dict(head["config"])
@@ -176,7 +176,7 @@ def _duration(seconds: float) -> str:
 
 
 def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
-    from .. import checkpoint as ckpt
+    from ..training import checkpoint as ckpt
     path = ckpt.resolve_checkpoint(args.run, args.checkpoint)
     if args.quantize:
         return _export_artifact(path, args)
@@ -187,16 +187,17 @@ def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
         arch = export_hf(path, Path(args.out), code=args.format == "hf-code")
         print(f"{args.out}: {arch} + tokenizer.json from {path}")
         return 0
-    n = ckpt.export_safetensors(path, Path(args.out))
+    from ..interop.safetensors_export import export_safetensors
+    n = export_safetensors(path, Path(args.out))
     print(f"{args.out}: {n} tensors from {path}")
     return 0
 
 
 def _export_artifact(path: Path, args: argparse.Namespace) -> int:
     """``tinylm export RUN --quantize intN --out model.tlm``: the artifact, and its bytes part by part."""
-    from .. import checkpoint as ckpt
     from ..interop import artifact
     from ..interop.quantize import default_group
+    from ..training import checkpoint as ckpt
     if args.format != "safetensors":
         raise TinyLMError(f"--quantize writes tinylm's own artifact, not --format {args.format}; drop one of them")
     bits = artifact.parse_quantize(args.quantize)
@@ -218,7 +219,7 @@ def _export_artifact(path: Path, args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace, extra: list[str]) -> int:
     from ..config import Config
     from ..interop.hf_import import import_hf
-    from ..run_folder import save_weights
+    from ..training.run_folder import save_weights
     out = Path(args.out)
     cfg = Config()
     cfg.run.dir, cfg.run.name = str(out.parent), out.name
@@ -292,7 +293,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def _add_sample_flags(sample: argparse.ArgumentParser) -> None:
     """``tinylm sample``'s own flags: one per [sample] setting a person changes often."""
-    from ..strategies import STRATEGIES
+    from ..generation.strategies import STRATEGIES
     sample.description = ("Generate text from a trained run, streamed as it comes. Defaults come from the run's "
                           "[sample] settings; any of them can be changed with --sample.KEY VALUE "
                           "(see `tinylm config --keys`).")
@@ -316,7 +317,7 @@ def _add_sample_flags(sample: argparse.ArgumentParser) -> None:
 
 
 def _add_decode_report_command(sub: argparse._SubParsersAction) -> None:
-    from ..strategies import STRATEGIES
+    from ..generation.strategies import STRATEGIES
     sp = sub.add_parser("decode-report", help="Compare decoding strategies on the same prompts: table, plot, samples.",
                         description="Generate with every decoding strategy from the same validation-text prompts; "
                                     "write distinct-1/2/3, repetition, entropy, perplexity, length and speed per "

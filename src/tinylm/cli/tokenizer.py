@@ -18,8 +18,8 @@ def _load_any_tokenizer(spec: str):
 def cmd_tok_train(args: argparse.Namespace, extra: list[str]) -> int:
     from pathlib import Path
 
-    from ..corpora import get_corpus
-    from ..documents import iter_corpus
+    from ..data.corpora import get_corpus
+    from ..data.documents import iter_corpus
     from ..fileio import Outputs
     from ..tokenizer.bpe import BPETokenizer
     out = Path(args.out)
@@ -62,8 +62,8 @@ def cmd_tok_decode(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_tok_stats(args: argparse.Namespace, extra: list[str]) -> int:
-    from ..corpora import get_corpus
-    from ..documents import head
+    from ..data.corpora import get_corpus
+    from ..data.documents import head
     from ..tokenizer.stats import format_token_stats, token_stats
     sample = head(get_corpus(args.corpus), args.max_chars)
     n = sum(map(len, sample))

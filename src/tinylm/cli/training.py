@@ -20,7 +20,7 @@ def _config_from(args: argparse.Namespace, extra: list[str]) -> Config:
 
 
 def cmd_prepare(args: argparse.Namespace, extra: list[str]) -> int:
-    from ..data import ensure_prepared, prepare
+    from ..data.prepare import ensure_prepared, prepare
     cfg = _config_from(args, extra)
     if args.force:
         prepare(cfg.data, force=True, run_dir=cfg.run_dir, progress=cfg.run.progress)
@@ -32,8 +32,8 @@ def cmd_prepare(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
-    from ..runtime import shutdown_distributed
-    from ..train import train
+    from ..training.runtime import shutdown_distributed
+    from ..training.trainer import train
     cfg = _config_from(args, extra)
     try:
         result = train(cfg, resume=args.resume)
@@ -45,7 +45,7 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_lr_find(args: argparse.Namespace, extra: list[str]) -> int:
-    from ..lr_find import lr_find
+    from ..training.lr_find import lr_find
     lr_find(_config_from(args, extra), start=args.start, end=args.end, steps=args.steps, out=args.out,
             divisor=args.divisor)
     return 0
@@ -58,10 +58,10 @@ def cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace, extra: list[str]) -> int:
-    from ..doctor import doctor, run_config
-    from ..doctor_options import options_from
+    from ..diagnostics.doctor import doctor, run_config
+    from ..diagnostics.doctor_options import options_from
     if args.nan:
-        from ..diagnostics import format_nan_report, replay_bundle
+        from ..diagnostics.nonfinite import format_nan_report, replay_bundle
         if args.run or args.config or extra:
             raise TinyLMError("--nan BUNDLE replays a saved step on its own: give no run, --config or overrides")
         report = replay_bundle(args.nan, device=args.device or "cpu")
@@ -78,14 +78,14 @@ def cmd_doctor(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_profile(args: argparse.Namespace, extra: list[str]) -> int:
-    from ..profiling import profile
+    from ..diagnostics.profiling import profile
     profile(_config_from(args, extra), steps=args.steps, out=args.out)
     return 0
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """prepare, train, lr-find, doctor, profile and config: each reads ``--config PRESET`` and overrides."""
-    from ..doctor_options import CHECKS, DoctorOptions
+    from ..diagnostics.doctor_options import CHECKS, DoctorOptions
 
     def with_config(name: str, help: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=f"{help} {OVERRIDES_HELP}")

@@ -179,7 +179,7 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 def with_prefetch(loader: BatchLoader, setting: str) -> BatchLoader | PrefetchLoader:
     """``loader`` as ``--data.prefetch`` says: on | off | auto (on for a CUDA device only: on a CPU the
     background thread would take a core from the step's matmuls)."""
-    on = setting == "on" or (setting == "auto" and loader.device.type == "cuda")
+    on = {"on": True, "off": False, "auto": loader.device.type == "cuda"}[setting]
     return PrefetchLoader(loader) if on else loader
 
 

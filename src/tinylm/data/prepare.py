@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import corpora, documents
-from ..config import DataConfig
+from ..config import DataConfig, prepared_keys
 from ..config_check import parse_bytes, tokenizer_file
 from ..errors import TinyLMError
 from ..fileio import (
@@ -40,6 +39,7 @@ from ..fileio import (
 )
 from ..tokenizer import ENDOFTEXT, CharTokenizer, Tokenizer, load_tokenizer
 from ..workers import watch_parent
+from . import corpora, documents
 from .shards import META_FILE, META_FORMAT, SHARD_VERSION, TOKENIZER_FILE, UnreadableMeta, load_meta, write_shard
 
 SHARD_TOKENS = 100_000_000  # tokens per shard file: 200 MB at uint16
@@ -47,9 +47,6 @@ SHARD_TOKENS = 100_000_000  # tokens per shard file: 200 MB at uint16
 WRITTEN_FILES = re.compile("|".join(re.escape(n) for n in (META_FILE, TOKENIZER_FILE, MADE,
                                                            Path(TOKENIZER_FILE).with_suffix(".vocab.txt").name))
                            + r"|(?:train|val)_\d{6}\.bin|(?:train|val)_docs\.npy")
-# the data settings a prepared folder was made with; a mismatch means the folder is stale
-PREPARE_KEYS = ("corpus", "tokenizer", "vocab_size", "val_fraction", "encoding_errors", "doc_separator", "max_bytes")
-
 
 def _texts(cfg: DataConfig, corpus: corpora.Corpus, separator: str) -> Iterator[str]:
     """The corpus's text as ``cfg`` reads it (documents, cap), ``separator`` between documents."""
@@ -319,7 +316,7 @@ def _write_folder(work: Path, tok: Tokenizer, corpus: corpora.Corpus, cfg: DataC
     tok.save(work / TOKENIZER_FILE)
     meta = {
         "format": META_FORMAT, "version": SHARD_VERSION,
-        "data": {k: asdict(cfg)[k] for k in PREPARE_KEYS},
+        "data": {k: asdict(cfg)[k] for k in prepared_keys()},
         "corpus_files": len(corpus.files), "corpus_bytes": corpus.num_bytes, "corpus_stamps": stamps,
         "val_files": [p.name for p in val.files] if val is not None else [],
         "tokenizer_file": TOKENIZER_FILE, "tokenizer_kind": tok.kind,
@@ -416,7 +413,7 @@ def corpus_changes(meta: dict, spec: str) -> str | None:
 
 def _refuse_stale(meta: dict, cfg: DataConfig) -> None:
     """Raise unless ``meta`` (a prepared folder's) was made with ``cfg``'s prepare settings."""
-    wanted = {k: asdict(cfg)[k] for k in PREPARE_KEYS}
+    wanted = {k: asdict(cfg)[k] for k in prepared_keys()}
     if cfg.tokenizer != "bpe":
         wanted.pop("vocab_size")
     stale = {k: (meta["data"].get(k), v) for k, v in wanted.items() if meta["data"].get(k) != v}

@@ -273,7 +273,7 @@ def estimate(m: ModelConfig, bits: int, group: int = 0, tokenizer_bytes: int = 0
     packed at ``bits``, fp16 scales and vectors, the tokenizer file's ``tokenizer_bytes``; the config and table
     as overhead). The compressors only take bytes away (7% at int8 to 13% at int4 on the tiny-Shakespeare
     model, BENCHMARKS.md), so a model that fits this estimate fits the budget."""
-    from ..model import GPT
+    from ..model.gpt import GPT
     with torch.device("meta"):  # shapes only: no memory, no initialization
         state = GPT(m).state_dict()
     weights = scales = 0

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import checkpoint_config, checkpoint_tokenizer, load_part
 from ..config import ModelConfig
 from ..errors import TinyLMError
 from ..fileio import replace_dir, scratch_sibling, write_bytes_atomic, write_failure, write_text_atomic
 from ..tokenizer import ENDOFTEXT, Tokenizer
+from ..training.checkpoint import checkpoint_config, checkpoint_tokenizer, load_part
 from ..version import __version__
 from .hf_names import (
     ARCHITECTURES,

@@ -96,7 +96,7 @@ def config_for_eval(folder: Path, imported: Imported) -> Config:
 
 def imported_model(imported: Imported, folder: Path, device: torch.device | str) -> torch.nn.Module:
     """The GPT holding an imported folder's weights, in eval mode on ``device``."""
-    from ..model import GPT
+    from ..model.gpt import GPT
     model = GPT(imported.model)
     try:
         model.load_state_dict(imported.state)

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..config import ModelConfig
+from ..config import ModelConfig, arch_keys
 from ..errors import TinyLMError
 
 LAYERNORM_EPS = 1e-5  # nn.LayerNorm's default, GPT-2's layer_norm_epsilon
@@ -53,9 +53,9 @@ ROTARY = {"llama": Rotary("LlamaForCausalLM", gated=True, qk_norm=False),
 # model_type -> architecture; "tinylm": any model, with its own modeling code (hf_modeling_tinylm.py)
 ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", **{kind: r.architecture for kind, r in ROTARY.items()},
                  "gpt_neox": "GPTNeoXForCausalLM", "tinylm": "TinyLMForCausalLM"}
-# the ModelConfig fields TinyLMConfig takes as they are (besides mlp_hidden and tie_word_embeddings)
-TINYLM_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp", "norm", "pos", "rope_base",
-                 "qk_norm", "bias")
+# the architecture's fields TinyLMConfig takes as they are (mlp_ratio and tie_embeddings go as mlp_hidden and
+# tie_word_embeddings)
+TINYLM_FIELDS = tuple(k for k in arch_keys() if k not in ("mlp_ratio", "tie_embeddings"))
 
 
 def rotary_block(r: Rotary) -> dict[str, str]:

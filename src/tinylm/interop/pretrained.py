@@ -11,10 +11,16 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import ARCH_KEYS, TOKENIZER, checkpoint_config, checkpoint_tokenizer, load_part, resolve_checkpoint
-from ..config import Config, ModelConfig
+from ..config import Config, ModelConfig, arch_keys
 from ..errors import TinyLMError
 from ..tokenizer import Tokenizer
+from ..training.checkpoint import (
+    TOKENIZER,
+    checkpoint_config,
+    checkpoint_tokenizer,
+    load_part,
+    resolve_checkpoint,
+)
 from .hf_import import Imported, import_hf, is_hf_folder
 
 
@@ -31,7 +37,7 @@ def load_pretrained(spec: str) -> Imported:
 
 def adopt_architecture(model: ModelConfig, source: ModelConfig) -> None:
     """Copy the source's architecture into ``model``, keeping ``model.block_size`` (checked by :func:`start_from`)."""
-    for key in ARCH_KEYS:
+    for key in arch_keys():
         if key != "block_size":
             setattr(model, key, getattr(source, key))
 

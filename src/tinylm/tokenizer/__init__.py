@@ -2,8 +2,8 @@
 
 Layout: ``base`` (interface, special-token rules), ``char``, ``pretokenize`` (split patterns,
 safe cut points, parallel pre-token counting), ``bpe_train`` (learning merges), ``bpe_encode``
-(the merge loop, tiktoken's engine on our ranks, the Python reference), ``bpe`` (the tokenizer
-object, ``train_bpe``), ``io`` (tiktoken / GPT-2 / Hugging Face files), ``stats``
+(the merge loop, tiktoken's engine on our ranks), ``bpe`` (the tokenizer object, its Python
+reference encoder, ``train_bpe``), ``io`` (tiktoken / GPT-2 / Hugging Face files), ``stats``
 (vocabulary-size report).
 """
 from .base import ENDOFTEXT, DisallowedSpecial, Tokenizer, load_tokenizer, register

@@ -6,8 +6,9 @@ then the special tokens. Text is cut into pre-tokens by a split regex (GPT-2's b
 special token. Training (learning the merges) is in :mod:`.bpe_train`; other file formats and
 Hugging Face export in :mod:`.io`.
 
-How ids are computed (tiktoken's Rust BPE running our ranks, and the readable Python reference
-it is tested against) is :mod:`.bpe_encode`'s. The encode methods and their special-token rules
+How ids are computed is :mod:`.bpe_encode`'s (the merge loop, tiktoken's Rust BPE running our
+ranks); :meth:`BPETokenizer.encode_reference` is the readable Python form the fast path is tested
+against. The encode methods and their special-token rules
 are the :class:`~.base.Tokenizer` interface's (tiktoken's).
 :func:`train_bpe` is the functional form: a text file -> ``(vocab, merges)`` as bytes.
 """
@@ -22,9 +23,10 @@ from typing import Any
 
 from ..errors import TinyLMError
 from ..fileio import write_text_atomic
-from .base import ENDOFTEXT, Tokenizer, check_special_tokens, register
-from .bpe_encode import RankEncoder, bpe_merge, encode_reference
+from .base import ENDOFTEXT, Specials, Tokenizer, check_special_tokens, register
+from .bpe_encode import RankEncoder, bpe_merge, fix_surrogates
 from .bpe_train import learn_merges
+from .gpt2_files import bytes_to_unicode, read_gpt2_files, unicode_to_bytes
 from .pretokenize import PATTERNS, count_pretokens, resolve_pattern
 
 
@@ -184,11 +186,22 @@ class BPETokenizer(Tokenizer):
 
     # -- encoding ---------------------------------------------------------------------------
     def _encode(self, text: str, allowed: set[str]) -> list[int]:
-        """The fast path: tiktoken's Rust BPE running our ranks (:func:`.encode_reference` when it cannot)."""
+        """The fast path: tiktoken's Rust BPE running our ranks (:meth:`encode_reference` when it cannot)."""
         fast = self.encoder.fast()
         if fast is None:
-            return encode_reference(self, text, allowed)
+            return self.encode_reference(text, allowed)
         return fast.encode(text, allowed_special=allowed, disallowed_special=())
+
+    def encode_reference(self, text: str, allowed_special: Specials = frozenset()) -> list[int]:
+        """The readable pure-Python encoder: the specification ``encode`` (tiktoken's Rust BPE
+        running our ranks) is tested against, and its fallback for patterns tiktoken cannot compile.
+
+        Split out the allowed special tokens, cut the rest with the pattern, then BPE each
+        pre-token's UTF-8 bytes (:func:`.bpe_merge`, cached per distinct pre-token). Special-token
+        text that is not allowed is encoded as ordinary text (no disallowed check: that is ``encode``'s).
+        """
+        allowed = self.allowed_specials(allowed_special)
+        return self._encode_with_specials(fix_surrogates(text), allowed, self.encoder.encode_plain)
 
     def to_tiktoken(self) -> Any:
         """A ``tiktoken.Encoding`` with our ranks, pattern and special tokens."""
@@ -224,12 +237,11 @@ class BPETokenizer(Tokenizer):
     def token_to_id(self, token: str) -> int | None:
         """A token as GPT-2's ``vocab.json`` and Hugging Face spell it -> its id, None if there is none.
 
-        Bytes are shown as GPT-2's printable characters (:func:`.io.bytes_to_unicode`; a space is
+        Bytes are shown as GPT-2's printable characters (:func:`.gpt2_files.bytes_to_unicode`; a space is
         "Ġ"), special tokens as their text: GPT-2's ``token_to_id("Ġworld") -> 995``.
         """
         if token in self.special_tokens:
             return self.special_tokens[token]
-        from .io import unicode_to_bytes
         data = unicode_to_bytes(token)
         return None if data is None else self.ranks.get(data)
 
@@ -239,7 +251,6 @@ class BPETokenizer(Tokenizer):
             return None
         if id >= len(self.vocab):
             return self._id_to_bytes[id].decode("utf-8")
-        from .io import bytes_to_unicode
         table = bytes_to_unicode()
         return "".join(table[b] for b in self.vocab[id])
 
@@ -346,7 +357,6 @@ class BPETokenizer(Tokenizer):
         """
         if isinstance(vocab, Mapping):
             return _from_byte_pairs(vocab, merges, pattern, "")
-        from .io import read_gpt2_files
         pairs = read_gpt2_files(vocab, merges)
         try:
             return _from_byte_pairs(*pairs, pattern, "gpt2")

@@ -3,21 +3,16 @@
 Encoding semantics are tiktoken's: inside a pre-token, repeatedly join the adjacent pair whose
 *joined bytes* have the lowest id (leftmost on ties; :func:`bpe_merge`). A tokenizer's
 :class:`RankEncoder` runs that in Rust through a ``tiktoken.Encoding`` built from the ranks;
-:func:`encode_reference` is the same thing in readable Python (the fallback for a split pattern
+:meth:`.BPETokenizer.encode_reference` is the same thing in readable Python (the fallback for a split pattern
 tiktoken cannot compile), and the tests hold the two to identical ids.
 """
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import regex
-
-from .base import Specials
-
-if TYPE_CHECKING:
-    from .bpe import BPETokenizer
 
 
 def bpe_merge(piece: bytes, ranks: Mapping[bytes, int], below: int | None = None) -> list[bytes]:
@@ -39,7 +34,7 @@ def bpe_merge(piece: bytes, ranks: Mapping[bytes, int], below: int | None = None
     return parts
 
 
-def _fix_surrogates(text: str) -> str:
+def fix_surrogates(text: str) -> str:
     """Lone surrogates cannot be UTF-8 encoded: replace them with U+FFFD, as tiktoken does."""
     try:
         text.encode("utf-8")
@@ -89,15 +84,3 @@ class RankEncoder:
                 self._cache.clear()
             self._cache[piece] = ids
         return ids
-
-
-def encode_reference(tok: BPETokenizer, text: str, allowed_special: Specials = frozenset()) -> list[int]:
-    """The readable pure-Python encoder: the specification ``tok.encode`` (tiktoken's Rust BPE
-    running our ranks) is tested against, and its fallback for patterns tiktoken cannot compile.
-
-    Split out the allowed special tokens, cut the rest with the pattern, then BPE each
-    pre-token's UTF-8 bytes (:func:`bpe_merge`, cached per distinct pre-token). Special-token
-    text that is not allowed is encoded as ordinary text (no disallowed check: that is ``encode``'s).
-    """
-    allowed = tok.allowed_specials(allowed_special)
-    return tok._encode_with_specials(_fix_surrogates(text), allowed, tok.encoder.encode_plain)

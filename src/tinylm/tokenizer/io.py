@@ -7,9 +7,8 @@ writes the files other tools use:
 
 - tiktoken: ``save_tiktoken_ranks`` / ``load_tiktoken_ranks`` (the ``<base64 token> <rank>``
   lines of ``*.tiktoken`` files).
-- GPT-2's ``vocab.json`` + ``merges.txt`` (OpenAI: ``encoder.json`` + ``vocab.bpe``):
-  ``read_gpt2_files`` (``BPETokenizer.from_files`` reads them with it); the byte <-> printable
-  character table they use (``bytes_to_unicode``, ``unicode_to_bytes``).
+- GPT-2's ``vocab.json`` + ``merges.txt``: :mod:`.gpt2_files` (``BPETokenizer.from_files`` reads them), with the
+  byte <-> printable character table they and Hugging Face's ByteLevel use.
 - Hugging Face ``tokenizers``: ``to_hf_json`` / ``save_hf`` write a ``tokenizer.json`` that
   ``tokenizers.Tokenizer.from_file`` loads and that encodes like ``encode(allowed_special="all")``
   (a BPE, or a character vocabulary: a ``WordLevel`` model over single characters);
@@ -21,7 +20,6 @@ import base64
 import json
 import os
 from collections.abc import Mapping, Sequence
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -30,73 +28,11 @@ from ..fileio import write_text_atomic
 from .base import Tokenizer
 from .bpe import BPETokenizer
 from .char import CharTokenizer
+from .gpt2_files import to_unicode, unicode_to_bytes
 
 # every character its own piece: Oniguruma's "." would leave line breaks out, and runs of them together
 CHAR_SPLIT = r"[\s\S]"
 UNKNOWN = "<unk>"  # WordLevel's name for a missing character; not in the vocabulary, so one is an error
-
-
-@cache
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table (used by ``encoder.json``, ``vocab.bpe`` and
-    Hugging Face's ByteLevel). Printable Latin-1 bytes map to themselves, the other 68 bytes to
-    U+0100 upwards in byte order: ``bytes_to_unicode()[32] == "Ġ"`` (the space)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table = {b: chr(b) for b in keep}
-    n = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + n)
-            n += 1
-    return table
-
-
-def _to_unicode(token: bytes) -> str:
-    table = bytes_to_unicode()
-    return "".join(table[b] for b in token)
-
-
-def unicode_to_bytes(token: str) -> bytes | None:
-    """Inverse of GPT-2's byte -> character table: ``"Ġworld"`` -> ``b" world"``; None when a
-    character is not in the table (the text is no byte-level token)."""
-    decoder = _byte_decoder()
-    try:
-        return bytes(decoder[c] for c in token)
-    except KeyError:
-        return None
-
-
-@cache
-def _byte_decoder() -> dict[str, int]:
-    return {c: b for b, c in bytes_to_unicode().items()}
-
-
-def read_gpt2_files(vocab_json: str | os.PathLike,
-                    merges_txt: str | os.PathLike) -> tuple[dict[int, bytes], list[tuple[bytes, bytes]]]:
-    """GPT-2's ``vocab.json`` (OpenAI: ``encoder.json``) and ``merges.txt`` (``vocab.bpe``) as byte
-    pairs for ``BPETokenizer.from_files``: ``{id: token bytes}`` and ``[(left, right), ...]``.
-
-    Tokens are spelled in GPT-2's printable characters (``Ġ t`` = space + "t"); a token that is
-    not (a special token such as ``<|endoftext|>`` usually is) counts as its UTF-8 text. The
-    merges file may start with a ``#version`` line.
-    """
-    def raw(s: str) -> bytes:
-        data = unicode_to_bytes(s)
-        return s.encode("utf-8") if data is None else data
-
-    try:
-        encoder: dict[str, int] = json.loads(Path(vocab_json).read_text(encoding="utf-8"))
-        lines = Path(merges_txt).read_text(encoding="utf-8").split("\n")
-        if lines[0].startswith("#version"):  # OpenAI's file has this header; other copies may not
-            lines = lines[1:]
-        merges = []
-        for line in filter(None, lines):
-            a, b = line.split(" ")  # ValueError unless exactly two tokens
-            merges.append((raw(a), raw(b)))
-        return {int(i): raw(t) for t, i in encoder.items()}, merges
-    except (OSError, ValueError, AttributeError, TypeError) as e:  # AttributeError, TypeError: JSON of another shape
-        raise TinyLMError(f"cannot read GPT-2 files {vocab_json} + {merges_txt} ({type(e).__name__}: {e}); "
-                          f"pass GPT-2's vocab.json (encoder.json) and merges.txt (vocab.bpe)") from None
 
 
 def save_tiktoken_ranks(tok: BPETokenizer, path: str | os.PathLike) -> None:
@@ -143,8 +79,8 @@ def to_hf_json(tok: Tokenizer) -> dict:
                                         "invert": False},
                       "post_processor": None, "decoder": {"type": "Fuse"},
                       "model": {"type": "WordLevel", "vocab": dict(tok.stoi), "unk_token": UNKNOWN}}
-    vocab = {_to_unicode(t): i for i, t in enumerate(tok.vocab)}
-    merges = [f"{_to_unicode(tok.vocab[a])} {_to_unicode(tok.vocab[b])}" for a, b in tok.merges]
+    vocab = {to_unicode(t): i for i, t in enumerate(tok.vocab)}
+    merges = [f"{to_unicode(tok.vocab[a])} {to_unicode(tok.vocab[b])}" for a, b in tok.merges]
     return doc | {
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": tok.pattern}, "behavior": "Isolated", "invert": False},
