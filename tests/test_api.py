@@ -1,8 +1,13 @@
-"""The README's Python example runs as written; the public names are what they say."""
+"""The README's Python example runs as written; the public names are what they say; the modules import one way."""
+import ast
+import graphlib
 import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from conftest import REPO
 
@@ -34,3 +39,36 @@ def test_public_names_are_the_functions_not_their_modules():
             "assert inspect.isfunction(tinylm.train) and inspect.isfunction(tinylm.generate); "
             "assert all(hasattr(tinylm, n) for n in tinylm.__all__)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def module_imports(src: Path) -> dict[str, set[str]]:
+    """Each module of src/tinylm -> the tinylm modules it imports at its top level, ``if TYPE_CHECKING:``
+    blocks included (an import inside a function is not an edge: it runs only when the function does)."""
+    files = {".".join(p.relative_to(src.parent).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in src.rglob("*.py")}
+    graph = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges, body = set(), list(ast.parse(path.read_text(encoding="utf-8")).body)
+        while body:
+            node = body.pop()
+            if isinstance(node, ast.If):
+                body += node.body + node.orelse
+            elif isinstance(node, ast.ImportFrom):
+                base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                edges |= {f"{target}.{a.name}" if f"{target}.{a.name}" in files else target for a in node.names}
+            elif isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names}
+        graph[name] = {e for e in edges if e in files and e != name}
+    return graph
+
+
+def test_no_two_modules_import_each_other():
+    """The imports of src/tinylm form no circle, not even one for type annotations only."""
+    graph = module_imports(REPO / "src" / "tinylm")
+    assert graph["tinylm.config"] >= {"tinylm.config_check", "tinylm.generation.strategies"}  # the parser sees edges
+    graphlib.TopologicalSorter(graph).prepare()  # raises CycleError, naming the circle
+    graph["tinylm.config_check"].add("tinylm.config")  # and a circle is caught
+    with pytest.raises(graphlib.CycleError):
+        graphlib.TopologicalSorter(graph).prepare()

@@ -7,12 +7,13 @@ from tinylm.config import (
     Config,
     build_config,
     from_dict,
+    grad_accum_steps,
     load_toml,
     parse_overrides,
     to_toml,
     validate,
 )
-from tinylm.config_check import format_duration, grad_accum_steps, parse_duration
+from tinylm.config_check import format_duration, parse_duration
 from tinylm.errors import TinyLMError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -132,9 +132,9 @@ def test_several_runs_overlaid_and_compared(run_dir, tmp_path, capsys):
 
 def figure_of(runs, tmp_path, monkeypatch):
     """The report figure of ``runs``, caught before it is saved."""
-    from tinylm.analysis import plots
+    from tinylm.analysis import report
     caught = []
-    monkeypatch.setattr(plots, "_save", lambda plt, fig, path: caught.append(fig) or True)
+    monkeypatch.setattr(report, "save_figure", lambda plt, fig, path, **kw: caught.append(fig) or True)
     write_report(runs, tmp_path / "fig")
     return {ax.get_title(): ax for ax in caught[0].axes}
 

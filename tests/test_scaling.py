@@ -212,16 +212,15 @@ def test_scaling_md_says_when_the_fit_gives_up_on_a_floor():
 
 
 def test_the_isoflop_plot_labels_the_sizes_studied_and_says_when_there_is_no_frontier(tmp_path, monkeypatch):
-    from tinylm.analysis import plots
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda plt, fig, path: figures.append(fig) or True)
+    monkeypatch.setattr(scaling, "save_figure", lambda plt, fig, path, **kw: figures.append(fig) or True)
     sizes = [49_152, 98_304, 393_216]  # one budget: no frontier
     runs = [{"N": n, "D": 3e8 / (6 * n), "loss": loss, "budget": 3e8}
             for n, loss in zip(sizes, (3.68, 3.66, 3.74), strict=True)]
     parabola = scaling.fit_parabola(3e8, sizes, [r["loss"] for r in runs])
     law = scaling.LawFit({"E": 1.0, "A": 1.0, "B": 1.0, "alpha": 0.3, "beta": 0.3}, {}, {},
                          [{"E": 1.0, "A": 1.0, "B": 1.0, "alpha": 0.3, "beta": 0.3}])
-    assert plots.plot_scaling({"runs": runs, "frontier": None}, [parabola], law, tmp_path / "s.png")
+    assert scaling.plot_scaling({"runs": runs, "frontier": None}, [parabola], law, tmp_path / "s.png")
     iso, front, _ = figures[0].axes
     figures[0].canvas.draw()
     assert [t.get_text() for t in iso.get_xticklabels()] == ["49k", "98k", "393k"]

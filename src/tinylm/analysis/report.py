@@ -18,9 +18,9 @@ from pathlib import Path
 from ..config import Config, load_toml
 from ..errors import TinyLMError
 from ..fileio import Outputs, write_failure, write_text_atomic
+from ..plotting import pyplot, save_figure
 from ..training.tracking import METRICS_FILE, read_metrics_counted
 from . import health
-from .plots import plot_runs
 
 REPORT = "report.md"
 FIGURE = "report.png"
@@ -270,3 +270,96 @@ def write_after_training(run_dir: Path, log: Callable[[str], None] = print) -> N
         log(f"report not written: {e}; try `tinylm report {run_dir}`")
         return
     log(f"report: {md}")
+
+
+# -- the figure (matplotlib, the `plot` extra: False and nothing drawn without it) -------------------------
+
+def _xy(points: list[tuple[int, float]]) -> tuple[list[float], list[float]]:
+    kept = [(x, y) for x, y in points if y is not None and math.isfinite(y)]
+    return [x for x, _ in kept], [y for _, y in kept]
+
+
+
+def _by_tokens(run: Run, key: str) -> list[tuple[float, float]]:
+    """``key`` against tokens seen (the records that carry both)."""
+    by_step = dict(run.series("tokens_seen"))
+    return [(by_step[s], v) for s, v in run.series(key) if s in by_step]
+
+
+
+def _lr_styles(run: Run) -> list[tuple[str, str, dict]]:
+    """(key, legend label, line style) of each LR group: a group whose LR equals an earlier one's all along
+    (AdamW gives every group the same) is drawn dashed over it, with markers, and says so."""
+    groups = sorted({k for r in run.records for k in r if k.startswith("lr_")}) or ["lr"]
+    series = {key: run.series(key) for key in groups}
+    styles = []
+    for j, key in enumerate(groups):
+        name = key.removeprefix("lr_")
+        same = next((g.removeprefix("lr_") for g in groups[:j] if series[g] == series[key]), None)
+        styles.append((key, f"{name} (= {same})" if same else name,
+                       {"ls": ["-", "--", ":", "-."][j % 4], "lw": 2.5 - 0.6 * (j % 4), "marker": "os^v"[j % 4],
+                        "markevery": (j / 4, 0.25), "ms": 4}))
+    return styles
+
+
+
+def plot_runs(runs: list, path: Path, log_axes: bool = False) -> bool:
+    """One figure of a run's (or overlaid runs') curves: loss against steps and tokens, LR per parameter
+    group, gradient norm with the clip, tokens/s, MFU, and the share of a step spent on data. Runs whose
+    tokenizers differ lead with val bits per byte (their losses per token do not compare)."""
+    plt = pyplot()
+    if plt is None:
+        return False
+    bpb_first = tokenizers_differ(runs)
+    fig, axes = plt.subplots(2, 4, figsize=(18, 8))
+    ax = dict(zip(("step", "tokens", "lr", "grad", "speed", "mfu", "data", "gap"), axes.flat, strict=True))
+    for i, run in enumerate(runs):
+        color = f"C{i % 10}"
+        label = run.name if len(runs) > 1 else ""
+        for key, style in (("loss", "-"), ("val_loss", "o--")):
+            what = "train" if key == "loss" else "val"
+            if not bpb_first:
+                ax["step"].plot(*_xy(run.series(key)), style, color=color, ms=3, label=f"{label} {what}".strip())
+            ax["tokens"].plot(*_xy(_by_tokens(run, key)), style, color=color, ms=3,
+                              label=f"{label} {what}".strip() if bpb_first else None)
+        if bpb_first:
+            ax["step"].plot(*_xy(run.series("val_bpb")), "o--", color=color, ms=3, label=f"{label} val".strip())
+        for key, name, style in _lr_styles(run):
+            ax["lr"].plot(*_xy(run.series(key)), color=color, label=f"{label} {name}".strip(), **style)
+        ax["grad"].plot(*_xy(run.series("grad_norm")), color=color, lw=0.8, label=label or None)
+        if run.cfg.optim.grad_clip:
+            ax["grad"].axhline(run.cfg.optim.grad_clip, color=color, ls=":", lw=1)
+        ax["speed"].plot(*_xy(run.series("tokens_per_s")), color=color)
+        mfu = [(s, 100 * v) for s, v in run.series("mfu") if v is not None]
+        ax["mfu"].plot(*_xy(mfu), color=color)
+        share = [(r["step"], 100 * r["data_ms"] / (r["data_ms"] + r["compute_ms"])) for r in run.records
+                 if r.get("data_ms") is not None and r.get("compute_ms")]
+        ax["data"].plot(*_xy(share), color=color)
+        train = dict(run.series("loss"))
+        gap = [(s, v - train[s]) for s, v in run.series("val_loss") if s in train and v is not None
+               and train[s] is not None]
+        ax["gap"].plot(*_xy(gap), "o-", color=color, ms=3)
+    loss = "loss (nats/token)"
+    # panel: (title, x label, y label with its unit)
+    titles = {"step": ("val bits per byte: compares across tokenizers", "step", "bits/byte") if bpb_first else
+              ("train (-) and val (o--) loss by step", "step", loss),
+              "tokens": ("loss per token by tokens seen: not comparable across tokenizers" if bpb_first else
+                         "train (-) and val (o--) loss by tokens seen", "tokens seen", loss),
+              "lr": ("learning rate per parameter group", "step", "learning rate"),
+              "grad": ("gradient norm (dotted: the clip)", "step", "gradient L2 norm"),
+              "speed": ("throughput", "step", "tokens/s"), "mfu": ("model FLOPs utilization", "step", "MFU (%)"),
+              "data": ("data loading", "step", "% of the step"),
+              "gap": ("generalization gap: val - train loss", "step", "nats/token")}
+    for key, (title, xlabel, ylabel) in titles.items():
+        ax[key].set_title(title, fontsize=10)
+        ax[key].set_xlabel(xlabel)
+        ax[key].set_ylabel(ylabel)
+        ax[key].grid(alpha=0.3)
+    if log_axes:
+        for key in ("step", "tokens"):
+            ax[key].set_xscale("log")
+            ax[key].set_yscale("log")
+    for key in ("step", "tokens", "lr"):
+        if ax[key].get_legend_handles_labels()[0]:
+            ax[key].legend(fontsize=7)
+    return save_figure(plt, fig, path, dpi=110)

@@ -33,6 +33,7 @@ from numpy.typing import ArrayLike
 
 from ..errors import TinyLMError
 from ..fileio import Outputs, write_text_atomic
+from ..plotting import pyplot, save_figure
 from .plan import HEAD_SIZE, shape_for
 from .sweep import Point, run_points
 
@@ -348,7 +349,6 @@ def run_scaling(config: str | Path | None, budgets: list[float], sizes: list[str
             result["prediction"]["measured"] = measured
             if measured is not None:
                 result["prediction"]["error"] = value / measured - 1
-    from .plots import plot_scaling
     with files:
         plotted = plot_scaling(result, parabolas, law, out / "scaling.png")
         write_text_atomic(out / "scaling.json", json.dumps(result, indent=1))
@@ -415,3 +415,57 @@ def render(result: dict, figure: str | None) -> str:
     lines += ["## Plots", "", f"![scaling]({figure})" if figure else
               "(no plots: matplotlib is not installed; `pip install 'tinylm[plot]'`)", ""]
     return "\n".join(lines)
+
+
+# -- the figure (matplotlib, the `plot` extra: False and nothing drawn without it) -------------------------
+
+
+def plot_scaling(result: dict, parabolas: list, law: LawFit | None, path: Path) -> bool:
+    """IsoFLOP curves with their parabolas, the fitted frontier N*(C), and predicted vs measured loss."""
+    plt = pyplot()
+    if plt is None:
+        return False
+    fig, (iso, front, pvm) = plt.subplots(1, 3, figsize=(17, 5))
+    runs = [r for r in result["runs"] if r["loss"] is not None]
+    budgets = sorted({r["budget"] for r in runs})
+    for i, c in enumerate(budgets):
+        at = sorted((r["N"], r["loss"]) for r in runs if r["budget"] == c)
+        iso.plot(*zip(*at, strict=True), "o", color=f"C{i}", label=f"C = {c:.2g}")
+        fit = next((p for p in parabolas if p.budget == c), None)
+        if fit:
+            xs = np.linspace(np.log(at[0][0]), np.log(at[-1][0]), 50)
+            iso.plot(np.exp(xs), np.polyval(fit.coeffs, xs), "-", color=f"C{i}", alpha=0.6)
+            iso.plot([fit.n_opt], [fit.loss_opt], "*", color=f"C{i}", ms=12)
+    iso.set(xscale="log", xlabel="non-embedding parameters N", ylabel="final val loss", title="IsoFLOP curves")
+    # a study spans about a decade of sizes: label the sizes studied (e.g. 98k), not the log axis' minor ticks
+    from matplotlib.ticker import EngFormatter, NullFormatter
+    iso.set_xticks(sorted({r["N"] for r in runs}))
+    iso.xaxis.set_major_formatter(EngFormatter(places=0, sep=""))
+    iso.xaxis.set_minor_formatter(NullFormatter())
+    iso.legend(fontsize=7)
+    if result["frontier"]:
+        cs = np.array([p.budget for p in parabolas])
+        front.plot(cs, [p.n_opt for p in parabolas], "o", label="N* per budget (parabola vertex)")
+        grid = np.geomspace(cs.min() / 2, cs.max() * 4, 50)
+        f = result["frontier"]
+        front.plot(grid, f["g"] * grid ** f["a"], "-", label=f"N* = {f['g']:.2g} C^{f['a']:.2f}")
+        front.legend(fontsize=7)
+        front.set(xscale="log", yscale="log", xlabel="compute C = 6ND (FLOPs)", ylabel="N*", title="fitted frontier")
+    else:  # empty log axes would show a meaningless 1-10 range
+        front.set_axis_off()
+        front.text(0.5, 0.5, "no frontier: fewer than 2 budgets have\na loss minimum near the sizes trained",
+                   ha="center", va="center", transform=front.transAxes)
+    fitted = [float(law.predict(r["N"], r["D"])[0]) for r in runs]
+    pvm.plot([r["loss"] for r in runs], fitted, "o", label="study runs")
+    pred = result.get("prediction")
+    if pred and pred.get("measured") is not None:
+        pvm.errorbar([pred["measured"]], [pred["loss"]], yerr=[[pred["loss"] - pred["low"]],
+                                                               [pred["high"] - pred["loss"]]],
+                     fmt="r*", ms=12, capsize=4, label="verification run")
+    lims = [min(pvm.get_xlim()[0], pvm.get_ylim()[0]), max(pvm.get_xlim()[1], pvm.get_ylim()[1])]
+    pvm.plot(lims, lims, "k:", lw=1)
+    pvm.set(xlabel="measured val loss", ylabel="L(N, D) fit", title="predicted vs measured")
+    pvm.legend(fontsize=7)
+    for ax in (iso, front, pvm):
+        ax.grid(alpha=0.3)
+    return save_figure(plt, fig, path, dpi=110)

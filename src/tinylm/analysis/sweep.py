@@ -25,6 +25,7 @@ import csv
 import io
 import itertools
 import json
+import math
 import os
 import re
 import statistics
@@ -39,6 +40,7 @@ from pathlib import Path
 from ..config import Config, build_config, load_toml, tomllib
 from ..errors import TinyLMError
 from ..fileio import Outputs, write_text_atomic
+from ..plotting import pyplot, save_figure
 from ..training.tracking import read_metrics
 from . import stats
 from .report import fmt, model_counts
@@ -321,7 +323,6 @@ def run_points(points: list[Point], config: str | Path | None, out: str | Path, 
                metric: str = "val_loss", command: str = "") -> Sweep:
     """The runner behind `tinylm sweep` and `tinylm scaling`: train ``points`` x ``seeds``, write the results
     (compared by ``metric``, a key of :data:`METRICS`)."""
-    from .plots import plot_sweep
     sweep = Sweep(Path(out), points, metric=metric)
     runner = Runner(config, sweep.out, seeds, jobs, threads, overrides, log)
     for p in points:  # a wrong key or value is one line now, not a failure in every run
@@ -336,3 +337,41 @@ def run_points(points: list[Point], config: str | Path | None, out: str | Path, 
         plotted = plot_sweep(sweep, sweep.out / "sweep.png")
         write_text_atomic(sweep.out / "report.md", render(sweep, "sweep.png" if plotted else None, command))
     return sweep
+
+
+# -- the figure (matplotlib, the `plot` extra: False and nothing drawn without it) -------------------------
+
+
+def plot_sweep(sweep: Sweep, path: Path) -> bool:
+    """The sweep's metric (final val loss, or bits per byte) by point (each seed a dot, mean +- std a bar) and the
+    mean val curve of each point."""
+    plt = pyplot()
+    if plt is None:
+        return False
+    key, label = sweep.compared
+    logged = sweep.metric  # metrics.jsonl's name: val_loss or val_bpb
+    finals = sweep.by_point(key)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5))
+    for i, p in enumerate(sweep.points):
+        xs = finals[p.name]
+        if not xs:
+            continue
+        mean, std = stats.mean_std(xs)
+        left.errorbar([i], [mean], yerr=[0.0 if math.isnan(std) else std], fmt="s", color=f"C{i % 10}", capsize=4)
+        left.plot([i] * len(xs), xs, ".", color="k", alpha=0.5)
+        curves: dict[int, list[float]] = {}
+        for r in sweep.results:
+            if r.point == p.name and r.status == "ok":
+                for rec in read_metrics(Path(r.run_dir)):
+                    if rec.get(logged) is not None:
+                        curves.setdefault(rec["step"], []).append(rec[logged])
+        steps = sorted(curves)
+        right.plot(steps, [sum(curves[s]) / len(curves[s]) for s in steps], "-", color=f"C{i % 10}", label=p.name)
+    left.set_xticks(range(len(sweep.points)), [p.name for p in sweep.points], rotation=30, ha="right", fontsize=8)
+    left.set_title(f"{label} by point (dots: seeds; bar: mean ± std)")
+    right.set_title(f"{logged.replace('_', ' ')} (mean over seeds)")
+    right.set_xlabel("step")
+    right.legend(fontsize=7)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    return save_figure(plt, fig, path, dpi=110)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import DataConfig, prepared_keys
-from ..config_check import parse_bytes, tokenizer_file
+from ..config import DataConfig, prepared_keys, tokenizer_file
+from ..config_check import parse_bytes
 from ..errors import TinyLMError
 from ..fileio import (
     FULL,

@@ -8,19 +8,66 @@ strategy gets (``sampling.build_processors``), the one-line description of the s
 (:func:`describe_strategy`), the CLI's "--top-k does nothing with --strategy top_p" and the decode
 report's rows. A new strategy is one row of :data:`STRATEGIES` plus its loop in ``generate.py``.
 
-No torch here: ``config`` imports this module, and importing ``config`` stays instant.
+The ``[sample]`` section of the config (:class:`SampleConfig`) lives here, beside the table it is checked
+against; ``config`` composes it. No torch here: importing ``config`` stays instant.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from ..errors import TinyLMError
 
-if TYPE_CHECKING:
-    from ..config import SampleConfig
+
+@dataclass
+class SampleConfig:
+    prompt: str = "\n"
+    """Text the samples start from."""
+    max_new_tokens: int = 300
+    """Tokens generated per sample (fewer if an end-of-text token or a stop string comes first)."""
+    stop_at_eot: bool = True
+    """End a sample at the end-of-text token (false: go on past it into a new document)."""
+    strategy: str = "sample"
+    """greedy | sample (temperature + every filter below that is on) | top_k | top_p | min_p (temperature + that
+    one filter) | beam | contrastive; which settings each reads: the STRATEGIES table in
+    tinylm/generation/strategies.py."""
+    temperature: float = 0.8
+    """Softmax temperature (> 0) for the sampling strategies; lower is more conservative."""
+    top_k: int = 200
+    """Sample among the k most likely tokens; 0 turns it off."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the fewest most likely tokens whose probabilities sum to >= top_p; 1 turns it off."""
+    min_p: float = 0.0
+    """Drop tokens less likely than min_p x the most likely token's probability; 0 turns it off."""
+    repetition_penalty: float = 1.0
+    """CTRL penalty on tokens already in the text (positive logits / r, negative x r), every strategy; 1 turns it
+    off."""
+    frequency_penalty: float = 0.0
+    """Subtract this x (times the token occurred so far) from its logit, every strategy; 0 turns it off."""
+    presence_penalty: float = 0.0
+    """Subtract this from the logit of every token that occurred so far, every strategy; 0 turns it off."""
+    no_repeat_ngram: int = 0
+    """Never produce the same n-gram of this many tokens twice, every strategy; 0 turns it off."""
+    num_beams: int = 4
+    """Beams kept by strategy = beam (1 = greedy)."""
+    length_penalty: float = 1.0
+    """Beam score = sum of log-probabilities / length ** length_penalty; > 0 favours longer, 0 = plain sum."""
+    early_stopping: bool = True
+    """Beam search stops as soon as num_beams hypotheses have ended (false: when no live beam can beat them)."""
+    contrastive_k: int = 4
+    """Candidate tokens per step for strategy = contrastive."""
+    contrastive_alpha: float = 0.6
+    """Contrastive search: score = (1 - alpha) x probability - alpha x max cosine similarity to the context;
+    0 = greedy."""
+    overflow: str = "slide"
+    """At the context length: slide (keep the newest 3/4 of the context, re-read it, go on) | stop."""
+    num_samples: int = 1
+    """Samples per prompt for `tinylm sample`, sample i with seed + i (beam: the n best beams)."""
+    compile: bool = False
+    """`tinylm sample`: torch.compile the one-token decode step (pays 15-60 s once; ~1.5x more tokens/s at batch 1
+    on CPU)."""
+
 
 
 @dataclass(frozen=True)

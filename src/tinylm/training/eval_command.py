@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from ..config import Config, from_dict
-from ..config_check import micro_batch_size
+from ..config import Config, from_dict, micro_batch_size
 from ..data.prepare import encode_file
 from ..data.shards import load_data_tokenizer
 from ..errors import TinyLMError

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from ..analysis.report import write_after_training
-from ..config import Config, derive_names, validate
-from ..config_check import format_duration, grad_accum_steps, micro_batch_size, parse_duration
+from ..config import Config, derive_names, grad_accum_steps, micro_batch_size, validate
+from ..config_check import format_duration, parse_duration
 from ..data.loader import BatchLoader, PrefetchLoader, TokenWindows, with_prefetch
 from ..data.prepare import ensure_prepared
 from ..data.shards import load_data_tokenizer
