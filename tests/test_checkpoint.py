@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -483,6 +484,27 @@ def test_an_unreadable_checkpoint_is_one_line_not_skipped_as_damaged(tmp_path, t
     # not skipped as damaged: a resume from step 15 would replace the intact step 20 when it saves that step again
     assert main(["train", *cli_args(cfg), "--resume"]) == 2
     one_line_error(capsys, f"cannot read {newest}", "Permission denied")
+
+
+def test_a_checkpoints_folder_it_cannot_list_is_a_read_error_and_the_run_stays(tmp_path, text_200k, trained, capsys,
+                                                                                monkeypatch):
+    """Resuming a run whose checkpoints folder cannot be listed (mode 000 for an ordinary user) says it cannot
+    *read* it (not "cannot write"), names it, unlocks the run, and changes nothing."""
+    cfg = copy_run(trained, tmp_path, text_200k, **{"train.max_steps": 30})
+    folder = cfg.run_dir / "checkpoints"
+    before = snapshot(cfg.run_dir)
+    real_iterdir = Path.iterdir
+
+    def iterdir(self):
+        if self == folder:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    assert main(["train", *cli_args(cfg), "--resume"]) == 2
+    one_line_error(capsys, f"cannot read {folder}: Permission denied; give your user read access to it")
+    monkeypatch.undo()
+    assert snapshot(cfg.run_dir) == before and not (cfg.run_dir / LOCK).exists()
 
 
 def test_sample_of_non_finite_weights_is_one_line(tmp_path, text_200k, trained, capsys):

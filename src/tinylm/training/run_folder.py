@@ -112,10 +112,18 @@ class RunFolder:
                                   f"or choose another --run.name")
             if not made_folder(self.path):
                 claim_folder(self.path)
-            return load_latest(self.path / "checkpoints", log) if resume else None
         except OSError as e:
             self.close()
             raise write_failure(e, self.path) from None
+        except BaseException:
+            self.close()
+            raise
+        try:
+            return load_latest(self.path / "checkpoints", log) if resume else None
+        except OSError as e:  # reading, not writing: a checkpoints folder it may not list, say
+            self.close()
+            raise TinyLMError(f"cannot read {e.filename or self.path / 'checkpoints'}: {e.strerror or e}; give your "
+                              f"user read access to it (chmod, chown) and resume again") from None
         except BaseException:
             self.close()
             raise
