@@ -218,18 +218,22 @@ def part_step_cost(lab: Lab, results: dict, steps: int = 20, rounds: int = 3) ->
     from tinylm.training.trainer import Trainer
     trainers = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, extra in (("AdamW", []), ("Muon", [*MUON, "--optim.lr", "0.02", "--optim.embed_lr", "3e-3"]),
-                            ("Lion", ["--optim.name", "lion", "--optim.lr", "3e-4"])):
-            cfg = build_config(PRESET, ["--data.dir", str(lab.data), "--run.dir", tmp, "--run.name", name,
-                                        "--run.progress", "false", *extra])
-            trainers[name] = Trainer(cfg, log=lambda *a, **k: None)
-        meters = {n: Meter() for n in trainers}
-        for t in trainers.values():
-            t.train_step(1.0)  # warm-up
-        for _ in range(rounds):
-            for name, t in trainers.items():
-                for _ in range(steps):
-                    meters[name](partial(t.train_step, 1.0))
+        try:
+            for name, extra in (("AdamW", []), ("Muon", [*MUON, "--optim.lr", "0.02", "--optim.embed_lr", "3e-3"]),
+                                ("Lion", ["--optim.name", "lion", "--optim.lr", "3e-4"])):
+                cfg = build_config(PRESET, ["--data.dir", str(lab.data), "--run.dir", tmp, "--run.name", name,
+                                            "--run.progress", "false", *extra])
+                trainers[name] = Trainer(cfg, log=lambda *a, **k: None)
+            meters = {n: Meter() for n in trainers}
+            for t in trainers.values():
+                t.train_step(1.0)  # warm-up
+            for _ in range(rounds):
+                for name, t in trainers.items():
+                    for _ in range(steps):
+                        meters[name](partial(t.train_step, 1.0))
+        finally:  # unlock each run folder (and stop its prefetch thread) before the folder goes
+            for t in trainers.values():
+                t.close()
     base = meters["AdamW"].median
     results["step_cost"] = {n: 1000 * m.median for n, m in meters.items()}
     print(f"\n## Wall-clock per step ({torch.get_num_threads()} threads, median of {steps * rounds})\n\n"
