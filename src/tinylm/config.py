@@ -182,7 +182,7 @@ class TrainConfig:
     """Evaluate, checkpoint and sample every this many steps (and at the end); 0 = only at the end."""
     eval_tokens: int = 262_144
     """Validation tokens scored per evaluation: the split's first N targets, in windows at stride block_size, the same
-    set whatever the batch size, processes or resume (see tinylm/evaluate.py); 0 = the whole split."""
+    set whatever the batch size, processes or resume (see tinylm/training/evaluate.py); 0 = the whole split."""
     log_interval: int = 10
     """Write a metrics line every this many steps."""
     precision: Literal["auto", "fp32", "bf16", "fp16", "fp8"] = "auto"
