@@ -105,7 +105,6 @@ class BatchLoader:
         self.epoch, self.pos = 0, 0
         self.gen = torch.Generator().manual_seed(seed)
         self._perm: torch.Tensor | None = None
-        self._starts: torch.Tensor | None = None
 
     def _epoch_starts(self) -> torch.Tensor:
         """This epoch's window starts in visiting order (recomputed only when the epoch changes)."""
