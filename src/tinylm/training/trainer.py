@@ -335,17 +335,17 @@ class Trainer:
 
     # ----------------------------------------------------------------- saving and evaluation points
 
-    def save(self, elapsed: float) -> Path | None:
-        """Checkpoint the current step (rank 0 writes). Written before evaluation, which could fail."""
-        states = runtime.full_state_dicts(self.raw_model, self.optimizer, sharded=self.sharded)
-        return self.checkpointer.write(self.state, elapsed, self.saved, *states)
+    def save(self, elapsed: float) -> tuple[Path | None, dict]:
+        """Checkpoint the current step (rank 0 writes): the step folder, and the whole model state it holds (under
+        FSDP gathered from every process). Written before evaluation, which could fail."""
+        model_state, optim_state = runtime.full_state_dicts(self.raw_model, self.optimizer, sharded=self.sharded)
+        return self.checkpointer.write(self.state, elapsed, self.saved, model_state, optim_state), model_state
 
     def _eval_point(self, elapsed: float) -> float:
         """Save, evaluate, mark the best checkpoint, write a sample (the console says which it is doing)."""
         step, say = self.state.step, self.reporter.status
         say(step, "saving")
-        model_state, optim_state = runtime.full_state_dicts(self.raw_model, self.optimizer, sharded=self.sharded)
-        saved = self.checkpointer.write(self.state, elapsed, self.saved, model_state, optim_state)
+        saved, model_state = self.save(elapsed)
         say(step, "evaluating")
         result = self.evaluate()
         val_loss = result.loss
