@@ -136,17 +136,13 @@ def tinylm_contender(setup: Setup, data: DataConfig, runs: Path, batch: int, com
         stats = trainer.train_step(1.0)  # peak LR: the schedule does not change the cost
         return stats["loss"], stats["data_s"]
 
-    def close() -> None:
-        if hasattr(trainer.loader, "close"):
-            trainer.loader.close()
-        trainer.close()
 
     opt = trainer.optimizer.defaults
     impl = "fused" if opt.get("fused") else "foreach" if opt.get("foreach") else "for-loop"
     notes = (f"Trainer.train_step, attention {trainer.attention}, AdamW {impl}, loader {type(trainer.loader).__name__}"
              + (", torch.compile" if compile_model else "")
              + "".join(f", {k} {v}" for k, v in (variant[1] if variant else {}).items()))
-    return Contender(f"tinylm {name} {setup.precision}", notes, trainer.raw_model.num_params(), step, close)
+    return Contender(f"tinylm {name} {setup.precision}", notes, trainer.raw_model.num_params(), step, trainer.close)
 
 
 def hf_contender(setup: Setup, data: DataConfig, batch: int) -> Contender:

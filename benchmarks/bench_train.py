@@ -125,6 +125,7 @@ class Setup:
     data: DataConfig  # the prepared shards every tinylm Trainer reads
     runs: Path  # scratch parent of the Trainers' run folders
     made: int = 0
+    trainers: list = field(default_factory=list)  # closed (run folders unlocked, loaders stopped) at the end
 
 
 def tinylm_model_config(vocab: int) -> ModelConfig:
@@ -154,6 +155,7 @@ def make_tinylm(setup: Setup, vocab: int, precision: str, compile_model: bool = 
                                    device=DEVICE.type, eval_tokens=BATCH * BLOCK))
     cfg.run.dir, cfg.run.name, cfg.run.progress = str(setup.runs), f"tinylm-{setup.made}", False
     trainer = Trainer(cfg, log=lambda *a, **k: None)
+    setup.trainers.append(trainer)
     loader, feed = trainer.loader, _Feed()
     trainer.use_batches(feed)
 
@@ -479,23 +481,27 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor")  # read at first compile
         setup = Setup(DataConfig(corpus=str(path), tokenizer="char", dir=str(Path(tmp) / "shakespeare-char")),
                       Path(tmp) / "runs")
-        meta = prepare(setup.data, progress=False, log=lambda *a, **k: None)
-        log(f"data: {path} ({len(ids):,} training characters, vocab {char_vocab}; "
-            f"tinylm.data.prepare vocab {meta['vocab_size']})")
-        vocabs = [meta["vocab_size"] if s == "char" else int(s) for s in args.vocab.split(",")]
-        if min(vocabs) < meta["vocab_size"]:
-            sys.exit(f"bench_train.py: --vocab {args.vocab}: the prepared character data has {meta['vocab_size']} "
-                     f"ids (its characters and <|endoftext|>); give char or sizes >= {meta['vocab_size']}")
-        for v in vocabs:
-            log(f"\n## vocab {v}")
-            results.append(run_setting(setup, v, ids, args, log))
-            log(f"  1-min load average per round boundary: {results[-1]['load_1min']}")
-        if args.loop_check_steps:
-            log(f"\n## cross-check: tinylm.train (the whole loop, vocab {meta['vocab_size']}, its own batches, "
-                f"run after the rounds)")
-            loop = loop_check(setup, args.loop_check_steps, log)
-        if args.profile:
-            prof = profile(setup, meta["vocab_size"], ids, args.profile, log)
+        try:
+            meta = prepare(setup.data, progress=False, log=lambda *a, **k: None)
+            log(f"data: {path} ({len(ids):,} training characters, vocab {char_vocab}; "
+                f"tinylm.data.prepare vocab {meta['vocab_size']})")
+            vocabs = [meta["vocab_size"] if s == "char" else int(s) for s in args.vocab.split(",")]
+            if min(vocabs) < meta["vocab_size"]:
+                sys.exit(f"bench_train.py: --vocab {args.vocab}: the prepared character data has {meta['vocab_size']} "
+                         f"ids (its characters and <|endoftext|>); give char or sizes >= {meta['vocab_size']}")
+            for v in vocabs:
+                log(f"\n## vocab {v}")
+                results.append(run_setting(setup, v, ids, args, log))
+                log(f"  1-min load average per round boundary: {results[-1]['load_1min']}")
+            if args.loop_check_steps:
+                log(f"\n## cross-check: tinylm.train (the whole loop, vocab {meta['vocab_size']}, its own batches, "
+                    f"run after the rounds)")
+                loop = loop_check(setup, args.loop_check_steps, log)
+            if args.profile:
+                prof = profile(setup, meta["vocab_size"], ids, args.profile, log)
+        finally:
+            for trainer in setup.trainers:
+                trainer.close()
 
     info["loadavg_end"] = os.getloadavg()
     log("\n## results\n")

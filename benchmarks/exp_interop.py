@@ -117,7 +117,11 @@ def fine_tune_figure(source: Path, out: Path, steps: int) -> tuple[float, float]
         "--optim.lr", "1e-3", "--optim.warmup_steps", "20", "--train.precision", "fp32", "--run.progress", "false"])
     fresh(cfg.run_dir)
     trainer = Trainer(cfg, log=lambda *a: None)
-    before = trainer.evaluate().loss
+    try:
+        before = trainer.evaluate().loss
+    except BaseException:
+        trainer.close()  # run() closes it otherwise
+        raise
     return before, trainer.run().val_loss
 
 

@@ -23,6 +23,7 @@ IMPLEMENTED_IN = {
     "data.prefetch": "data/loader.py", "optim.name": "training/optim.py", "optim.schedule": "training/optim.py",
     "optim.decay_shape": "training/optim.py", "train.precision": "training/runtime.py",
     "train.nonfinite": "training/trainer.py", "train.artifact_bits": "interop/quantize.py",
+    "sample.overflow": "generation/generate.py",
 }
 
 

@@ -82,6 +82,7 @@ def test_training_with_prefetch_is_bit_exact_and_resumes_bit_exact(tmp_path, tex
     trainer = Trainer(part, log=lambda *a: None)
     assert isinstance(trainer.loader, PrefetchLoader)
     trainer.run()
+    assert trainer.step == trainer.state.step == 8 and trainer.tokens_seen == trainer.state.tokens_seen > 0
     assert trainer.loader._pool._shutdown  # run() ends by closing the trainer: no worker thread left behind
     part.train.max_steps = 16
     train(part, resume=True, log=lambda *a: None)

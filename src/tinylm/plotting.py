@@ -20,15 +20,15 @@ def pyplot() -> ModuleType | None:
     return plt
 
 
-def save_figure(plt: ModuleType, fig: Figure, path: Path, *, dpi: float | None = None) -> bool:
-    """Lay ``fig`` out, write it to ``path`` as PNG atomically (a reader never sees half an image), close it.
-    Returns True, so plot functions can end with ``return save_figure(...)``."""
+def save_figure(plt: ModuleType, fig: Figure, path: Path) -> bool:
+    """Lay ``fig`` out, write it to ``path`` as PNG atomically (a reader never sees half an image) at the resolution
+    it was made with, close it. Returns True, so plot functions can end with ``return save_figure(...)``."""
     import io
 
     from .fileio import write_bytes_atomic
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    fig.savefig(buf, format="png", dpi="figure")
     plt.close(fig)
     write_bytes_atomic(path, buf.getvalue())
     return True

@@ -84,7 +84,8 @@ def peak_flops(dev: Device) -> float:
         return cpu_peak_flops(torch.bfloat16 if dev.precision == "bf16" else torch.float32)
     peak = gpu_peak_flops(dev.torch_name, dev.precision)
     if peak is None:
-        raise TinyLMError(f"no peak FLOP/s for {dev.torch_name!r}: add it to GPU_PEAKS in src/tinylm/accounting.py")
+        raise TinyLMError(f"no peak FLOP/s for {dev.torch_name!r}: add it to GPU_PEAKS in "
+                          f"src/tinylm/training/accounting.py")
     return peak
 
 

@@ -311,7 +311,7 @@ def plot_runs(runs: list, path: Path, log_axes: bool = False) -> bool:
     if plt is None:
         return False
     bpb_first = tokenizers_differ(runs)
-    fig, axes = plt.subplots(2, 4, figsize=(18, 8))
+    fig, axes = plt.subplots(2, 4, figsize=(18, 8), dpi=110)
     ax = dict(zip(("step", "tokens", "lr", "grad", "speed", "mfu", "data", "gap"), axes.flat, strict=True))
     for i, run in enumerate(runs):
         color = f"C{i % 10}"
@@ -362,4 +362,4 @@ def plot_runs(runs: list, path: Path, log_axes: bool = False) -> bool:
     for key in ("step", "tokens", "lr"):
         if ax[key].get_legend_handles_labels()[0]:
             ax[key].legend(fontsize=7)
-    return save_figure(plt, fig, path, dpi=110)
+    return save_figure(plt, fig, path)

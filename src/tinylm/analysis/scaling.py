@@ -425,7 +425,7 @@ def plot_scaling(result: dict, parabolas: list, law: LawFit | None, path: Path) 
     plt = pyplot()
     if plt is None:
         return False
-    fig, (iso, front, pvm) = plt.subplots(1, 3, figsize=(17, 5))
+    fig, (iso, front, pvm) = plt.subplots(1, 3, figsize=(17, 5), dpi=110)
     runs = [r for r in result["runs"] if r["loss"] is not None]
     budgets = sorted({r["budget"] for r in runs})
     for i, c in enumerate(budgets):
@@ -468,4 +468,4 @@ def plot_scaling(result: dict, parabolas: list, law: LawFit | None, path: Path) 
     pvm.legend(fontsize=7)
     for ax in (iso, front, pvm):
         ax.grid(alpha=0.3)
-    return save_figure(plt, fig, path, dpi=110)
+    return save_figure(plt, fig, path)

@@ -351,7 +351,7 @@ def plot_sweep(sweep: Sweep, path: Path) -> bool:
     key, label = sweep.compared
     logged = sweep.metric  # metrics.jsonl's name: val_loss or val_bpb
     finals = sweep.by_point(key)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5), dpi=110)
     for i, p in enumerate(sweep.points):
         xs = finals[p.name]
         if not xs:
@@ -374,4 +374,4 @@ def plot_sweep(sweep: Sweep, path: Path) -> bool:
     right.legend(fontsize=7)
     for ax in (left, right):
         ax.grid(alpha=0.3)
-    return save_figure(plt, fig, path, dpi=110)
+    return save_figure(plt, fig, path)

@@ -186,7 +186,7 @@ class Doctor:
             why = ("far above: the initial logits are too large (init std too big, an unscaled head), so the model "
                    "starts confidently wrong and the first steps are spent undoing it" if rel > 0 else
                    "far below: the targets are predictable from the inputs before any training (leaked targets)")
-            return Check("init", "fail", loss, summary, why, "initialize weights with std 0.02 (model.py "
+            return Check("init", "fail", loss, summary, why, "initialize weights with std 0.02 (model/gpt.py "
                          "_init_weights) and check that the head is not scaled up")
         return Check("init", "pass", loss, summary)
 

@@ -32,7 +32,7 @@ from ..plotting import pyplot, save_figure
 from ..training.accounting import peak_memory_mb
 from ..training.trainer import Trainer
 
-# forward components (their labels in model.py) and their names in the table
+# forward components (their labels in model/gpt.py) and their names in the table
 FORWARD = {"embedding": "token + position embedding", "norm": "norms", "attn.qkv": "attention: QKV projection",
            "attn.kernel": "attention: kernel", "attn.proj": "attention: output projection", "mlp": "MLP",
            "head+loss": "head + loss"}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import Literal
 
 from ..errors import TinyLMError
 
@@ -60,7 +61,7 @@ class SampleConfig:
     contrastive_alpha: float = 0.6
     """Contrastive search: score = (1 - alpha) x probability - alpha x max cosine similarity to the context;
     0 = greedy."""
-    overflow: str = "slide"
+    overflow: Literal["slide", "stop"] = "slide"
     """At the context length: slide (keep the newest 3/4 of the context, re-read it, go on) | stop."""
     num_samples: int = 1
     """Samples per prompt for `tinylm sample`, sample i with seed + i (beam: the n best beams)."""
@@ -120,7 +121,6 @@ SETTINGS: dict[str, Setting] = {
     "contrastive_k": Setting(lambda v: v >= 1, ">= 1", off=1),
     "contrastive_alpha": Setting(lambda v: 0 <= v <= 1, "in [0, 1]", off=0.0),
 }
-OVERFLOW = ("slide", "stop")
 
 
 def samples_per_prompt(s: SampleConfig) -> int:
@@ -175,8 +175,6 @@ def check_sample(s: SampleConfig, flags: Collection[str] = (), given: Collection
 
     if s.strategy not in STRATEGIES:
         raise TinyLMError(f"{flag('strategy')} {s.strategy!r} is not one of {', '.join(STRATEGIES)}")
-    if s.overflow not in OVERFLOW:
-        raise TinyLMError(f"{flag('overflow')} {s.overflow!r} is not one of {', '.join(OVERFLOW)}")
     for key in given:
         users = [name for name, st in STRATEGIES.items() if key in st.reads]
         if users and s.strategy not in users:

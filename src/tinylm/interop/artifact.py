@@ -37,14 +37,13 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..config import Config, ModelConfig, from_dict
+from ..config import ARTIFACT_BITS, Config, ModelConfig, from_dict
 from ..config_check import parse_bytes
 from ..errors import TinyLMError
 from ..fileio import write_bytes_atomic, write_failure
 from ..tokenizer import Tokenizer
 from ..tokenizer.base import parse_tokenizer
 from .quantize import (
-    BITS,
     LAYOUTS,
     SCALE_BYTES,
     Quantized,
@@ -69,7 +68,7 @@ VECTOR_BYTES = 2  # vectors (norms, biases) are stored in fp16
 
 def parse_quantize(text: str) -> int:
     """``--quantize int6`` -> 6."""
-    names = {f"int{b}": b for b in BITS}
+    names = {f"int{b}": b for b in ARTIFACT_BITS}
     if text not in names:
         raise TinyLMError(f"--quantize {text!r} is not one of {', '.join(names)}")
     return names[text]

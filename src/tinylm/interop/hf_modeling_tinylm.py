@@ -5,7 +5,7 @@ RMSNorm and biases), or any other.
 
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
 
-Self-contained on purpose (torch and transformers only, never tinylm): it is tinylm's model.py without
+Self-contained on purpose (torch and transformers only, never tinylm): it is tinylm's model/gpt.py without
 training, written to be checked against it line by line; the weights keep tinylm's names. Shapes: B =
 batch, T = new tokens, P = tokens already in the cache, C = n_embd, nh = heads, hs = head size = C / nh.
 """

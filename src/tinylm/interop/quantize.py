@@ -19,9 +19,6 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..config import ARTIFACT_BITS
-
-BITS = ARTIFACT_BITS  # the widths tinylm writes: 8, 6, 4
 CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)  # of max|w| per group, tried for the least squared error
 LAYOUTS = ("packed", "bytes")
 SCALE_BYTES = 2  # each group's scale is one fp16

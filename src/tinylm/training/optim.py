@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..config import OptimConfig
+from ..config_check import literal_fields, not_one_of
 from ..errors import TinyLMError
 
 # The quintic Newton-Schulz coefficients published with Muon (Keller Jordan, 2024): chosen so the
@@ -258,7 +259,7 @@ def lr_scale(step: int, cfg: OptimConfig, max_steps: int, time_frac: float | Non
         return floor + (1 - floor) * _DECAY_SHAPES[cfg.decay_shape](q)
     if cfg.schedule == "cosine_warmdown":  # cosine, and over the last decay_frac a linear ramp to 0
         return cosine * (1.0 - q)
-    raise TinyLMError(f"--optim.schedule {cfg.schedule!r} is not one of constant, cosine, wsd, cosine_warmdown")
+    raise TinyLMError(not_one_of("optim.schedule", cfg.schedule, literal_fields(cfg)["schedule"]))
 
 
 def momentum_at(step: int, cfg: OptimConfig) -> float:

@@ -31,9 +31,8 @@ class Reporter:
         self.device = torch.device("cpu")
         self.peak: float | None = None  # the device's peak FLOP/s at the run's precision, for MFU; None: unknown
 
-    def start(self, step: int, device: torch.device, peak: float | None) -> None:
-        """Open the metric sinks (rank 0), continuing metrics.jsonl at ``step``; ``peak``: for MFU."""
-        self.device, self.peak = device, peak
+    def start(self, step: int) -> None:
+        """Open the metric sinks (rank 0), continuing metrics.jsonl at ``step``."""
         if self.d.is_main:
             self.tracker = build_tracker(self.cfg, self.run_dir, step, self.log)
 
@@ -60,10 +59,11 @@ class Reporter:
         if self.tracker is not None:
             self.tracker.log(fields)
 
-    def describe(self, model: GPT, device: torch.device, precision: str, micro: int, accum: int,
+    def describe(self, model: GPT, device: torch.device, precision: str, peak: float | None, micro: int, accum: int,
                  attention: str) -> None:
-        """Write config.toml; log the model and the setup."""
-        cfg = self.cfg
+        """Write config.toml; log the model and the setup (``peak``: the device's FLOP/s at this precision, for
+        MFU)."""
+        cfg, self.device, self.peak = self.cfg, device, peak
         if self.d.is_main:
             try:
                 write_text_atomic(self.run_dir / "config.toml", to_toml(cfg))

@@ -1,6 +1,6 @@
 """Where a process runs: its device, precision, place in a distributed job, random streams and stop signals.
 
-The training loop (``train.py``), the LR finder and inference loading ask this module which device
+The training loop (:mod:`.trainer`), the LR finder and inference loading ask this module which device
 and precision to use; under ``torchrun`` it joins the process group (gloo on CPU, nccl on GPU) and
 does the few collective operations the loop needs. Nothing here runs at import time.
 """

@@ -1,10 +1,10 @@
 """The training loop: setup, accumulation, clipping, the non-finite guard, evaluation points, DDP and FSDP.
 
-One function, :func:`train`, used by the CLI, the tests and the benchmarks alike. Run it under
-``torchrun --nproc_per_node N -m tinylm train ...`` for DistributedDataParallel (gloo on CPU,
-nccl on GPU): each process reads its own slice of every global batch, gradients are
-synchronized only on the last micro-step, and only rank 0 logs and saves. Which device,
-precision and process group a run gets, and its random streams, are :mod:`.runtime`'s; the run folder and
+One :class:`Trainer`, driven by the CLI (:func:`train`: build one, run it), doctor, profile, the LR finder, the
+tests and the benchmarks alike. Run it under ``torchrun --nproc_per_node N -m tinylm train ...`` for
+DistributedDataParallel or FSDP2 (gloo on CPU, nccl on GPU): each process reads its own slice of every global
+batch, gradients are reduced once per step (after the last micro-step), and only rank 0 logs and saves. Which
+device, precision and process group a run gets, and its random streams, are :mod:`.runtime`'s; the run folder and
 checkpoints :mod:`.checkpointing`'s; what the run says :mod:`.reporting`'s.
 """
 from __future__ import annotations
@@ -107,21 +107,30 @@ class Trainer:
         try:
             self._setup(cfg, resume, log)
         except BaseException:
+            self._stop_prefetch()  # a failure after the batches (restore, compile): its executor shut down too
             self.checkpointer.discard()
             raise
 
     def close(self) -> None:
-        """Stop the prefetching worker and unlock the run folder (:meth:`run` does it when it ends; the OS does it
-        if the process dies)."""
-        for loader in {id(x): x for x in (getattr(self, "own_loader", None), getattr(self, "loader", None))}.values():
-            if isinstance(loader, PrefetchLoader):  # absent when setup failed before the batches
-                loader.close()
+        """Stop the run's prefetching worker and unlock the run folder (:meth:`run` does it when it ends; the OS does
+        it if the process dies)."""
+        self._stop_prefetch()
         self.checkpointer.close()
+
+    def _stop_prefetch(self) -> None:
+        loader = getattr(self, "own_loader", None)  # absent when setup failed before the batches
+        if isinstance(loader, PrefetchLoader):
+            loader.close()
+
+    # the loop's state, read-only, under the names it had before it became one LoopState
+    step = property(lambda self: self.state.step, doc="Optimizer steps taken, earlier sessions included.")
+    tokens_seen = property(lambda self: self.state.tokens_seen, doc="Training tokens seen, all processes together.")
+    best_val = property(lambda self: self.state.best_val, doc="The lowest val loss of the run so far.")
 
     def use_batches(self, source: object) -> None:
         """Train on ``source`` (anything with ``next_batch() -> (x, y)``, one micro-batch a call) instead of the run's
         own loader: doctor's fixed batch, a benchmark's shared one. The run's loader stays, for checkpoints, and
-        :meth:`close` closes it."""
+        :meth:`close` closes it; ``source`` stays its owner's to close."""
         self.loader = source
 
     # ----------------------------------------------------------------- setup
@@ -335,9 +344,13 @@ class Trainer:
 
     # ----------------------------------------------------------------- saving and evaluation points
 
-    def save(self, elapsed: float) -> tuple[Path | None, dict]:
-        """Checkpoint the current step (rank 0 writes): the step folder, and the whole model state it holds (under
-        FSDP gathered from every process). Written before evaluation, which could fail."""
+    def save(self, elapsed: float) -> Path | None:
+        """Checkpoint the current step (rank 0 writes; the step folder, None elsewhere)."""
+        return self._save(elapsed)[0]
+
+    def _save(self, elapsed: float) -> tuple[Path | None, dict]:
+        """:meth:`save`, also returning the whole model state the checkpoint holds (under FSDP gathered from every
+        process: the sample after an evaluation needs it)."""
         model_state, optim_state = runtime.full_state_dicts(self.raw_model, self.optimizer, sharded=self.sharded)
         return self.checkpointer.write(self.state, elapsed, self.saved, model_state, optim_state), model_state
 
@@ -345,7 +358,7 @@ class Trainer:
         """Save, evaluate, mark the best checkpoint, write a sample (the console says which it is doing)."""
         step, say = self.state.step, self.reporter.status
         say(step, "saving")
-        saved, model_state = self.save(elapsed)
+        saved, model_state = self._save(elapsed)  # before evaluating, which could fail
         say(step, "evaluating")
         result = self.evaluate()
         val_loss = result.loss
@@ -407,14 +420,15 @@ class Trainer:
 
     def _run(self) -> TrainResult:
         """Describe, train until done, evaluate (and save) a last time, report."""
-        self.reporter.start(self.state.step, self.device, peak_flops(self.device, self.precision))
-        self.reporter.describe(self.raw_model, self.device, self.precision, self.micro, self.accum, self.attention)
-        if self.state.step == 0:  # the loss on the first validation batch of each process
-            self.reporter.events(0, self.checks.initial(self.evaluate(passes=1).loss))
-        self.train_loss = math.nan  # the last logged one
-        self.t_start = self.clock()
-        with runtime.StopSignal() as stop:
-            try:
+        self.reporter.describe(self.raw_model, self.device, self.precision, peak_flops(self.device, self.precision),
+                               self.micro, self.accum, self.attention)
+        self.reporter.start(self.state.step)
+        try:
+            if self.state.step == 0:  # the loss on the first validation batch of each process
+                self.reporter.events(0, self.checks.initial(self.evaluate(passes=1).loss))
+            self.train_loss = math.nan  # the last logged one
+            self.t_start = self.clock()
+            with runtime.StopSignal() as stop:
                 stopped = self._train_until_done(stop)
                 train_seconds = self._elapsed()
                 val_loss = self._eval_point(train_seconds)
@@ -425,8 +439,8 @@ class Trainer:
                 if self.d.is_main and self.cfg.run.report:
                     self.reporter.status(self.state.step, "writing the report")
                     write_after_training(self.run_dir, report_lines.append)
-            finally:
-                self.reporter.close()
+        finally:
+            self.reporter.close()
         s = self.state
         self.log(f"done at step {s.step}: final train loss {self.train_loss:.4f}, final val loss {val_loss:.4f} "
                  f"(best {s.best_val:.4f}); {s.tokens_seen:,} tokens in {train_seconds:.0f}s of training; "
