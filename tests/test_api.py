@@ -64,6 +64,15 @@ def module_imports(src: Path) -> dict[str, set[str]]:
     return graph
 
 
+def test_the_model_and_the_tokenizer_import_no_layer_above_them():
+    """model/ (the network) and tokenizer/ (text <-> ids) are read on their own: neither imports training, data,
+    generation, analysis, diagnostics, interop or cli (the README's Architecture says so)."""
+    above = ("training", "data", "generation", "analysis", "diagnostics", "interop", "cli")
+    for name, imports in module_imports(REPO / "src" / "tinylm").items():
+        if name.startswith(("tinylm.model", "tinylm.tokenizer")):
+            assert not {i for i in imports if i.split(".")[1] in above}, name
+
+
 def test_no_two_modules_import_each_other():
     """The imports of src/tinylm form no circle, not even one for type annotations only."""
     graph = module_imports(REPO / "src" / "tinylm")

@@ -15,7 +15,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..training.accounting import machine_cached
+from ..machine_cache import machine_cached
 
 MARGIN = 0.9  # the explicit form is chosen only when it takes under 90% of SDPA's time: SDPA is the default
 

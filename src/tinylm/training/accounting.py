@@ -8,21 +8,15 @@ this project's machines).
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import platform
 import re
 import resource
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import TypeVar
 
 import torch
 
-from ..fileio import write_text_atomic
-
-T = TypeVar("T")
+from ..machine_cache import machine_cached
 
 # Datasheet dense peak FLOP/s without sparsity, by a pattern of the name torch reports ("NVIDIA H100
 # PCIe", "NVIDIA H100 80GB HBM3", "NVIDIA L40S"): (bf16/fp16 tensor cores, TF32 tensor cores, plain fp32).
@@ -121,16 +115,6 @@ class ThroughputWindow:
         return steps_left * max(self.seconds, 1e-9) / max(self.steps, 1)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def measure_cpu_peak(dtype: torch.dtype, trials: int = 5, seconds: float = 0.2, n: int = 1024,
                      shape: tuple[int, int, int] | None = None) -> float:
     """FLOP/s of an n x n matmul (or an (m, k) @ (k, p) one for ``shape`` = (m, k, p)) on this CPU with
@@ -151,22 +135,6 @@ def measure_cpu_peak(dtype: torch.dtype, trials: int = 5, seconds: float = 0.2, 
             count += 1
         best = max(best, 2 * m * k * p * count / elapsed)
     return best
-
-
-def machine_cached(name: str, key: str, measure: Callable[[], T]) -> T:
-    """``measure()``'s result, cached in ~/.cache/tinylm/<name>.json per CPU model, torch version, thread
-    count and ``key``: probes that depend on the machine run once per machine (delete the file to redo them)."""
-    key = f"{_cpu_name()}|torch {torch.__version__}|{torch.get_num_threads()} threads|{key}"
-    path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tinylm" / f"{name}.json"
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if key not in cache:
-        cache[key] = measure()
-        with contextlib.suppress(OSError):  # a read-only home is no reason to fail a run
-            write_text_atomic(path, json.dumps(cache, indent=1))
-    return cache[key]
 
 
 def cpu_peak_flops(dtype: torch.dtype) -> float:
