@@ -3,6 +3,7 @@ a process blocked in a collective still dies; a refused start is one line in eve
 signal's watchdog on its own, in a plain process."""
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -264,15 +265,38 @@ def test_a_second_signal_ends_the_process_at_once_but_a_repeat_of_the_first_does
     assert proc.returncode == 130 and err.startswith("tinylm: stopped at once: a second signal (SIGTERM);"), err
 
 
-def count(out: Path, tries: int) -> None:
-    """BENCHMARKS' reliability count: ``tries`` stops of each kind (SIGTERM and SIGINT to torchrun, SIGTERM to rank 1),
-    one JSON line each: hung (or slower than BOUND_S), seconds from the signal to every process gone, exit codes,
-    checkpoints saved."""
+@pytest.mark.slow
+def test_a_killed_process_is_one_line_in_the_others(tmp_path, text_200k):
+    """Rank 1 SIGKILLed (out of memory, a scheduler): rank 0 loses it inside a collective. It says so in one line and
+    ends with status 1 at once: no traceback from gloo's broken connection, no abort from its threads at exit (the
+    page that follows is torchrun's own report)."""
+    cfg = _config(tmp_path, text_200k)
+    launcher = _start(tmp_path, cfg)
+    ranks = _wait_training(launcher, cfg)
+    t0 = time.time()
+    os.kill(ranks[1], signal.SIGKILL)
+    out = _finish(launcher, ranks, t0)
+    ours = re.split(r"torch[./]distributed[./]elastic", out)[0]  # what the processes said, before torchrun's lines
+    assert ours.count("tinylm: error: process 0: a collective failed (") == 1, out[-3000:]
+    assert "Connection" in ours and "nothing is saved since the last checkpoint" in ours, out[-3000:]
+    assert "Traceback" not in ours and "terminate called" not in out, out[-3000:]
+    assert "exitcode  : 1 " in out and "exitcode  : -9" in out, out[-3000:]  # rank 0 ended itself; rank 1 killed
+    assert not (tmp_path / "exits").joinpath("rank0").exists()  # ended at once (os._exit), not through main()
+
+
+MODES = ("launcher SIGTERM", "launcher SIGINT", "rank 1 SIGTERM", "rank 1 SIGKILL")
+
+
+def count(out: Path, tries: int, modes: list[str] | tuple[str, ...] = MODES) -> None:
+    """BENCHMARKS' reliability count: ``tries`` stops of each kind in ``modes``, one JSON line each: hung (or slower
+    than BOUND_S), seconds from the signal to every process gone, exit codes (a process that ended itself at once has
+    none), checkpoints saved, the exit codes torchrun reports for failed processes, and the processes' own output
+    (before torchrun's report): its error lines and whether it holds a traceback."""
     import json
     import shutil
 
     from conftest import TINYSHAKESPEARE
-    for mode in ("launcher SIGTERM", "launcher SIGINT", "rank 1 SIGTERM"):
+    for mode in modes:
         for i in range(tries):
             tmp = out / f"{mode.replace(' ', '-')}-{i}"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -283,19 +307,23 @@ def count(out: Path, tries: int) -> None:
             ranks = _wait_training(launcher, cfg)
             t0 = time.time()
             if mode.startswith("rank"):
-                os.kill(ranks[1], signal.SIGTERM)
+                os.kill(ranks[1], getattr(signal, mode.split()[-1]))
             else:
                 launcher.send_signal(signal.SIGTERM if mode.endswith("SIGTERM") else signal.SIGINT)
             try:
-                _finish(launcher, ranks, t0)
-                hung = False
+                output, hung = _finish(launcher, ranks, t0), False
             except AssertionError:
-                hung = True
+                output, hung = "", True
+            said = re.split(r"torch[./]distributed[./]elastic", output)[0]  # the processes' output, not torchrun's
+            failures = re.findall(r"rank\s+: (\d+) \(local_rank: \d+\)\s+exitcode\s+: (-?\d+)", output)
+            reported = {int(rank): int(code) for rank, code in failures}
             print(json.dumps({"mode": mode, "try": i, "hung": hung, "seconds": round(time.time() - t0, 1),
-                              "exit_codes": _exit_codes(tmp),
+                              "exit_codes": _exit_codes(tmp), "torchrun_exit_codes": reported,
+                              "error_lines": said.count("tinylm: error:"), "traceback": "Traceback" in said,
                               "checkpoints": len(list((cfg.run_dir / "checkpoints").glob("step_*")))}), flush=True)
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-if __name__ == "__main__":  # python tests/test_ddp_signals.py OUT_DIR TRIES
-    count(Path(sys.argv[1]), int(sys.argv[2]))
+if __name__ == "__main__":  # python tests/test_ddp_signals.py OUT_DIR TRIES [MODE ...]
+    count(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:] or MODES)
+

@@ -12,9 +12,10 @@ import os
 import random
 import select
 import signal
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -402,6 +403,37 @@ class StopSignal:
             with contextlib.suppress(OSError):  # full: the watchdog has bytes to read anyway
                 os.write(write, b"\0")  # wakes the watchdog, which sees it is done
             os.close(write)
+
+
+def collective_failed(e: BaseException) -> bool:
+    """Whether ``e`` is a collective that failed (torch's DistError, as NCCL raises it; gloo raises a plain
+    RuntimeError naming its transport: ``[.../gloo/transport/tcp/pair.cc:537] Read error ...: Connection reset by
+    peer``), as when another process of the job is gone."""
+    return isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and "gloo" in str(e))
+
+
+@contextlib.contextmanager
+def ending_when_a_process_is_lost(d: Dist, before_exit: Callable[[], None]) -> Iterator[None]:
+    """Under torchrun, a collective that fails inside this block (another process killed, out of memory, its
+    machine gone) ends this process at once: one line, ``before_exit()`` (close the metric files), status 1.
+    Not a traceback from the broken connection, then an abort from gloo's threads at the interpreter's exit;
+    every checkpoint already written stays whole, as after SIGKILL. Entered inside :class:`StopSignal`, so
+    the launcher's SIGTERM to the survivors, which comes at about the same time, only sets its flag."""
+    try:
+        yield
+    except RuntimeError as e:
+        if d.world_size == 1 or not collective_failed(e):
+            raise
+        line = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        reason = line.split("] ", 1)[-1].split(". ", 1)[0]  # gloo's source position and advice go
+        os.write(2, f"tinylm: error: process {d.rank}: a collective failed ({reason}): another process of the "
+                    f"job is gone or broken (its own output says why); stopped at once, nothing is saved since the "
+                    f"last checkpoint (continue from it with --resume)\n".encode())
+        with contextlib.suppress(Exception):
+            before_exit()
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        os._exit(1)
 
 
 # --------------------------------------------------------------------------- RNG state

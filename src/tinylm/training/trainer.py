@@ -424,11 +424,11 @@ class Trainer:
                                self.micro, self.accum, self.attention)
         self.reporter.start(self.state.step)
         try:
-            if self.state.step == 0:  # the loss on the first validation batch of each process
-                self.reporter.events(0, self.checks.initial(self.evaluate(passes=1).loss))
-            self.train_loss = math.nan  # the last logged one
-            self.t_start = self.clock()
-            with runtime.StopSignal() as stop:
+            with runtime.StopSignal() as stop, runtime.ending_when_a_process_is_lost(self.d, self.reporter.close):
+                if self.state.step == 0:  # the loss on the first validation batch of each process
+                    self.reporter.events(0, self.checks.initial(self.evaluate(passes=1).loss))
+                self.train_loss = math.nan  # the last logged one
+                self.t_start = self.clock()
                 stopped = self._train_until_done(stop)
                 train_seconds = self._elapsed()
                 val_loss = self._eval_point(train_seconds)
