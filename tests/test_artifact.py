@@ -129,7 +129,7 @@ def test_export_refusals_leave_files_alone(run, tmp_path, capsys):
     mine = tmp_path / "notes.txt"
     mine.write_text("mine")
     for args, needle in (
-            (["--quantize", "int8", "--out", str(mine)], "exists and is not a tinylm artifact, so it is not replaced"),
+            (["--quantize", "int8", "--out", str(mine)], "exists and was not written by tinylm"),
             (["--quantize", "int5", "--out", str(tmp_path / "m.tlm")], "--quantize 'int5' is not one of int8, int6"),
             (["--quantize", "int8", "--format", "hf", "--out", str(tmp_path / "m")], "drop one of them"),
             (["--group-size", "32", "--out", str(tmp_path / "m.safetensors")], "--group-size goes with --quantize"),

@@ -412,7 +412,7 @@ def test_export_replaces_only_its_own_export(tmp_path, trained, capsys):
     mine = tmp_path / "model.safetensors"
     mine.write_bytes(b"my own weights, not tinylm's")
     assert main(["export", str(trained.run_dir), "--out", str(mine)]) == 2
-    one_line_error(capsys, f"--out {mine} exists and is not a tinylm export")
+    one_line_error(capsys, f"{mine} exists and was not written by tinylm", "choose another --out")
     assert mine.read_bytes() == b"my own weights, not tinylm's" and sorted(tmp_path.iterdir()) == [mine]
     ours = tmp_path / "ours.safetensors"
     assert main(["export", str(trained.run_dir), "--out", str(ours)]) == 0

@@ -4,7 +4,16 @@ from pathlib import Path
 
 import pytest
 
-from tinylm.fileio import replace_dir, scratch_sibling, write_text_atomic
+from tinylm.errors import TinyLMError
+from tinylm.fileio import (
+    check_replaceable,
+    check_replaceable_folder,
+    claim_folder,
+    made_folder,
+    replace_dir,
+    scratch_sibling,
+    write_text_atomic,
+)
 
 
 def test_replace_dir_swaps_in_the_new_folder_and_removes_the_old(tmp_path):
@@ -45,3 +54,39 @@ def test_a_full_disk_while_logging_is_one_line():
     sink = JSONLSink(Path("/dev/full"))
     with pytest.raises(TinyLMError, match="the disk is full: no space left to write /dev/full"):
         sink.log({"step": 1, "loss": 2.0})
+
+
+def test_a_format_that_names_its_writer_is_its_own_proof(tmp_path):
+    """check_replaceable with a content proof (an export's magic bytes): a file that passes it may be replaced, one
+    that does not, a symbolic link to one that does, or a folder may not; an absent path may always be written."""
+    def proof(p):
+        return p.read_bytes().startswith(b"OURS")
+    ours, theirs, link = tmp_path / "a.bin", tmp_path / "b.bin", tmp_path / "c.bin"
+    ours.write_bytes(b"OURS 1")
+    theirs.write_bytes(b"theirs")
+    link.symlink_to(ours)
+    check_replaceable(ours, proof=proof)
+    check_replaceable(tmp_path / "new.bin", proof=proof)
+    for path, needle in ((theirs, "exists and was not written by tinylm"), (link, "exists and was not written"),
+                         (tmp_path, "is a folder")):
+        with pytest.raises(TinyLMError, match=needle):
+            check_replaceable(path, proof=proof)
+    with pytest.raises(TinyLMError, match="exists and was not written"):  # the default proof: tinylm's record
+        check_replaceable(ours)
+
+
+def test_a_folder_is_replaced_only_when_absent_empty_or_proven(tmp_path):
+    empty, mine, made, file = tmp_path / "empty", tmp_path / "mine", tmp_path / "made", tmp_path / "f"
+    for d in (empty, mine, made):
+        d.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    (made / "x").write_text("x")
+    claim_folder(made)
+    file.write_text("a file")
+    (tmp_path / "link").symlink_to(made)
+    for ok in (tmp_path / "absent", empty, made):
+        check_replaceable_folder(ok, made_folder)
+    for path, needle in ((mine, f"{mine} exists and was not written by tinylm"), (file, "is a file"),
+                         (tmp_path / "link", "is a symbolic link")):
+        with pytest.raises(TinyLMError, match=needle):
+            check_replaceable_folder(path, made_folder, fix="pick another")

@@ -453,7 +453,7 @@ def test_export_refuses_a_foreign_folder(tmp_path, bpe, capsys):
     mine.mkdir()
     (mine / "config.json").write_text("{}")
     assert main(["export", str(cfg.run_dir), "--format", "hf", "--out", str(mine)]) == 2
-    refused(capsys, f"--out {mine} exists and is not a tinylm Hugging Face export")
+    refused(capsys, f"{mine} exists and was not written by tinylm", "choose another --out (a new or empty folder)")
     assert files(mine) == {"config.json": hashlib.sha256(b"{}").hexdigest()}
 
 

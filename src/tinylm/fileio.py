@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .errors import TinyLMError
@@ -89,7 +89,8 @@ def write_failure(e: BaseException, path: str | os.PathLike, then: str = "run th
 # ---------------------------------------------------------------- what tinylm made: the one rule for replacing
 # tinylm replaces a file or folder only when it can prove it made it: a file whose bytes are those it recorded in
 # its folder's MADE file when it wrote them (so an edited one is the user's now), or a folder holding a MADE file
-# that says tinylm made the folder.
+# that says tinylm made the folder. A format that names its writer is its own proof instead (an artifact's magic
+# bytes, an export's metadata): an export goes where the user says, a folder tinylm has no record in.
 MADE = ".tinylm-made"  # JSON: {"folder": true (tinylm made this folder), "files": {name: sha256 of what it wrote}}
 
 
@@ -137,13 +138,30 @@ def claim_folder(path: Path) -> None:
     write_text_atomic(path / MADE, json.dumps({**_made(path), "folder": True}) + "\n")
 
 
-def check_replaceable(path: Path, fix: str = "choose another --out, or move it away") -> None:
-    """Refuse, in one line naming ``path`` and ``fix``, to replace a file tinylm cannot prove it wrote."""
+def check_replaceable(path: Path, fix: str = "choose another --out, or move it away",
+                      proof: Callable[[Path], bool] = made_file) -> None:
+    """Refuse, in one line naming ``path`` and ``fix``, to replace a file tinylm cannot prove it wrote: by its
+    folder's record (:func:`made_file`), or by ``proof``, a test of a format that names its writer."""
     if path.is_dir() and not path.is_symlink():
         raise TinyLMError(f"{path} is a folder, and tinylm writes a file there; {fix}")
-    if (path.exists() or path.is_symlink()) and not made_file(path):
-        raise TinyLMError(f"{path} exists and was not written by tinylm (or was changed since), so it is not "
-                          f"replaced; {fix}")
+    if (path.exists() or path.is_symlink()) and (path.is_symlink() or not proof(path)):
+        _refuse(path, fix)
+
+
+def check_replaceable_folder(path: Path, proof: Callable[[Path], bool],
+                             fix: str = "choose another --out (a new or empty folder), or move it away") -> None:
+    """Refuse, in one line, to replace the folder ``path`` unless it is absent, empty, or proven tinylm's by
+    ``proof`` (:func:`made_folder`, or a test of a folder whose files name their writer)."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise TinyLMError(f"{path} is {'a symbolic link' if path.is_symlink() else 'a file'}, and tinylm writes a "
+                          f"folder there; {fix}")
+    if path.is_dir() and any(path.iterdir()) and not proof(path):
+        _refuse(path, fix)
+
+
+def _refuse(path: Path, fix: str) -> None:
+    raise TinyLMError(f"{path} exists and was not written by tinylm (or was changed since), so it is not replaced; "
+                      f"{fix}")
 
 
 class Outputs:

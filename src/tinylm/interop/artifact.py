@@ -40,7 +40,7 @@ import torch
 from ..config import ARTIFACT_BITS, Config, ModelConfig, from_dict
 from ..config_check import parse_bytes
 from ..errors import TinyLMError
-from ..fileio import write_bytes_atomic, write_failure
+from ..fileio import check_replaceable, write_bytes_atomic, write_failure
 from ..tokenizer import Tokenizer
 from ..tokenizer.base import parse_tokenizer
 from .quantize import (
@@ -178,9 +178,7 @@ def write(out: Path, encoded: Encoded) -> None:
     """Write the file atomically; an existing ``out`` is replaced only when it is an artifact itself."""
     if out.is_dir():
         raise TinyLMError(f"--out {out} is a folder; give a file name, e.g. --out {out / 'model.tlm'}")
-    if (out.exists() or out.is_symlink()) and not is_artifact(out):
-        raise TinyLMError(f"--out {out} exists and is not a tinylm artifact, so it is not replaced; choose another "
-                          f"--out, or move that file away")
+    check_replaceable(out, proof=is_artifact)
     try:
         write_bytes_atomic(out, encoded.data)
     except OSError as e:

@@ -31,7 +31,14 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import TinyLMError
-from ..fileio import replace_dir, scratch_sibling, write_bytes_atomic, write_failure, write_text_atomic
+from ..fileio import (
+    check_replaceable_folder,
+    replace_dir,
+    scratch_sibling,
+    write_bytes_atomic,
+    write_failure,
+    write_text_atomic,
+)
 from ..tokenizer import ENDOFTEXT, Tokenizer
 from ..training.checkpoint import checkpoint_config, checkpoint_tokenizer, load_part
 from ..version import __version__
@@ -204,9 +211,7 @@ def export_hf(ckpt_dir: Path, out: Path, code: bool = False) -> str:
     name = "tinylm" if code else family(m)
     tok = checkpoint_tokenizer(ckpt_dir)
     docs = tokenizer_files(tok, m.block_size)
-    if (out.exists() or out.is_symlink()) and not (out.is_dir() and not any(out.iterdir())) and not _is_hf_export(out):
-        raise TinyLMError(f"--out {out} exists and is not a tinylm Hugging Face export, so it is not replaced; "
-                          f"choose another --out (a new or empty folder), or move it away")
+    check_replaceable_folder(out, _is_hf_export)
     state = load_part(ckpt_dir, "model")
     config, tensors = (tinylm_files(m, state) if code else gpt2_files(m, state) if name == "gpt2"
                        else neox_files(m, state) if name == "gpt_neox" else rotary_files(name, m, state))

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import TinyLMError
-from ..fileio import write_bytes_atomic, write_failure
+from ..fileio import check_replaceable, write_bytes_atomic, write_failure
 from ..training.checkpoint import checkpoint_config, checkpoint_tokenizer, load_part, tokenizer_path
 
 
@@ -31,9 +31,7 @@ def export_safetensors(ckpt_dir: Path, out: Path) -> int:
     from safetensors.torch import save
     if out.is_dir():
         raise TinyLMError(f"--out {out} is a folder; give a file name, e.g. --out {out / 'model.safetensors'}")
-    if (out.exists() or out.is_symlink()) and not _is_tinylm_export(out):
-        raise TinyLMError(f"--out {out} exists and is not a tinylm export, so it is not replaced; choose another "
-                          f"--out, or move that file away")
+    check_replaceable(out, proof=_is_tinylm_export)
     state = load_part(ckpt_dir, "model")
     cfg = checkpoint_config(ckpt_dir)
     if cfg.model.tie_embeddings:
