@@ -387,11 +387,8 @@ class StopSignal:
 
     def _exit_now(self, why: str) -> None:
         """End the process from the watchdog thread, whatever the main thread is doing (unless it is done)."""
-        if self._done.is_set():
-            return
-        os.write(2, f"tinylm: stopped at once: {why}; nothing is saved since the last checkpoint (continue from it "
-                    f"with --resume)\n".encode())
-        os._exit(130)
+        if not self._done.is_set():
+            exit_at_once(f"tinylm: stopped at once: {why}", 130)
 
     def __exit__(self, *exc) -> None:
         self._done.set()
@@ -403,6 +400,15 @@ class StopSignal:
             with contextlib.suppress(OSError):  # full: the watchdog has bytes to read anyway
                 os.write(write, b"\0")  # wakes the watchdog, which sees it is done
             os.close(write)
+
+
+def exit_at_once(line: str, status: int, before_exit: Callable[[], None] = lambda: None) -> None:
+    """Say ``line`` (and that only saved checkpoints remain) on stderr, run ``before_exit``, end the process with
+    ``status`` without unwinding: no Python cleanup, no gloo destructors (which abort when a peer is gone)."""
+    os.write(2, f"{line}; nothing is saved since the last checkpoint (continue from it with --resume)\n".encode())
+    with contextlib.suppress(Exception):
+        before_exit()
+    os._exit(status)
 
 
 def collective_failed(e: BaseException) -> bool:
@@ -426,14 +432,12 @@ def ending_when_a_process_is_lost(d: Dist, before_exit: Callable[[], None]) -> I
             raise
         line = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         reason = line.split("] ", 1)[-1].split(". ", 1)[0]  # gloo's source position and advice go
-        os.write(2, f"tinylm: error: process {d.rank}: a collective failed ({reason}): another process of the "
-                    f"job is gone or broken (its own output says why); stopped at once, nothing is saved since the "
-                    f"last checkpoint (continue from it with --resume)\n".encode())
-        with contextlib.suppress(Exception):
-            before_exit()
-        with contextlib.suppress(Exception):
+        def close() -> None:  # in the main thread, so stdout's buffer is free to flush
+            with contextlib.suppress(Exception):
+                before_exit()
             sys.stdout.flush()
-        os._exit(1)
+        exit_at_once(f"tinylm: error: process {d.rank}: a collective failed ({reason}): another process of the job "
+                     f"is gone or broken (its own output says why); stopped at once", 1, close)
 
 
 # --------------------------------------------------------------------------- RNG state
